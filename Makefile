@@ -1,0 +1,28 @@
+# Everything a fresh machine needs, then the job.  torch==2.13.0 is installed
+# first: it is the CPU build on this machine, and once it is there the
+# project's `torch>=2.1` requirement pulls nothing more (an unpinned torch in
+# a fresh venv would download a multi-GB CUDA build).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.parity-installed
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+
+.PHONY: install test demo clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[all,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/parity demo
+
+clean:
+	rm -rf $(VENV) reports/*.json reports/*.html

@@ -1,0 +1,76 @@
+"""parity — do two models compute the same thing?
+
+Compare a PyTorch model with its TensorFlow/Keras conversion layer by layer,
+and learn which layer first goes wrong, by how much, and why.
+
+>>> import parity
+>>> report = parity.diff(torch_model, keras_model, x)   # doctest: +SKIP
+>>> report.ok, report.first_divergence.a_name          # doctest: +SKIP
+(False, 'layer1.1')
+
+Importing parity imports neither torch nor TensorFlow: a backend imports its
+framework when a model of that framework is handed in.
+"""
+
+from __future__ import annotations
+
+from .api import assert_parity, capture, diff, diff_traces
+from .errors import (
+    AlignmentError,
+    CaptureError,
+    InputError,
+    MappingError,
+    ModelError,
+    ParityError,
+    ParityMismatch,
+    ReportFormatError,
+    ToleranceError,
+)
+from .records import (
+    Diagnosis,
+    InputSpec,
+    LayerDiff,
+    Metrics,
+    ModelInfo,
+    Report,
+    Tap,
+    Trace,
+)
+from .tolerance import DEFAULT_TOLERANCES, Tolerances
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "diff",
+    "diff_traces",
+    "assert_parity",
+    "capture",
+    "load_report",
+    "Report",
+    "LayerDiff",
+    "Metrics",
+    "Diagnosis",
+    "Tap",
+    "Trace",
+    "ModelInfo",
+    "InputSpec",
+    "Tolerances",
+    "DEFAULT_TOLERANCES",
+    "ParityError",
+    "ParityMismatch",
+    "InputError",
+    "ModelError",
+    "MappingError",
+    "ToleranceError",
+    "CaptureError",
+    "AlignmentError",
+    "ReportFormatError",
+    "__version__",
+]
+
+
+def load_report(path):
+    """A report saved with ``report.to_json(path)``, without the models."""
+    from .report.jsonio import load_report as _load
+
+    return _load(path)

@@ -1,0 +1,355 @@
+"""Match the taps of two traces: which tensor of B is which tensor of A.
+
+In this order:
+
+1. an explicit ``mapping`` (A name → B name), checked against both traces;
+2. normalised names (``layer1.0.conv1`` ≈ ``layer1_0_conv1``) that are unique
+   on both sides and whose shapes fit;
+3. execution order + shape compatibility: a monotone alignment (dynamic
+   programming, like a diff) between the anchors of 1–2, scoring a pair by
+   shape compatibility under a layout transform, op family (Conv2d ≈ Conv2D)
+   and how similar the values are on a fixed sample.  Layers present on one
+   side only (Flatten, Permute, Dropout, ZeroPadding2D, ...) are skipped
+   without losing sync.
+4. model outputs are paired by position.
+
+Every match records *how* it was made and the transform used.  What stays
+unmatched is kept, with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from difflib import get_close_matches
+from typing import Mapping
+
+import numpy as np
+
+from .errors import AlignmentError, MappingError
+from .layout import candidate_transforms
+from .records import Alignment, Match, Tap, Trace, Transform, Unmatched
+
+__all__ = ["align", "normalize_name", "op_family", "ONE_SIDED_OPS", "PASS_THROUGH_OPS"]
+
+#: ops that often exist on one side of a conversion only; unmatched, they are expected
+ONE_SIDED_OPS = frozenset(
+    {
+        "Flatten",
+        "Unflatten",
+        "Permute",
+        "Reshape",
+        "ZeroPadding1D",
+        "ZeroPadding2D",
+        "ZeroPadding3D",
+        "ZeroPad1d",
+        "ZeroPad2d",
+        "ZeroPad3d",
+        "ConstantPad2d",
+        "Cropping2D",
+        "InputLayer",
+        "Identity",
+        "Dropout",
+        "Dropout1d",
+        "Dropout2d",
+        "Dropout3d",
+        "AlphaDropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "ActivityRegularization",
+        # Keras merge layers and lambdas: the torch side does these with functionals
+        # (x + y, torch.cat), which module-level capture does not see
+        "Add",
+        "Subtract",
+        "Multiply",
+        "Average",
+        "Maximum",
+        "Minimum",
+        "Concatenate",
+        "Dot",
+        "Lambda",
+        "TFOpLambda",
+    }
+)
+#: ops whose output equals their input at inference: never matched by order (they would
+#: steal the match of the real layer before them), only by mapping or name
+PASS_THROUGH_OPS = frozenset(
+    {
+        "Identity",
+        "Dropout",
+        "Dropout1d",
+        "Dropout2d",
+        "Dropout3d",
+        "AlphaDropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "ActivityRegularization",
+        "InputLayer",
+    }
+)
+
+_FAMILIES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (family, re.compile(pattern, re.IGNORECASE))
+    for family, pattern in (
+        ("conv", r"^(lazy)?(conv(transpose)?[123]d|conv[123]d(transpose)?|depthwiseconv[12]d|separableconv[12]d|conv)$"),
+        ("batchnorm", r"^(sync)?batchnorm(alization|[123]d)?$"),
+        ("dense", r"^(lazy)?(linear|dense|einsumdense)$"),
+        ("activation", r"^(relu6?|leakyrelu|prelu|elu|selu|celu|gelu|silu|swish|mish|sigmoid|tanh|hardswish|hardsigmoid|hardtanh|softplus|softmax|logsoftmax|activation|relu_?6|clip.*)$"),
+        ("pool", r"^(adaptive)?(max|avg|average|lp)pool(ing)?[123]d$|^global(average|max)pooling[123]d$"),
+        ("norm", r"^(layernorm(alization)?|groupnorm(alization)?|rmsnorm(alization)?|instancenorm[123]d|unitnormalization)$"),
+        ("add", r"^(add|sum)$"),
+        ("flatten", r"^flatten$"),
+        ("embedding", r"^embedding(bag)?$"),
+        ("pad", r"^(zeropad(ding)?[123]d|constantpad[123]d|reflectionpad[123]d)$"),
+        ("upsample", r"^(upsample|upsampling[123]d|upsamplingnearest2d|upsamplingbilinear2d|resizing)$"),
+        ("concat", r"^(concatenate|cat|concat)$"),
+        ("attention", r"^(multiheadattention|attention)$"),
+    )
+)
+
+
+def op_family(op: str) -> str:
+    """The family an op belongs to across frameworks (``Conv2d`` and ``Conv2D`` → ``conv``)."""
+    for family, pattern in _FAMILIES:
+        if pattern.match(op):
+            return family
+    return op.lower()
+
+
+def normalize_name(name: str) -> str:
+    """A name reduced to what survives conversions: ``layer1.0/conv1:0`` → ``layer1_0_conv1``."""
+    name = re.sub(r":\d+$", "", name)
+    name = re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
+    return name
+
+
+# --- value similarity on a fixed sample -------------------------------------------------
+
+_SAMPLE = 2048
+
+
+def _sample_index(shape: tuple[int, ...]) -> np.ndarray:
+    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if n <= _SAMPLE:
+        return np.arange(n)
+    rng = np.random.default_rng(n)  # the same indices for every tensor of this shape
+    return np.sort(rng.choice(n, size=_SAMPLE, replace=False))
+
+
+def _sample_b(b: np.ndarray, t: Transform, a_shape: tuple[int, ...], flat_idx: np.ndarray) -> np.ndarray:
+    """``t.apply(b).ravel()[flat_idx]`` without transforming the whole tensor."""
+    if t.kind == "identity":
+        return b.reshape(-1)[flat_idx]
+    coords = np.unravel_index(flat_idx, a_shape)
+    if t.kind == "permute":
+        assert t.perm is not None
+        src = [None] * len(t.perm)
+        for k, axis in enumerate(t.perm):
+            src[axis] = coords[k]
+        return b[tuple(src)]
+    assert t.perm is not None and t.flat_from is not None
+    n = b.shape[0]
+    moved = tuple(t.flat_from[i - 1] for i in t.perm[1:])  # inner shape after the permutation
+    inner = np.unravel_index(coords[1], moved)
+    src = [None] * len(t.flat_from)
+    for k, axis in enumerate(t.perm[1:]):
+        src[axis - 1] = inner[k]
+    return b.reshape((n, *t.flat_from))[(coords[0], *src)]
+
+
+def _similarity(a: Tap, b: Tap, t: Transform) -> float:
+    """0 (unrelated) … 3 (equal to ~1e-6): ``−log10(1 − cos)/2`` on a fixed sample."""
+    if a.value is None or b.value is None or a.numel == 0:
+        return 0.0
+    idx = _sample_index(a.shape)
+    va = a.value.reshape(-1)[idx].astype(np.float64)
+    vb = _sample_b(b.value, t, a.shape, idx).astype(np.float64)
+    with np.errstate(all="ignore"):
+        na, nb = np.sqrt(np.dot(va, va)), np.sqrt(np.dot(vb, vb))
+        if not (np.isfinite(na) and np.isfinite(nb)):
+            return 0.0
+        if na == 0 and nb == 0:
+            return 3.0
+        if na == 0 or nb == 0:
+            return 0.0
+        d = va / na - vb / nb
+        one_minus_cos = float(np.dot(d, d) / 2.0)
+    return float(np.clip(-np.log10(max(one_minus_cos, 1e-12)) / 2.0, 0.0, 3.0))
+
+
+# --- the alignment ------------------------------------------------------------------------
+
+
+class _Pairing:
+    """Caches candidate transforms and scores for pairs of taps."""
+
+    def __init__(self) -> None:
+        self._transforms: dict[tuple[int, int], list[Transform]] = {}
+
+    def transforms(self, a: Tap, b: Tap) -> list[Transform]:
+        key = (id(a), id(b))
+        if key not in self._transforms:
+            self._transforms[key] = candidate_transforms(a, b)
+        return self._transforms[key]
+
+    def score(self, a: Tap, b: Tap) -> float:
+        ts = self.transforms(a, b)
+        if not ts:
+            return 0.0
+        same_family = op_family(a.op) == op_family(b.op)
+        return 1.0 + (1.0 if same_family else 0.0) + _similarity(a, b, ts[0])
+
+
+def _check_mapping(mapping: Mapping[str, str], ta: Trace, tb: Trace) -> list[tuple[Tap, Tap]]:
+    by_a = {t.name: t for t in ta.taps}
+    by_b = {t.name: t for t in tb.taps}
+    pairs = []
+    for name_a, name_b in mapping.items():
+        for side, name, table, trace in (("A", name_a, by_a, ta), ("B", name_b, by_b, tb)):
+            if name not in table:
+                close = get_close_matches(name, list(table), n=5, cutoff=0.4)
+                hint = f" Closest names in model {side}: {', '.join(close)}." if close else ""
+                raise MappingError(
+                    f"mapping names {name!r} as a layer of model {side} ({trace.model.name}, "
+                    f"{trace.model.framework}), which has no recorded tensor of that name.{hint} "
+                    f"See the model's names with parity.capture(model, inputs).names."
+                )
+        pairs.append((by_a[name_a], by_b[name_b]))
+    return pairs
+
+
+def align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None = None) -> Alignment:
+    """Match the taps of ``tb`` to those of ``ta``; see the module docstring for the order."""
+    pairing = _Pairing()
+    matches: list[Match] = []
+    used_a: set[int] = set()
+    used_b: set[int] = set()
+
+    def add(a: Tap, b: Tap, how: str, transforms: list[Transform] | None = None) -> None:
+        ts = transforms if transforms is not None else pairing.transforms(a, b)
+        matches.append(Match(a=a, b=b, transform=ts[0], how=how))
+        used_a.add(id(a))
+        used_b.add(id(b))
+
+    # 1. the user's mapping
+    for a, b in _check_mapping(mapping or {}, ta, tb):
+        ts = pairing.transforms(a, b)
+        if not ts:
+            raise MappingError(
+                f"mapping pairs {a.name!r} (model A, shape {a.shape}, {a.layout or 'layout unknown'}) "
+                f"with {b.name!r} (model B, shape {b.shape}, {b.layout or 'layout unknown'}), but no "
+                "layout transform makes these shapes equal. Map tensors that hold the same values."
+            )
+        add(a, b, "mapping", ts)
+
+    # 2. model outputs, by position
+    outs_a, outs_b = ta.outputs, tb.outputs
+    for a, b in zip(outs_a, outs_b):
+        if id(a) in used_a or id(b) in used_b:
+            continue
+        ts = pairing.transforms(a, b)
+        if ts:
+            add(a, b, "output", ts)
+
+    layers_a = [t for t in ta.layers if id(t) not in used_a]
+    layers_b = [t for t in tb.layers if id(t) not in used_b]
+
+    # 3. normalised names, unique on both sides
+    def unique_by_norm(taps: list[Tap]) -> dict[str, Tap]:
+        seen: dict[str, list[Tap]] = {}
+        for t in taps:
+            seen.setdefault(normalize_name(t.name), []).append(t)
+        return {k: v[0] for k, v in seen.items() if len(v) == 1}
+
+    norm_b = unique_by_norm(layers_b)
+    for key, a in unique_by_norm(layers_a).items():
+        b = norm_b.get(key)
+        if b is not None and pairing.transforms(a, b):
+            add(a, b, "name")
+
+    # 4. order + shape between the anchors
+    anchors = sorted(
+        ((m.a.index, m.b.index) for m in matches if m.how in ("mapping", "name")),
+    )
+    chain = _increasing_chain(anchors)
+    free_a = [t for t in ta.layers if id(t) not in used_a and t.op not in PASS_THROUGH_OPS]
+    free_b = [t for t in tb.layers if id(t) not in used_b and t.op not in PASS_THROUGH_OPS]
+    bounds = [(-1, -1), *chain, (len(ta.taps), len(tb.taps))]
+    for (lo_a, lo_b), (hi_a, hi_b) in zip(bounds, bounds[1:]):
+        seg_a = [t for t in free_a if lo_a < t.index < hi_a]
+        seg_b = [t for t in free_b if lo_b < t.index < hi_b]
+        for a, b in _order_alignment(seg_a, seg_b, pairing):
+            add(a, b, "order")
+
+    if not matches:
+        raise AlignmentError(
+            f"nothing in {ta.model.name} ({ta.model.framework}, {len(ta.taps)} tensors) could be "
+            f"matched with {tb.model.name} ({tb.model.framework}, {len(tb.taps)} tensors): no two "
+            "tensors have compatible shapes, and even the model outputs differ "
+            f"({[t.shape for t in outs_a]} vs {[t.shape for t in outs_b]}). Check that the inputs "
+            "are right, or give a mapping."
+        )
+
+    matches.sort(key=lambda m: m.a.index)
+    unmatched = [
+        Unmatched(tap=t, side=side, reason="one-sided" if t.op in ONE_SIDED_OPS else "no-match")
+        for side, trace, used in (("a", ta, used_a), ("b", tb, used_b))
+        for t in trace.taps
+        if id(t) not in used and t.role != "container"
+    ]
+    return Alignment(matches=tuple(matches), unmatched=tuple(unmatched))
+
+
+def _increasing_chain(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The longest chain of anchors increasing in both indices (they bound the DP segments)."""
+    if not pairs:
+        return []
+    best: list[int] = [1] * len(pairs)
+    prev: list[int] = [-1] * len(pairs)
+    for i, (ai, bi) in enumerate(pairs):
+        for j in range(i):
+            aj, bj = pairs[j]
+            if aj < ai and bj < bi and best[j] + 1 > best[i]:
+                best[i], prev[i] = best[j] + 1, j
+    i = int(np.argmax(best))
+    chain = []
+    while i != -1:
+        chain.append(pairs[i])
+        i = prev[i]
+    return chain[::-1]
+
+
+def _order_alignment(seg_a: list[Tap], seg_b: list[Tap], pairing: _Pairing) -> list[tuple[Tap, Tap]]:
+    """A monotone matching maximising the summed pair scores (skips cost nothing)."""
+    n, m = len(seg_a), len(seg_b)
+    if n == 0 or m == 0:
+        return []
+    score = np.zeros((n + 1, m + 1))
+    move = np.zeros((n + 1, m + 1), dtype=np.int8)  # 0: skip a, 1: skip b, 2: match
+    for i in range(1, n + 1):
+        a = seg_a[i - 1]
+        for j in range(1, m + 1):
+            best, how = score[i - 1, j], 0
+            if score[i, j - 1] > best:
+                best, how = score[i, j - 1], 1
+            s = pairing.score(a, seg_b[j - 1])
+            if s > 0 and score[i - 1, j - 1] + s > best:
+                best, how = score[i - 1, j - 1] + s, 2
+            score[i, j], move[i, j] = best, how
+    out = []
+    i, j = n, m
+    while i > 0 and j > 0:
+        how = move[i, j]
+        if how == 2:
+            out.append((seg_a[i - 1], seg_b[j - 1]))
+            i, j = i - 1, j - 1
+        elif how == 0:
+            i -= 1
+        else:
+            j -= 1
+    return out[::-1]

@@ -1,0 +1,173 @@
+"""The public entry points: :func:`diff`, :func:`assert_parity`, :func:`capture`."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .align import align
+from .capture import backend_for
+from .compare import compare
+from .diagnose import diagnose
+from .errors import ParityMismatch
+from .inputs import prepare_inputs, random_inputs, normalize_inputs
+from .records import InputsSummary, Report, Trace, UnmatchedLayer
+from .tolerance import Tolerances
+
+__all__ = ["diff", "diff_traces", "assert_parity", "capture"]
+
+
+def capture(model: Any, inputs: Any = None, *, containers: bool = False, seed: int = 0) -> Trace:
+    """Run ``model`` once and record every layer's output.
+
+    ``inputs`` are in the model's own layout; ``None`` makes a seeded random
+    batch from the model's declared input shape.
+
+    >>> trace = parity.capture(torch_model, x)          # doctest: +SKIP
+    >>> trace["layer1.1"].shape, trace["layer1.1"].layout  # doctest: +SKIP
+    ((8, 16, 28, 28), 'NCHW')
+    """
+    backend = backend_for(model)
+    arrays = random_inputs(backend, backend, seed=seed) if inputs is None else normalize_inputs(inputs)
+    return backend.capture(arrays, containers=containers)
+
+
+def diff(
+    a: Any,
+    b: Any,
+    inputs: Any = None,
+    *,
+    mapping: Mapping[str, str] | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    tolerances: Mapping[str, Any] | Tolerances | None = None,
+    min_argmax_agreement: float | None = None,
+    containers: bool = False,
+    seed: int = 0,
+) -> Report:
+    """Compare models ``a`` and ``b`` layer by layer on the same inputs.
+
+    ``inputs`` (an array, a tuple/list of arrays, or a dict by input name) are
+    in model A's layout and converted for B; ``None`` makes a seeded random
+    batch.  ``mapping`` pairs A layer names with B layer names where automatic
+    alignment cannot.  ``rtol``/``atol`` (both or neither) override the
+    per-dtype defaults; ``tolerances`` maps layer names or globs to
+    ``(rtol, atol)``.
+
+    >>> report = parity.diff(torch_model, keras_model, x)   # doctest: +SKIP
+    >>> report.first_divergence.a_name                        # doctest: +SKIP
+    'layer1.1'
+    """
+    tol = tolerances if isinstance(tolerances, Tolerances) else Tolerances.build(
+        rtol=rtol, atol=atol, overrides=tolerances, min_argmax_agreement=min_argmax_agreement
+    )
+    backend_a, backend_b = backend_for(a), backend_for(b)
+    inputs_a, inputs_b, summary = prepare_inputs(inputs, backend_a, backend_b, seed=seed)
+    trace_a = backend_a.capture(inputs_a, containers=containers)
+    trace_b = backend_b.capture(inputs_b, containers=containers)
+    return diff_traces(trace_a, trace_b, mapping=mapping, tolerances=tol, inputs=summary, rtol=rtol, atol=atol)
+
+
+def diff_traces(
+    trace_a: Trace,
+    trace_b: Trace,
+    *,
+    mapping: Mapping[str, str] | None = None,
+    tolerances: Tolerances | None = None,
+    inputs: InputsSummary | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> Report:
+    """Align and compare two recorded traces (the models are not needed)."""
+    tol = tolerances or Tolerances.build(rtol=rtol, atol=atol)
+    alignment = align(trace_a, trace_b, mapping)
+    layers, diagnoses = diagnose(alignment, compare(alignment, tol))
+    unmatched = tuple(
+        UnmatchedLayer(side=u.side, name=u.tap.name, op=u.tap.op, shape=tuple(u.tap.shape), reason=u.reason)
+        for u in alignment.unmatched
+    )
+    if inputs is None:
+        inputs = InputsSummary(
+            shapes_a=trace_a.input_shapes,
+            shapes_b=trace_b.input_shapes,
+            dtypes=(),
+            conversions=(),
+            source="recorded traces",
+            digest=trace_a.inputs_digest,
+        )
+    notes = list(trace_a.notes) + list(trace_b.notes)
+    ambiguous = [d.a_name for d in layers if d.ambiguous]
+    if ambiguous:
+        notes.append(
+            f"{len(ambiguous)} pair(s) have shapes that fit more than one layout ({', '.join(ambiguous[:5])}"
+            f"{', …' if len(ambiguous) > 5 else ''}); the transform used follows the layouts the "
+            "frameworks declare."
+        )
+    stray = [u for u in unmatched if u.reason == "no-match"]
+    if stray:
+        notes.append(
+            f"{len(stray)} layer(s) found no counterpart and were not compared: "
+            + ", ".join(f"{u.side.upper()}:{u.name}" for u in stray[:8])
+            + (", …" if len(stray) > 8 else "")
+            + ". Give a mapping to compare them."
+        )
+    return Report(
+        a=trace_a.model,
+        b=trace_b.model,
+        layers=layers,
+        unmatched=unmatched,
+        inputs=inputs,
+        rtol=rtol,
+        atol=atol,
+        notes=tuple(notes),
+        diagnoses=diagnoses,
+    )
+
+
+def assert_parity(a: Any, b: Any, inputs: Any = None, **options: Any) -> Report:
+    """Like :func:`diff`, but raise :class:`ParityMismatch` unless the models agree.
+
+    The message reads like ``torch.testing.assert_close``'s and names both layers.
+
+    >>> parity.assert_parity(torch_model, keras_model, x)   # doctest: +SKIP
+    """
+    __tracebackhide__ = True
+    report = diff(a, b, inputs, **options)
+    if not report.ok:
+        raise ParityMismatch(mismatch_message(report), report)
+    return report
+
+
+def mismatch_message(report: Report) -> str:
+    """The assertion text: where the models part, and by how much."""
+    from .report.console import fmt_float
+
+    d = report.first_divergence
+    if d is None:
+        return "No layers could be compared: " + "; ".join(report.notes or ("nothing matched",))
+    m = d.metrics
+    over = sum(1 for x in report.layers if not x.ok)
+    lines = [
+        f"Models diverge at {d.a_name!r} ({d.op}) in model A ↔ {d.b_name!r} ({d.b_op}) in model B, "
+        f"layer {d.index + 1} of {len(report.layers)} compared in model A's order.",
+        f"Relative error ‖b−a‖/‖a‖: {fmt_float(m.rel_err)} (up to {fmt_float(d.rtol)} allowed, "
+        f"atol {fmt_float(d.atol)}).",
+    ]
+    if m.numel:
+        lines.append(
+            f"Mismatched elements: {m.mismatched} / {m.numel} ({100.0 * m.mismatched / m.numel:.1f}%)."
+        )
+        lines.append(
+            f"Greatest absolute difference: {fmt_float(m.max_abs)} at index {m.max_abs_index} "
+            f"(up to {fmt_float(d.atol)} + {fmt_float(d.rtol)}·|a| allowed)."
+        )
+    lines.append(f"Cosine similarity: {m.cosine:.6f}.")
+    if m.argmax_agreement is not None:
+        lines.append(f"Argmax agreement: {100.0 * m.argmax_agreement:.1f}% of rows.")
+    for reason in d.reasons:
+        lines.append(f"- {reason}")
+    for diag in d.diagnoses:
+        lines.append(f"Likely cause ({diag.code}): {diag.message}")
+    if d.transform != "identity":
+        lines.append(f"Model B's tensor was compared after {d.transform}.")
+    lines.append(f"{over} of {len(report.layers)} compared layers are over tolerance; the first is shown.")
+    return "\n".join(lines)

@@ -1,0 +1,41 @@
+"""Backends that run a model once and record its intermediate tensors.
+
+:func:`backend_for` picks the backend for a live object.  Only frameworks
+already imported by the caller are considered, so ``import parity`` and this
+module never import torch or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+from ..errors import ModelError
+from .base import Backend
+
+__all__ = ["Backend", "backend_for"]
+
+# (module that must already be imported, backend module, backend class)
+_BACKENDS = (
+    ("torch", "parity.capture.torch", "TorchBackend"),
+    ("keras", "parity.capture.keras", "KerasBackend"),
+)
+
+
+def backend_for(model: Any, **options: Any) -> Backend:
+    """The backend that runs ``model``; a :class:`ModelError` for anything else."""
+    if isinstance(model, Backend):
+        return model
+    for framework, module_name, class_name in _BACKENDS:
+        if framework not in sys.modules:
+            continue
+        cls = getattr(importlib.import_module(module_name), class_name)
+        if cls.accepts(model):
+            return cls(model, **options)
+    kind = f"{type(model).__module__}.{type(model).__qualname__}"
+    raise ModelError(
+        f"parity cannot run an object of type {kind}: expected a torch.nn.Module or a "
+        "keras.Model (Sequential, functional or subclassed). Pass the model object itself, "
+        "not its outputs or weights."
+    )

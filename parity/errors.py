@@ -1,0 +1,66 @@
+"""The one family of errors parity raises.
+
+Every error is a :class:`ParityError`; each subclass also derives from the
+matching builtin, so ``except ValueError`` keeps working for callers that do
+not know parity.  Messages say what was expected, what came, and what to do.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ParityError",
+    "InputError",
+    "ModelError",
+    "MappingError",
+    "ToleranceError",
+    "CaptureError",
+    "AlignmentError",
+    "ReportFormatError",
+    "ParityMismatch",
+]
+
+
+class ParityError(Exception):
+    """Base class of every error raised by parity."""
+
+
+class InputError(ParityError, ValueError):
+    """The inputs given for a comparison are unusable (shape, dtype, NaN...)."""
+
+
+class ModelError(ParityError, TypeError):
+    """An object handed in as a model is not one parity can run."""
+
+
+class MappingError(ParityError, LookupError):
+    """A layer mapping names a layer the model does not have."""
+
+    def __str__(self) -> str:  # LookupError would quote the message like a key
+        return str(self.args[0]) if self.args else ""
+
+
+class ToleranceError(ParityError, ValueError):
+    """A tolerance was given in a form parity refuses (e.g. rtol without atol)."""
+
+
+class CaptureError(ParityError, RuntimeError):
+    """Running a model to record its intermediate tensors failed."""
+
+
+class AlignmentError(ParityError, ValueError):
+    """Two traces cannot be aligned at all (nothing comparable)."""
+
+
+class ReportFormatError(ParityError, ValueError):
+    """A saved report has an unknown schema or version."""
+
+
+class ParityMismatch(ParityError, AssertionError):
+    """Raised by :func:`parity.assert_parity` when two models diverge.
+
+    ``report`` holds the full :class:`parity.Report`.
+    """
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report

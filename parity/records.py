@@ -1,0 +1,410 @@
+"""The records that flow through parity's pipeline.
+
+capture -> :class:`Trace` (of :class:`Tap`) -> align -> :class:`Alignment`
+(of :class:`Match`) -> compare -> :class:`LayerDiff` (with :class:`Metrics`)
+-> :class:`Report`.
+
+Records are frozen dataclasses that know NumPy and nothing of torch or
+TensorFlow, so every stage can be tested with hand-made records and a saved
+report can be re-rendered without the models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+__all__ = [
+    "Tap",
+    "Trace",
+    "ModelInfo",
+    "InputSpec",
+    "Transform",
+    "Match",
+    "Unmatched",
+    "Alignment",
+    "Metrics",
+    "LayerDiff",
+    "Diagnosis",
+    "InputsSummary",
+    "UnmatchedLayer",
+    "Report",
+    "tolerance_ratio",
+]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input a model declares: its name, shape (``None`` = any size), dtype, layout."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str = "float32"
+    layout: str | None = None
+    #: "declared" (the model says so) or "inferred" (guessed from the first layer)
+    source: str = "declared"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a report says about one side of the pair."""
+
+    framework: str  # "torch", "keras", ...
+    framework_version: str
+    name: str  # the model's class or given name
+    kind: str  # "nn.Module", "keras Sequential", "keras functional", "keras subclassed", ...
+    param_count: int | None = None
+    input_spec: tuple[InputSpec, ...] | None = None
+    #: the torch model was in training mode when handed in (parity ran it in eval())
+    was_training: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class Tap:
+    """One recorded tensor.
+
+    ``name`` is the framework's own (a torch module path ``layer1.0.conv1``, a
+    Keras layer name), with ``#k`` appended for the k-th repeated call and
+    ``[i]`` / ``[key]`` for elements of tuple/list/dict outputs.  ``layout``
+    is ``"NCHW"``, ``"NHWC"``, ``"NC"``, ``"NCL"``, ``"NLC"``, ``"NCDHW"``,
+    ``"NDHWC"``, a flattened layout ``"N(CHW)"`` / ``"N(HWC)"`` (then
+    ``attrs["flat_from"]`` holds the per-sample shape before flattening, in
+    that order), or ``None`` when unknown.
+    """
+
+    name: str
+    op: str
+    index: int
+    shape: tuple[int, ...]
+    dtype: str
+    layout: str | None
+    value: np.ndarray | None = field(default=None, repr=False)
+    #: "layer" (a leaf layer), "container" (a module/model holding layers), "output" (a model output)
+    role: str = "layer"
+    #: op attributes worth knowing later (epsilon, data_format, flat_from, stride, ...)
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+
+@dataclass(frozen=True, eq=False)
+class Trace:
+    """The taps of one run of one model, in execution order."""
+
+    taps: tuple[Tap, ...]
+    model: ModelInfo
+    #: the inputs exactly as this model received them (its own layout)
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+    inputs_digest: str = ""
+    notes: tuple[str, ...] = ()
+
+    def __iter__(self) -> Iterator[Tap]:
+        return iter(self.taps)
+
+    def __len__(self) -> int:
+        return len(self.taps)
+
+    def __getitem__(self, name: str) -> Tap:
+        for tap in self.taps:
+            if tap.name == name:
+                return tap
+        from difflib import get_close_matches
+
+        from .errors import MappingError
+
+        close = get_close_matches(name, self.names, n=5)
+        hint = f" Closest names: {', '.join(close)}." if close else ""
+        raise MappingError(
+            f"{self.model.name} ({self.model.framework}) has no recorded tensor named {name!r}.{hint}"
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.taps]
+
+    @property
+    def outputs(self) -> tuple[Tap, ...]:
+        return tuple(t for t in self.taps if t.role == "output")
+
+    @property
+    def layers(self) -> tuple[Tap, ...]:
+        return tuple(t for t in self.taps if t.role != "output")
+
+
+@dataclass(frozen=True)
+class Transform:
+    """How a tensor of model B is brought into model A's layout.
+
+    ``kind`` is ``"identity"``, ``"permute"`` (``perm`` as for ``np.transpose``)
+    or ``"reflatten"`` (a flattened tensor whose per-sample elements are in a
+    different order: B is reshaped to ``(N, *flat_from)``, permuted by ``perm``
+    and flattened again).  ``ambiguous`` is true when the shapes alone admit
+    another transform too (e.g. ``(N, 16, 16, 16)``); the one used came from
+    the layouts the backends declared.
+    """
+
+    kind: str = "identity"
+    perm: tuple[int, ...] | None = None
+    flat_from: tuple[int, ...] | None = None
+    label: str = "identity"
+    ambiguous: bool = False
+
+    def apply(self, b: np.ndarray) -> np.ndarray:
+        if self.kind == "identity":
+            return b
+        if self.kind == "permute":
+            assert self.perm is not None
+            return np.transpose(b, self.perm)
+        if self.kind == "reflatten":
+            assert self.perm is not None and self.flat_from is not None
+            n = b.shape[0]
+            return np.transpose(b.reshape((n, *self.flat_from)), self.perm).reshape(b.shape)
+        raise ValueError(f"unknown transform kind {self.kind!r}")
+
+    def output_shape(self, shape_b: tuple[int, ...]) -> tuple[int, ...]:
+        if self.kind == "permute":
+            assert self.perm is not None
+            return tuple(shape_b[i] for i in self.perm)
+        return tuple(shape_b)
+
+
+IDENTITY = Transform()
+
+
+@dataclass(frozen=True, eq=False)
+class Match:
+    """Two taps matched as the same tensor, and why."""
+
+    a: Tap
+    b: Tap
+    transform: Transform
+    #: "mapping" | "name" | "order" | "output"
+    how: str
+
+
+@dataclass(frozen=True, eq=False)
+class Unmatched:
+    """A tap left without a counterpart, and why."""
+
+    tap: Tap
+    side: str  # "a" | "b"
+    #: "one-sided" (an op that exists on one side only: Flatten, Dropout, ...) or "no-match"
+    reason: str
+
+
+@dataclass(frozen=True, eq=False)
+class Alignment:
+    matches: tuple[Match, ...]
+    unmatched: tuple[Unmatched, ...] = ()
+
+    @property
+    def unmatched_a(self) -> tuple[Unmatched, ...]:
+        return tuple(u for u in self.unmatched if u.side == "a")
+
+    @property
+    def unmatched_b(self) -> tuple[Unmatched, ...]:
+        return tuple(u for u in self.unmatched if u.side == "b")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """How far model B's tensor is from model A's, computed in float64.
+
+    ``rel_err`` is ``‖b−a‖₂ / ‖a‖₂`` over the elements finite on both sides
+    (0 when both norms are 0, ``inf`` when only ``a`` is all zeros).
+    ``max_abs_index`` is in model A's layout.  ``mismatched`` counts elements
+    with ``|b−a| > atol + rtol·|a|`` plus elements finite on one side only.
+    ``argmax_agreement`` is the fraction of rows whose argmax agrees, for 2-D
+    tensors (logits) only.
+    """
+
+    numel: int
+    rel_err: float
+    #: ‖b−a‖₂ over the elements finite on both sides
+    err_norm: float
+    max_abs: float
+    max_abs_index: tuple[int, ...] | None
+    mean_abs: float
+    cosine: float
+    mismatched: int
+    norm_a: float
+    norm_b: float
+    rms_a: float
+    nan_a: int = 0
+    nan_b: int = 0
+    inf_a: int = 0
+    inf_b: int = 0
+    #: elements that are NaN/Inf on one side and not identically so on the other
+    nonfinite_mismatch: int = 0
+    argmax_agreement: float | None = None
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A named cause of a divergence, with the numbers that support it."""
+
+    code: str
+    layer: str
+    message: str
+    evidence: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LayerDiff:
+    """The comparison of one matched pair, in model A's terms."""
+
+    index: int  # position in model A's execution order
+    a_name: str
+    b_name: str
+    op: str  # model A's op type
+    b_op: str
+    shape: tuple[int, ...]  # model A's shape
+    b_shape: tuple[int, ...]
+    dtype: str
+    transform: str  # Transform.label
+    ambiguous: bool
+    how: str
+    metrics: Metrics
+    rtol: float
+    atol: float
+    ok: bool
+    #: why the verdict is a failure, one short sentence each
+    reasons: tuple[str, ...] = ()
+    role: str = "layer"
+    diagnoses: tuple[Diagnosis, ...] = ()
+
+    @property
+    def rel_err(self) -> float:
+        return self.metrics.rel_err
+
+    @property
+    def tolerance_ratio(self) -> float:
+        """``‖b−a‖₂`` over the allowed ``atol·√n + rtol·‖a‖₂``: at most 1 passes."""
+        return tolerance_ratio(self.metrics, self.rtol, self.atol)
+
+
+def tolerance_ratio(m: Metrics, rtol: float, atol: float) -> float:
+    """The norm error over the norm error the tolerance allows.
+
+    This is ``allclose`` carried over to norms: ``rms(b−a) ≤ atol + rtol·rms(a)``.
+    The ``rtol`` part makes it scale-free, the ``atol`` part keeps an all-zero
+    tensor (a dead ReLU) comparable.
+    """
+    allowed = atol * np.sqrt(max(m.numel, 1)) + rtol * m.norm_a
+    if allowed == 0:
+        return 0.0 if m.err_norm == 0 else float("inf")
+    return float(m.err_norm / allowed)
+
+
+@dataclass(frozen=True)
+class InputsSummary:
+    """What the two models were fed."""
+
+    shapes_a: tuple[tuple[int, ...], ...]
+    shapes_b: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]
+    #: how A's inputs were converted for B, one label per input ("identity", "NCHW→NHWC")
+    conversions: tuple[str, ...]
+    #: "given" or "generated (seed 0)"
+    source: str
+    digest: str = ""
+
+
+@dataclass(frozen=True)
+class UnmatchedLayer:
+    """A layer of one side that has no counterpart, as a report keeps it (no values)."""
+
+    side: str
+    name: str
+    op: str
+    shape: tuple[int, ...]
+    reason: str
+
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Report:
+    """The answer to "do these two models compute the same thing?".
+
+    ``layers`` are in model A's execution order; ``first_divergence`` is the
+    earliest of them over tolerance (``None`` when all pass).  A report renders
+    itself in a terminal (``rich.print(report)``) and saves as JSON
+    (:meth:`to_json`).
+    """
+
+    a: ModelInfo
+    b: ModelInfo
+    layers: tuple[LayerDiff, ...]
+    unmatched: tuple[UnmatchedLayer, ...]
+    inputs: InputsSummary
+    rtol: float | None  # the global override given, None when per-dtype defaults applied
+    atol: float | None
+    notes: tuple[str, ...] = ()
+    diagnoses: tuple[Diagnosis, ...] = ()
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.layers) and all(d.ok for d in self.layers)
+
+    @property
+    def first_divergence(self) -> LayerDiff | None:
+        return next((d for d in self.layers if not d.ok), None)
+
+    @property
+    def outputs(self) -> tuple[LayerDiff, ...]:
+        return tuple(d for d in self.layers if d.role == "output")
+
+    @property
+    def unmatched_a(self) -> tuple[UnmatchedLayer, ...]:
+        return tuple(u for u in self.unmatched if u.side == "a")
+
+    @property
+    def unmatched_b(self) -> tuple[UnmatchedLayer, ...]:
+        return tuple(u for u in self.unmatched if u.side == "b")
+
+    def layer(self, a_name: str) -> LayerDiff:
+        """The LayerDiff of model A's layer ``a_name``."""
+        for d in self.layers:
+            if d.a_name == a_name:
+                return d
+        from difflib import get_close_matches
+
+        from .errors import MappingError
+
+        close = get_close_matches(a_name, [d.a_name for d in self.layers], n=5)
+        hint = f" Closest: {', '.join(close)}." if close else ""
+        raise MappingError(f"the report has no compared layer {a_name!r} of model A.{hint}")
+
+    def __rich_console__(self, console, options):  # pragma: no cover - exercised via rich
+        from .report.console import render_report
+
+        yield from render_report(self, console, options)
+
+    def summary(self) -> str:
+        """The one-line verdict."""
+        from .report.console import verdict_line
+
+        return verdict_line(self)
+
+    def to_dict(self) -> dict:
+        from .report.jsonio import report_to_dict
+
+        return report_to_dict(self)
+
+    def to_json(self, path=None) -> str:
+        """The report as versioned JSON; written to ``path`` when given."""
+        from .report.jsonio import report_to_json
+
+        return report_to_json(self, path)
+
+    def __str__(self) -> str:
+        from .report.console import render_text
+
+        return render_text(self)

@@ -1,0 +1,33 @@
+"""Model pairs built in code: the seed's ConvNet, a MobileNet-v1 block, a ResNet basic block,
+their hand conversions to Keras (with knobs for the classic bugs), and offline training data.
+
+Used by the tests, ``parity demo`` and the benchmarks.  Importing this package imports no
+framework; each name loads its module (and torch / Keras) on first use.
+
+>>> from parity.zoo import ConvNet, to_keras          # doctest: +SKIP
+>>> keras_model = to_keras(ConvNet().eval(), bn_epsilon="keras-default")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "ConvNet": "torch_models",
+    "MobileNetBlock": "torch_models",
+    "BasicBlock": "torch_models",
+    "randomize_bn": "torch_models",
+    "to_keras": "keras_twins",
+    "to_keras_convnet_sequential": "keras_twins",
+    "load_digits_28": "digits",
+    "train_convnet": "digits",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

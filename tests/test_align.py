@@ -1,0 +1,165 @@
+"""The aligner on hand-made traces: mapping, names, order+shape, layouts, one-sided layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from parity.align import align, normalize_name, op_family
+from parity.errors import MappingError
+from parity.layout import candidate_transforms, input_transform, permutation
+from parity.records import Tap
+
+from .helpers import make_trace, nchw_to_nhwc
+
+rng = np.random.default_rng(0)
+X = rng.standard_normal((2, 4, 6, 5)).astype("float32")
+Y = np.maximum(X, 0)
+FLAT_A = Y.reshape(2, -1)  # torch: flatten NCHW
+FLAT_B = nchw_to_nhwc(Y).reshape(2, -1)  # keras: flatten NHWC
+W = rng.standard_normal((120, 3)).astype("float32")
+OUT = FLAT_A @ W
+
+
+def torch_trace():
+    return make_trace(
+        [
+            ("layer1.0", "Conv2d", X, "NCHW"),
+            ("layer1.1", "ReLU", Y, "NCHW"),
+            ("drop", "Dropout", Y, "NCHW"),
+            ("fc", "Linear", OUT, "NC"),
+            ("output", "output", OUT, "NC"),
+        ]
+    )
+
+
+def keras_trace(*, permute=True):
+    specs = [
+        ("conv", "Conv2D", nchw_to_nhwc(X), "NHWC"),
+        ("relu", "ReLU", nchw_to_nhwc(Y), "NHWC"),
+    ]
+    if permute:
+        specs.append(("permute", "Permute", Y, "NCHW"))
+        specs.append(("flatten", "Flatten", FLAT_A, "N(CHW)", {"flat_from": (4, 6, 5)}))
+    else:
+        specs.append(("flatten", "Flatten", FLAT_B, "N(HWC)", {"flat_from": (6, 5, 4)}))
+    specs += [("dense", "Dense", OUT, "NC"), ("output", "output", OUT, "NC")]
+    return make_trace(specs, framework="keras")
+
+
+def test_order_and_shape_match_across_layouts():
+    al = align(torch_trace(), keras_trace())
+    pairs = [(m.a.name, m.b.name, m.transform.label, m.how) for m in al.matches]
+    assert pairs == [
+        ("layer1.0", "conv", "NHWC→NCHW", "order"),
+        ("layer1.1", "relu", "NHWC→NCHW", "order"),
+        ("fc", "dense", "identity", "order"),
+        ("output", "output", "identity", "output"),
+    ]
+    for m in al.matches:
+        np.testing.assert_array_equal(m.transform.apply(m.b.value), m.a.value)
+    # one-sided ops are kept and labelled, not lost
+    assert {(u.side, u.tap.name, u.reason) for u in al.unmatched} == {
+        ("a", "drop", "one-sided"),
+        ("b", "permute", "one-sided"),
+        ("b", "flatten", "one-sided"),
+    }
+
+
+def test_flattened_tensors_are_reordered_between_layouts():
+    a = make_trace([("flat", "Flatten", FLAT_A, "N(CHW)", {"flat_from": (4, 6, 5)})])
+    b = make_trace([("flatten", "Flatten", FLAT_B, "N(HWC)", {"flat_from": (6, 5, 4)})], "keras")
+    (m,) = align(a, b).matches
+    assert m.transform.kind == "reflatten"
+    assert m.transform.label == "N(HWC)→N(CHW)"
+    np.testing.assert_array_equal(m.transform.apply(m.b.value), FLAT_A)
+
+
+def test_explicit_mapping_wins_over_order():
+    al = align(torch_trace(), keras_trace(), mapping={"layer1.1": "conv"})
+    by_a = {m.a.name: (m.b.name, m.how) for m in al.matches}
+    assert by_a["layer1.1"] == ("conv", "mapping")
+    # order matching continues around the anchor and does not reuse "conv"
+    assert by_a.get("layer1.0", (None,))[0] != "conv"
+
+
+def test_mapping_to_missing_layer_lists_closest_names():
+    with pytest.raises(MappingError) as err:
+        align(torch_trace(), keras_trace(), mapping={"layer1.1": "rleu"})
+    msg = str(err.value)
+    assert "'rleu'" in msg and "model B" in msg and "relu" in msg
+
+
+def test_mapping_with_incompatible_shapes_is_refused():
+    with pytest.raises(MappingError, match="no layout transform"):
+        align(torch_trace(), keras_trace(), mapping={"layer1.0": "dense"})
+
+
+def test_normalised_names_match_before_order():
+    a = make_trace([("block.0", "Conv2d", X, "NCHW"), ("block.1", "Conv2d", Y, "NCHW")])
+    # B lists them in the other order; names still pair them
+    b = make_trace(
+        [("block_1", "Conv2D", nchw_to_nhwc(Y), "NHWC"), ("block_0", "Conv2D", nchw_to_nhwc(X), "NHWC")],
+        "keras",
+    )
+    al = align(a, b)
+    assert {(m.a.name, m.b.name, m.how) for m in al.matches} == {
+        ("block.0", "block_0", "name"),
+        ("block.1", "block_1", "name"),
+    }
+    assert normalize_name("layer1.0/conv1:0") == "layer1_0_conv1"
+
+
+def test_fused_activation_matches_by_value_not_by_op():
+    # Keras fused the ReLU into its conv: its conv output equals torch's ReLU output
+    a = make_trace([("conv", "Conv2d", X, "NCHW"), ("relu", "ReLU", Y, "NCHW")])
+    b = make_trace([("conv_relu", "Conv2D", nchw_to_nhwc(Y), "NHWC")], "keras")
+    (m,) = align(a, b).matches
+    assert (m.a.name, m.b.name) == ("relu", "conv_relu")
+
+
+def test_layer_on_one_side_only_does_not_lose_sync():
+    z = rng.standard_normal((2, 4, 6, 5)).astype("float32")
+    a = make_trace(
+        [("c1", "Conv2d", X, "NCHW"), ("c2", "Conv2d", z, "NCHW"), ("c3", "Conv2d", X * 2, "NCHW")]
+    )
+    b = make_trace([("k1", "Conv2D", nchw_to_nhwc(X), "NHWC"), ("k3", "Conv2D", nchw_to_nhwc(X * 2), "NHWC")], "keras")
+    al = align(a, b)
+    assert [(m.a.name, m.b.name) for m in al.matches] == [("c1", "k1"), ("c3", "k3")]
+    assert [(u.tap.name, u.reason) for u in al.unmatched] == [("c2", "no-match")]
+
+
+def test_equal_dimensions_are_marked_ambiguous():
+    cube = rng.standard_normal((2, 3, 3, 3)).astype("float32")
+    a = Tap("a", "Conv2d", 0, cube.shape, "float32", "NCHW", cube)
+    b = Tap("b", "Conv2D", 0, cube.shape, "float32", "NHWC", nchw_to_nhwc(cube))
+    (t,) = candidate_transforms(a, b)
+    assert t.label == "NHWC→NCHW" and t.ambiguous
+    np.testing.assert_array_equal(t.apply(b.value), cube)
+    c = Tap("c", "Conv2d", 0, X.shape, "float32", "NCHW", X)
+    d = Tap("d", "Conv2D", 0, (2, 6, 5, 4), "float32", "NHWC", nchw_to_nhwc(X))
+    (t2,) = candidate_transforms(c, d)
+    assert not t2.ambiguous
+
+
+def test_unknown_layouts_try_identity_then_swap():
+    a = Tap("a", "X", 0, (2, 7, 3), "float32", None, np.zeros((2, 7, 3)))
+    b = Tap("b", "X", 0, (2, 3, 7), "float32", None, np.zeros((2, 3, 7)))
+    (t,) = candidate_transforms(a, b)
+    assert t.perm == (0, 2, 1)
+    assert candidate_transforms(a, Tap("c", "X", 0, (2, 5, 4), "float32", None, np.zeros((2, 5, 4)))) == []
+
+
+def test_input_transform_and_permutation():
+    assert permutation("NCHW", "NHWC") == (0, 2, 3, 1)
+    t = input_transform((8, 1, 28, 28), "NCHW", (None, 28, 28, 1), "NHWC")
+    assert t.label == "NCHW→NHWC" and not t.ambiguous
+    assert input_transform((8, 3, 28, 28), "NCHW", (None, 28, 28, 1), "NHWC") is None
+    assert input_transform((8, 28, 28, 1), "NHWC", (None, 28, 28, 1), "NHWC").label == "identity"
+
+
+def test_op_families():
+    assert op_family("Conv2d") == op_family("Conv2D") == op_family("DepthwiseConv2D") == "conv"
+    assert op_family("BatchNorm2d") == op_family("BatchNormalization") == "batchnorm"
+    assert op_family("Linear") == op_family("Dense") == "dense"
+    assert op_family("ReLU6") == op_family("ReLU") == op_family("Activation") == "activation"

@@ -1,0 +1,140 @@
+"""PyTorch capture: hooks, names, repeated calls, nested outputs, modes, layouts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+import parity  # noqa: E402
+from parity.capture.torch import TorchBackend  # noqa: E402
+
+
+class Shared(nn.Module):
+    """A module called twice, a functional op, a tuple and dict output, an in-place ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.ReLU(inplace=True)
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+        self.flat = nn.Flatten()
+        self.head = nn.Linear(4 * 5 * 5, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y = self.act(y)
+        z = self.act(self.block(y))  # act called a second time
+        return self.head(self.flat(z)), {"feat": z}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return Shared().eval()
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype("float32")
+
+
+def test_leaf_taps_in_execution_order_with_repeats_and_outputs(model, x):
+    trace = parity.capture(model, x)
+    assert trace.names == [
+        "conv",
+        "act",
+        "block.0",
+        "block.1",
+        "act#1",
+        "flat",
+        "head",
+        "output[0]",
+        "output[1][feat]",
+    ]
+    assert [t.op for t in trace.taps[:4]] == ["Conv2d", "ReLU", "Conv2d", "BatchNorm2d"]
+    assert [t.index for t in trace.taps] == list(range(9))
+    assert trace["block.1"].attrs["eps"] == 1e-5
+    with torch.no_grad():
+        logits, extra = model(torch.from_numpy(x))
+    np.testing.assert_array_equal(trace["output[0]"].value, logits.numpy())
+    np.testing.assert_array_equal(trace["head"].value, logits.numpy())
+    np.testing.assert_array_equal(trace["output[1][feat]"].value, extra["feat"].numpy())
+
+
+def test_values_are_copies_despite_inplace_ops(model, x):
+    trace = parity.capture(model, x)
+    # the in-place ReLU overwrote conv's output tensor; the recorded value must not change
+    assert trace["conv"].value.min() < 0
+    assert trace["act"].value.min() == 0
+
+
+def test_layouts_and_flatten(model, x):
+    trace = parity.capture(model, x)
+    assert trace["conv"].layout == "NCHW"
+    assert trace["act"].layout == "NCHW"  # inherited from its input
+    assert trace["flat"].layout == "N(CHW)"
+    assert trace["flat"].attrs["flat_from"] == (4, 5, 5)
+    assert trace["head"].layout == "NC"
+    assert trace["conv"].dtype == "float32" and trace["conv"].shape == (2, 4, 5, 5)
+
+
+def test_containers_on_request(model, x):
+    names = parity.capture(model, x, containers=True).names
+    assert "block" in names and names.index("block") == names.index("block.1") + 1
+    assert "block" not in parity.capture(model, x).names
+
+
+def test_training_mode_is_used_as_eval_said_and_restored(x):
+    torch.manual_seed(0)
+    m = Shared()
+    m.train()
+    m.block[1].running_mean.fill_(3.0)
+    trace = parity.capture(m, x)
+    assert m.training and all(mod.training for mod in m.modules())
+    assert trace.model.was_training
+    assert any("training mode" in n for n in trace.notes)
+    # eval(): BatchNorm used its running mean (3.0), and the running stats were not updated
+    assert float(m.block[1].running_mean[0]) == 3.0
+    pre = trace["block.0"].value
+    bn = m.block[1]
+    expected = (pre - 3.0) / np.sqrt(bn.running_var.numpy()[None, :, None, None] + bn.eps)
+    expected = expected * bn.weight.detach().numpy()[None, :, None, None] + bn.bias.detach().numpy()[None, :, None, None]
+    np.testing.assert_allclose(trace["block.1"].value, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mixed_modes_are_restored_exactly(x):
+    m = Shared()
+    m.eval()
+    m.block.train()
+    parity.capture(m, x)
+    assert not m.training and m.block.training and m.block[0].training and not m.conv.training
+
+
+def test_input_spec_inferred_from_first_conv(model):
+    (spec,) = TorchBackend(model).input_spec()
+    assert (spec.name, spec.shape, spec.layout, spec.source) == ("x", (None, 3, None, None), "NCHW", "inferred")
+
+
+def test_failing_model_raises_capture_error_with_shapes(model):
+    bad = np.zeros((2, 5, 5, 3), dtype="float32")
+    with pytest.raises(parity.CaptureError) as err:
+        parity.capture(model, bad)
+    msg = str(err.value)
+    assert "(2, 5, 5, 3)" in msg and "Shared" in msg and "(N, 3, ?, ?)" in msg
+    # hooks were removed despite the failure
+    assert all(not mod._forward_hooks for mod in model.modules())
+
+
+class ToBF16(nn.Module):
+    def forward(self, x):
+        return x.to(torch.bfloat16) * 2
+
+
+def test_bfloat16_values_keep_their_dtype_name():
+    trace = parity.capture(nn.Sequential(ToBF16()), np.ones((2, 4), dtype="float32"))
+    tap = trace["0"]
+    assert tap.dtype == "bfloat16"  # the name of what the model computed in
+    assert tap.value.dtype == np.float32 and float(tap.value[0, 0]) == 2.0  # NumPy has no bfloat16
