@@ -9,7 +9,6 @@ own suite work from a plain checkout as well.
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 pytest_plugins = ["parity.plugin"]

@@ -143,7 +143,7 @@ def _sample_index(shape: tuple[int, ...]) -> np.ndarray:
 
 def _sample_b(b: np.ndarray, t: Transform, a_shape: tuple[int, ...], flat_idx: np.ndarray) -> np.ndarray:
     """``t.apply(b).ravel()[flat_idx]`` without transforming the whole tensor."""
-    if t.kind == "identity":
+    if t.kind in ("identity", "reshape"):
         return b.reshape(-1)[flat_idx]
     coords = np.unravel_index(flat_idx, a_shape)
     if t.kind == "permute":

@@ -118,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     try:
         if args.command == "demo":
+            import os
+
+            # the demo is our own program: keep TensorFlow's start-up chatter out of its story
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
             from .demo import run_demo
 
             return run_demo(epochs=args.epochs, out=args.out, console=console if args.width is None else Console(width=args.width))

@@ -77,8 +77,10 @@ def candidate_transforms(a: Tap, b: Tap) -> list[Transform]:
     admitted another); when a layout is unknown, identity is preferred and
     the channel swap is tried next.
     """
-    if a.numel != b.numel or len(a.shape) != len(b.shape):
+    if a.numel != b.numel:
         return []
+    if len(a.shape) != len(b.shape):
+        return _squeeze_candidates(a, b)
     if len(a.shape) == 2 and (is_flat(a.layout) or is_flat(b.layout)):
         return _flat_candidates(a, b)
     rank = len(a.shape)
@@ -117,10 +119,25 @@ def candidate_transforms(a: Tap, b: Tap) -> list[Transform]:
     return [_mark(t, ambiguous) for t in shape_fits]
 
 
+def _squeeze_candidates(a: Tap, b: Tap) -> list[Transform]:
+    """Shapes that differ only by size-1 axes, e.g. a pooled ``(N, C, 1, 1)`` vs ``(N, C)``."""
+    squeeze_a = tuple(d for d in a.shape[1:] if d != 1)
+    squeeze_b = tuple(d for d in b.shape[1:] if d != 1)
+    if a.shape[:1] != b.shape[:1] or squeeze_a != squeeze_b or len(squeeze_a) > 1:
+        return []  # only a single non-trivial axis is unambiguous under a reshape
+    return [
+        Transform(
+            kind="reshape",
+            label=f"reshape {tuple(b.shape[1:])}→{tuple(a.shape[1:])}",
+            target_shape=tuple(a.shape),
+        )
+    ]
+
+
 def _mark(t: Transform, ambiguous: bool) -> Transform:
-    if t.ambiguous == ambiguous:
-        return t
-    return Transform(kind=t.kind, perm=t.perm, flat_from=t.flat_from, label=t.label, ambiguous=ambiguous)
+    from dataclasses import replace
+
+    return t if t.ambiguous == ambiguous else replace(t, ambiguous=ambiguous)
 
 
 def _flat_candidates(a: Tap, b: Tap) -> list[Transform]:

@@ -139,8 +139,9 @@ class Trace:
 class Transform:
     """How a tensor of model B is brought into model A's layout.
 
-    ``kind`` is ``"identity"``, ``"permute"`` (``perm`` as for ``np.transpose``)
-    or ``"reflatten"`` (a flattened tensor whose per-sample elements are in a
+    ``kind`` is ``"identity"``, ``"permute"`` (``perm`` as for ``np.transpose``),
+    ``"reshape"`` (shapes that differ by size-1 axes only: ``(N, C, 1, 1)`` vs
+    ``(N, C)``) or ``"reflatten"`` (a flattened tensor whose per-sample elements are in a
     different order: B is reshaped to ``(N, *flat_from)``, permuted by ``perm``
     and flattened again).  ``ambiguous`` is true when the shapes alone admit
     another transform too (e.g. ``(N, 16, 16, 16)``); the one used came from
@@ -151,6 +152,8 @@ class Transform:
     perm: tuple[int, ...] | None = None
     flat_from: tuple[int, ...] | None = None
     label: str = "identity"
+    #: model A's shape, for ``"reshape"``
+    target_shape: tuple[int, ...] | None = None
     ambiguous: bool = False
 
     def apply(self, b: np.ndarray) -> np.ndarray:
@@ -159,6 +162,9 @@ class Transform:
         if self.kind == "permute":
             assert self.perm is not None
             return np.transpose(b, self.perm)
+        if self.kind == "reshape":
+            assert self.target_shape is not None
+            return b.reshape(self.target_shape)
         if self.kind == "reflatten":
             assert self.perm is not None and self.flat_from is not None
             n = b.shape[0]
@@ -169,6 +175,8 @@ class Transform:
         if self.kind == "permute":
             assert self.perm is not None
             return tuple(shape_b[i] for i in self.perm)
+        if self.kind == "reshape" and self.target_shape is not None:
+            return tuple(self.target_shape)
         return tuple(shape_b)
 
 

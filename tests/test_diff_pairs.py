@@ -145,3 +145,32 @@ def test_resnet_basic_block_passes(digits_batch):
     assert {"conv1", "bn1", "conv2", "bn2", "relu2"} <= {d.a_name for d in report.layers}
     # the Keras Add has no module on the torch side: shown as one-sided, not lost
     assert any(u.side == "b" and u.op == "Add" and u.reason == "one-sided" for u in report.unmatched)
+
+
+# --- ResNet-50 depth: float32 round-off accumulates, the defaults must still pass ---------
+
+
+@pytest.fixture(scope="module")
+def deep_resnet():
+    from parity.zoo import DeepResNet, calibrate_bn
+
+    model = _seeded(DeepResNet, 25)  # 51 convolutions, as deep as ResNet-50
+    calib = torch.from_numpy(np.random.default_rng(1).standard_normal((16, 3, 32, 32)).astype("float32"))
+    return calibrate_bn(model, calib)
+
+
+def test_resnet50_depth_correct_conversion_passes_with_margin(deep_resnet):
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype("float32")
+    report = parity.diff(deep_resnet, to_keras(deep_resnet), x)
+    assert report.ok, str(report)
+    assert len(report.layers) == 156  # every module of A, the pooled (N,C,1,1)↔(N,C) pair included
+    assert report.layer("pool").transform == "reshape (16,)→(16, 1, 1)"
+    assert max(d.rel_err for d in report.layers) < 1e-4  # measured 3e-6: ≥ 300× under float32's 1e-3
+    assert {u.op for u in report.unmatched} == {"Add"}
+
+
+def test_resnet50_depth_keras_default_epsilon_flagged_at_the_first_batchnorm(deep_resnet):
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype("float32")
+    report = parity.diff(deep_resnet, to_keras(deep_resnet, bn_epsilon="keras-default"), x)
+    assert report.first_divergence.a_name == "stem_bn"
+    assert report.first_divergence.diagnoses[0].code == "bn_epsilon"

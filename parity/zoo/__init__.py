@@ -18,6 +18,8 @@ _WHERE = {
     "MobileNetBlock": "torch_models",
     "BasicBlock": "torch_models",
     "randomize_bn": "torch_models",
+    "DeepResNet": "torch_models",
+    "calibrate_bn": "torch_models",
     "to_keras": "keras_twins",
     "to_keras_convnet_sequential": "keras_twins",
     "load_digits_28": "digits",

@@ -59,7 +59,7 @@ def train_convnet(
             loss.backward()
             opt.step()
             if progress is not None:
-                progress(epoch, step, steps, float(loss))
+                progress(epoch, step, steps, loss.item())
     model.eval()
     with torch.no_grad():
         pred = model(torch.from_numpy(x_test)).argmax(1).numpy()

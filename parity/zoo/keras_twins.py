@@ -133,25 +133,46 @@ def _mobilenet(model: Any, bn_epsilon: Any, relu6: str) -> Any:
     return km
 
 
+def _block_layers(keras: Any, block: Any, x: Any, prefix: str, bn_epsilon: Any) -> Any:
+    ch = block.conv1.in_channels
+    conv1 = keras.layers.Conv2D(ch, 3, padding="same", use_bias=False, name=f"{prefix}conv1")
+    bn1 = _bn(keras, block.bn1, f"{prefix}bn1", bn_epsilon)
+    conv2 = keras.layers.Conv2D(ch, 3, padding="same", use_bias=False, name=f"{prefix}conv2")
+    bn2 = _bn(keras, block.bn2, f"{prefix}bn2", bn_epsilon)
+    y = keras.layers.ReLU(name=f"{prefix}relu")(bn1(conv1(x)))
+    y = bn2(conv2(y))
+    y = keras.layers.Add(name=f"{prefix}add")([y, x])
+    y = keras.layers.ReLU(name=f"{prefix}relu2")(y)
+    conv1.set_weights([_conv_kernel(block.conv1)])
+    bn1.set_weights(_bn_weights(block.bn1))
+    conv2.set_weights([_conv_kernel(block.conv2)])
+    bn2.set_weights(_bn_weights(block.bn2))
+    return y
+
+
 def _basic_block(model: Any, bn_epsilon: Any) -> Any:
     import keras
 
-    ch = model.conv1.in_channels
-    inp = keras.Input((None, None, ch), name="input")
-    conv1 = keras.layers.Conv2D(ch, 3, padding="same", use_bias=False, name="conv1")
-    bn1 = _bn(keras, model.bn1, "bn1", bn_epsilon)
-    conv2 = keras.layers.Conv2D(ch, 3, padding="same", use_bias=False, name="conv2")
-    bn2 = _bn(keras, model.bn2, "bn2", bn_epsilon)
-    x = keras.layers.ReLU(name="relu")(bn1(conv1(inp)))
-    x = bn2(conv2(x))
-    x = keras.layers.Add(name="add")([x, inp])
-    x = keras.layers.ReLU(name="relu2")(x)
-    km = keras.Model(inp, x, name="basic_block")
-    conv1.set_weights([_conv_kernel(model.conv1)])
-    bn1.set_weights(_bn_weights(model.bn1))
-    conv2.set_weights([_conv_kernel(model.conv2)])
-    bn2.set_weights(_bn_weights(model.bn2))
-    return km
+    inp = keras.Input((None, None, model.conv1.in_channels), name="input")
+    return keras.Model(inp, _block_layers(keras, model, inp, "", bn_epsilon), name="basic_block")
+
+
+def _deep_resnet(model: Any, bn_epsilon: Any) -> Any:
+    import keras
+
+    inp = keras.Input((None, None, model.stem.in_channels), name="input")
+    stem = keras.layers.Conv2D(model.stem.out_channels, 3, padding="same", use_bias=False, name="stem")
+    stem_bn = _bn(keras, model.stem_bn, "stem_bn", bn_epsilon)
+    x = keras.layers.ReLU(name="stem_relu")(stem_bn(stem(inp)))
+    stem.set_weights([_conv_kernel(model.stem)])
+    stem_bn.set_weights(_bn_weights(model.stem_bn))
+    for i, block in enumerate(model.blocks):
+        x = _block_layers(keras, block, x, f"blocks_{i}_", bn_epsilon)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    fc = keras.layers.Dense(model.fc.out_features, name="fc")
+    x = fc(x)
+    fc.set_weights([_np(model.fc.weight).T, _np(model.fc.bias)])
+    return keras.Model(inp, x, name="deep_resnet")
 
 
 def to_keras(
@@ -169,7 +190,7 @@ def to_keras(
     H,W,C) or ``"naive"`` (weights only transposed: the flatten-order bug).
     ``relu6`` (MobileNetBlock): ``"relu6"`` or ``"relu"`` (the bug).
     """
-    from .torch_models import BasicBlock, ConvNet, MobileNetBlock
+    from .torch_models import BasicBlock, ConvNet, DeepResNet, MobileNetBlock
 
     if isinstance(model, ConvNet):
         return _convnet(model, bn_epsilon, flatten)
@@ -177,4 +198,6 @@ def to_keras(
         return _mobilenet(model, bn_epsilon, relu6)
     if isinstance(model, BasicBlock):
         return _basic_block(model, bn_epsilon)
+    if isinstance(model, DeepResNet):
+        return _deep_resnet(model, bn_epsilon)
     raise TypeError(f"to_keras converts the zoo's models only, not {type(model).__name__}")

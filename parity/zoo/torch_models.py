@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["ConvNet", "MobileNetBlock", "BasicBlock", "randomize_bn"]
+__all__ = ["ConvNet", "MobileNetBlock", "BasicBlock", "DeepResNet", "randomize_bn", "calibrate_bn"]
 
 
 class ConvNet(nn.Module):
@@ -60,6 +60,45 @@ class BasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu2(out + x)
+
+
+class DeepResNet(nn.Module):
+    """A stem conv, ``blocks`` basic blocks, global average pool and a classifier.
+
+    With 25 blocks it is as deep as ResNet-50 (51 convolutions): the depth at
+    which float32 round-off between two frameworks accumulates most.
+    """
+
+    def __init__(self, blocks: int = 25, ch: int = 16, in_ch: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_ch, ch, 3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(ch)
+        self.stem_relu = nn.ReLU()
+        self.blocks = nn.Sequential(*[BasicBlock(ch) for _ in range(blocks)])
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(ch, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem_relu(self.stem_bn(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def calibrate_bn(model: nn.Module, x: torch.Tensor, *, seed: int = 0) -> nn.Module:
+    """Set every BatchNorm's running statistics to the batch statistics of ``x`` (as training
+    would, without the optimiser) and give its affine parameters trained-like values."""
+    gen = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        for m in bns:
+            m.weight.copy_(torch.rand(m.num_features, generator=gen) * 0.5 + 0.5)
+            m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration passes
+        model.train()
+        model(x)
+        for m in bns:
+            m.momentum = 0.1
+    return model.eval()
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -1,0 +1,92 @@
+"""The `parity` command line: diff on factories, exit codes, errors, show."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("keras")
+
+from parity.cli import main  # noqa: E402
+
+PAIR_MODULE = textwrap.dedent(
+    """
+    import torch
+    from parity.zoo import ConvNet, randomize_bn, to_keras
+
+    torch.manual_seed(0)
+    _torch = randomize_bn(ConvNet().eval(), seed=1)
+
+    def torch_model():
+        return _torch
+
+    def keras_buggy():
+        return to_keras(_torch, bn_epsilon="keras-default")
+
+    def keras_good():
+        return to_keras(_torch, bn_epsilon="match")
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def pair_module(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pairs")
+    (root / "cli_pair_module.py").write_text(PAIR_MODULE)
+    sys.path.insert(0, str(root))
+    x = np.random.default_rng(0).uniform(0, 1, (4, 1, 28, 28)).astype("float32")
+    np.save(root / "batch.npy", x)
+    yield root
+    sys.path.remove(str(root))
+
+
+def test_diff_flags_the_batchnorm_and_exits_1(pair_module, capsys):
+    out_json = pair_module / "out" / "report.json"
+    code = main(
+        [
+            "diff",
+            "cli_pair_module:torch_model",
+            "cli_pair_module:keras_buggy",
+            "--inputs",
+            str(pair_module / "batch.npy"),
+            "--json",
+            str(out_json),
+        ]
+    )
+    assert code == 1
+    text = capsys.readouterr().out
+    assert "layer1.1" in text and "bn_epsilon" in text
+    saved = json.loads(out_json.read_text())
+    assert saved["schema"] == "parity.report"
+    assert main(["show", str(out_json)]) == 1
+    assert "layer1.1" in capsys.readouterr().out
+
+
+def test_diff_of_a_correct_pair_exits_0(pair_module):
+    code = main(["diff", "cli_pair_module:torch_model", "cli_pair_module:keras_good", "--inputs", str(pair_module / "batch.npy")])
+    assert code == 0
+
+
+def test_bad_model_spec_exits_2_with_a_message(pair_module, capsys):
+    assert main(["diff", "cli_pair_module:nope", "cli_pair_module:keras_good"]) == 2
+    err = capsys.readouterr().out
+    assert "has no attribute 'nope'" in err
+    assert main(["diff", "just_a_path.pt", "cli_pair_module:keras_good"]) == 2
+    assert "package.module:factory" in capsys.readouterr().out
+
+
+def test_only_rtol_is_refused(pair_module, capsys):
+    code = main(["diff", "cli_pair_module:torch_model", "cli_pair_module:keras_good", "--rtol", "1e-3"])
+    assert code == 2
+    assert "atol" in capsys.readouterr().out
+
+
+def test_missing_inputs_file(pair_module, capsys):
+    code = main(["diff", "cli_pair_module:torch_model", "cli_pair_module:keras_good", "--inputs", "nope.npy"])
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().out
