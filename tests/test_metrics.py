@@ -1,0 +1,162 @@
+"""Metrics: exact numbers on small arrays, accuracy at tiny errors, and properties for any input."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from parity.metrics import compute_metrics, verdict
+
+
+def test_known_scaling_and_positions():
+    a = np.array([[1.0, -2.0, 0.0], [3.0, 0.5, 4.0]], dtype="float32")
+    b = a * 1.01
+    b[1, 2] = 4.5  # the largest difference
+    m = compute_metrics(a, b, rtol=1e-3, atol=1e-5)
+    d = (b.astype(np.float64) - a)
+    assert m.rel_err == pytest.approx(np.linalg.norm(d) / np.linalg.norm(a.astype(np.float64)), rel=1e-12)
+    assert m.max_abs == pytest.approx(0.5, rel=1e-6)
+    assert m.max_abs_index == (1, 2)
+    assert m.mean_abs == pytest.approx(np.abs(d).mean())
+    # like torch.testing: |b−a| > atol + rtol·|a| for every nonzero element (0 stays equal)
+    assert m.mismatched == 5
+    assert m.numel == 6
+    assert m.argmax_agreement == 1.0
+    assert 0.99 < m.cosine < 1.0
+
+
+def test_elementwise_relative_error_would_explode_where_norm_relative_does_not():
+    a = np.array([1e-9, 1.0, 2.0])
+    b = np.array([2e-9, 1.0, 2.0])
+    m = compute_metrics(a, b, 1e-3, 1e-5)
+    assert np.mean(np.abs((b - a) / a)) > 0.3  # the seed's check: 33%
+    assert m.rel_err < 1e-9
+
+
+def test_argmax_agreement_counts_rows():
+    a = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    b = np.array([[0.1, 0.9], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]])
+    assert compute_metrics(a, b, 1e-3, 1e-5).argmax_agreement == 0.75
+    assert compute_metrics(a[:, :1], b[:, :1], 1e-3, 1e-5).argmax_agreement is None
+    assert compute_metrics(a.reshape(-1), b.reshape(-1), 1e-3, 1e-5).argmax_agreement is None
+
+
+def test_nan_and_inf_patterns():
+    a = np.array([1.0, np.nan, np.inf, 2.0, 3.0])
+    b = np.array([1.0, np.nan, np.inf, np.nan, -np.inf])
+    m = compute_metrics(a, b, 1e-3, 1e-5)
+    assert (m.nan_a, m.nan_b, m.inf_a, m.inf_b) == (1, 2, 1, 2)
+    assert m.nonfinite_mismatch == 2  # NaN↔NaN and +inf↔+inf agree; 2.0→NaN and 3.0→−inf do not
+    assert m.rel_err == 0.0  # over the elements finite on both sides
+    ok, reasons = verdict(m, 1e-3, 1e-5)
+    assert not ok and "2 elements are NaN/Inf on one side only" in reasons[0]
+
+
+def test_zero_reference():
+    z = np.zeros(10)
+    m = compute_metrics(z, z, 1e-3, 1e-5)
+    assert (m.rel_err, m.cosine, m.max_abs) == (0.0, 1.0, 0.0)
+    m = compute_metrics(z, np.full(10, 1e-7), 1e-3, 1e-5)
+    assert m.rel_err == math.inf and m.cosine == 0.0
+    assert verdict(m, 1e-3, 1e-5)[0]  # 1e-7 RMS is under atol 1e-5: a dead ReLU stays comparable
+    assert not verdict(compute_metrics(z, np.full(10, 1e-3), 1e-3, 1e-5), 1e-3, 1e-5)[0]
+
+
+def test_zero_size():
+    m = compute_metrics(np.zeros((0, 3)), np.zeros((0, 3)), 1e-3, 1e-5)
+    assert (m.numel, m.rel_err, m.max_abs, m.max_abs_index) == (0, 0.0, 0.0, None)
+
+
+def test_shape_mismatch_is_refused():
+    with pytest.raises(ValueError, match=r"\(2,\) and \(3,\)"):
+        compute_metrics(np.zeros(2), np.zeros(3), 1e-3, 1e-5)
+
+
+def test_verdict_text():
+    a = np.ones(100)
+    ok, reasons = verdict(compute_metrics(a, a * 1.05, 1e-3, 1e-5), 1e-3, 1e-5)
+    assert not ok
+    assert reasons[0].startswith("relative error 5.0e-02 exceeds rtol 1e-03 (50× the allowed error")
+    logits_a = np.array([[0.0, 1.0], [1.0, 0.0]])
+    logits_b = np.array([[0.0, 1.0], [0.0, 1.0]])
+    m = compute_metrics(logits_a, logits_b, 10.0, 10.0)
+    ok, reasons = verdict(m, 10.0, 10.0, min_argmax_agreement=1.0)
+    assert not ok and reasons == ("argmax agrees on 50.0% of rows (at least 100.0% required)",)
+
+
+@pytest.mark.parametrize("target", [1e-7, 1e-6, 1e-4])
+def test_tiny_relative_errors_stay_accurate_at_size(target):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(1_000_000).astype(np.float32)
+    noise = rng.standard_normal(a.size)
+    b = (a + (target * np.linalg.norm(a) / np.linalg.norm(noise)) * noise).astype(np.float32)
+    # the reference, exactly in long double
+    d = b.astype(np.longdouble) - a.astype(np.longdouble)
+    ref = float(np.sqrt(np.sum(d * d)) / np.sqrt(np.sum(a.astype(np.longdouble) ** 2)))
+    m = compute_metrics(a, b, 1e-3, 1e-5)
+    assert m.rel_err == pytest.approx(ref, rel=1e-2)
+    assert 1 - m.cosine == pytest.approx(ref**2 / 2, rel=0.05)
+
+
+float_arrays = hnp.arrays(
+    dtype=st.sampled_from([np.float32, np.float64]),
+    shape=hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=6),
+    elements=st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, width=32),
+)
+
+
+@given(float_arrays)
+@settings(max_examples=60, deadline=None)
+def test_identical_arrays_have_zero_error(x):
+    m = compute_metrics(x, x.copy(), 1e-3, 1e-5)
+    assert m.rel_err == 0.0 and m.max_abs == 0.0 and m.mismatched == 0
+    assert m.cosine == 1.0
+    assert verdict(m, 1e-3, 1e-5)[0]
+
+
+@given(float_arrays, float_arrays, st.floats(1e-3, 1e3))
+@settings(max_examples=60, deadline=None)
+def test_relative_error_is_invariant_to_scaling_both(x, y, scale):
+    if x.shape != y.shape:
+        y = np.resize(y, x.shape)
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    m1 = compute_metrics(x, y, 1e-3, 1e-5)
+    m2 = compute_metrics(x * scale, y * scale, 1e-3, 1e-5)
+    if math.isinf(m1.rel_err):
+        assert math.isinf(m2.rel_err)
+    else:
+        assert m2.rel_err == pytest.approx(m1.rel_err, rel=1e-9, abs=1e-300)
+
+
+any_floats = hnp.arrays(
+    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+    shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5),
+    elements=st.floats(allow_nan=True, allow_infinity=True, width=16),
+)
+
+
+@given(any_floats, any_floats)
+@settings(max_examples=120, deadline=None)
+def test_never_raises_or_warns_for_any_float_input(x, y):
+    if x.shape != y.shape:
+        y = np.resize(y, x.shape) if y.size else np.zeros(x.shape, y.dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = compute_metrics(x, y, 1e-3, 1e-5)
+        ok, reasons = verdict(m, 1e-3, 1e-5)
+    assert m.numel == x.size
+    assert ok == (not reasons)
+    assert 0 <= m.mismatched <= max(m.numel, 0)
+
+
+@given(hnp.arrays(np.int64, hnp.array_shapes(max_dims=2), elements=st.integers(-5, 5)))
+@settings(max_examples=30, deadline=None)
+def test_integer_arrays(x):
+    m = compute_metrics(x, x, 0.0, 0.0)
+    assert m.rel_err == 0.0 and m.mismatched == 0
