@@ -53,6 +53,29 @@ def _is_tensor(obj: Any) -> bool:
     return hasattr(obj, "shape") and hasattr(obj, "dtype") and not isinstance(obj, (np.ndarray, str))
 
 
+def _symbolic(out: Any) -> bool:
+    """Whether a layer call is a trace (Keras building an unbuilt model), not the eager run."""
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and not tf.executing_eagerly():
+        return True  # inside a tf.function / FuncGraph: graph tensors have no values
+    keras = sys.modules.get("keras")
+    tensor_cls = getattr(keras, "KerasTensor", None)
+    if tensor_cls is None:
+        return False
+    first = out
+    while isinstance(first, (list, tuple)) and first:
+        first = first[0]
+    if isinstance(first, dict) and first:
+        first = next(iter(first.values()))
+    return isinstance(first, tensor_cls)
+
+
+def _to_numpy(t: Any) -> np.ndarray:
+    """An independent NumPy copy of an eager tensor."""
+    value = t.numpy() if hasattr(t, "numpy") else np.asarray(t)
+    return np.array(value, copy=True)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, (int, float, str, bool)) or value is None:
         return value
@@ -230,6 +253,8 @@ class KerasBackend(Backend):
 
             def wrapped(*args: Any, **kwargs: Any) -> Any:
                 out = original(*args, **kwargs)
+                if _symbolic(out):
+                    return out  # a build-time trace of an unbuilt model, not the run
                 first = next((a for a in args if _is_tensor(a)), None)
                 if first is None and args and isinstance(args[0], (list, tuple)):
                     first = next((a for a in args[0] if _is_tensor(a)), None)
@@ -246,7 +271,7 @@ class KerasBackend(Backend):
                 name = base if k == 0 else f"{base}#{k}"
                 attrs = _layer_attrs(layer)
                 for tensor_name, t in flatten_outputs(out, name, _is_tensor):
-                    value = np.array(t)  # an independent copy
+                    value = _to_numpy(t)
                     layout, extra = layout_for(layer, value.ndim, in_layout, in_rank, in_shape)
                     layouts[id(t)] = (layout, value.ndim)
                     alive.append(t)
@@ -302,7 +327,7 @@ class KerasBackend(Backend):
                 else:
                     layer.__dict__.pop("call", None)
         for tensor_name, t in flatten_outputs(out, "output", _is_tensor):
-            value = np.array(t)
+            value = _to_numpy(t)
             known = layouts.get(id(t))
             taps.append(
                 Tap(
@@ -316,11 +341,21 @@ class KerasBackend(Backend):
                     role="output",
                 )
             )
+        notes: tuple[str, ...] = ()
+        recorded = {t.name.split("#")[0].split("[")[0] for t in taps if t.role != "output"}
+        silent = [layer.name for layer in layers if layer.name not in recorded and not _has_sublayers(layer)]
+        if silent:
+            notes = (
+                f"{len(silent)} layer(s) of Keras model {model.name!r} ran without an eager output to record "
+                f"({', '.join(silent[:6])}{', …' if len(silent) > 6 else ''}): unused, or called inside a "
+                "tf.function / compiled step. Their tensors are not compared.",
+            )
         return Trace(
             taps=tuple(taps),
             model=self.info(),
             input_shapes=tuple(tuple(a.shape) for a in arrays),
             inputs_digest=digest_inputs(arrays),
+            notes=notes,
         )
 
     def _call_inputs(self, inputs: Inputs, arrays: list[np.ndarray]) -> Any:

@@ -1,0 +1,111 @@
+"""Keras 3 capture: Sequential, functional with a nested model, subclassed; names, order,
+layouts, repeated calls, restoration of the patched layers, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import parity  # noqa: E402
+from parity.capture.keras import KerasBackend  # noqa: E402
+
+X = np.random.default_rng(0).standard_normal((2, 6, 6, 1)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def sequential():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((6, 6, 1), name="img"),
+            keras.layers.Conv2D(4, 3, padding="same", name="conv"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.ReLU(name="relu"),
+            keras.layers.Flatten(name="flat"),
+            keras.layers.Dense(3, name="dense"),
+        ],
+        name="seq",
+    )
+
+
+def test_sequential_taps_in_order_with_layouts_and_attrs(sequential):
+    trace = parity.capture(sequential, X)
+    assert trace.names == ["conv", "bn", "relu", "flat", "dense", "output"]
+    assert [t.op for t in trace.taps] == ["Conv2D", "BatchNormalization", "ReLU", "Flatten", "Dense", "output"]
+    assert [t.layout for t in trace.taps] == ["NHWC", "NHWC", "NHWC", "N(HWC)", "NC", "NC"]
+    assert trace["flat"].attrs["flat_from"] == (6, 6, 4)
+    assert trace["bn"].attrs["epsilon"] == pytest.approx(1e-3)
+    np.testing.assert_allclose(trace["bn"].attrs["moving_variance"], np.ones(4))
+    assert trace["conv"].attrs["padding"] == "same" and trace["conv"].attrs["data_format"] == "channels_last"
+    dense = sequential.get_layer("dense")
+    np.testing.assert_allclose(trace["dense"].value, np.asarray(dense(trace["flat"].value)), rtol=1e-6)
+    np.testing.assert_array_equal(trace["output"].value, np.asarray(sequential(X, training=False)))
+    assert trace.model.kind == "keras Sequential" and trace.model.param_count == sequential.count_params()
+
+
+def test_values_are_independent_copies(sequential):
+    trace = parity.capture(sequential, X)
+    before = trace["relu"].value.copy()
+    trace["bn"].value[...] = 123.0
+    np.testing.assert_array_equal(trace["relu"].value, before)
+
+
+def test_functional_with_nested_sequential(sequential):
+    inner = keras.Sequential(
+        [keras.layers.Conv2D(2, 1, name="inner_conv"), keras.layers.Activation("relu", name="inner_act")],
+        name="inner",
+    )
+    inp = keras.Input((6, 6, 1), name="x")
+    y = inner(inp)
+    y = keras.layers.Permute((3, 1, 2), name="to_nchw")(y)
+    model = keras.Model(inp, y, name="outer")
+    trace = parity.capture(model, X)
+    assert trace.names == ["inner_conv", "inner_act", "to_nchw", "output"]
+    assert trace["to_nchw"].layout == "NCHW"
+    assert trace["inner_act"].attrs["activation"] == "relu"
+    with_containers = parity.capture(model, X, containers=True)
+    assert with_containers.names == ["inner_conv", "inner_act", "inner", "to_nchw", "output"]
+    assert with_containers["inner"].role == "container"
+    (spec,) = KerasBackend(model).input_spec()
+    assert (spec.name, spec.shape, spec.dtype, spec.layout) == ("x", (None, 6, 6, 1), "float32", "NHWC")
+
+
+class Twice(keras.Model):
+    def __init__(self):
+        super().__init__(name="twice")
+        self.conv = keras.layers.Conv2D(1, 3, padding="same", name="shared")
+        self.act = keras.layers.ReLU(name="act")
+
+    def call(self, x):
+        return self.act(self.conv(self.conv(x))), {"skip": x}
+
+
+def test_subclassed_model_with_a_layer_called_twice_and_dict_output():
+    model = Twice()
+    trace = parity.capture(model, X)
+    assert trace.names == ["shared", "shared#1", "act", "output[0]", "output[1][skip]"]
+    assert trace.model.kind == "keras subclassed"
+    np.testing.assert_allclose(trace["shared#1"].value, np.asarray(model.conv(trace["shared"].value)), rtol=1e-6)
+    np.testing.assert_array_equal(trace["output[1][skip]"].value, X)
+
+
+def test_patched_calls_are_restored_also_after_a_failure(sequential):
+    originals = {layer.name: layer.call for layer in sequential.layers}
+    with pytest.raises(parity.CaptureError) as err:
+        parity.capture(sequential, np.zeros((2, 5, 5, 1), "float32"))
+    msg = str(err.value)
+    assert "(2, 5, 5, 1)" in msg and "(None, 6, 6, 1)" in msg and "'seq'" in msg
+    for layer in sequential.layers:
+        assert "call" not in layer.__dict__
+        assert layer.call == originals[layer.name]
+    assert parity.capture(sequential, X).names[0] == "conv"  # and it still works
+
+
+def test_channels_first_layers_say_so():
+    inp = keras.Input((1, 6, 6))
+    y = keras.layers.Conv2D(2, 3, data_format="channels_first", name="cf")(inp)
+    y = keras.layers.BatchNormalization(axis=1, name="bn_cf")(y)
+    trace = parity.capture(keras.Model(inp, y), np.zeros((2, 1, 6, 6), "float32"))
+    assert trace["cf"].layout == "NCHW" and trace["bn_cf"].layout == "NCHW"
