@@ -377,6 +377,12 @@ class Report:
     def unmatched_b(self) -> tuple[UnmatchedLayer, ...]:
         return tuple(u for u in self.unmatched if u.side == "b")
 
+    @property
+    def coverage(self) -> tuple[int, int]:
+        """``(compared, total)`` layers of model A (model outputs not counted)."""
+        compared = sum(1 for d in self.layers if d.role != "output")
+        return compared, compared + len(self.unmatched_a)
+
     def layer(self, a_name: str) -> LayerDiff:
         """The LayerDiff of model A's layer ``a_name``."""
         for d in self.layers:

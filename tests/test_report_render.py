@@ -62,7 +62,7 @@ def test_render_shows_verdict_table_detail_and_unmatched(small):
     assert "fc[bold]" in text  # model names are shown literally, never parsed as markup
     assert "unmatched in B, present on this side only (expected in conversions): flatten (Flatten)" in text
     assert "unmatched in A, NOT COMPARED: no counterpart found: extra (Conv2d)" in text
-    assert "converted for B: NCHW→NHWC" in text
+    assert "converted for B: NCHW→NHWC · compared 4 of 5 layers of A (80%)" in text
 
 
 def test_passing_report_and_empty_report():

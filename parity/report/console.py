@@ -205,7 +205,12 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
     yield _model_line("A", report.a, report.inputs.shapes_a)
     yield _model_line("B", report.b, report.inputs.shapes_b)
     conv = ", ".join(report.inputs.conversions) or "–"
-    yield Text(f"inputs: {report.inputs.source}; converted for B: {conv}", style="dim")
+    compared, total = report.coverage
+    share = f" ({100 * compared / total:.0f}%)" if total else ""
+    yield Text(
+        f"inputs: {report.inputs.source}; converted for B: {conv} · compared {compared} of {total} layers of A{share}",
+        style="dim",
+    )
     if report.layers:
         yield _layer_table(report)
     d = report.first_divergence
