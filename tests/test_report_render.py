@@ -23,6 +23,7 @@ def layer(i, name, op, err, b_name=None, b_op=None, numel=100):
         index=i, a_name=name, b_name=b_name or name.replace(".", "_"), op=op, b_op=b_op or op,
         shape=(4, 25), b_shape=(4, 25), dtype="float32", transform="identity", ambiguous=False,
         how="order", metrics=m, rtol=1e-3, atol=1e-5, ok=ok, reasons=reasons,
+        role="output" if op == "output" else "layer",
     )
 
 
