@@ -46,6 +46,7 @@ __all__ = [
     "assert_parity",
     "capture",
     "load_report",
+    "load",
     "Report",
     "LayerDiff",
     "Metrics",
@@ -67,6 +68,13 @@ __all__ = [
     "ReportFormatError",
     "__version__",
 ]
+
+
+def load(path, **options):
+    """A model saved at ``path`` (``.keras``/``.h5`` in safe mode, ``.pt2``); see :mod:`parity.loading`."""
+    from .loading import load as _load
+
+    return _load(path, **options)
 
 
 def load_report(path):

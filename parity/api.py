@@ -10,6 +10,7 @@ from .compare import compare
 from .diagnose import diagnose
 from .errors import ParityMismatch
 from .inputs import prepare_inputs, random_inputs, normalize_inputs
+from .loading import load_model
 from .records import InputsSummary, Report, Trace, UnmatchedLayer
 from .tolerance import Tolerances
 
@@ -46,6 +47,8 @@ def diff(
 ) -> Report:
     """Compare models ``a`` and ``b`` layer by layer on the same inputs.
 
+    ``a`` and ``b`` are live models, paths to saved models (see
+    :func:`parity.load`) or ``"package.module:factory"`` specs.
     ``inputs`` (an array, a tuple/list of arrays, or a dict by input name) are
     in model A's layout and converted for B; ``None`` makes a seeded random
     batch.  ``mapping`` pairs A layer names with B layer names where automatic
@@ -60,6 +63,7 @@ def diff(
     tol = tolerances if isinstance(tolerances, Tolerances) else Tolerances.build(
         rtol=rtol, atol=atol, overrides=tolerances, min_argmax_agreement=min_argmax_agreement
     )
+    a, b = load_model(a), load_model(b)  # paths and "package.module:factory" specs
     backend_a, backend_b = backend_for(a), backend_for(b)
     inputs_a, inputs_b, summary = prepare_inputs(inputs, backend_a, backend_b, seed=seed)
     trace_a = backend_a.capture(inputs_a, containers=containers)

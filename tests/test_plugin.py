@@ -1,30 +1,175 @@
-"""The pytest plugin as a user meets it: `--parity` runs parity checks, otherwise they skip."""
+"""The pytest plugin as a user meets it, driven through pytester in subprocesses."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import textwrap
+
+import pytest
+
 pytest_plugins = ["pytester"]
 
+# Availability is checked without importing: pytester restores sys.modules after each
+# test, and importing torch's C extension a second time in one process crashes it.
+needs_frameworks = pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None or importlib.util.find_spec("keras") is None,
+    reason="needs torch and keras",
+)
 
-def test_parity_marked_tests_skip_without_the_option_and_run_with_it(pytester):
-    pytester.makepyfile(
-        """
+PAIRS_MODULE = textwrap.dedent(
+    """
+    import torch
+    from parity.zoo import ConvNet, randomize_bn, to_keras
+
+    torch.manual_seed(0)
+    _torch = randomize_bn(ConvNet().eval(), seed=1)
+
+    def torch_model():
+        return _torch
+
+    def keras_good():
+        return to_keras(_torch, bn_epsilon="match")
+
+    def keras_buggy():
+        return to_keras(_torch, bn_epsilon="keras-default")
+    """
+)
+
+PYPROJECT = textwrap.dedent(
+    """
+    [tool.parity.pairs.good]
+    a = "mypairs:torch_model"
+    b = "mypairs:keras_good"
+    inputs = { shape = [4, 1, 28, 28], seed = 0 }
+
+    [tool.parity.pairs.buggy]
+    a = "mypairs:torch_model"
+    b = "mypairs:keras_buggy"
+    inputs = { shape = [4, 1, 28, 28], seed = 0 }
+    rtol = 1e-3
+    atol = 1e-5
+    """
+)
+
+
+@pytest.fixture
+def project(pytester):
+    pytester.makepyfile(mypairs=PAIRS_MODULE)
+    pytester.makefile(".toml", pyproject=PYPROJECT)
+    pytester.syspathinsert()
+    return pytester
+
+
+@needs_frameworks
+def test_pairs_become_items_that_pass_and_fail_with_the_report(project):
+    result = project.runpytest_subprocess("--parity", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "collected 2 items",
+            "*parity pair buggy: mypairs:torch_model ↔ mypairs:keras_buggy*",
+            "*✗ DIVERGES at layer1.1 (BatchNorm2d ↔ BatchNormalization*",
+            "*first divergence: layer1.1 (BatchNorm2d) in A*",
+            "*likely cause — bn_epsilon*",
+            "*= parity =*",
+            "*✓ good: ✓ PARITY*",
+            "*✗ buggy: ✗ DIVERGES at layer1.1*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["FAILED pyproject.toml::buggy - ✗ DIVERGES at layer1.1*"])
+    saved = json.loads((project.path / "reports" / "buggy.json").read_text())
+    assert saved["diagnoses"][0]["layer"] == "layer1.1"
+    assert (project.path / "reports" / "good.json").exists()
+
+
+@needs_frameworks
+def test_a_pair_can_be_named_on_the_command_line_and_other_files_run_without_pairs(project):
+    project.makepyfile(test_other="def test_other():\n    pass\n")
+    named = project.runpytest_subprocess("--parity", "pyproject.toml::good", "-p", "no:cacheprovider")
+    named.assert_outcomes(passed=1)
+    named.stdout.fnmatch_lines(["*✓ good: ✓ PARITY*"])
+    other = project.runpytest_subprocess("--parity", "test_other.py", "-p", "no:cacheprovider")
+    other.assert_outcomes(passed=1)
+    assert "good" not in other.stdout.str()
+
+
+def test_without_the_option_pairs_and_marked_tests_are_skipped_without_importing_frameworks(project):
+    project.makepyfile(
+        test_plain="""
+        import sys
         import pytest
 
         @pytest.mark.parity
-        def test_pair():
+        def test_marked():
             pass
 
-        def test_plain():
-            pass
+        def test_frameworks_not_imported():
+            assert "torch" not in sys.modules and "tensorflow" not in sys.modules
         """
     )
-    result = pytester.runpytest_subprocess("-rs")
-    result.assert_outcomes(passed=1, skipped=1)
-    result.stdout.fnmatch_lines(["*parity check: run with `pytest --parity`*"])
-    result = pytester.runpytest_subprocess("--parity")
-    result.assert_outcomes(passed=2)
+    result = project.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, skipped=3)
+    result.stdout.fnmatch_lines(
+        [
+            "SKIPPED [[]1[]] test_plain.py:*: parity check: run with `pytest --parity`",
+            "SKIPPED [[]2[]] pyproject.toml: parity check: run with `pytest --parity`",
+        ]
+    )
+    assert not (project.path / "reports").exists()
 
 
-def test_tolerance_options_are_registered(pytester):
+def test_a_repository_without_parity_config_is_unaffected(pytester):
+    pytester.makepyfile(
+        """
+        import sys
+
+        def test_plain():
+            assert "torch" not in sys.modules and "keras" not in sys.modules
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert "= parity =" not in result.stdout.str()
+    assert not (pytester.path / "reports").exists()
+
+
+@pytest.mark.parametrize(
+    "table, fragment",
+    [
+        ('a = "m:f"\n', "missing key 'b'"),
+        ('a = "m:f"\nb = "m:g"\nrtoll = 1\n', "unknown key 'rtoll'"),
+        ('a = "m:f"\nb = "m:g"\nrtol = 1e-3\n', "gives key 'rtol' without 'atol'"),
+        ('a = "m:f"\nb = "m:g"\ninputs = 3\n', "key 'inputs' must be"),
+    ],
+)
+def test_a_malformed_pair_table_fails_collection_naming_the_key_and_file(pytester, table, fragment):
+    pytester.makefile(".toml", pyproject="[tool.parity.pairs.broken]\n" + table)
+    result = pytester.runpytest_subprocess("--parity", "-p", "no:cacheprovider")
+    assert result.ret != 0
+    result.stderr.fnmatch_lines([f"*pyproject.toml: [[]tool.parity.pairs.broken[]]*{fragment}*"])
+
+
+@needs_frameworks
+def test_the_parity_fixture_fails_a_hand_written_test_with_the_report(project):
+    project.makepyfile(
+        test_fixture="""
+        import numpy as np
+        import mypairs
+
+        def test_good(parity):
+            report = parity.check(mypairs.torch_model(), mypairs.keras_good(), np.ones((2, 1, 28, 28), "float32"))
+            assert report.ok
+
+        def test_buggy(parity):
+            parity.check(mypairs.torch_model(), mypairs.keras_buggy(), np.ones((2, 1, 28, 28), "float32"))
+        """
+    )
+    result = project.runpytest_subprocess("test_fixture.py", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_buggy*", "*✗ DIVERGES at layer1.1*", "*reports: reports/test_fixture.py_test_buggy.json*"])
+
+
+def test_tolerance_options_are_shared_with_the_cli(pytester):
     result = pytester.runpytest_subprocess("--help")
-    result.stdout.fnmatch_lines(["*--parity-rtol=RTOL*", "*--parity-atol=ATOL*"])
+    result.stdout.fnmatch_lines(["*--parity-rtol=RTOL*", "*--parity-atol=ATOL*", "*--parity-seed=SEED*", "*--parity-report-dir=DIR*"])

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from ..records import LayerDiff, ModelInfo, Report, tolerance_ratio
 
-__all__ = ["render_report", "render_text", "verdict_line", "fmt_float", "fold_rows"]
+__all__ = ["render_report", "render_text", "render_failure_text", "verdict_line", "fmt_float", "fold_rows"]
 
 #: models with more compared layers than this are folded around the first divergence
 FOLD_ABOVE = 30
@@ -258,6 +258,23 @@ def _fmt_evidence(v: float) -> str:
     if isinstance(v, float) and not v.is_integer():
         return f"{v:.4g}"
     return str(int(v)) if isinstance(v, float) else str(v)
+
+
+def render_failure_text(report: Report, width: int = 100) -> str:
+    """A failure message: the verdict, the first divergence and its diagnoses first, then the
+    whole report (plain text, no ANSI)."""
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, color_system=None, force_terminal=False)
+    console.print(Text(verdict_line(report)))
+    d = report.first_divergence
+    if d is not None:
+        for line in divergence_detail(d):
+            console.print(line)
+        for diag in d.diagnoses:
+            console.print(Text.assemble((f"likely cause — {diag.code}: ", "bold"), diag.message))
+    console.print(Text(""))
+    console.print(report)
+    return buf.getvalue().rstrip()
 
 
 def render_text(report: Report, width: int = 100) -> str:

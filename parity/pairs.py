@@ -1,0 +1,152 @@
+"""Pairs declared in configuration, for ``pytest --parity``.
+
+```toml
+[tool.parity.pairs.mnist]                  # in pyproject.toml, or [pairs.mnist] in parity.toml
+a = "models/convnet.pt2"                   # a path, or "package.module:factory"
+b = "models/convnet.keras"
+inputs = { shape = [8, 1, 28, 28], seed = 0 }   # or "data/batch.npy", or "package.module:function"
+mapping = "models/mapping.toml"            # optional: a file or an inline table
+rtol = 1e-4                                # optional, with atol
+atol = 1e-6
+tolerances = { "layer4.*" = [1e-2, 1e-4] } # optional per-layer overrides
+```
+
+Paths are relative to the file that declares them.  A malformed table raises
+:class:`PairConfigError` naming the file, the pair and the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ParityError
+
+__all__ = ["PairSpec", "PairConfigError", "find_pair_config", "load_pairs"]
+
+_KEYS = {"a", "b", "inputs", "mapping", "rtol", "atol", "tolerances", "seed", "min_argmax_agreement"}
+
+
+class PairConfigError(ParityError, ValueError):
+    """A ``[tool.parity.pairs.*]`` table that cannot be used."""
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    name: str
+    a: str
+    b: str
+    source: Path
+    inputs: Any = None
+    mapping: Any = None
+    rtol: float | None = None
+    atol: float | None = None
+    tolerances: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    min_argmax_agreement: float | None = None
+
+    def run(self, *, rtol: float | None = None, atol: float | None = None, seed: int | None = None):
+        """Load both models and the inputs, and compare them (options given here win)."""
+        from .api import diff
+        from .loading import load_inputs, load_mapping, load_model
+
+        base = self.source.parent
+        use_rtol, use_atol = (rtol, atol) if rtol is not None or atol is not None else (self.rtol, self.atol)
+        return diff(
+            load_model(self.a, base),
+            load_model(self.b, base),
+            load_inputs(self.inputs, base),
+            mapping=load_mapping(self.mapping, base),
+            rtol=use_rtol,
+            atol=use_atol,
+            tolerances=self.tolerances or None,
+            min_argmax_agreement=self.min_argmax_agreement,
+            seed=self.seed if seed is None else seed,
+        )
+
+
+def find_pair_config(root: str | Path) -> Path | None:
+    """``parity.toml`` in ``root``, else ``pyproject.toml`` if it has ``[tool.parity]``."""
+    root = Path(root)
+    own = root / "parity.toml"
+    if own.is_file():
+        return own
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError:
+            return None  # not ours to judge; pytest reads it too
+        if "parity" in data.get("tool", {}):
+            return pyproject
+    return None
+
+
+def load_pairs(path: str | Path) -> list[PairSpec]:
+    """The pairs declared in ``path`` (``pyproject.toml`` or ``parity.toml``), in file order."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise PairConfigError(f"{path}: not valid TOML: {exc}") from exc
+    table_name = "pairs" if path.name == "parity.toml" else "tool.parity.pairs"
+    section = data.get("pairs", {}) if path.name == "parity.toml" else data.get("tool", {}).get("parity", {}).get("pairs", {})
+    if not isinstance(section, dict):
+        raise PairConfigError(f"{path}: [{table_name}] must be a table of pairs, e.g. [{table_name}.mnist].")
+    pairs = []
+    for name, table in section.items():
+        where = f"{path}: [{table_name}.{name}]"
+        if not isinstance(table, dict):
+            raise PairConfigError(f"{where} must be a table with at least 'a' and 'b'.")
+        unknown = sorted(set(table) - _KEYS)
+        if unknown:
+            raise PairConfigError(
+                f"{where} has unknown key {unknown[0]!r}; known keys: {', '.join(sorted(_KEYS))}."
+            )
+        for key in ("a", "b"):
+            if key not in table:
+                raise PairConfigError(f"{where} is missing key {key!r} (a path or 'package.module:factory').")
+            if not isinstance(table[key], str):
+                raise PairConfigError(f"{where} key {key!r} must be a string, got {table[key]!r}.")
+        if ("rtol" in table) != ("atol" in table):
+            given = "rtol" if "rtol" in table else "atol"
+            missing = "atol" if given == "rtol" else "rtol"
+            raise PairConfigError(
+                f"{where} gives key {given!r} without {missing!r}; give both, or the default {missing} "
+                "would silently still apply."
+            )
+        for key in ("rtol", "atol", "min_argmax_agreement"):
+            if key in table and not isinstance(table[key], (int, float)):
+                raise PairConfigError(f"{where} key {key!r} must be a number, got {table[key]!r}.")
+        inputs = table.get("inputs")
+        if inputs is not None and not isinstance(inputs, (str, dict)):
+            raise PairConfigError(
+                f"{where} key 'inputs' must be a path, 'package.module:function' or a table "
+                f"{{ shape = [...], seed = 0 }}, got {inputs!r}."
+            )
+        if isinstance(inputs, dict) and "shape" not in inputs:
+            raise PairConfigError(f"{where} key 'inputs' table needs 'shape', e.g. {{ shape = [8, 1, 28, 28], seed = 0 }}.")
+        mapping = table.get("mapping")
+        if mapping is not None and not isinstance(mapping, (str, dict)):
+            raise PairConfigError(f"{where} key 'mapping' must be a file path or an inline table, got {mapping!r}.")
+        tolerances = table.get("tolerances", {})
+        if not isinstance(tolerances, dict):
+            raise PairConfigError(f"{where} key 'tolerances' must be a table of layer name/glob = [rtol, atol].")
+        pairs.append(
+            PairSpec(
+                name=str(name),
+                a=table["a"],
+                b=table["b"],
+                source=path,
+                inputs=inputs,
+                mapping=mapping,
+                rtol=table.get("rtol"),
+                atol=table.get("atol"),
+                tolerances=tolerances,
+                seed=int(table.get("seed", 0)),
+                min_argmax_agreement=table.get("min_argmax_agreement"),
+            )
+        )
+    return pairs

@@ -1,0 +1,122 @@
+"""Loading models, inputs and mappings from what a user writes in a config table or on the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from parity import ParityError
+from parity.loading import load, load_inputs, load_mapping, load_model
+from parity.pairs import PairConfigError, load_pairs
+
+
+def test_a_seeded_inputs_table_is_reproducible_and_scaled():
+    first = load_inputs({"shape": [2, 3], "seed": 7, "scale": 2.0})
+    again = load_inputs({"shape": [2, 3], "seed": 7, "scale": 2.0})
+    other = load_inputs({"shape": [2, 3], "seed": 8})
+    assert first.shape == (2, 3) and first.dtype == np.float32
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other * 2.0)
+    pair = load_inputs({"shape": [[1, 4], [1, 2]], "seed": 0})
+    assert [x.shape for x in pair] == [(1, 4), (1, 2)]
+
+
+def test_inputs_from_npy_and_npz_files_relative_to_the_config(tmp_path):
+    batch = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.save(tmp_path / "batch.npy", batch)
+    np.savez(tmp_path / "named.npz", x=batch, y=batch + 1)
+    np.testing.assert_array_equal(load_inputs("batch.npy", base_dir=tmp_path), batch)
+    named = load_inputs("named.npz", base_dir=tmp_path)
+    assert sorted(named) == ["x", "y"]
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ({"seed": 0}, "needs 'shape'"),
+        ({"shape": [2], "sede": 1}, "got keys ['sede', 'shape']"),
+        ({"shape": 3}, "must be a list of sizes, got 3"),
+        ("missing.npy", "does not exist; give a .npy or .npz file"),
+    ],
+)
+def test_bad_inputs_say_what_was_expected(tmp_path, spec, fragment):
+    with pytest.raises(ParityError, match=None) as info:
+        load_inputs(spec, base_dir=tmp_path)
+    assert fragment in str(info.value)
+
+
+def test_a_mapping_comes_from_an_inline_table_a_toml_or_a_json_file(tmp_path):
+    (tmp_path / "map.toml").write_text('[mapping]\n"features.0" = "conv2d"\n')
+    (tmp_path / "map.json").write_text(json.dumps({"fc": "dense"}))
+    assert load_mapping({"a": "b"}) == {"a": "b"}
+    assert load_mapping("map.toml", base_dir=tmp_path) == {"features.0": "conv2d"}
+    assert load_mapping("map.json", base_dir=tmp_path) == {"fc": "dense"}
+    with pytest.raises(ParityError, match="flat table of A layer name = B layer name"):
+        load_mapping({"a": 1})
+    with pytest.raises(ParityError, match="must be .json or .toml"):
+        (tmp_path / "map.yaml").write_text("a: b")
+        load_mapping("map.yaml", base_dir=tmp_path)
+
+
+def test_model_specs_name_the_missing_module_or_attribute():
+    with pytest.raises(ParityError, match="cannot import 'no_such_module_xyz'"):
+        load_model("no_such_module_xyz:Net")
+    with pytest.raises(ParityError, match="'parity.zoo' has no attribute 'NoNet'"):
+        load_model("parity.zoo:NoNet")
+
+
+def test_a_missing_or_unsupported_model_file_is_refused_with_what_to_do(tmp_path):
+    with pytest.raises(ParityError, match="does not exist. Give a path to a saved model or 'package.module:factory'"):
+        load(tmp_path / "nope.keras")
+    (tmp_path / "weights.bin").write_bytes(b"\0")
+    with pytest.raises(ParityError, match="parity loads .keras/.h5 and .pt2 files by path today"):
+        load(tmp_path / "weights.bin")
+
+
+def test_a_keras_file_loads_in_safe_mode_and_a_lambda_needs_an_opt_in(tmp_path):
+    keras = pytest.importorskip("keras")
+    inputs = keras.Input((3,))
+    plain = keras.Model(inputs, keras.layers.Dense(2, name="dense")(inputs))
+    plain.save(tmp_path / "plain.keras")
+    loaded = load_model(str(tmp_path / "plain.keras"))
+    x = np.ones((1, 3), np.float32)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(plain(x)), rtol=1e-6)
+    import parity
+
+    report = parity.diff(tmp_path / "plain.keras", plain, x)
+    assert report.ok and report.layer("dense").metrics.max_abs == 0.0
+
+    doubled = keras.layers.Lambda(lambda t: t * 2, name="double")(inputs)
+    risky = keras.Model(inputs, doubled)
+    risky.save(tmp_path / "risky.keras")
+    with pytest.raises(ParityError, match=r"safe mode. If you trust the file, opt in with parity.load\(path, safe_mode=False\)"):
+        load(tmp_path / "risky.keras")
+
+
+def test_an_exported_program_keeps_its_module_names(tmp_path):
+    torch = pytest.importorskip("torch")
+    from parity.zoo import ConvNet
+
+    model = ConvNet().eval()
+    x = torch.zeros(1, 1, 28, 28)
+    torch.export.save(torch.export.export(model, (x,)), tmp_path / "convnet.pt2")
+    loaded = load(tmp_path / "convnet.pt2")
+    names = {name for name, _ in loaded.named_modules() if name}
+    assert {"layer1.0", "layer1.1", "fc"} <= names
+    torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_pair_tables_in_a_parity_toml(tmp_path):
+    config = tmp_path / "parity.toml"
+    config.write_text(
+        '[pairs.first]\na = "m:a"\nb = "m:b"\ninputs = "batch.npy"\nmapping = { fc = "dense" }\n'
+        '[pairs.second]\na = "m:a"\nb = "m:c"\nrtol = 1e-4\natol = 1e-6\ntolerances = { "fc" = [1e-2, 1e-4] }\n'
+    )
+    first, second = load_pairs(config)
+    assert (first.name, first.inputs, first.mapping) == ("first", "batch.npy", {"fc": "dense"})
+    assert (second.rtol, second.atol, second.tolerances) == (1e-4, 1e-6, {"fc": [1e-2, 1e-4]})
+    config.write_text("[pairs.x\n")
+    with pytest.raises(PairConfigError, match="parity.toml: not valid TOML"):
+        load_pairs(config)
