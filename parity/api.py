@@ -124,7 +124,28 @@ def diff_traces(
         atol=atol,
         notes=tuple(notes),
         diagnoses=diagnoses,
+        environment=environment(trace_a.model, trace_b.model),
     )
+
+
+def environment(*models: Any) -> dict[str, str]:
+    """Versions of what computed a report (no timestamps or host names: identical runs give identical JSON)."""
+    import platform
+
+    import numpy
+
+    from . import __version__
+
+    env = {
+        "parity": __version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "platform": f"{platform.system()} {platform.machine()}",
+    }
+    for model in models:
+        if model.framework and model.framework_version:
+            env[model.framework] = model.framework_version
+    return env
 
 
 def assert_parity(a: Any, b: Any, inputs: Any = None, **options: Any) -> Report:

@@ -2,9 +2,11 @@
 
 ``parity demo``                 train the seed ConvNet, convert it to Keras by hand, show the reports
 ``parity diff A B``             compare two models given as ``package.module:factory``
-``parity show report.json``     render a saved report
+``parity show report.json``     render a saved report (``--html out.html`` too)
+``parity compare-reports OLD NEW``  which layers got worse between two runs
 
-Exit status: 0 the models agree, 1 they diverge, 2 bad usage or input.
+Exit status: 0 the models agree (no regression), 1 they diverge (a layer got
+worse), 2 bad usage or input.
 """
 
 from __future__ import annotations
@@ -36,12 +38,38 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("b", help="model B: package.module:factory, or a .keras/.h5/.pt2 file")
     d.add_argument("--inputs", help=".npy/.npz inputs in model A's layout (default: random from the input spec)")
     d.add_argument("--mapping", help=".toml/.json table of A layer name = B layer name")
-    d.add_argument("--json", dest="json_out", help="write the report as JSON here")
+    d.add_argument("--json", dest="json_out", metavar="PATH", help="write the report as JSON here")
+    d.add_argument("--html", dest="html_out", metavar="PATH", help="write the report as a self-contained HTML page here")
+    d.add_argument(
+        "--model-explorer", dest="explorer_out", metavar="PATH",
+        help="write per-layer error as Model Explorer node data (overlaid on model B's graph) here",
+    )
     add_tolerance_options(d.add_argument)
 
     show = sub.add_parser("show", help="render a saved JSON report")
     show.add_argument("report", help="a report written by parity (JSON)")
+    show.add_argument("--html", dest="html_out", metavar="PATH", help="also write it as an HTML page here")
+
+    cmp = sub.add_parser("compare-reports", help="which layers got worse between two saved reports of a pair")
+    cmp.add_argument("old", help="the earlier report (JSON)")
+    cmp.add_argument("new", help="the later report (JSON)")
+    cmp.add_argument(
+        "--factor", type=float, default=2.0,
+        help="a layer is worse when its error over the allowed error grew more than this (default 2)",
+    )
     return parser
+
+
+def _write_outputs(report, args, console) -> None:
+    for attr, method, what in (
+        ("json_out", "to_json", "JSON report"),
+        ("html_out", "to_html", "HTML report"),
+        ("explorer_out", "to_model_explorer", "Model Explorer node data"),
+    ):
+        path = getattr(args, attr, None)
+        if path:
+            getattr(report, method)(path)
+            console.print(f"{what} written to {path}", highlight=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,9 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seed=args.seed,
             )
             console.print(report)
-            if args.json_out:
-                report.to_json(args.json_out)
-                console.print(f"report written to {args.json_out}")
+            _write_outputs(report, args, console)
             return 0 if report.ok else 1
         if args.command == "show":
             from .report.jsonio import load_report
@@ -83,7 +109,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise InputError(f"report {args.report!r} does not exist.")
             report = load_report(args.report)
             console.print(report)
+            _write_outputs(report, args, console)
             return 0 if report.ok else 1
+        if args.command == "compare-reports":
+            from .report.jsonio import load_report
+            from .report.regress import compare_reports
+
+            comparison = compare_reports(load_report(args.old), load_report(args.new), factor=args.factor)
+            console.print(comparison)
+            return 1 if comparison.regressed else 0
     except ParityError as exc:
         console.print(f"[bold red]parity:[/] {type(exc).__name__}: ", end="")
         console.print(str(exc), markup=False, highlight=False)

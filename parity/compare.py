@@ -7,13 +7,19 @@ first, so indices (``max_abs_index``) are in A's layout.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
+from .detail import layer_detail
 from .metrics import compute_metrics, verdict
 from .records import Alignment, LayerDiff, Match
 from .tolerance import Tolerances
 
-__all__ = ["compare", "compare_match"]
+__all__ = ["compare", "compare_match", "DETAILED_LAYERS"]
+
+#: how many flagged layers (from the first divergence on) keep a heat map and histograms
+DETAILED_LAYERS = 8
 
 
 def compare_match(position: int, match: Match, tolerances: Tolerances) -> LayerDiff:
@@ -45,6 +51,16 @@ def compare_match(position: int, match: Match, tolerances: Tolerances) -> LayerD
 
 
 def compare(alignment: Alignment, tolerances: Tolerances) -> tuple[LayerDiff, ...]:
-    """One LayerDiff per match, in model A's execution order."""
+    """One LayerDiff per match, in model A's execution order; the first
+    :data:`DETAILED_LAYERS` flagged layers and any flagged output carry a
+    :class:`~parity.records.LayerDetail`."""
     ordered = sorted(alignment.matches, key=lambda m: m.a.index)
-    return tuple(compare_match(i, m, tolerances) for i, m in enumerate(ordered))
+    layers = [compare_match(i, m, tolerances) for i, m in enumerate(ordered)]
+    flagged = [i for i, d in enumerate(layers) if not d.ok]
+    chosen = set(flagged[:DETAILED_LAYERS]) | {i for i in flagged if layers[i].role == "output"}
+    for i in sorted(chosen):
+        match = ordered[i]
+        value_b = np.asarray(match.transform.apply(match.b.value))
+        detail = layer_detail(np.asarray(match.a.value), value_b, match.a.layout)
+        layers[i] = dataclasses.replace(layers[i], detail=detail)
+    return tuple(layers)

@@ -103,7 +103,10 @@ def run_demo(*, epochs: int = 3, out: str | Path = "reports/demo.json", console:
 
     out = Path(out)
     report.to_json(out)
-    (out.parent / "demo-untrained.json").write_text(report_untrained.to_json())
-    console.print(f"reports written: {out} and {out.parent / 'demo-untrained.json'}")
+    html = out.with_suffix(".html")
+    report.to_html(html)
+    untrained_json = out.parent / "demo-untrained.json"
+    report_untrained.to_json(untrained_json)
+    console.print(f"reports written: {html} (open it in a browser), {out}, {untrained_json}", highlight=False)
     console.print(f"[dim]demo finished in {time.perf_counter() - t0:.1f} s[/]")
     return 0

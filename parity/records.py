@@ -27,6 +27,9 @@ __all__ = [
     "Alignment",
     "Metrics",
     "LayerDiff",
+    "LayerDetail",
+    "ErrorMap",
+    "Histogram",
     "Diagnosis",
     "InputsSummary",
     "UnmatchedLayer",
@@ -262,6 +265,43 @@ class Diagnosis:
 
 
 @dataclass(frozen=True)
+class ErrorMap:
+    """Mean ``|b−a|`` over the spatial axes of one layer, in model A's layout.
+
+    ``values`` is a grid of at most ``MAX_MAP`` rows and columns (block
+    averages when the tensor is larger); ``rows``/``cols`` are the tensor's own
+    height and width.  A padding bug shows as a bright last row or column.
+    ``border`` holds the mean error of the first/last row/column and of the
+    interior, so the pattern is a number too.
+    """
+
+    rows: int
+    cols: int
+    values: tuple[tuple[float, ...], ...]
+    border: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Both tensors' values counted in the same bins (``len(edges) == len(counts) + 1``)."""
+
+    edges: tuple[float, ...]
+    counts_a: tuple[int, ...]
+    counts_b: tuple[int, ...]
+    #: values outside ``edges`` (beyond the 0.1/99.9 percentiles), per side
+    outside_a: int = 0
+    outside_b: int = 0
+
+
+@dataclass(frozen=True)
+class LayerDetail:
+    """What the HTML report draws for a flagged layer, small enough to keep in the JSON."""
+
+    histogram: Histogram
+    error_map: ErrorMap | None = None
+
+
+@dataclass(frozen=True)
 class LayerDiff:
     """The comparison of one matched pair, in model A's terms."""
 
@@ -284,6 +324,8 @@ class LayerDiff:
     reasons: tuple[str, ...] = ()
     role: str = "layer"
     diagnoses: tuple[Diagnosis, ...] = ()
+    #: heat map and histograms, kept for the first flagged layers only
+    detail: LayerDetail | None = None
 
     @property
     def rel_err(self) -> float:
@@ -355,6 +397,8 @@ class Report:
     atol: float | None
     notes: tuple[str, ...] = ()
     diagnoses: tuple[Diagnosis, ...] = ()
+    #: versions of what computed the report: python, numpy, parity, the frameworks
+    environment: Mapping[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -417,6 +461,23 @@ class Report:
         from .report.jsonio import report_to_json
 
         return report_to_json(self, path)
+
+    def to_html(self, path=None) -> str:
+        """A self-contained HTML page (works offline); written to ``path`` when given."""
+        from .report.html import render_html
+
+        return render_html(self, path)
+
+    def _repr_html_(self) -> str:
+        from .report.html import render_compact_html
+
+        return render_compact_html(self)
+
+    def to_model_explorer(self, path, *, side: str = "b", graph_id: str = "main") -> dict:
+        """Per-node error data that Model Explorer overlays on one model's graph; see :mod:`parity.report.explorer`."""
+        from .report.explorer import to_model_explorer
+
+        return to_model_explorer(self, path, side=side, graph_id=graph_id)
 
     def __str__(self) -> str:
         from .report.console import render_text

@@ -56,11 +56,19 @@ def test_diff_flags_the_batchnorm_and_exits_1(pair_module, capsys):
             str(pair_module / "batch.npy"),
             "--json",
             str(out_json),
+            "--html",
+            str(pair_module / "out" / "report.html"),
+            "--model-explorer",
+            str(pair_module / "out" / "node_data.json"),
         ]
     )
     assert code == 1
     text = capsys.readouterr().out
     assert "layer1.1" in text and "bn_epsilon" in text
+    assert f"HTML report written to {pair_module / 'out' / 'report.html'}" in text
+    assert '<tr id="row-1" class="bad first' in (pair_module / "out" / "report.html").read_text()
+    node_data = json.loads((pair_module / "out" / "node_data.json").read_text())
+    assert node_data["main"]["results"]["layer1_1"]["bgColor"] == "#ef9a9a"
     saved = json.loads(out_json.read_text())
     assert saved["schema"] == "parity.report"
     assert main(["show", str(out_json)]) == 1

@@ -30,3 +30,5 @@ def test_demo_flags_batchnorm_only_when_trained(tmp_path):
     assert saved["diagnoses"][0]["code"] == "bn_epsilon"
     assert saved["diagnoses"][0]["evidence"]["eps_b_fitted"] == pytest.approx(1e-3, rel=0.05)
     assert (tmp_path / "demo-untrained.json").exists()
+    html = (tmp_path / "demo.html").read_text()
+    assert 'id="row-1" class="bad first' in html and "bn_epsilon" in html

@@ -174,3 +174,8 @@ def test_resnet50_depth_keras_default_epsilon_flagged_at_the_first_batchnorm(dee
     report = parity.diff(deep_resnet, to_keras(deep_resnet, bn_epsilon="keras-default"), x)
     assert report.first_divergence.a_name == "stem_bn"
     assert report.first_divergence.diagnoses[0].code == "bn_epsilon"
+    # the HTML of a ResNet-50-depth pair stays small: charts are drawn, not tensors stored
+    html = report.to_html()
+    assert len(html.encode()) < 3_000_000
+    assert html.count('class="detail"') == 9  # the first eight flagged layers up close, and the output
+    assert f"show all {len(report.layers)} layers" in html

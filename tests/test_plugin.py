@@ -81,6 +81,9 @@ def test_pairs_become_items_that_pass_and_fail_with_the_report(project):
     saved = json.loads((project.path / "reports" / "buggy.json").read_text())
     assert saved["diagnoses"][0]["layer"] == "layer1.1"
     assert (project.path / "reports" / "good.json").exists()
+    html = (project.path / "reports" / "buggy.html").read_text(encoding="utf-8")
+    assert "<h1>✗ DIVERGES at layer1.1" in html
+    result.stdout.fnmatch_lines(["    reports/buggy.json, reports/buggy.html"])
 
 
 @needs_frameworks

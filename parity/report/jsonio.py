@@ -18,8 +18,11 @@ from ..errors import ReportFormatError
 from ..records import (
     SCHEMA_VERSION,
     Diagnosis,
+    ErrorMap,
+    Histogram,
     InputSpec,
     InputsSummary,
+    LayerDetail,
     LayerDiff,
     Metrics,
     ModelInfo,
@@ -80,7 +83,13 @@ def _decode(cls: type, data: Any) -> Any:
     return cls(**kwargs)
 
 
-_RECORDS = {c.__name__: c for c in (Diagnosis, InputSpec, InputsSummary, LayerDiff, Metrics, ModelInfo, UnmatchedLayer)}
+_RECORDS = {
+    c.__name__: c
+    for c in (
+        Diagnosis, ErrorMap, Histogram, InputSpec, InputsSummary, LayerDetail, LayerDiff, Metrics, ModelInfo,
+        UnmatchedLayer,
+    )
+}
 
 
 def _value(hint: Any, value: Any) -> Any:

@@ -1,0 +1,134 @@
+"""The HTML report: one self-contained file that works offline.
+
+Built from the Jinja2 templates in ``templates/`` with autoescaping on, so a
+layer named ``<img src=x onerror=alert(1)>`` is shown as text.  The charts are
+drawn by :mod:`parity.report.charts` (matplotlib) and inlined: an SVG for the
+error chart and histograms, PNG data URIs for heat maps.  A Content-Security-
+Policy forbids every network request, so the page cannot fetch anything even
+by accident.  Identical reports give identical bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+
+from ..records import LayerDiff, ModelInfo, Report
+from .console import FOLD_ABOVE, _fmt_evidence, fmt_float, largest_jump, verdict_line
+
+__all__ = ["render_html", "render_compact_html", "fold_set"]
+
+_AROUND = 10  # rows kept on each side of the first divergence when folding
+
+
+@lru_cache(maxsize=1)
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("parity.report", "templates"),
+        autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def fold_set(layers: tuple[LayerDiff, ...]) -> set[int]:
+    """Indices of rows folded away in a long table: everything but the head, the tail,
+    the neighbourhood of the first divergence and the flagged rows themselves."""
+    n = len(layers)
+    if n <= FOLD_ABOVE:
+        return set()
+    keep = set(range(min(5, n))) | set(range(max(n - 5, 0), n))
+    first = next((i for i, d in enumerate(layers) if not d.ok), None)
+    if first is not None:
+        keep |= set(range(max(first - _AROUND, 0), min(first + _AROUND + 1, n)))
+    keep |= {i for i, d in enumerate(layers) if d.role == "output" or (not d.ok and d.detail is not None)}
+    return set(range(n)) - keep
+
+
+def _num(x: float) -> str:
+    """A sortable number for ``data-v`` (JavaScript's parseFloat reads ``Infinity``)."""
+    if x != x:
+        return "NaN"
+    if math.isinf(x):
+        return "Infinity" if x > 0 else "-Infinity"
+    return repr(float(x))
+
+
+def _params(info: ModelInfo) -> str:
+    return f"{info.param_count:,}" if info.param_count is not None else "unknown"
+
+
+def _shapes(shapes) -> str:
+    return ", ".join(str(tuple(s)) for s in shapes) or "–"
+
+
+def _tolerance(report: Report) -> str:
+    if report.rtol is not None:
+        return f"rtol {fmt_float(report.rtol)}, atol {fmt_float(report.atol)} (given)"
+    pairs = sorted({(d.rtol, d.atol, d.dtype) for d in report.layers})
+    if not pairs:
+        return "per-dtype defaults"
+    return "; ".join(f"{dtype}: rtol {fmt_float(r)}, atol {fmt_float(a)}" for r, a, dtype in pairs) + " (per-dtype defaults)"
+
+
+def _context(report: Report, *, compact: bool) -> dict:
+    return {
+        "report": report,
+        "summary": verdict_line(report),
+        "compact": compact,
+        "jump": _jump(report),
+        "env": dict(report.environment),
+        "tolerance": _tolerance(report),
+        "coverage": report.coverage,
+        "fmt": fmt_float,
+        "num": _num,
+        "evidence": _fmt_evidence,
+        "params": _params,
+        "shapes": _shapes,
+        "first": report.first_divergence,
+    }
+
+
+def _jump(report: Report):
+    jump = largest_jump(report.layers)
+    first = report.first_divergence
+    if jump is None or (first is not None and jump[0] is first):
+        return None
+    return jump
+
+
+def render_html(report: Report, path: str | Path | None = None) -> str:
+    """The full report page; written to ``path`` (parents created) when given."""
+    from .charts import error_chart, heatmap_png, histogram_svg
+
+    detailed = []
+    for d in report.layers:
+        if d.detail is None:
+            continue
+        heat = heatmap_png(d.detail.error_map, f"mean |b−a| · {d.a_name}") if d.detail.error_map else None
+        hist = histogram_svg(d.detail.histogram, d.a_name, d.b_name)
+        detailed.append((d, heat, hist))
+    fold = fold_set(report.layers)
+    context = _context(report, compact=False)
+    context.update(chart=error_chart(report), detailed=detailed, rows=report.layers, fold=fold, folded=len(fold))
+    text = _environment().get_template("report.html.j2").render(**context)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return text
+
+
+def render_compact_html(report: Report) -> str:
+    """The notebook view (``Report._repr_html_``): verdict, first divergence, diagnoses,
+    models and the folded layer table; no charts, no script."""
+    fold = fold_set(report.layers)
+    rows = [d for d in report.layers if d.index not in fold]
+    context = _context(report, compact=True)
+    context.update(rows=rows, fold=set(), folded=len(fold))
+    return _environment().get_template("compact.html.j2").render(**context)

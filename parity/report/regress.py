@@ -1,0 +1,137 @@
+"""Which layers got worse between two runs — for catching regressions when a
+converter (or a framework) is upgraded.
+
+Layers are matched by model A's name.  A layer is *worse* when it passed before
+and fails now, or when its error, measured against what its tolerance allows,
+grew by more than ``factor`` and is now at least ``floor`` of the allowance
+(tiny errors doubling at round-off level is noise, not a regression).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from ..records import Report
+
+__all__ = ["LayerChange", "ReportComparison", "compare_reports"]
+
+
+@dataclass(frozen=True)
+class LayerChange:
+    a_name: str
+    op: str
+    #: "now fails", "worse", "better", "now passes", "same", "new", "gone"
+    status: str
+    old_err: float | None = None
+    new_err: float | None = None
+    old_ratio: float | None = None  # error over the error the tolerance allows
+    new_ratio: float | None = None
+
+    @property
+    def growth(self) -> float | None:
+        if self.old_ratio is None or self.new_ratio is None:
+            return None
+        if self.old_ratio == 0:
+            return float("inf") if self.new_ratio > 0 else 1.0
+        return self.new_ratio / self.old_ratio
+
+
+@dataclass(frozen=True)
+class ReportComparison:
+    old: Report
+    new: Report
+    changes: tuple[LayerChange, ...]
+    factor: float
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def worse(self) -> tuple[LayerChange, ...]:
+        return tuple(c for c in self.changes if c.status in ("now fails", "worse"))
+
+    @property
+    def better(self) -> tuple[LayerChange, ...]:
+        return tuple(c for c in self.changes if c.status in ("now passes", "better"))
+
+    @property
+    def regressed(self) -> bool:
+        """True when a layer got worse, a layer compared before is no longer compared,
+        or the verdict went from pass to fail."""
+        gone = any(c.status == "gone" for c in self.changes)
+        return bool(self.worse) or gone or (self.old.ok and not self.new.ok)
+
+    def summary(self) -> str:
+        counts = {s: sum(1 for c in self.changes if c.status == s) for s in ("now fails", "worse", "better", "now passes", "new", "gone")}
+        parts = [f"{n} {s}" for s, n in counts.items() if n]
+        head = "✗ REGRESSION" if self.regressed else "✓ NO REGRESSION"
+        verdicts = f"old {'passes' if self.old.ok else 'diverges'}, new {'passes' if self.new.ok else 'diverges'}"
+        return f"{head}: {verdicts}; " + (", ".join(parts) if parts else f"all {len(self.changes)} layers within {self.factor:g}× of before")
+
+    def __rich_console__(self, console, options) -> Iterator:  # pragma: no cover - exercised via rich
+        from rich.table import Table
+        from rich.text import Text
+
+        from .console import fmt_float
+
+        yield Text(self.summary(), style="bold red" if self.regressed else "bold green")
+        for note in self.notes:
+            yield Text(f"note: {note}", style="yellow")
+        shown = [c for c in self.changes if c.status != "same"]
+        if not shown:
+            return
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for col in ("layer (A)", "op", "old rel err", "new rel err", "× allowed before → now", "change"):
+            table.add_column(col, no_wrap=col != "layer (A)")
+        style = {"now fails": "red", "worse": "red", "better": "green", "now passes": "green", "new": "yellow", "gone": "yellow"}
+        for c in shown:
+            ratio = f"{c.old_ratio:.3g} → {c.new_ratio:.3g}" if c.old_ratio is not None and c.new_ratio is not None else "–"
+            growth = c.growth
+            label = c.status + (f" ({growth:.3g}×)" if growth not in (None, 1.0) and c.status in ("worse", "better") else "")
+            table.add_row(c.a_name, c.op, fmt_float(c.old_err), fmt_float(c.new_err), ratio, Text(label, style=style[c.status]))
+        yield table
+
+
+def compare_reports(old: Report, new: Report, *, factor: float = 2.0, floor: float = 0.1) -> ReportComparison:
+    """Compare two reports of the same pair layer by layer (model A's names)."""
+    if factor <= 1:
+        from ..errors import ParityError
+
+        raise ParityError(f"factor must be above 1 (how much worse counts as worse), got {factor}.")
+    before = {d.a_name: d for d in old.layers}
+    after = {d.a_name: d for d in new.layers}
+    changes: list[LayerChange] = []
+    for d in new.layers:
+        prev = before.get(d.a_name)
+        if prev is None:
+            changes.append(LayerChange(d.a_name, d.op, "new", new_err=d.rel_err, new_ratio=d.tolerance_ratio))
+            continue
+        r0, r1 = prev.tolerance_ratio, d.tolerance_ratio
+        if prev.ok and not d.ok:
+            status = "now fails"
+        elif not prev.ok and d.ok:
+            status = "now passes"
+        elif r1 > factor * r0 and r1 >= floor:
+            status = "worse"
+        elif r0 > factor * r1 and r0 >= floor:
+            status = "better"
+        else:
+            status = "same"
+        changes.append(LayerChange(d.a_name, d.op, status, prev.rel_err, d.rel_err, r0, r1))
+    for d in old.layers:
+        if d.a_name not in after:
+            changes.append(LayerChange(d.a_name, d.op, "gone", old_err=d.rel_err, old_ratio=d.tolerance_ratio))
+    notes = []
+    if old.inputs.digest and new.inputs.digest and old.inputs.digest != new.inputs.digest:
+        notes.append(
+            f"the runs used different inputs (digest {old.inputs.digest} vs {new.inputs.digest}); "
+            "errors may differ for that reason alone"
+        )
+    if (old.rtol, old.atol) != (new.rtol, new.atol):
+        notes.append(f"tolerances differ: rtol/atol {old.rtol}/{old.atol} before, {new.rtol}/{new.atol} now")
+    for side, o, n in (("A", old.a, new.a), ("B", old.b, new.b)):
+        if (o.framework, o.framework_version) != (n.framework, n.framework_version):
+            notes.append(f"model {side}: {o.framework} {o.framework_version} before, {n.framework} {n.framework_version} now")
+    gone = [c for c in changes if c.status == "gone"]
+    if gone:
+        notes.append(f"{len(gone)} layer(s) compared before are not compared now: " + ", ".join(c.a_name for c in gone[:8]))
+    return ReportComparison(old=old, new=new, changes=tuple(changes), factor=factor, notes=tuple(notes))

@@ -1,0 +1,218 @@
+"""The JSON Schema of a saved report, derived from the record dataclasses.
+
+The published file is ``parity/schemas/report.schema.json``; regenerate it
+after changing a record with::
+
+    python -m parity.report.schema > parity/schemas/report.schema.json
+
+(a test fails while the file is out of date).  Field descriptions come from
+:data:`DESCRIPTIONS`; every field of every record must have one.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import json
+import sys
+import types
+import typing
+from typing import Any, Union
+
+from ..records import (
+    SCHEMA_VERSION,
+    Diagnosis,
+    ErrorMap,
+    Histogram,
+    InputSpec,
+    InputsSummary,
+    LayerDetail,
+    LayerDiff,
+    Metrics,
+    ModelInfo,
+    Report,
+    UnmatchedLayer,
+)
+
+__all__ = ["build_schema", "DESCRIPTIONS", "SCHEMA_ID"]
+
+SCHEMA_ID = "https://parity.dev/schemas/report.schema.json"
+
+_RECORDS = (Report, ModelInfo, InputSpec, InputsSummary, LayerDiff, Metrics, LayerDetail, ErrorMap, Histogram, Diagnosis, UnmatchedLayer)
+
+DESCRIPTIONS: dict[str, str] = {
+    "Report": "The answer to 'do these two models compute the same thing?'.",
+    "Report.a": "Model A, the reference (its layer names and layout are the report's).",
+    "Report.b": "Model B, the model checked against A.",
+    "Report.layers": "Every compared layer, in model A's execution order.",
+    "Report.unmatched": "Layers of either model that were not compared, with the reason.",
+    "Report.inputs": "The inputs both models ran on.",
+    "Report.rtol": "The global relative tolerance given by the user; null when per-dtype defaults applied.",
+    "Report.atol": "The global absolute tolerance given by the user; null when per-dtype defaults applied.",
+    "Report.notes": "Things the reader must know (a model was in training mode, layers ran without output, ...).",
+    "Report.diagnoses": "Causes found from the numbers, each naming model A's layer.",
+    "Report.environment": "Versions of what computed the report (parity, python, numpy, the frameworks).",
+    "ModelInfo": "What is known of one model.",
+    "ModelInfo.framework": "'torch', 'keras', ...",
+    "ModelInfo.framework_version": "The framework's version string.",
+    "ModelInfo.name": "The model's class or given name.",
+    "ModelInfo.kind": "What the model is: 'nn.Module', 'keras functional', 'keras Sequential', ...",
+    "ModelInfo.param_count": "Number of parameters, when known.",
+    "ModelInfo.input_spec": "The inputs the model declares, when it declares them.",
+    "ModelInfo.was_training": "True when the model was in training mode when handed in (it was compared in inference mode).",
+    "InputSpec": "One declared input.",
+    "InputSpec.name": "Input name.",
+    "InputSpec.shape": "Shape; null for a free dimension.",
+    "InputSpec.dtype": "Element type.",
+    "InputSpec.layout": "'NCHW', 'NHWC' or null.",
+    "InputSpec.source": "Where the spec came from ('declared', 'traced', ...).",
+    "InputsSummary": "The inputs of the run, as each model received them.",
+    "InputsSummary.shapes_a": "Input shapes given to model A.",
+    "InputsSummary.shapes_b": "Input shapes given to model B (after layout conversion).",
+    "InputsSummary.dtypes": "Input element types.",
+    "InputsSummary.conversions": "Conversions applied to B's inputs, e.g. 'NCHW→NHWC'.",
+    "InputsSummary.source": "'given' or how parity made them (a seeded random batch).",
+    "InputsSummary.digest": "Hash of the inputs' bytes, to tell whether two reports ran on the same data.",
+    "LayerDiff": "The comparison of one matched pair of layers, in model A's terms.",
+    "LayerDiff.index": "Position in model A's execution order (0-based, over compared layers).",
+    "LayerDiff.a_name": "Model A's layer or tensor name.",
+    "LayerDiff.b_name": "Model B's layer or tensor name.",
+    "LayerDiff.op": "Model A's op type (Conv2d, BatchNorm2d, ...).",
+    "LayerDiff.b_op": "Model B's op type (Conv2D, BatchNormalization, ...).",
+    "LayerDiff.shape": "Shape of A's tensor.",
+    "LayerDiff.b_shape": "Shape of B's tensor, before it was brought into A's layout.",
+    "LayerDiff.dtype": "Element type ('float32', or 'a/b' when they differ).",
+    "LayerDiff.transform": "How B's tensor was brought into A's layout, e.g. 'NHWC→NCHW'.",
+    "LayerDiff.ambiguous": "True when another permutation fits the shapes as well.",
+    "LayerDiff.how": "How the pair was matched: 'mapping', 'output', 'name', 'sequence', ...",
+    "LayerDiff.metrics": "The numbers of the comparison.",
+    "LayerDiff.rtol": "Relative tolerance applied to this layer.",
+    "LayerDiff.atol": "Absolute tolerance applied to this layer.",
+    "LayerDiff.ok": "True when the layer is within tolerance.",
+    "LayerDiff.reasons": "Why the verdict is a failure, one sentence each.",
+    "LayerDiff.role": "'layer', or 'output' for a model output.",
+    "LayerDiff.diagnoses": "Diagnoses about this layer.",
+    "LayerDiff.detail": "Heat map and histograms; present for the first flagged layers only.",
+    "Metrics": "Error figures of one pair, computed in float64 on B's tensor in A's layout.",
+    "Metrics.numel": "Number of elements compared.",
+    "Metrics.rel_err": "‖b−a‖₂/‖a‖₂ over finite elements (inf when ‖a‖ is 0 and b differs).",
+    "Metrics.err_norm": "‖b−a‖₂.",
+    "Metrics.max_abs": "Greatest |b−a|.",
+    "Metrics.max_abs_index": "Index of the greatest |b−a|, in A's layout.",
+    "Metrics.mean_abs": "Mean |b−a|.",
+    "Metrics.cosine": "Cosine similarity of a and b.",
+    "Metrics.mismatched": "Elements outside |b−a| ≤ atol + rtol·|a|.",
+    "Metrics.norm_a": "‖a‖₂.",
+    "Metrics.norm_b": "‖b‖₂.",
+    "Metrics.rms_a": "Root mean square of a.",
+    "Metrics.nan_a": "NaN elements in a.",
+    "Metrics.nan_b": "NaN elements in b.",
+    "Metrics.inf_a": "Infinite elements in a.",
+    "Metrics.inf_b": "Infinite elements in b.",
+    "Metrics.nonfinite_mismatch": "Positions where a and b disagree on being NaN/inf.",
+    "Metrics.argmax_agreement": "Share of rows whose argmax agrees (outputs only), else null.",
+    "LayerDetail": "What the HTML report draws for a flagged layer.",
+    "LayerDetail.histogram": "Both tensors' values in shared bins.",
+    "LayerDetail.error_map": "Mean |b−a| per spatial position; null for tensors without spatial axes.",
+    "ErrorMap": "Mean |b−a| over batch and channels per (row, column), block-averaged to at most 64×64.",
+    "ErrorMap.rows": "The tensor's height.",
+    "ErrorMap.cols": "The tensor's width.",
+    "ErrorMap.values": "The grid, row by row.",
+    "ErrorMap.border": "Mean |b−a| of first_row, last_row, first_col, last_col and the interior.",
+    "Histogram": "Counts of both tensors in the same bins, spanning their 0.1–99.9 percentiles.",
+    "Histogram.edges": "Bin edges (one more than bins).",
+    "Histogram.counts_a": "Counts of A's values per bin.",
+    "Histogram.counts_b": "Counts of B's values per bin.",
+    "Histogram.outside_a": "A's values outside the edges (or not finite).",
+    "Histogram.outside_b": "B's values outside the edges (or not finite).",
+    "Diagnosis": "A cause found from the numbers.",
+    "Diagnosis.code": "Machine-readable cause: 'bn_epsilon', ...",
+    "Diagnosis.layer": "Model A's layer the diagnosis is about.",
+    "Diagnosis.message": "The cause and what to do, in words.",
+    "Diagnosis.evidence": "The numbers that support it (fitted values, counts, ratios).",
+    "UnmatchedLayer": "A layer that was not compared.",
+    "UnmatchedLayer.side": "'a' or 'b'.",
+    "UnmatchedLayer.name": "The layer's name.",
+    "UnmatchedLayer.op": "The layer's op type.",
+    "UnmatchedLayer.shape": "Its output shape.",
+    "UnmatchedLayer.reason": "'one-sided' (exists on one side by design) or 'no-match' (not covered).",
+}
+
+_FLOAT = {"anyOf": [{"type": "number"}, {"enum": ["inf", "-inf", "nan"]}]}
+
+
+def _type(hint: Any) -> dict:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        options = [_type(a) for a in args]
+        return {"anyOf": options}
+    if hint is type(None):
+        return {"type": "null"}
+    if hint is bool:
+        return {"type": "boolean"}
+    if hint is int:
+        return {"type": "integer"}
+    if hint is float:
+        return dict(_FLOAT)
+    if hint is str:
+        return {"type": "string"}
+    if hint is Any:
+        return {}
+    if dataclasses.is_dataclass(hint):
+        return {"$ref": f"#/$defs/{hint.__name__}"}
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return {"type": "array", "items": _type(args[0])}
+        return {"type": "array", "prefixItems": [_type(a) for a in args], "minItems": len(args), "maxItems": len(args)}
+    if origin in (dict, collections.abc.Mapping):
+        return {"type": "object", "additionalProperties": _type(args[1]) if args else {}}
+    raise TypeError(f"no JSON Schema type for {hint!r}")
+
+
+def _definition(cls: type) -> dict:
+    hints = typing.get_type_hints(cls)
+    properties = {}
+    required = []
+    for f in dataclasses.fields(cls):
+        if f.name == "schema_version":
+            continue
+        key = f"{cls.__name__}.{f.name}"
+        if key not in DESCRIPTIONS:
+            raise KeyError(f"describe {key} in parity.report.schema.DESCRIPTIONS")
+        properties[f.name] = {**_type(hints[f.name]), "description": DESCRIPTIONS[key]}
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            required.append(f.name)
+    return {
+        "type": "object",
+        "description": DESCRIPTIONS[cls.__name__],
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
+
+
+def build_schema() -> dict:
+    """The JSON Schema (draft 2020-12) that ``report.to_json()`` output satisfies."""
+    root = _definition(Report)
+    root["properties"] = {
+        "schema": {"const": "parity.report", "description": "Always 'parity.report'."},
+        "version": {"const": SCHEMA_VERSION, "description": "Schema version; readers refuse newer versions."},
+        **root["properties"],
+    }
+    root["required"] = ["schema", "version", *root["required"]]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": f"parity report, version {SCHEMA_VERSION}",
+        **root,
+        "$defs": {cls.__name__: _definition(cls) for cls in _RECORDS if cls is not Report},
+    }
+
+
+def schema_text() -> str:
+    return json.dumps(build_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.stdout.write(schema_text())
