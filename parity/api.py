@@ -17,7 +17,9 @@ from .tolerance import Tolerances
 __all__ = ["diff", "diff_traces", "assert_parity", "capture"]
 
 
-def capture(model: Any, inputs: Any = None, *, containers: bool = False, seed: int = 0) -> Trace:
+def capture(
+    model: Any, inputs: Any = None, *, containers: bool = False, granularity: str = "modules", seed: int = 0
+) -> Trace:
     """Run ``model`` once and record every layer's output.
 
     ``inputs`` are in the model's own layout; ``None`` makes a seeded random
@@ -26,8 +28,11 @@ def capture(model: Any, inputs: Any = None, *, containers: bool = False, seed: i
     >>> trace = parity.capture(torch_model, x)          # doctest: +SKIP
     >>> trace["layer1.1"].shape, trace["layer1.1"].layout  # doctest: +SKIP
     ((8, 16, 28, 28), 'NCHW')
+
+    ``granularity="ops"`` also records the functional calls of PyTorch
+    models (``layer1.0:add#0``).
     """
-    backend = backend_for(model)
+    backend = backend_for(load_model(model), granularity=granularity)
     arrays = random_inputs(backend, backend, seed=seed) if inputs is None else normalize_inputs(inputs)
     return backend.capture(arrays, containers=containers)
 
@@ -43,6 +48,7 @@ def diff(
     tolerances: Mapping[str, Any] | Tolerances | None = None,
     min_argmax_agreement: float | None = None,
     containers: bool = False,
+    granularity: str = "modules",
     seed: int = 0,
 ) -> Report:
     """Compare models ``a`` and ``b`` layer by layer on the same inputs.
@@ -54,7 +60,9 @@ def diff(
     batch.  ``mapping`` pairs A layer names with B layer names where automatic
     alignment cannot.  ``rtol``/``atol`` (both or neither) override the
     per-dtype defaults; ``tolerances`` maps layer names or globs to
-    ``(rtol, atol)``.
+    ``(rtol, atol)``.  ``granularity="ops"`` records PyTorch's functional
+    calls too (``x + y``, ``F.relu``, ``x.view``), where residual and flatten
+    bugs live.
 
     >>> report = parity.diff(torch_model, keras_model, x)   # doctest: +SKIP
     >>> report.first_divergence.a_name                        # doctest: +SKIP
@@ -64,7 +72,7 @@ def diff(
         rtol=rtol, atol=atol, overrides=tolerances, min_argmax_agreement=min_argmax_agreement
     )
     a, b = load_model(a), load_model(b)  # paths and "package.module:factory" specs
-    backend_a, backend_b = backend_for(a), backend_for(b)
+    backend_a, backend_b = backend_for(a, granularity=granularity), backend_for(b, granularity=granularity)
     inputs_a, inputs_b, summary = prepare_inputs(inputs, backend_a, backend_b, seed=seed)
     trace_a = backend_a.capture(inputs_a, containers=containers)
     trace_b = backend_b.capture(inputs_b, containers=containers)

@@ -138,3 +138,43 @@ def test_bfloat16_values_keep_their_dtype_name():
     tap = trace["0"]
     assert tap.dtype == "bfloat16"  # the name of what the model computed in
     assert tap.value.dtype == np.float32 and float(tap.value[0, 0]) == 2.0  # NumPy has no bfloat16
+
+
+def test_op_level_capture_names_the_residual_add_and_the_flatten():
+    from parity.zoo import BasicBlock, ConvNet
+
+    block = BasicBlock(4).eval()
+    x = np.random.default_rng(0).standard_normal((2, 4, 6, 6)).astype("float32")
+    trace = parity.capture(block, x, granularity="ops")
+    assert [t.name for t in trace] == ["conv1", "bn1", "relu", "conv2", "bn2", ":add#0", "relu2", "output"]
+    add = trace[":add#0"]
+    assert (add.op, add.layout, add.shape) == ("add", "NCHW", (2, 4, 6, 6))
+    np.testing.assert_allclose(add.value, trace["bn2"].value + x, rtol=1e-6)
+    assert ":" not in "".join(t.name for t in parity.capture(block, x))  # modules only by default
+
+    flat = parity.capture(ConvNet().eval(), np.zeros((1, 1, 28, 28), "float32"), granularity="ops")[":reshape#0"]
+    assert (flat.op, flat.layout, flat.attrs["flat_from"]) == ("reshape", "N(CHW)", (16, 28, 28))
+
+
+def test_op_level_capture_records_functional_code_but_not_inside_leaf_modules():
+    class Functional(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            y = torch.nn.functional.relu(self.conv(x))
+            z = torch.cat([y, x], dim=1)
+            return z.permute(0, 2, 3, 1) * 2
+
+    x = np.ones((1, 3, 4, 4), "float32")
+    trace = parity.capture(Functional(), x, granularity="ops")
+    assert [(t.name, t.op, t.layout) for t in trace.layers] == [
+        ("conv", "Conv2d", "NCHW"),
+        (":relu#0", "relu", "NCHW"),
+        (":cat#0", "cat", "NCHW"),
+        (":permute#0", "permute", None),
+        (":mul#0", "mul", None),
+    ]
+    with pytest.raises(parity.ParityError, match="granularity must be 'modules' or 'ops'"):
+        parity.capture(Functional(), x, granularity="everything")

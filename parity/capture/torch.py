@@ -1,7 +1,12 @@
 """PyTorch ``nn.Module`` capture through forward hooks.
 
 Every leaf module (and, on request, every container) gets a forward hook that
-copies its outputs to NumPy.  The model runs once under ``torch.no_grad()``
+copies its outputs to NumPy.  With ``granularity="ops"`` the functional calls
+made in a module's own ``forward`` (``x + y``, ``F.relu``, ``x.view(...)``,
+``torch.cat``) are recorded too, through a ``TorchFunctionMode``, named by the
+module path, the op and its index there: ``layer1.0:add#0``, ``:reshape#0``
+(the model's own forward).  Calls inside leaf modules are not repeated: the
+module's tap is their result.  The model runs once under ``torch.no_grad()``
 in ``eval()``; the modes the user had are restored afterwards, and a model
 handed in while training is said so in its :class:`ModelInfo`.
 """
@@ -81,6 +86,35 @@ def _to_numpy(t: Any) -> tuple[np.ndarray, str]:
         t = t.cpu()
     # a copy: a later in-place op (ReLU(inplace=True)) must not change what was recorded
     return t.numpy().copy(), dtype
+
+
+#: calls that return no activation worth recording, or only reshuffle bookkeeping
+_SKIP_OPS = frozenset(
+    {
+        "get", "set", "dim", "size", "numel", "item", "tolist", "len", "bool", "index", "int", "float_",
+        "format", "repr", "hash", "is_floating_point", "is_contiguous", "data_ptr", "stride", "element_size",
+        "detach", "contiguous", "clone", "requires_grad_", "setitem", "type", "is_complex", "get_device",
+        "numpy", "cpu", "cuda", "to", "dim_order", "storage_offset", "untyped_storage", "has_names",
+        "is_nonzero", "nelement", "ndimension", "new_empty", "new_zeros", "new_ones", "new_full",
+        "new_tensor", "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
+        "align_to", "refine_names", "rename", "is_sparse", "is_quantized", "is_meta", "device",
+    }
+)
+_OP_ALIASES = {"radd": "add", "iadd": "add_", "rmul": "mul", "imul": "mul_", "rsub": "sub", "isub": "sub_",
+               "truediv": "div", "rtruediv": "div", "itruediv": "div_", "rmatmul": "matmul", "getitem": "getitem"}
+#: ops that reorder axes: their output layout is not their input's
+_REORDER_OPS = frozenset({"permute", "transpose", "movedim", "swapaxes", "swapdims", "t", "mT", "T", "pixel_shuffle"})
+_FLATTEN_OPS = frozenset({"flatten", "view", "reshape"})
+
+
+def _op_name(func: Any) -> str | None:
+    name = getattr(func, "__name__", None)
+    if not name:
+        return None
+    if name.startswith("__") and name.endswith("__"):
+        name = name[2:-2]
+    name = _OP_ALIASES.get(name, name)
+    return None if name in _SKIP_OPS or name.startswith("_") else name
 
 
 def _is_tensor(obj: Any) -> bool:
@@ -170,6 +204,9 @@ class TorchBackend(Backend):
         import torch
 
         model = self.model
+        granularity = self.options.get("granularity", "modules")
+        if granularity not in ("modules", "ops"):
+            raise CaptureError(f"granularity must be 'modules' or 'ops', got {granularity!r}.")
         if isinstance(inputs, dict):
             arrays = list(inputs.values())
         else:
@@ -187,12 +224,16 @@ class TorchBackend(Backend):
 
         def record(tensor_name: str, t: Any, op: str, role: str, in_layout, in_rank, attrs) -> None:
             value, dtype = _to_numpy(t)
+            tap_attrs = dict(attrs)
+            forced = tap_attrs.pop("_layout", False)
             layout = _module_layout(op, value.ndim, in_layout, in_rank) if role != "output" else None
+            if forced is not False:  # op-level taps decide their layout themselves
+                layout = forced
             if role == "output":
                 known = layouts.get(_tensor_key(t))
                 layout = known[0] if known else _default_layout(value.ndim)
-            tap_attrs = dict(attrs)
-            if op == "Flatten" and in_layout and in_rank and in_rank > 2 and value.ndim == 2:
+            flattens = op == "Flatten" or tap_attrs.pop("_flattens", False)
+            if flattens and in_layout and in_rank and in_rank > 2 and value.ndim == 2:
                 layout = f"N({in_layout[1:]})"
                 tap_attrs["flat_from"] = tuple(attrs.get("_in_shape", ()))[1:]
             tap_attrs.pop("_in_shape", None)
@@ -239,13 +280,18 @@ class TorchBackend(Backend):
             is_input[_tensor_key(t)] = layout
         modes = {m: m.training for m in model.modules()}
         handles = [m.register_forward_hook(hook) for m in names]
+        mode = None
+        if granularity == "ops":
+            mode, op_handles = self._op_recorder(record, layouts, calls)
+            handles += op_handles
         try:
             model.eval()
             with torch.no_grad():
-                if isinstance(inputs, dict):
-                    out = model(**dict(zip(inputs.keys(), tensors)))
+                if mode is not None:
+                    with mode:
+                        out = self._call(model, inputs, tensors)
                 else:
-                    out = model(*tensors)
+                    out = self._call(model, inputs, tensors)
         except Exception as exc:  # the user's model failed: say with what
             shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
             expected = ""
@@ -279,6 +325,66 @@ class TorchBackend(Backend):
             inputs_digest=digest_inputs(arrays),
             notes=notes,
         )
+
+
+    @staticmethod
+    def _call(model: Any, inputs: Inputs, tensors: list) -> Any:
+        if isinstance(inputs, dict):
+            return model(**dict(zip(inputs.keys(), tensors)))
+        return model(*tensors)
+
+    def _op_recorder(self, record, layouts: dict, calls: Counter) -> tuple[Any, list]:
+        """A TorchFunctionMode recording the ops each non-leaf module's forward calls itself."""
+        from torch.overrides import TorchFunctionMode
+
+        stack: list[tuple[str, bool]] = []  # (module path, is leaf) of the modules running now
+        handles = []
+        for path, module in self.model.named_modules():
+            is_leaf = next(iter(module.children()), None) is None and module is not self.model
+
+            def push(mod, args, path=path, is_leaf=is_leaf):
+                stack.append((path, is_leaf))
+
+            def pop(mod, args, out):
+                if stack:
+                    stack.pop()
+
+            handles.append(module.register_forward_pre_hook(push))
+            handles.append(module.register_forward_hook(pop, always_call=True))
+
+        class OpRecorder(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if not stack or stack[-1][1]:
+                    return out  # outside the model, or inside a leaf module: its hook records it
+                op = _op_name(func)
+                if op is None:
+                    return out
+                first = next((a for a in args if _is_tensor(a)), None)
+                if first is None and args and isinstance(args[0], (list, tuple)):  # torch.cat([...])
+                    first = next((a for a in args[0] if _is_tensor(a)), None)
+                in_layout = in_rank = known = None
+                in_shape: tuple = ()
+                if first is not None:
+                    known = layouts.get(_tensor_key(first))
+                    in_rank, in_shape = first.dim(), tuple(first.shape)
+                    in_layout = known[0] if known and known[1] == in_rank else None
+                key = f"{stack[-1][0]}:{op}"
+                k = calls[key]
+                calls[key] += 1
+                for tensor_name, t in flatten_outputs(out, f"{key}#{k}", _is_tensor):
+                    attrs = {"_in_shape": in_shape, "op_call": getattr(func, "__qualname__", op)}
+                    if t.dim() == in_rank and op not in _REORDER_OPS:
+                        if known is not None:
+                            attrs["_layout"] = in_layout  # elementwise and friends keep their input's layout
+                    elif op in _FLATTEN_OPS and t.dim() == 2:
+                        attrs["_flattens"] = True
+                    elif op in _REORDER_OPS:
+                        attrs["_layout"] = None  # a permuted tensor's layout is not known
+                    record(tensor_name, t, op, "layer", in_layout, in_rank, attrs)
+                return out
+
+        return OpRecorder(), handles
 
 
 def _fmt_shape(shape: tuple) -> str:
