@@ -96,29 +96,36 @@ PASS_THROUGH_OPS = frozenset(
 _FAMILIES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (family, re.compile(pattern, re.IGNORECASE))
     for family, pattern in (
-        ("conv", r"^(lazy)?(conv(transpose)?[123]d|conv[123]d(transpose)?|depthwiseconv[12]d|separableconv[12]d|conv)$"),
-        ("batchnorm", r"^(sync)?batchnorm(alization|[123]d)?$"),
-        ("dense", r"^(lazy)?(linear|dense|einsumdense)$"),
-        ("activation", r"^(relu6?|leakyrelu|prelu|elu|selu|celu|gelu|silu|swish|mish|sigmoid|tanh|hardswish|hardsigmoid|hardtanh|softplus|softmax|logsoftmax|activation|relu_?6|clip.*)$"),
-        ("pool", r"^(adaptive)?(max|avg|average|lp)pool(ing)?[123]d$|^global(average|max)pooling[123]d$"),
+        ("conv", r"^(lazy)?(conv(transpose)?[123]d|conv[123]d(transpose)?|depthwiseconv[12]d(native)?|separableconv[12]d|conv|convolution)$"),
+        ("batchnorm", r"^(sync)?batchnorm(alization|[123]d)?$|^fusedbatchnorm(v[23])?$"),
+        ("dense", r"^(lazy)?(linear|dense|einsumdense|gemm|matmul|fullyconnected|addmm)$"),
+        ("activation", r"^(relu6?|leakyrelu|prelu|elu|selu|celu|gelu|silu|swish|mish|sigmoid|tanh|hardswish|hardsigmoid|hardtanh|softplus|softmax|logsoftmax|activation|relu_?6|clip.*|logistic)$"),
+        ("pool", r"^(adaptive)?(max|avg|average|lp)pool(ing)?[123]d$|^global(average|max)pool(ing[123]d)?$|^(max|average)pool$|^(reduce)?mean$"),
         ("norm", r"^(layernorm(alization)?|groupnorm(alization)?|rmsnorm(alization)?|instancenorm[123]d|unitnormalization)$"),
-        ("add", r"^(add|sum)$"),
+        ("add", r"^(add|addv2|sum|add_)$"),
         ("flatten", r"^flatten$"),
         ("embedding", r"^embedding(bag)?$"),
         ("pad", r"^(zeropad(ding)?[123]d|constantpad[123]d|reflectionpad[123]d)$"),
         ("upsample", r"^(upsample|upsampling[123]d|upsamplingnearest2d|upsamplingbilinear2d|resizing)$"),
-        ("concat", r"^(concatenate|cat|concat)$"),
+        ("concat", r"^(concatenate|cat|concat|concatenation|concatv2)$"),
         ("attention", r"^(multiheadattention|attention)$"),
     )
 )
 
 
 def op_family(op: str) -> str:
-    """The family an op belongs to across frameworks (``Conv2d`` and ``Conv2D`` → ``conv``)."""
+    """The family an op belongs to across frameworks and formats (``Conv2d``, ``Conv2D``,
+    ONNX ``Conv``, TFLite ``CONV_2D`` → ``conv``)."""
+    plain = op.replace("_", "") if op.isupper() or "_" in op.strip("_") else op
     for family, pattern in _FAMILIES:
-        if pattern.match(op):
+        if pattern.match(plain) or pattern.match(op):
             return family
     return op.lower()
+
+
+#: families that combine several tensors: such an op is paired only with its own family
+#: (else a residual ``Add`` steals the match of the layer before it)
+_MERGE_FAMILIES = frozenset({"add", "concat", "subtract", "sub", "multiply", "mul", "average", "maximum", "minimum", "dot"})
 
 
 def normalize_name(name: str) -> str:
@@ -201,8 +208,10 @@ class _Pairing:
         ts = self.transforms(a, b)
         if not ts:
             return 0.0
-        same_family = op_family(a.op) == op_family(b.op)
-        return 1.0 + (1.0 if same_family else 0.0) + _similarity(a, b, ts[0])
+        fa, fb = op_family(a.op), op_family(b.op)
+        if fa != fb and (fa in _MERGE_FAMILIES or fb in _MERGE_FAMILIES):
+            return 0.0
+        return 1.0 + (1.0 if fa == fb else 0.0) + _similarity(a, b, ts[0])
 
 
 def _check_mapping(mapping: Mapping[str, str], ta: Trace, tb: Trace) -> list[tuple[Tap, Tap]]:
@@ -272,9 +281,25 @@ def align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None = None) -> Ali
         if b is not None and pairing.transforms(a, b):
             add(a, b, "name")
 
+    # 3b. name scopes: graph formats name tensors by the layer that made them
+    # (TF ``model_1/conv1_bn_1/batchnorm/add_1:0``, ONNX ``/layer1/layer1.0/conv1/Conv``);
+    # the scope's last tensor is the layer's output.  A converter may have folded the layer
+    # into another (Conv+BatchNorm), so a scope anchors a pair only when the values agree.
+    scoped: dict[str, list[Tap]] = {}
+    for b in tb.layers:
+        if id(b) not in used_b:
+            for key in _scope_keys(b.name):
+                scoped.setdefault(key, []).append(b)
+    for key, a in unique_by_norm([t for t in ta.layers if id(t) not in used_a]).items():
+        candidates = [b for b in scoped.get(key, []) if id(b) not in used_b and pairing.transforms(a, b)]
+        if candidates:
+            b = max(candidates, key=lambda t: t.index)
+            if _similarity(a, b, pairing.transforms(a, b)[0]) >= _SCOPE_SIMILARITY:
+                add(a, b, "scope")
+
     # 4. order + shape between the anchors
     anchors = sorted(
-        ((m.a.index, m.b.index) for m in matches if m.how in ("mapping", "name")),
+        ((m.a.index, m.b.index) for m in matches if m.how in ("mapping", "name", "scope")),
     )
     chain = _increasing_chain(anchors)
     free_a = [t for t in ta.layers if id(t) not in used_a and t.op not in PASS_THROUGH_OPS]
@@ -296,13 +321,52 @@ def align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None = None) -> Ali
         )
 
     matches.sort(key=lambda m: m.a.index)
-    unmatched = [
-        Unmatched(tap=t, side=side, reason="one-sided" if t.op in ONE_SIDED_OPS else "no-match")
-        for side, trace, used in (("a", ta, used_a), ("b", tb, used_b))
-        for t in trace.taps
-        if id(t) not in used and t.role != "container"
-    ]
+    matched_b = [m.b.name for m in matches]
+    unmatched = []
+    for side, trace, used in (("a", ta, used_a), ("b", tb, used_b)):
+        for t in trace.taps:
+            if id(t) in used or t.role == "container":
+                continue
+            reason = "one-sided" if t.op in ONE_SIDED_OPS else "no-match"
+            if reason == "no-match" and side == "a" and _fused_into(t.name, matched_b):
+                reason = "fused"
+            unmatched.append(Unmatched(tap=t, side=side, reason=reason))
     return Alignment(matches=tuple(matches), unmatched=tuple(unmatched))
+
+
+#: how alike (−log10(1−cos)/2) a scope-named pair must be to anchor: cos ≥ 0.99
+_SCOPE_SIMILARITY = 1.0
+
+
+def _scope_keys(name: str) -> set[str]:
+    """Normalised runs of the scope segments of a graph tensor name (empty for plain names)."""
+    first = re.sub(r":\d+$", "", name.split(";")[0])
+    if "/" not in first:
+        return set()
+    segments = [re.sub(r"_\d+$", "", s) for s in first.strip("/").split("/")][:-1]  # the last is the op
+    keys = set()
+    for i in range(len(segments)):
+        for j in range(i + 1, len(segments) + 1):
+            keys.add(normalize_name("_".join(segments[i:j])))
+    keys.discard("")
+    return keys
+
+
+def _fused_into(name: str, b_names: list[str]) -> bool:
+    """Whether a converter folded model A's layer ``name`` into a tensor of B that was
+    compared: B's tensor names it as a scope (ONNX ``/layer1/layer1.0/conv1/Conv``,
+    TFLite ``model/relu_1/Relu6;model/bn_1/batchnorm/add_1;model/conv_1/convolution``)."""
+    candidates = {name}
+    if "." in name:
+        head, _, tail = name.rpartition(".")
+        candidates.add(f"{head}/{tail}")
+    for b_name in b_names:
+        for part in b_name.split(";"):
+            segments = [re.sub(r"_\d+$", "", s) for s in part.strip("/").split("/")]
+            joined = "/" + part.strip("/") + "/"
+            if any(f"/{c}/" in joined for c in candidates) or name in segments:
+                return True
+    return False
 
 
 def _increasing_chain(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -38,38 +38,68 @@ def _resolve(spec: str, what: str) -> Any:
 def _is_model(obj: Any) -> bool:
     torch = sys.modules.get("torch")
     keras = sys.modules.get("keras")
+    onnx = sys.modules.get("onnx")
+    tfgraph = sys.modules.get("parity.capture.tfgraph")
+    tflite = sys.modules.get("parity.capture.tflite")
     return bool(
-        (torch is not None and isinstance(obj, torch.nn.Module))
+        (tfgraph is not None and isinstance(obj, tfgraph.TFGraph))
+        or (tflite is not None and isinstance(obj, tflite.TFLiteModel))
+        or (torch is not None and isinstance(obj, (torch.nn.Module, torch.export.ExportedProgram)))
         or (keras is not None and isinstance(obj, keras.layers.Layer))
+        or (onnx is not None and isinstance(obj, onnx.ModelProto))
     )
 
 
 def _looks_like_spec(text: str) -> bool:
     module, sep, attr = text.partition(":")
     return bool(sep) and bool(attr) and "/" not in module and "\\" not in module and not module.endswith(
-        (".pt", ".pt2", ".keras", ".h5", ".onnx", ".tflite", ".pb")
+        (".pt", ".pt2", ".pth", ".bin", ".keras", ".h5", ".onnx", ".tflite", ".pb")
     )
 
 
 def load_model(spec: Any, base_dir: str | Path | None = None) -> Any:
-    """A live model from ``"package.module:factory"``, a path, or a model object (returned as is)."""
+    """A live model from ``"package.module:factory"``, a path, a table
+    ``{path = "net.pth", factory = "pkg.mod:Net"}``, or a model object (returned as is)."""
+    if isinstance(spec, Mapping) and "path" in spec:
+        unknown = set(spec) - {"path", "factory", "safe_mode", "weights_only", "signature", "inputs", "outputs"}
+        if unknown:
+            raise ModelError(
+                f"a model table needs 'path' (and optionally 'factory', 'safe_mode', 'weights_only', "
+                f"'signature'); got keys {sorted(spec)}."
+            )
+        options = {k: v for k, v in spec.items() if k != "path"}
+        return load(_under(spec["path"], base_dir), **options)
     if not isinstance(spec, (str, Path)):
         return spec
     text = str(spec)
     if _looks_like_spec(text):
         obj = _resolve(text, "model")
         return obj() if callable(obj) and not _is_model(obj) else obj
-    path = Path(text)
+    return load(_under(text, base_dir))
+
+
+def _under(path: Any, base_dir: str | Path | None) -> Path:
+    path = Path(str(path))
     if base_dir is not None and not path.is_absolute():
         path = Path(base_dir) / path
-    return load(path)
+    return path
+
+
+_FORMATS = (
+    ".keras/.h5 (Keras), .pt2 (torch.export), .pt/.pth (TorchScript, or a state_dict with factory=), "
+    ".onnx, .tflite, .pb (frozen GraphDef), a SavedModel directory"
+)
 
 
 def load(path: str | Path, **options: Any) -> Any:
-    """A model saved at ``path``: a Keras ``.keras``/``.h5`` file (loaded with
-    ``safe_mode=True``) or a ``torch.export`` program ``.pt2`` (unflattened, so
-    the original module names survive).  Other formats raise a :class:`ModelError`
-    that says what is supported."""
+    """A model saved at ``path``, by what the path is:
+
+    - ``.keras``/``.h5``: Keras, loaded with ``safe_mode=True`` (``safe_mode=False`` to opt in to code);
+    - ``.pt2``: a ``torch.export`` ExportedProgram, captured with its module names;
+    - ``.pt``/``.pth``/``.bin``: a TorchScript archive, or a ``state_dict`` loaded with
+      ``torch.load(weights_only=True)`` into ``factory()`` (``"package.module:Class"`` or a callable).
+
+    Anything else raises a :class:`ModelError` that says what is supported."""
     path = Path(path)
     if not path.exists():
         raise ModelError(
@@ -77,6 +107,21 @@ def load(path: str | Path, **options: Any) -> Any:
             "'package.module:factory'."
         )
     suffix = path.suffix.lower()
+    if path.is_dir():
+        if (path / "saved_model.pb").exists():
+            from .capture.tfgraph import TFGraph
+
+            return TFGraph.from_saved_model(path, **options)  # signature=
+        raise ModelError(
+            f"{str(path)!r} is a directory without saved_model.pb: parity loads a directory only as a "
+            "TensorFlow SavedModel. Give the model file itself."
+        )
+    if suffix in (".pb", ".pbtxt"):
+        from .capture.tfgraph import TFGraph
+
+        if path.name == "saved_model.pb":
+            return TFGraph.from_saved_model(path.parent, **options)
+        return TFGraph.from_frozen_pb(path, **options)  # inputs=, outputs=
     if suffix in (".keras", ".h5"):
         import keras
 
@@ -93,13 +138,89 @@ def load(path: str | Path, **options: Any) -> Any:
     if suffix == ".pt2":
         import torch
 
-        program = torch.export.load(str(path))
-        return torch.export.unflatten(program)
+        try:
+            return torch.export.load(str(path))
+        except Exception as exc:
+            raise ModelError(
+                f"{str(path)!r} is not a torch.export program ({type(exc).__name__}: {exc}). "
+                "Write one with torch.export.save(torch.export.export(model, args), path)."
+            ) from exc
+    if suffix in (".pt", ".pth", ".bin"):
+        return _load_torch_file(path, **options)
+    if suffix == ".onnx":
+        from .capture.onnx import load_onnx
+
+        return load_onnx(path)
+    if suffix == ".tflite":
+        from .capture.tflite import TFLiteModel
+
+        return TFLiteModel.from_path(path)
     raise ModelError(
-        f"cannot load {str(path)!r}: parity loads .keras/.h5 and .pt2 files by path today "
-        "(TorchScript, ONNX, TFLite, SavedModel and frozen graphs are on the way). Give the model "
-        "as 'package.module:factory' instead."
+        f"cannot load {str(path)!r}: parity loads {_FORMATS} by path. Give the model as "
+        "'package.module:factory' instead, or pass the live model object."
     )
+
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def _load_torch_file(path: Path, *, factory: Any = None, weights_only: bool = True) -> Any:
+    import torch
+
+    if _is_torchscript(path):
+        return torch.jit.load(str(path), map_location="cpu")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=weights_only)
+    except Exception as exc:
+        if weights_only and ("safe_globals" in str(exc) or "Unsupported global" in str(exc)):
+            raise ModelError(
+                f"{str(path)!r} holds pickled Python objects, not only tensors, and "
+                "torch.load(weights_only=True) refuses them (pickles can run code). If you trust the "
+                "file, opt in with parity.load(path, weights_only=False) (or weights_only = false in "
+                "the model table); better, save a state_dict and give factory=."
+            ) from exc
+        raise ModelError(f"{str(path)!r} is not a file torch.load can read: {type(exc).__name__}: {exc}") from exc
+    if _is_model(state):
+        return state  # a whole pickled module (weights_only=False)
+    if isinstance(state, Mapping):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in state and _is_model(state[key]):
+                return state[key].eval()  # a checkpoint holding the module itself (weights_only=False)
+            if key in state and isinstance(state[key], Mapping):
+                state = state[key]
+                break
+    if not isinstance(state, Mapping) or not all(hasattr(v, "shape") for v in state.values()):
+        raise ModelError(f"{str(path)!r} holds a {type(state).__name__}, not a state_dict or a TorchScript module.")
+    keys = list(state)
+    if factory is None:
+        shown = ", ".join(keys[:4]) + (", …" if len(keys) > 4 else "")
+        raise ModelError(
+            f"{str(path)!r} is a state_dict ({len(keys)} tensors: {shown}): weights without the model's code. "
+            "Give the class that builds the model: parity.load(path, factory='package.module:Net'), "
+            "or in a pair table a = { path = \"...\", factory = \"package.module:Net\" }."
+        )
+    build = _resolve(factory, "factory") if isinstance(factory, str) else factory
+    model = build() if callable(build) else build
+    if not _is_model(model):
+        raise ModelError(f"factory {factory!r} made a {type(model).__name__}, not a torch.nn.Module.")
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ModelError(
+            f"the state_dict in {str(path)!r} does not fit {type(model).__name__}: "
+            + (f"missing {', '.join(missing[:6])}{', …' if len(missing) > 6 else ''}" if missing else "")
+            + ("; " if missing and unexpected else "")
+            + (f"unexpected {', '.join(unexpected[:6])}{', …' if len(unexpected) > 6 else ''}" if unexpected else "")
+            + ". Check the factory builds the same architecture (num_batches_tracked is ignored on purpose)."
+        )
+    return model.eval()
 
 
 def load_inputs(spec: Any, base_dir: str | Path | None = None) -> Any:

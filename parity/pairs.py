@@ -36,8 +36,8 @@ class PairConfigError(ParityError, ValueError):
 @dataclass(frozen=True)
 class PairSpec:
     name: str
-    a: str
-    b: str
+    a: Any
+    b: Any
     source: Path
     inputs: Any = None
     mapping: Any = None
@@ -108,8 +108,18 @@ def load_pairs(path: str | Path) -> list[PairSpec]:
         for key in ("a", "b"):
             if key not in table:
                 raise PairConfigError(f"{where} is missing key {key!r} (a path or 'package.module:factory').")
-            if not isinstance(table[key], str):
-                raise PairConfigError(f"{where} key {key!r} must be a string, got {table[key]!r}.")
+            value = table[key]
+            if isinstance(value, dict):
+                if "path" not in value or set(value) - {"path", "factory", "safe_mode", "weights_only", "signature", "inputs", "outputs"}:
+                    raise PairConfigError(
+                        f"{where} key {key!r} as a table needs 'path' and may have 'factory', 'safe_mode', "
+                        f"'weights_only', 'signature'; got keys {sorted(value)}."
+                    )
+            elif not isinstance(value, str):
+                raise PairConfigError(
+                    f"{where} key {key!r} must be a path, 'package.module:factory' or a table "
+                    f"{{ path = ..., factory = ... }}, got {value!r}."
+                )
         if ("rtol" in table) != ("atol" in table):
             given = "rtol" if "rtol" in table else "atol"
             missing = "atol" if given == "rtol" else "rtol"

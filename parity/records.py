@@ -203,7 +203,8 @@ class Unmatched:
 
     tap: Tap
     side: str  # "a" | "b"
-    #: "one-sided" (an op that exists on one side only: Flatten, Dropout, ...) or "no-match"
+    #: "one-sided" (an op that exists on one side only: Flatten, Dropout, ...), "fused" (folded
+    #: by the converter into a tensor of B that was compared) or "no-match"
     reason: str
 
 

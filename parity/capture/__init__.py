@@ -18,7 +18,15 @@ __all__ = ["Backend", "backend_for"]
 
 # (module that must already be imported, backend module, backend class)
 _BACKENDS = (
+    # saved programs first: a ScriptModule is an nn.Module too, but runs no hooks
+    ("torch", "parity.capture.torchgraph", "TorchScriptBackend"),
+    ("torch", "parity.capture.torchgraph", "ExportedProgramBackend"),
     ("torch", "parity.capture.torch", "TorchBackend"),
+    ("onnx", "parity.capture.onnx", "OnnxBackend"),
+    ("tensorflow", "parity.capture.tfgraph", "TFGraphBackend"),
+    # always considered: it imports neither TensorFlow nor LiteRT to check for a TFLiteModel or
+    # flatbuffer bytes, which no other backend takes
+    ("builtins", "parity.capture.tflite", "TFLiteBackend"),
     ("keras", "parity.capture.keras", "KerasBackend"),
 )
 
@@ -36,6 +44,7 @@ def backend_for(model: Any, **options: Any) -> Backend:
     kind = f"{type(model).__module__}.{type(model).__qualname__}"
     raise ModelError(
         f"parity cannot run an object of type {kind}: expected a torch.nn.Module or a "
-        "keras.Model (Sequential, functional or subclassed). Pass the model object itself, "
+        "keras.Model (Sequential, functional or subclassed), a saved TorchScript/ExportedProgram, an "
+        "onnx.ModelProto, a TF graph (parity.load('frozen.pb') or a SavedModel directory) or a TFLite flatbuffer (parity.load('model.tflite')). Pass the model object itself, "
         "not its outputs or weights."
     )

@@ -245,6 +245,7 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
         for side in ("a", "b"):
             for reason, label, style in (
                 ("one-sided", "present on this side only (expected in conversions)", "dim"),
+                ("fused", "folded by the converter into a compared tensor of B (e.g. Conv+BatchNorm)", "dim"),
                 ("no-match", "NOT COMPARED: no counterpart found", "yellow"),
             ):
                 names = [u for u in unmatched if u.side == side and u.reason == reason]

@@ -1,0 +1,525 @@
+"""ONNX model capture through onnxruntime, with every intermediate value exposed.
+
+The model is copied, shape inference fills in what it can of the types of the
+intermediate values, and every node output that carries an activation is added
+to the copy's graph outputs.  onnxruntime (CPU) then runs the copy once, and
+each value becomes a :class:`Tap` named by its ONNX value name, in node order
+(ONNX graphs are topologically sorted), with ``op`` the producing node's
+``op_type``.
+
+Values that do not depend on any graph input (``Constant`` nodes, and the
+shape arithmetic exporters emit around ``Reshape``: ``Shape`` → ``Gather`` →
+``Concat``) are weights or bookkeeping, not activations, and are not recorded.
+
+Neither ``onnx`` nor ``onnxruntime`` is imported until a model is loaded or
+run: ``import parity`` stays light.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CaptureError, InputError, ModelError
+from ..records import InputSpec, ModelInfo, Tap, Trace
+from .base import Backend, Inputs, digest_inputs
+
+__all__ = ["OnnxBackend", "load_onnx"]
+
+# ops whose output has the layout of their (first) input: layout flows through them
+_ELEMENTWISE = frozenset(
+    {
+        "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Sigmoid", "HardSigmoid",
+        "HardSwish", "Tanh", "Softplus", "Softsign", "Mish", "Clip", "Abs", "Neg", "Exp", "Log",
+        "Sqrt", "Reciprocal", "Erf", "Floor", "Ceil", "Round", "Sign", "Cast", "Identity",
+        "Dropout", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where",
+        "BatchNormalization", "Softmax", "LogSoftmax", "QuantizeLinear", "DequantizeLinear",
+    }
+)
+# ops that define no activation of their own: their outputs are shapes/sizes (bookkeeping)
+_SHAPE_OPS = frozenset({"Shape", "Size"})
+# the ONNX ops whose tensors are channel-first by the standard's definition
+_CHANNEL_FIRST_OPS = frozenset(
+    {
+        "Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool",
+        "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MaxRoiPool", "MaxUnpool",
+        "InstanceNormalization", "GroupNormalization", "LRN", "Resize", "Upsample",
+        "DepthToSpace", "SpaceToDepth", "BatchNormalization",
+    }
+)
+
+
+def load_onnx(path: str | Path) -> Any:
+    """The ``onnx.ModelProto`` saved at ``path``, or a :class:`ModelError` saying what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(
+            f"ONNX model file {str(path)!r} does not exist. Give the path of a .onnx file written by "
+            "torch.onnx.export, tf2onnx or onnx.save."
+        )
+    if path.is_dir():
+        raise ModelError(f"{str(path)!r} is a directory, not an ONNX model file. Give the path of a .onnx file.")
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ModelError(
+            f"loading {str(path)!r} needs the 'onnx' and 'onnxruntime' packages, which are not installed. "
+            "Install them with: pip install onnx onnxruntime"
+        ) from exc
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # DecodeError, or an external-data file that is missing
+        raise ModelError(
+            f"{str(path)!r} is not a valid ONNX model (protobuf parse failed: {type(exc).__name__}: {exc}). "
+            "Was it written by torch.onnx.export / onnx.save? A model over 2 GB also needs its external "
+            "data file next to it."
+        ) from exc
+    if not isinstance(model, onnx.ModelProto) or len(model.graph.node) == 0 and len(model.graph.output) == 0:
+        raise ModelError(
+            f"{str(path)!r} parsed as protobuf but holds no ONNX graph (no nodes, no outputs). "
+            "Was it written by torch.onnx.export / onnx.save?"
+        )
+    return model
+
+
+def _elem_dtype(elem_type: int) -> str:
+    import onnx
+
+    try:
+        return str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)))
+    except Exception:  # bfloat16, float8, ... have no NumPy dtype
+        return onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
+def _is_float(elem_type: int) -> bool:
+    import onnx
+
+    name = onnx.TensorProto.DataType.Name(elem_type)
+    return name.startswith(("FLOAT", "DOUBLE", "BFLOAT", "COMPLEX"))
+
+
+def _shape_of(type_proto: Any) -> tuple[int | None, ...] | None:
+    """The tensor shape of a TypeProto (``None`` for symbolic dims), or ``None`` if unranked."""
+    tt = type_proto.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+
+
+def _fmt_shape(shape: tuple | None) -> str:
+    if shape is None:
+        return "(any rank)"
+    return "(" + ", ".join("N" if i == 0 and s is None else ("?" if s is None else str(s)) for i, s in enumerate(shape)) + ")"
+
+
+def _node_attrs(node: Any) -> dict[str, Any]:
+    """The node's name and its plain-valued attributes (epsilon, strides, pads, perm, ...)."""
+    import onnx
+
+    attrs: dict[str, Any] = {}
+    if node.name:
+        attrs["node"] = node.name
+    if node.domain and node.domain != "ai.onnx":
+        attrs["domain"] = node.domain
+    for a in node.attribute:
+        if a.type in (onnx.AttributeProto.TENSOR, onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS,
+                      onnx.AttributeProto.TENSORS, onnx.AttributeProto.SPARSE_TENSOR,
+                      onnx.AttributeProto.SPARSE_TENSORS, onnx.AttributeProto.TYPE_PROTO,
+                      onnx.AttributeProto.TYPE_PROTOS):
+            continue
+        val = onnx.helper.get_attribute_value(a)
+        if isinstance(val, bytes):
+            val = val.decode("utf-8", "replace")
+        elif isinstance(val, list):
+            val = tuple(v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in val)
+        attrs[a.name] = val
+    return attrs
+
+
+def _torch_provenance(node: Any) -> dict[str, Any]:
+    """What torch.onnx.export(dynamo=True) wrote about where a node came from.
+
+    ``torch_scope`` is the path of the innermost torch module the node ran in
+    (``blocks.0.bn2``; ``""`` for the top module's own functional code), and
+    ``rewrites`` the onnxscript rewrite rules that produced it
+    (``FuseBatchNormIntoConv``: this Conv's output is the BatchNorm's).
+    """
+    import ast
+
+    out: dict[str, Any] = {}
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                continue
+            if isinstance(scopes, list) and len(scopes) >= 2:
+                out["torch_scope"] = str(scopes[-2])  # the last element names the op itself
+        elif prop.key == "pkg.onnxscript.rewriter.rule_name":
+            out["rewrites"] = tuple(r.strip() for r in prop.value.split(",") if r.strip())
+    return out
+
+
+def _mark_module_outputs(taps: list[Tap]) -> None:
+    """Set ``attrs["torch_module"]`` on the last tap computed inside each torch module scope:
+    that value is the module's output, the tensor a torch forward hook records."""
+    for i, tap in enumerate(taps):
+        scope = tap.attrs.get("torch_scope")
+        if not scope:
+            continue
+        nxt = taps[i + 1].attrs.get("torch_scope") if i + 1 < len(taps) else None
+        if nxt is not None and (nxt == scope or nxt.startswith(scope + ".")):
+            continue  # the module is still computing
+        tap.attrs["torch_module"] = scope  # type: ignore[index]
+
+
+class OnnxBackend(Backend):
+    """An ``onnx.ModelProto`` run with onnxruntime.
+
+    Options: ``providers`` (default ``["CPUExecutionProvider"]``).
+    """
+
+    framework = "onnx"
+
+    def __init__(self, model: Any, **options: Any) -> None:
+        import onnx
+
+        if isinstance(model, (str, Path)):
+            model = load_onnx(model)
+        if not isinstance(model, onnx.ModelProto):
+            raise ModelError(
+                f"OnnxBackend takes an onnx.ModelProto or a path to a .onnx file; got "
+                f"{type(model).__module__}.{type(model).__qualname__}. Load the file with onnx.load(path)."
+            )
+        super().__init__(model, **options)
+
+    @classmethod
+    def accepts(cls, obj: Any) -> bool:
+        onnx = sys.modules.get("onnx")
+        return onnx is not None and isinstance(obj, onnx.ModelProto)
+
+    # --- what the model is -----------------------------------------------------------
+
+    def _initializer_names(self) -> set[str]:
+        g = self.model.graph
+        return {t.name for t in g.initializer} | {t.values.name for t in g.sparse_initializer}
+
+    def _graph_inputs(self) -> list[Any]:
+        """The graph inputs that are fed (not initializers listed as inputs, as IR < 4 does)."""
+        inits = self._initializer_names()
+        return [vi for vi in self.model.graph.input if vi.name not in inits]
+
+    def opset(self) -> int | None:
+        for imp in self.model.opset_import:
+            if imp.domain in ("", "ai.onnx"):
+                return int(imp.version)
+        return None
+
+    def info(self) -> ModelInfo:
+        try:
+            import onnxruntime as ort
+
+            version = f"onnxruntime {ort.__version__}"
+        except ImportError:
+            version = "onnxruntime not installed"
+        m = self.model
+        opset = self.opset()
+        kind = f"ONNX opset {opset}" if opset is not None else "ONNX"
+        if m.producer_name:
+            kind += f", from {m.producer_name}{' ' + m.producer_version if m.producer_version else ''}"
+        # float initializers only: the int64 shape constants exporters store are not parameters
+        params = sum(int(np.prod(t.dims, dtype=np.int64)) for t in m.graph.initializer if _is_float(t.data_type))
+        params += sum(
+            int(np.prod(t.dims, dtype=np.int64)) for t in m.graph.sparse_initializer if _is_float(t.values.data_type)
+        )
+        return ModelInfo(
+            framework="onnx",
+            framework_version=version,
+            name=m.graph.name or "onnx model",
+            kind=kind,
+            param_count=params,
+            input_spec=self.input_spec(),
+        )
+
+    def input_spec(self) -> tuple[InputSpec, ...] | None:
+        specs = []
+        for vi in self._graph_inputs():
+            if not vi.type.HasField("tensor_type"):
+                continue
+            shape = _shape_of(vi.type)
+            if shape is None:
+                continue  # unranked: nothing to declare
+            dtype = _elem_dtype(vi.type.tensor_type.elem_type)
+            specs.append(
+                InputSpec(
+                    name=vi.name,
+                    shape=shape,
+                    dtype=dtype,
+                    layout=self._input_layouts().get(vi.name),
+                    source="declared",
+                )
+            )
+        return tuple(specs) or None
+
+    def _input_layouts(self) -> dict[str, str | None]:
+        """NCHW for a 4-D input, as ONNX's Conv defines, unless the graph's first use of it is a
+        ``Transpose(perm=[0, 3, 1, 2])`` (tf2onnx's NHWC→NCHW in front of a Keras model)."""
+        out: dict[str, str | None] = {}
+        first_use: dict[str, Any] = {}
+        for node in self.model.graph.node:
+            for name in node.input:
+                first_use.setdefault(name, node)
+        for vi in self._graph_inputs():
+            shape = _shape_of(vi.type)
+            if shape is None or len(shape) != 4:
+                out[vi.name] = None
+                continue
+            node = first_use.get(vi.name)
+            if node is not None and node.op_type == "Transpose" and tuple(_node_attrs(node).get("perm", ())) == (0, 3, 1, 2):
+                out[vi.name] = "NHWC"
+            else:
+                out[vi.name] = "NCHW"
+        return out
+
+    # --- running it ------------------------------------------------------------------
+
+    def _feed(self, inputs: Inputs) -> tuple[dict[str, np.ndarray], list[np.ndarray], list[str]]:
+        graph_inputs = self._graph_inputs()
+        names = [vi.name for vi in graph_inputs]
+        by_name = {vi.name: vi for vi in graph_inputs}
+
+        def expected() -> str:
+            return ", ".join(
+                f"{vi.name} {_fmt_shape(_shape_of(vi.type))} {_elem_dtype(vi.type.tensor_type.elem_type)}"
+                for vi in graph_inputs
+            ) or "no inputs"
+
+        model = self.model.graph.name or "onnx model"
+        if isinstance(inputs, dict):
+            unknown = [k for k in inputs if k not in by_name]
+            missing = [n for n in names if n not in inputs]
+            if unknown or missing:
+                raise InputError(
+                    f"ONNX model {model!r} takes {len(names)} input(s): {expected()}; got inputs named "
+                    f"{sorted(inputs)} (unknown: {unknown or 'none'}, missing: {missing or 'none'}). "
+                    "Name the inputs as the ONNX graph does, or pass them positionally in that order."
+                )
+            pairs = [(n, inputs[n]) for n in names]
+        else:
+            arrays = list(inputs)
+            if len(arrays) != len(names):
+                raise InputError(
+                    f"ONNX model {model!r} takes {len(names)} input(s): {expected()}; got {len(arrays)} "
+                    f"array(s) of shape {', '.join(str(tuple(np.shape(a))) for a in arrays) or '-'}. "
+                    "Pass one array per graph input, in the graph's order (or a dict by input name)."
+                )
+            pairs = list(zip(names, arrays))
+        feed: dict[str, np.ndarray] = {}
+        notes: list[str] = []
+        for i, (name, arr) in enumerate(pairs):
+            arr = np.asarray(arr)
+            vi = by_name[name]
+            shape = _shape_of(vi.type)
+            if shape is not None and (
+                len(shape) != arr.ndim or any(s is not None and s != d for s, d in zip(shape, arr.shape))
+            ):
+                raise InputError(
+                    f"ONNX model {model!r} expects input {name!r} of shape {_fmt_shape(shape)}; got "
+                    f"{arr.shape} for input {i}. Its inputs are: {expected()}. ONNX models exported from "
+                    "torch take NCHW images; the export may also have fixed the batch size (export with "
+                    "dynamic_axes / dynamic_shapes to allow others)."
+                )
+            want = _elem_dtype(vi.type.tensor_type.elem_type)
+            if str(arr.dtype) != want:
+                try:
+                    want_dt = np.dtype(want)
+                except TypeError:
+                    want_dt = None
+                if want_dt is not None and arr.dtype.kind == want_dt.kind:
+                    notes.append(f"input {name!r} was {arr.dtype} and was cast to the model's {want}.")
+                    arr = arr.astype(want_dt)
+                else:
+                    raise InputError(
+                        f"ONNX model {model!r} expects input {name!r} as {want}; got {arr.dtype}. "
+                        f"Convert it first (e.g. x.astype('{want}'))."
+                    )
+            feed[name] = np.ascontiguousarray(arr)
+        return feed, [feed[n] for n in names], notes
+
+    def capture(self, inputs: Inputs, *, containers: bool = False) -> Trace:
+        import onnx
+
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise CaptureError(
+                "running an ONNX model needs onnxruntime, which is not installed. "
+                "Install it with: pip install onnxruntime"
+            ) from exc
+
+        feed, arrays, notes = self._feed(inputs)
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)  # the user's proto is never modified
+        graph = model.graph
+
+        # which values depend on a graph input: the rest are weights and shape bookkeeping
+        dynamic = {vi.name for vi in self._graph_inputs()}
+        producers: dict[str, Any] = {}
+        recorded: list[tuple[str, Any]] = []  # (value name, node), in node order
+        skipped = 0
+        for node in graph.node:
+            live = node.op_type not in _SHAPE_OPS and node.op_type != "Constant" and any(
+                i in dynamic for i in node.input if i
+            )
+            for out in node.output:
+                if not out:
+                    continue
+                producers[out] = node
+                if live:
+                    dynamic.add(out)
+                    recorded.append((out, node))
+                else:
+                    skipped += 1
+        subgraphs = sum(
+            1 for node in graph.node for a in node.attribute if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        )
+
+        # types of the intermediate values, where shape inference knows them
+        types: dict[str, Any] = {}
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+            for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+                types[vi.name] = vi
+        except Exception as exc:  # custom ops, models over 2 GB, ...
+            notes.append(f"ONNX shape inference failed ({type(exc).__name__}); intermediate values were exposed untyped.")
+        outputs = {o.name for o in graph.output}
+        added: list[str] = []
+        for name, _node in recorded:
+            if name in outputs:
+                continue
+            vi = types.get(name)
+            if vi is not None and vi.type.HasField("tensor_type"):
+                graph.output.append(vi)
+            elif vi is not None and vi.type.WhichOneof("value") is not None:
+                continue  # a sequence / map / optional: not a tensor
+            else:
+                graph.output.append(onnx.ValueInfoProto(name=name))
+            added.append(name)
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        providers = self.options.get("providers") or ["CPUExecutionProvider"]
+        name = graph.name or "onnx model"
+        try:
+            session = ort.InferenceSession(model.SerializeToString(), opts, providers=list(providers))
+        except Exception as exc:
+            raise CaptureError(
+                f"onnxruntime could not load ONNX model {name!r} (opset {self.opset()}): "
+                f"{type(exc).__name__}: {exc}. Check that the model passes onnx.checker.check_model and that "
+                "this onnxruntime supports its opset and ops."
+            ) from exc
+        out_names = [o.name for o in session.get_outputs()]
+        try:
+            values = session.run(out_names, feed)
+        except Exception as exc:
+            shapes = ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in feed.items())
+            raise CaptureError(
+                f"running ONNX model {name!r} with onnxruntime on {shapes} failed: {type(exc).__name__}: "
+                f"{exc}. Inputs are given in model A's layout and converted for model B; check their "
+                "shape, dtype and layout."
+            ) from exc
+        results = dict(zip(out_names, values))
+
+        taps: list[Tap] = []
+        layouts: dict[str, str | None] = dict(self._input_layouts())
+        flat_from: dict[str, tuple[int, ...]] = {}
+        for value_name, node in recorded:
+            value = results.get(value_name)
+            if not isinstance(value, np.ndarray):
+                continue  # a sequence or optional value
+            layout = self._layout(node, value, layouts, results, feed)
+            layouts[value_name] = layout
+            attrs = _node_attrs(node)
+            if layout and layout.startswith("N("):
+                src = node.input[0]
+                src_val = results.get(src, feed.get(src))
+                attrs["flat_from"] = tuple(src_val.shape[1:]) if isinstance(src_val, np.ndarray) else ()
+                flat_from[value_name] = attrs["flat_from"]
+            attrs.update(_torch_provenance(node))
+            taps.append(
+                Tap(
+                    name=value_name,
+                    op=node.op_type,
+                    index=len(taps),
+                    shape=tuple(value.shape),
+                    dtype=str(value.dtype),
+                    layout=layout,
+                    value=value.copy(),
+                    role="layer",
+                    attrs=attrs,
+                )
+            )
+        _mark_module_outputs(taps)
+        graph_outputs = list(self.model.graph.output)
+        for i, out in enumerate(graph_outputs):
+            value = results.get(out.name)
+            if not isinstance(value, np.ndarray):
+                continue
+            tap_name = "output" if len(graph_outputs) == 1 else f"output[{i}]"
+            layout = layouts.get(out.name)
+            if layout is None and value.ndim == 4 and value.dtype.kind == "f":
+                layout = "NCHW"
+            attrs = {"onnx_name": out.name}
+            if out.name in flat_from:
+                attrs["flat_from"] = flat_from[out.name]
+            taps.append(
+                Tap(
+                    name=tap_name,
+                    op="output",
+                    index=len(taps),
+                    shape=tuple(value.shape),
+                    dtype=str(value.dtype),
+                    layout=layout,
+                    value=value.copy(),
+                    role="output",
+                    attrs=attrs,
+                )
+            )
+        if subgraphs:
+            notes.append(
+                f"ONNX model {name!r} has {subgraphs} control-flow node(s) (If/Loop/Scan); values inside "
+                "their subgraphs are not recorded, only the nodes' outputs."
+            )
+        return Trace(
+            taps=tuple(taps),
+            model=self.info(),
+            input_shapes=tuple(tuple(a.shape) for a in arrays),
+            inputs_digest=digest_inputs(arrays),
+            notes=tuple(notes),
+        )
+
+    @staticmethod
+    def _layout(node: Any, value: np.ndarray, layouts: dict, results: dict, feed: dict) -> str | None:
+        """NCHW for 4-D float values (the ONNX convention), tracking Transposes and flattening."""
+        first = node.input[0] if node.input else ""
+        in_layout = layouts.get(first)
+        src = results.get(first, feed.get(first))
+        in_rank = src.ndim if isinstance(src, np.ndarray) else None
+        op = node.op_type
+        if value.dtype.kind != "f":
+            return None
+        if op == "Transpose" and in_layout and len(in_layout) == value.ndim and not in_layout.startswith("N("):
+            perm = _node_attrs(node).get("perm") or tuple(reversed(range(value.ndim)))
+            return "".join(in_layout[p] for p in perm)
+        if op in ("Flatten", "Reshape") and value.ndim == 2 and in_layout and in_rank and in_rank > 2 \
+                and not in_layout.startswith("N(") and isinstance(src, np.ndarray) \
+                and value.shape[0] == src.shape[0]:
+            return f"N({in_layout[1:]})"
+        if value.ndim == 4:
+            if op in _ELEMENTWISE and op not in _CHANNEL_FIRST_OPS and in_layout and in_rank == 4:
+                return in_layout
+            return "NCHW"
+        return None

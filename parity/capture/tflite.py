@@ -1,0 +1,601 @@
+"""TFLite capture: run a ``.tflite`` flatbuffer once and read every tensor an operator produced.
+
+The interpreter is created with ``experimental_preserve_all_tensors=True`` (without
+it TFLite reuses the memory of intermediate tensors and reading one raises "Tensor
+data is null"), runs once, and then every tensor that is the output of an operator
+is copied, in the operators' execution order.  Constants (weights, folded biases)
+and the model inputs are not recorded.
+
+Tap names are TFLite's own tensor names, which are often several fused TF op names
+joined by ``;`` (``model_1/relu_1/Relu6;model_1/bn_1/batchnorm/add_1;…``); a name
+that repeats gets ``#1``, ``#2``…  Tap ops are the builtin operator names
+(``CONV_2D``, ``DEPTHWISE_CONV_2D``, ``ADD``, ``FULLY_CONNECTED``…).  Quantized
+tensors (int8/uint8 with a scale) are dequantized to float32.
+
+The model is a :class:`TFLiteModel` (flatbuffer bytes and a display name) or raw
+``bytes`` of a flatbuffer.  ``ai_edge_litert`` is used when installed, else
+``tf.lite.Interpreter``; neither is imported until a model is run or inspected.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CaptureError, InputError, ModelError
+from ..layout import CHANNELS_LAST
+from ..records import InputSpec, ModelInfo, Tap, Trace
+from .base import Backend, Inputs, digest_inputs, numpy_dtype_name
+
+__all__ = ["TFLiteModel", "TFLiteBackend", "is_tflite"]
+
+#: the flatbuffer file identifier of a TFLite model, at bytes 4:8
+FILE_IDENTIFIER = b"TFL3"
+#: ops that mean a model kept its variables as resources (un-frozen conversion)
+_VARIABLE_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"}
+
+
+def is_tflite(content: Any) -> bool:
+    """Whether ``content`` (bytes) carries the TFLite flatbuffer identifier."""
+    try:
+        head = bytes(memoryview(content)[:8])
+    except TypeError:
+        return False
+    return len(head) == 8 and head[4:8] == FILE_IDENTIFIER
+
+
+def _describe_bytes(content: bytes) -> str:
+    head = bytes(content[:8])
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK"):
+        return "a zip archive (a .keras file or a .pt2/TorchScript archive?)"
+    if head.startswith(b"\x89HDF"):
+        return "an HDF5 file (a Keras .h5 model?)"
+    if head[4:8] == b"ONNX" or head.startswith(b"\x08"):
+        return "bytes that look like a protobuf (an ONNX model or a SavedModel .pb?)"
+    return f"bytes starting {head!r}"
+
+
+class TFLiteModel:
+    """A TFLite flatbuffer held in memory, with a display name.
+
+    >>> TFLiteModel.from_path("model.tflite")  # doctest: +SKIP
+    >>> TFLiteModel(converter.convert(), name="mobilenet.tflite")  # doctest: +SKIP
+    """
+
+    def __init__(self, content: bytes, name: str = "model.tflite") -> None:
+        if isinstance(content, (bytearray, memoryview)):
+            content = bytes(content)
+        if not isinstance(content, bytes):
+            raise ModelError(
+                f"TFLiteModel takes the flatbuffer as bytes; got {type(content).__name__}. "
+                "Use TFLiteModel.from_path(path) for a file, or pass converter.convert()'s result."
+            )
+        if not is_tflite(content):
+            raise ModelError(
+                f"{name!r} is not a TFLite flatbuffer: expected the file identifier b'TFL3' at bytes "
+                f"4..8, got {_describe_bytes(content)}. Give the output of tf.lite.TFLiteConverter "
+                "(a .tflite file)."
+            )
+        self.content = content
+        self.name = name
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> "TFLiteModel":
+        path = Path(path)
+        if not path.exists():
+            raise ModelError(
+                f"TFLite model file {str(path)!r} does not exist. Give the path to a .tflite file "
+                "written by tf.lite.TFLiteConverter (or onnx2tf)."
+            )
+        if path.is_dir():
+            raise ModelError(
+                f"{str(path)!r} is a directory, not a .tflite file. For a SavedModel directory, "
+                "convert it with tf.lite.TFLiteConverter.from_saved_model first."
+            )
+        content = path.read_bytes()
+        if not is_tflite(content):
+            raise ModelError(
+                f"{str(path)!r} is not a TFLite flatbuffer: expected the file identifier b'TFL3' at "
+                f"bytes 4..8, got {_describe_bytes(content)}. Give a .tflite file written by "
+                "tf.lite.TFLiteConverter."
+            )
+        return cls(content, name=path.name)
+
+    def __repr__(self) -> str:
+        return f"TFLiteModel(name={self.name!r}, {len(self.content)} bytes)"
+
+
+# --- the interpreter ---------------------------------------------------------------------
+
+
+def _runtime() -> tuple[Any, Any, str]:
+    """(Interpreter class, OpResolverType enum or None, version string)."""
+    try:
+        from ai_edge_litert import interpreter as litert
+
+        try:
+            from importlib.metadata import version
+
+            ver = f"ai-edge-litert {version('ai-edge-litert')}"
+        except Exception:  # pragma: no cover - metadata missing
+            import ai_edge_litert
+
+            ver = f"ai-edge-litert {getattr(ai_edge_litert, '__version__', '?')}"
+        return litert.Interpreter, getattr(litert, "OpResolverType", None), ver
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+    except ImportError as exc:
+        raise ModelError(
+            "running a TFLite model needs an interpreter: pip install ai-edge-litert "
+            "(or tensorflow)."
+        ) from exc
+    resolver = getattr(getattr(tf.lite, "experimental", None), "OpResolverType", None)
+    return tf.lite.Interpreter, resolver, f"tensorflow {tf.__version__}"
+
+
+def _make_interpreter(content: bytes, *, delegates: bool, num_threads: int | None) -> Any:
+    cls, resolver, _ = _runtime()
+    kwargs: dict[str, Any] = {"model_content": content, "experimental_preserve_all_tensors": True}
+    if num_threads is not None:
+        kwargs["num_threads"] = num_threads
+    if not delegates and resolver is not None:
+        kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    try:
+        with warnings.catch_warnings():  # "intended for debugging purposes only": that is the point
+            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+            return cls(**kwargs)
+    except Exception as exc:
+        raise CaptureError(
+            f"the TFLite interpreter refused the model: {type(exc).__name__}: {str(exc).strip()[:600]}. "
+            "The file may be truncated, or use custom/Flex ops this interpreter lacks."
+        ) from exc
+
+
+def _ops(interp: Any) -> list[dict] | None:
+    try:
+        return list(interp._get_ops_details())
+    except Exception:  # private API: absent or changed in this interpreter version
+        return None
+
+
+def _quant(detail: dict) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(scales, zero points, axis) when the tensor is quantized, else None."""
+    qp = detail.get("quantization_parameters") or {}
+    scales = np.asarray(qp.get("scales", ()), dtype=np.float32)
+    zps = np.asarray(qp.get("zero_points", ()), dtype=np.int64)
+    if scales.size == 0:
+        scale, zp = detail.get("quantization", (0.0, 0))
+        if not scale:
+            return None
+        scales, zps = np.asarray([scale], np.float32), np.asarray([zp], np.int64)
+    if not np.any(scales):
+        return None
+    if zps.size == 0:
+        zps = np.zeros_like(scales, dtype=np.int64)
+    return scales, zps, int(qp.get("quantized_dimension", 0))
+
+
+def _dequantize(value: np.ndarray, q: tuple[np.ndarray, np.ndarray, int]) -> np.ndarray:
+    scales, zps, axis = q
+    if scales.size > 1 and value.ndim:
+        shape = [1] * value.ndim
+        shape[axis] = scales.size
+        scales, zps = scales.reshape(shape), zps.reshape(shape)
+    else:
+        scales, zps = scales.reshape(()), zps.reshape(())
+    return ((value.astype(np.float32) - zps.astype(np.float32)) * scales).astype(np.float32)
+
+
+def _quantize(value: np.ndarray, q: tuple[np.ndarray, np.ndarray, int], dtype: np.dtype) -> np.ndarray:
+    scales, zps, _ = q
+    info = np.iinfo(dtype)
+    out = np.round(value.astype(np.float64) / float(scales.reshape(-1)[0]) + float(zps.reshape(-1)[0]))
+    return np.clip(out, info.min, info.max).astype(dtype)
+
+
+def _fmt(shape: tuple) -> str:
+    return "(" + ", ".join("N" if i == 0 and s is None else ("?" if s is None else str(s)) for i, s in enumerate(shape)) + ")"
+
+
+def _clean_input_name(name: str) -> str:
+    """``serving_default_image:0`` → ``image``."""
+    if name.endswith(":0"):
+        name = name[:-2]
+    if name.startswith("serving_default_"):
+        name = name[len("serving_default_") :]
+    return name
+
+
+class TFLiteBackend(Backend):
+    """A TFLite flatbuffer run by the TFLite interpreter.
+
+    Options: ``delegates`` (default True: the interpreter's default delegates, i.e.
+    XNNPACK, as deployed; parity falls back to the builtin kernels by itself when a
+    delegate would hide intermediate tensors), ``num_threads``.
+    """
+
+    framework = "tflite"
+
+    def __init__(self, model: Any, **options: Any) -> None:
+        if not isinstance(model, TFLiteModel):
+            if isinstance(model, (str, Path)):
+                model = TFLiteModel.from_path(model)
+            else:
+                model = TFLiteModel(model)
+        super().__init__(model, **options)
+        self._inspect: Any = None
+
+    @classmethod
+    def accepts(cls, obj: Any) -> bool:
+        if isinstance(obj, TFLiteModel):
+            return True
+        return isinstance(obj, (bytes, bytearray, memoryview)) and is_tflite(obj)
+
+    @property
+    def default_layout(self) -> str | None:
+        return "NHWC"
+
+    # --- what the model is -----------------------------------------------------------
+
+    def _interpreter_for_inspection(self) -> Any:
+        if self._inspect is None:
+            self._inspect = _make_interpreter(self.model.content, delegates=False, num_threads=None)
+        return self._inspect
+
+    def _signature_names(self, interp: Any) -> dict[int, str]:
+        """Tensor index → signature input name (``image``), when the model has one signature."""
+        try:
+            sigs = interp._get_full_signature_list()
+        except Exception:
+            return {}
+        if not sigs or len(sigs) != 1:
+            return {}
+        inputs = next(iter(sigs.values())).get("inputs", {})
+        return {int(idx): str(name) for name, idx in inputs.items()}
+
+    def _input_names(self, interp: Any) -> list[str]:
+        sig = self._signature_names(interp)
+        return [sig.get(int(d["index"]), _clean_input_name(d["name"])) for d in interp.get_input_details()]
+
+    def input_spec(self) -> tuple[InputSpec, ...] | None:
+        interp = self._interpreter_for_inspection()
+        names = self._input_names(interp)
+        specs = []
+        for name, d in zip(names, interp.get_input_details()):
+            sig = d.get("shape_signature")
+            sig = d["shape"] if sig is None or len(sig) == 0 and len(d["shape"]) else sig
+            shape = tuple(None if int(s) < 0 else int(s) for s in sig)
+            specs.append(
+                InputSpec(
+                    name=name,
+                    shape=shape,
+                    dtype=numpy_dtype_name(np.dtype(d["dtype"])),
+                    layout=CHANNELS_LAST.get(len(shape)) if len(shape) in (4, 5) else None,
+                )
+            )
+        return tuple(specs)
+
+    def _param_count(self, interp: Any) -> int | None:
+        ops = _ops(interp)
+        if ops is None:
+            return None
+        produced = {int(i) for op in ops for i in op["outputs"] if int(i) >= 0}
+        inputs = {int(d["index"]) for d in interp.get_input_details()}
+        consts = {int(i) for op in ops for i in op["inputs"] if int(i) >= 0} - produced - inputs
+        details = {int(d["index"]): d for d in interp.get_tensor_details()}
+        total = 0
+        for idx in consts:
+            d = details.get(idx)
+            if d is not None:
+                total += int(np.prod(d["shape"], dtype=np.int64)) if len(d["shape"]) else 1
+        return total
+
+    def info(self) -> ModelInfo:
+        _, _, version = _runtime()
+        interp = self._interpreter_for_inspection()
+        return ModelInfo(
+            framework="tflite",
+            framework_version=version,
+            name=self.model.name,
+            kind="TFLite flatbuffer",
+            param_count=self._param_count(interp),
+            input_spec=self.input_spec(),
+        )
+
+    # --- running it ------------------------------------------------------------------
+
+    def _order_inputs(self, inputs: Inputs, details: list[dict], names: list[str]) -> list[np.ndarray]:
+        expected = ", ".join(
+            f"{n}: {_fmt(tuple(None if int(s) < 0 else int(s) for s in d.get('shape_signature', d['shape'])))}"
+            for n, d in zip(names, details)
+        )
+        if isinstance(inputs, dict):
+            by_key: dict[str, int] = {}
+            for i, (n, d) in enumerate(zip(names, details)):
+                for key in (n, d["name"], _clean_input_name(d["name"])):
+                    by_key.setdefault(key, i)
+            arrays: list[Any] = [None] * len(details)
+            unknown = []
+            for key, arr in inputs.items():
+                i = by_key.get(str(key))
+                if i is None:
+                    unknown.append(key)
+                else:
+                    arrays[i] = arr
+            if unknown or any(a is None for a in arrays):
+                if len(inputs) == len(details) and unknown:
+                    arrays = list(inputs.values())  # other names, same count: by position
+                else:
+                    raise InputError(
+                        f"TFLite model {self.model.name!r} takes inputs {expected} (NHWC for images); "
+                        f"got inputs named {sorted(map(str, inputs))}. Name them as the model does, "
+                        "or give them positionally."
+                    )
+        else:
+            arrays = list(inputs)
+        if len(arrays) != len(details):
+            raise InputError(
+                f"TFLite model {self.model.name!r} takes {len(details)} input(s): {expected} "
+                f"(NHWC for images); got {len(arrays)}."
+            )
+        out = []
+        for i, (arr, n, d) in enumerate(zip(arrays, names, details)):
+            arr = np.asarray(arr)
+            sig = d.get("shape_signature")
+            sig = d["shape"] if sig is None else sig
+            if arr.ndim != len(sig):
+                raise InputError(
+                    f"TFLite model {self.model.name!r} expects input {n!r} of rank {len(sig)}, shape "
+                    f"{_fmt(tuple(None if int(s) < 0 else int(s) for s in sig))} (NHWC for images); got "
+                    f"shape {arr.shape} for input {i}. All inputs: {expected}. Inputs are given in model "
+                    "A's layout; parity converts them for model B."
+                )
+            fixed = [
+                (ax, int(s), arr.shape[ax])
+                for ax, s in enumerate(sig)
+                if ax > 0 and int(s) >= 0 and int(s) != arr.shape[ax]
+            ]
+            if fixed:
+                raise InputError(
+                    f"TFLite model {self.model.name!r} expects input {n!r} of shape "
+                    f"{_fmt(tuple(None if int(s) < 0 else int(s) for s in sig))} (NHWC for images); got "
+                    f"{arr.shape} (axis {fixed[0][0]} is {fixed[0][2]}, the model fixes it at {fixed[0][1]}). "
+                    "Only the batch size can change; check the layout."
+                )
+            out.append(arr)
+        return out
+
+    def capture(self, inputs: Inputs, *, containers: bool = False) -> Trace:
+        delegates = bool(self.options.get("delegates", True))
+        num_threads = self.options.get("num_threads")
+        probe = self._interpreter_for_inspection()
+        details_in = probe.get_input_details()
+        names = self._input_names(probe)
+        given = self._order_inputs(inputs, details_in, names)
+        notes: list[str] = []
+
+        # dtypes: quantize floats for a quantized input, cast anything else
+        fed: list[np.ndarray] = []
+        for arr, n, d in zip(given, names, details_in):
+            want = np.dtype(d["dtype"])
+            q = _quant(d)
+            if arr.dtype == want:
+                fed.append(np.ascontiguousarray(arr))
+            elif q is not None and want.kind in "iu" and arr.dtype.kind == "f":
+                fed.append(_quantize(arr, q, want))
+                notes.append(
+                    f"input {n!r} of TFLite model {self.model.name!r} is quantized {want.name}: parity "
+                    f"quantized the {arr.dtype} input with scale {float(q[0].reshape(-1)[0]):g}, zero point "
+                    f"{int(q[1].reshape(-1)[0])}."
+                )
+            else:
+                fed.append(np.ascontiguousarray(arr.astype(want)))
+                notes.append(
+                    f"input {n!r} of TFLite model {self.model.name!r} is {want.name}; the {arr.dtype} "
+                    f"input was cast to {want.name}."
+                )
+
+        interp = _make_interpreter(self.model.content, delegates=delegates, num_threads=num_threads)
+        interp, resized = self._allocate(interp, fed, names)
+        if resized:
+            notes.append(
+                f"TFLite model {self.model.name!r} was resized from input shape(s) "
+                f"{', '.join(str(tuple(int(s) for s in d['shape'])) for d in details_in)} to "
+                f"{', '.join(str(a.shape) for a in fed)}."
+            )
+        ops = _ops(interp)
+        if delegates and ops is not None and _delegate_hides_tensors(ops):
+            interp = _make_interpreter(self.model.content, delegates=False, num_threads=num_threads)
+            interp, _ = self._allocate(interp, fed, names)
+            ops = _ops(interp)
+            notes.append(
+                f"a delegate of TFLite model {self.model.name!r} would have computed several ops at once "
+                "and hidden their tensors; parity ran it on the builtin kernels instead."
+            )
+        try:
+            for d, arr in zip(interp.get_input_details(), fed):
+                interp.set_tensor(d["index"], arr)
+            interp.invoke()
+        except Exception as exc:
+            spec = ", ".join(f"{s.name}: {_fmt(s.shape)} {s.dtype}" for s in self.input_spec() or ())
+            raise CaptureError(
+                f"running TFLite model {self.model.name!r} on inputs of shape "
+                f"{', '.join(str(a.shape) for a in fed)} failed: {type(exc).__name__}: "
+                f"{str(exc).strip()[:600]}. It expects {spec} (NHWC for images). Inputs are given in "
+                "model A's layout and converted for model B; check their shape and layout."
+            ) from exc
+
+        details = {int(d["index"]): d for d in interp.get_tensor_details()}
+        input_idx = {int(d["index"]) for d in interp.get_input_details()}
+        if ops is None:
+            notes.append(
+                "this TFLite interpreter does not list its operators; parity recorded every "
+                "non-constant tensor in index order, with op 'UNKNOWN'."
+            )
+            order = [(idx, "UNKNOWN", -1) for idx in sorted(details) if idx not in input_idx]
+        else:
+            order = [
+                (int(i), str(op["op_name"]), int(op["index"]))
+                for op in ops
+                if op["op_name"] != "DELEGATE"
+                for i in op["outputs"]
+                if int(i) >= 0 and int(i) not in input_idx
+            ]
+            variables = sorted({op["op_name"] for op in ops} & _VARIABLE_OPS)
+            if variables:
+                n_var = sum(1 for op in ops if op["op_name"] in _VARIABLE_OPS)
+                notes.append(
+                    f"TFLite model {self.model.name!r} holds {n_var} variable op(s) ({', '.join(variables)}): "
+                    "it was converted without freezing its variables. With Keras 3, such models can run "
+                    "without error yet compute NaN or wrong values; convert with "
+                    "TFLiteConverter.from_keras_model, or freeze the function with "
+                    "convert_variables_to_constants_v2 first."
+                )
+
+        taps: list[Tap] = []
+        seen: Counter[str] = Counter()
+        layouts: dict[int, str | None] = {int(d["index"]): CHANNELS_LAST.get(len(d["shape"])) for d in interp.get_input_details()}
+        shapes: dict[int, tuple[int, ...]] = {}
+        op_inputs = {int(op["index"]): [int(i) for i in op["inputs"] if int(i) >= 0] for op in ops or ()}
+        quantized: list[str] = []
+        nonfinite: list[str] = []
+        done: set[int] = set()
+        for idx, op_name, op_index in order:
+            if idx in done:
+                continue
+            done.add(idx)
+            d = details.get(idx)
+            if d is None:
+                continue
+            try:
+                raw = interp.get_tensor(idx)
+            except ValueError:  # no data: a tensor the interpreter never wrote
+                continue
+            value, dtype, attrs = self._value(raw, d)
+            if "quantized" in attrs:
+                quantized.append(d["name"])
+            base = str(d["name"]) or f"tensor_{idx}"
+            k = seen[base]
+            seen[base] += 1
+            name = base if k == 0 else f"{base}#{k}"
+            layout = CHANNELS_LAST.get(value.ndim) if value.ndim != 3 else None
+            first_in = next(iter(op_inputs.get(op_index, ())), None)
+            if op_name in ("RESHAPE", "SQUEEZE") and value.ndim == 2 and first_in in shapes:
+                in_shape, in_layout = shapes[first_in], layouts.get(first_in)
+                if len(in_shape) > 2 and in_layout and "(" not in in_layout and in_shape[0] == value.shape[0]:
+                    layout = f"N({in_layout[1:]})"
+                    attrs["flat_from"] = tuple(in_shape[1:])
+            layouts[idx] = layout
+            shapes[idx] = tuple(value.shape)
+            attrs.update(tensor_index=idx, op_index=op_index)
+            if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+                nonfinite.append(f"{name} ({op_name})")
+            taps.append(
+                Tap(
+                    name=name,
+                    op=op_name,
+                    index=len(taps),
+                    shape=tuple(value.shape),
+                    dtype=dtype,
+                    layout=layout,
+                    value=value,
+                    role="layer",
+                    attrs=attrs,
+                )
+            )
+
+        outs = interp.get_output_details()
+        for i, d in enumerate(outs):
+            value, dtype, attrs = self._value(interp.get_tensor(d["index"]), d)
+            attrs["tensor_index"] = int(d["index"])
+            attrs["tensor_name"] = str(d["name"])
+            taps.append(
+                Tap(
+                    name="output" if len(outs) == 1 else f"output[{i}]",
+                    op="output",
+                    index=len(taps),
+                    shape=tuple(value.shape),
+                    dtype=dtype,
+                    layout=layouts.get(int(d["index"]), CHANNELS_LAST.get(value.ndim)),
+                    value=value,
+                    role="output",
+                    attrs=attrs,
+                )
+            )
+        if quantized:
+            notes.append(
+                f"{len(quantized)} quantized tensor(s) of TFLite model {self.model.name!r} were dequantized "
+                "to float32 with their scale and zero point; expect quantization error, and give a "
+                "tolerance that allows it."
+            )
+        if nonfinite:
+            notes.append(
+                f"{len(nonfinite)} tensor(s) of TFLite model {self.model.name!r} hold NaN or Inf; the first is "
+                f"{nonfinite[0]}."
+            )
+        return Trace(
+            taps=tuple(taps),
+            model=self.info(),
+            input_shapes=tuple(tuple(a.shape) for a in given),
+            inputs_digest=digest_inputs(given),
+            notes=tuple(notes),
+        )
+
+    def _allocate(self, interp: Any, fed: list[np.ndarray], names: list[str]) -> tuple[Any, bool]:
+        resized = False
+        try:
+            for d, arr in zip(interp.get_input_details(), fed):
+                if tuple(int(s) for s in d["shape"]) != arr.shape:
+                    interp.resize_tensor_input(d["index"], list(arr.shape), strict=False)
+                    resized = True
+            interp.allocate_tensors()
+        except Exception as exc:
+            raise CaptureError(
+                f"TFLite model {self.model.name!r} cannot take inputs of shape "
+                f"{', '.join(f'{n}: {a.shape}' for n, a in zip(names, fed))}: {type(exc).__name__}: "
+                f"{str(exc).strip()[:400]}. Some converted models fix the batch size; feed the batch "
+                "they were converted with, or convert with a dynamic batch."
+            ) from exc
+        return interp, resized
+
+    @staticmethod
+    def _value(raw: np.ndarray, d: dict) -> tuple[np.ndarray, str, dict]:
+        attrs: dict[str, Any] = {}
+        q = _quant(d) if np.asarray(raw).dtype.kind in "iu" else None
+        if q is not None:
+            attrs["quantized"] = {
+                "dtype": np.asarray(raw).dtype.name,
+                "scale": float(q[0].reshape(-1)[0]) if q[0].size == 1 else q[0].tolist(),
+                "zero_point": int(q[1].reshape(-1)[0]) if q[1].size == 1 else q[1].tolist(),
+            }
+            return _dequantize(np.asarray(raw), q), "float32", attrs
+        value = np.array(raw, copy=True)
+        return value, numpy_dtype_name(value.dtype), attrs
+
+
+def _delegate_hides_tensors(ops: list[dict]) -> bool:
+    """Whether a delegate node swallowed several ops, so their intermediate tensors are not written.
+
+    With ``experimental_preserve_all_tensors`` XNNPACK delegates op by op (every op's
+    output is a delegate node's output); a tensor made by an op that is neither a
+    delegate node's output nor its input was computed inside a fused partition.
+    """
+    delegate = [op for op in ops if op["op_name"] == "DELEGATE"]
+    if not delegate:
+        return False
+    visible = {int(i) for op in delegate for key in ("inputs", "outputs") for i in op[key]}
+    # an op left to the builtin kernels may also show up here; then the fallback costs a note only
+    return any(
+        int(i) >= 0 and int(i) not in visible
+        for op in ops
+        if op["op_name"] != "DELEGATE"
+        for i in op["outputs"]
+    )

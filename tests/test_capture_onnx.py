@@ -1,0 +1,285 @@
+"""The ONNX backend: models exported from torch, run with onnxruntime, every value recorded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+
+from onnx import TensorProto, helper  # noqa: E402
+
+from parity.capture.onnx import OnnxBackend, load_onnx  # noqa: E402
+from parity.errors import CaptureError, InputError, ModelError, ParityError  # noqa: E402
+from parity.zoo.torch_models import BasicBlock, ConvNet, MobileNetBlock, randomize_bn  # noqa: E402
+
+
+def _export(model, x, path, *, dynamo: bool, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), dynamo=dynamo, **kwargs)
+    return load_onnx(path)
+
+
+_DYNAMO: dict[str, object] = {}
+
+
+def _export_or_skip(model, x, path, dynamo: bool, **kwargs):
+    """The dynamo exporter needs onnxscript; skip (once) if it cannot run here."""
+    if not dynamo:
+        return _export(model, x, path, dynamo=False, **kwargs)
+    if isinstance(_DYNAMO.get("error"), BaseException):
+        pytest.skip(f"torch.onnx.export(dynamo=True) unavailable: {_DYNAMO['error']}")
+    try:
+        return _export(model, x, path, dynamo=True, **kwargs)
+    except Exception as exc:  # onnxscript missing, exporter bugs
+        _DYNAMO["error"] = exc
+        pytest.skip(f"torch.onnx.export(dynamo=True) unavailable: {exc}")
+
+
+def _torch_model(cls, seed=0):
+    torch.manual_seed(seed)
+    return randomize_bn(cls()).eval()
+
+
+_CASES = {
+    "ConvNet": (ConvNet, (2, 1, 28, 28)),
+    "MobileNetBlock": (MobileNetBlock, (2, 8, 16, 16)),
+    "BasicBlock": (BasicBlock, (2, 16, 8, 8)),
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(torch model, input, ModelProto) per (model, exporter), exported once per module."""
+    cache: dict[tuple[str, bool], tuple] = {}
+    root = tmp_path_factory.mktemp("onnx")
+
+    def get(name: str, dynamo: bool):
+        key = (name, dynamo)
+        if key not in cache:
+            cls, shape = _CASES[name]
+            model = _torch_model(cls)
+            x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+            proto = _export_or_skip(model, x, root / f"{name}_{dynamo}.onnx", dynamo)
+            cache[key] = (model, x, proto)
+        return cache[key]
+
+    return get
+
+
+def _intermediate_values(proto) -> dict[str, tuple]:
+    """Every node output that depends on a graph input, with its inferred shape."""
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    shapes = {
+        vi.name: tuple(d.dim_value for d in vi.type.tensor_type.shape.dim)
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output)
+    }
+    inits = {t.name for t in proto.graph.initializer}
+    live = {i.name for i in proto.graph.input if i.name not in inits}
+    out = {}
+    for node in proto.graph.node:
+        if node.op_type in ("Constant", "Shape", "Size") or not any(i in live for i in node.input):
+            continue
+        for o in node.output:
+            if o:
+                live.add(o)
+                out[o] = shapes.get(o)
+    return out
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("name", list(_CASES))
+def test_every_intermediate_is_a_tap_and_outputs_match_torch(exported, name, dynamo):
+    model, x, proto = exported(name, dynamo)
+    before = proto.SerializeToString()
+    trace = OnnxBackend(proto).capture([x.numpy()])
+    assert proto.SerializeToString() == before  # the user's proto is not modified
+
+    expected = _intermediate_values(proto)
+    layers = trace.layers
+    assert [t.name for t in layers] == list(expected)  # node order, ONNX names exactly
+    for tap in layers:
+        assert tap.shape == expected[tap.name], tap.name
+        assert tap.role == "layer"
+        assert tap.value is not None and tap.value.shape == tap.shape
+        assert tap.layout == ("NCHW" if len(tap.shape) == 4 else tap.layout)
+    node_ops = {o: n.op_type for n in proto.graph.node for o in n.output}
+    assert all(t.op == node_ops[t.name] for t in layers)
+    assert all(not t.op == "Constant" for t in layers)
+    assert [t.index for t in trace.taps] == list(range(len(trace.taps)))
+
+    (out,) = trace.outputs
+    assert out.name == "output" and out.role == "output" and out.op == "output"
+    assert trace.taps[-1] is out
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(out.value, want, rtol=1e-5, atol=1e-5)
+    # the last layer tap is the graph output's value
+    np.testing.assert_array_equal(trace[proto.graph.output[0].name].value, out.value)
+    assert trace.input_shapes == (tuple(x.shape),)
+    assert trace.inputs_digest
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_residual_add_is_recorded(exported, dynamo):
+    model, x, proto = exported("BasicBlock", dynamo)
+    trace = OnnxBackend(proto).capture([x.numpy()])
+    adds = [t for t in trace.layers if t.op == "Add"]
+    assert len(adds) == 1
+    with torch.no_grad():
+        out = model.relu(model.bn1(model.conv1(x)))
+        want = (model.bn2(model.conv2(out)) + x).numpy()
+    np.testing.assert_allclose(adds[0].value, want, rtol=1e-5, atol=1e-5)
+    # BatchNorm is folded into Conv by both exporters: no BatchNormalization node is left
+    assert [t.op for t in trace.layers] == ["Conv", "Relu", "Conv", "Add", "Relu"]
+    if dynamo:
+        # the dynamo exporter says which torch module each node came from: the fused Conv
+        # carries the BatchNorm's name, the functional add the block's own (top-level) scope
+        assert [t.attrs.get("torch_module") for t in trace.layers] == ["bn1", "relu", "bn2", None, "relu2"]
+        assert "FuseBatchNormIntoConv" in trace.layers[0].attrs["rewrites"]
+        assert adds[0].attrs["torch_scope"] == ""
+
+
+def test_info_and_input_spec(exported):
+    model, x, proto = exported("ConvNet", False)
+    backend = OnnxBackend(proto)
+    info = backend.info()
+    assert info.framework == "onnx"
+    assert info.framework_version.startswith("onnxruntime ")
+    assert info.kind.startswith("ONNX opset ")
+    assert info.name == (proto.graph.name or "onnx model")
+    # BatchNorm folded into the conv: the conv weights and bias plus the Linear
+    assert info.param_count == 16 * 9 + 16 + 28 * 28 * 16 * 10 + 10
+    (spec,) = backend.input_spec()
+    assert spec.name == proto.graph.input[0].name
+    assert spec.shape == (2, 1, 28, 28)
+    assert spec.dtype == "float32" and spec.layout == "NCHW" and spec.source == "declared"
+    assert info.input_spec == backend.input_spec()
+
+
+def test_accepts_only_model_protos(exported):
+    _, x, proto = exported("ConvNet", False)
+    assert OnnxBackend.accepts(proto)
+    assert not OnnxBackend.accepts(proto.graph)
+    assert not OnnxBackend.accepts(x)
+    assert not OnnxBackend.accepts("model.onnx")
+    with pytest.raises(ModelError, match="onnx.ModelProto"):
+        OnnxBackend(object())
+
+
+def test_dynamic_batch_and_shape_bookkeeping(tmp_path):
+    model = _torch_model(ConvNet)
+    x = torch.randn(3, 1, 28, 28)
+    proto = _export(
+        model, x, tmp_path / "dyn.onnx", dynamo=False,
+        input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    backend = OnnxBackend(proto)
+    assert backend.input_spec()[0].shape == (None, 1, 28, 28)
+    for batch in (1, 5):
+        xb = torch.randn(batch, 1, 28, 28)
+        trace = backend.capture({"image": xb.numpy()})
+        with torch.no_grad():
+            np.testing.assert_allclose(trace.outputs[0].value, model(xb).numpy(), rtol=1e-5, atol=1e-5)
+        ops = [t.op for t in trace.layers]
+        # the Shape -> Gather -> Concat arithmetic feeding Reshape is bookkeeping, not recorded
+        assert "Shape" not in ops and "Gather" not in ops and "Concat" not in ops
+        assert "Reshape" in ops or "Flatten" in ops
+        flat = next(t for t in trace.layers if t.op in ("Reshape", "Flatten"))
+        assert flat.layout == "N(CHW)" and flat.attrs["flat_from"] == (16, 28, 28)
+        assert trace.outputs[0].attrs["onnx_name"] == "logits"
+
+
+def _tiny_graph(outputs=1):
+    """x -> Add(x, Constant) -> Relu [-> Sigmoid]: a hand-built graph with a Constant node."""
+    nodes = [
+        helper.make_node("Constant", [], ["c"], value=helper.make_tensor("cv", TensorProto.FLOAT, [1], [0.5])),
+        helper.make_node("Add", ["x", "c"], ["shifted"], name="add0"),
+        helper.make_node("Relu", ["shifted"], ["act"], name="relu0"),
+    ]
+    outs = [helper.make_tensor_value_info("act", TensorProto.FLOAT, ["n", 4])]
+    if outputs == 2:
+        nodes.append(helper.make_node("Sigmoid", ["shifted"], ["gate"]))
+        outs.append(helper.make_tensor_value_info("gate", TensorProto.FLOAT, ["n", 4]))
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])], outs
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_constant_nodes_are_not_taps_and_several_outputs_are_indexed():
+    proto = _tiny_graph(outputs=2)
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    trace = OnnxBackend(proto).capture([x])
+    assert [t.name for t in trace.taps] == ["shifted", "act", "gate", "output[0]", "output[1]"]
+    assert [t.op for t in trace.layers] == ["Add", "Relu", "Sigmoid"]
+    assert trace["shifted"].attrs["node"] == "add0"
+    assert all(t.layout is None for t in trace.taps)  # 2-D: no layout claimed
+    np.testing.assert_allclose(trace["output[0]"].value, np.maximum(x + 0.5, 0))
+    np.testing.assert_allclose(trace["output[1]"].value, 1 / (1 + np.exp(-(x + 0.5))), rtol=1e-6)
+    info = OnnxBackend(proto).info()
+    assert info.name == "tiny" and info.kind == "ONNX opset 17" and info.param_count == 0
+
+
+def test_float64_input_is_cast_with_a_note():
+    trace = OnnxBackend(_tiny_graph()).capture([np.zeros((3, 4))])
+    assert trace.outputs[0].dtype == "float32"
+    assert any("cast" in n for n in trace.notes)
+
+
+def test_bad_inputs_say_what_the_model_takes(exported):
+    _, x, proto = exported("ConvNet", False)
+    backend = OnnxBackend(proto)
+    name = proto.graph.input[0].name
+    arr = x.numpy()
+    with pytest.raises(InputError) as err:
+        backend.capture([arr, arr])
+    assert isinstance(err.value, ParityError)
+    assert "takes 1 input(s)" in str(err.value) and name in str(err.value) and "got 2" in str(err.value)
+    with pytest.raises(InputError, match=r"expects input .* of shape \(2, 1, 28, 28\); got \(2, 28, 28, 1\)"):
+        backend.capture([np.transpose(arr, (0, 2, 3, 1))])
+    with pytest.raises(InputError, match="rank|shape"):
+        backend.capture([arr[0]])
+    with pytest.raises(InputError, match="unknown: \\['image'\\]"):
+        backend.capture({"image": arr})
+    with pytest.raises(InputError, match="as float32; got int64"):
+        backend.capture([arr.astype(np.int64)])
+
+
+def test_a_model_onnxruntime_cannot_run_is_a_capture_error():
+    proto = _tiny_graph()
+    proto.graph.node[2].op_type = "NoSuchOp"
+    with pytest.raises(CaptureError, match="onnxruntime could not load"):
+        OnnxBackend(proto).capture([np.zeros((1, 4), np.float32)])
+
+
+def test_load_onnx_refuses_corrupt_and_missing_files(tmp_path):
+    bad = tmp_path / "random.onnx"
+    bad.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ModelError, match="not a valid ONNX model") as err:
+        load_onnx(bad)
+    assert "torch.onnx.export" in str(err.value)
+    with pytest.raises(ModelError, match="does not exist"):
+        load_onnx(tmp_path / "missing.onnx")
+    with pytest.raises(ModelError, match="directory"):
+        load_onnx(tmp_path)
+    good = tmp_path / "tiny.onnx"
+    onnx.save(_tiny_graph(), str(good))
+    assert OnnxBackend(str(good)).info().name == "tiny"
+
+
+def test_importing_the_backend_imports_neither_onnx_nor_onnxruntime():
+    code = (
+        "import sys; from parity.capture.onnx import OnnxBackend; "
+        "print(' '.join(k for k in ('onnx', 'onnxruntime', 'torch') if k in sys.modules)); "
+        "print(OnnxBackend.accepts(object()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["", "False"]
