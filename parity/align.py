@@ -19,6 +19,7 @@ unmatched is kept, with the reason.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from difflib import get_close_matches
 from typing import Mapping
@@ -214,22 +215,43 @@ class _Pairing:
         return 1.0 + (1.0 if fa == fb else 0.0) + _similarity(a, b, ts[0])
 
 
+def _resolve_name(name: str, table: Mapping[str, Tap], side: str, trace: Trace) -> Tap:
+    """A mapping entry's tap: the exact name, the name without TF's ``import/`` prefix, a glob
+    (``*/conv_dw_1_relu*/Relu6:0``) or a regex (``re:conv_dw_\\d+_relu``) matching exactly one tensor."""
+    if name in table:
+        return table[name]
+    plain = name[len("import/"):] if name.startswith("import/") else name
+    if plain in table:
+        return table[plain]
+    hits: list[str] = []
+    if plain.startswith("re:"):
+        try:
+            pattern = re.compile(plain[3:])
+        except re.error as exc:
+            raise MappingError(f"mapping pattern {name!r} for model {side} is not a valid regex: {exc}.") from exc
+        hits = [n for n in table if pattern.search(n)]
+    elif any(c in plain for c in "*?["):
+        hits = [n for n in table if fnmatch.fnmatchcase(n, plain)]
+    if len(hits) == 1:
+        return table[hits[0]]
+    where = f"model {side} ({trace.model.name}, {trace.model.framework})"
+    if len(hits) > 1:
+        raise MappingError(
+            f"mapping pattern {name!r} matches {len(hits)} tensors of {where}: {', '.join(hits[:5])}"
+            f"{', …' if len(hits) > 5 else ''}. Make it match exactly one."
+        )
+    close = get_close_matches(plain, list(table), n=5, cutoff=0.4)
+    hint = f" Closest names in model {side}: {', '.join(close)}." if close else ""
+    raise MappingError(
+        f"mapping names {name!r} as a layer of {where}, which has no recorded tensor of that name "
+        f"(or matching that pattern).{hint} List the model's names with `parity taps MODEL` or parity.capture(model, inputs).names."
+    )
+
+
 def _check_mapping(mapping: Mapping[str, str], ta: Trace, tb: Trace) -> list[tuple[Tap, Tap]]:
     by_a = {t.name: t for t in ta.taps}
     by_b = {t.name: t for t in tb.taps}
-    pairs = []
-    for name_a, name_b in mapping.items():
-        for side, name, table, trace in (("A", name_a, by_a, ta), ("B", name_b, by_b, tb)):
-            if name not in table:
-                close = get_close_matches(name, list(table), n=5, cutoff=0.4)
-                hint = f" Closest names in model {side}: {', '.join(close)}." if close else ""
-                raise MappingError(
-                    f"mapping names {name!r} as a layer of model {side} ({trace.model.name}, "
-                    f"{trace.model.framework}), which has no recorded tensor of that name.{hint} "
-                    f"See the model's names with parity.capture(model, inputs).names."
-                )
-        pairs.append((by_a[name_a], by_b[name_b]))
-    return pairs
+    return [(_resolve_name(a, by_a, "A", ta), _resolve_name(b, by_b, "B", tb)) for a, b in mapping.items()]
 
 
 def align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None = None) -> Alignment:

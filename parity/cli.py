@@ -4,6 +4,7 @@
 ``parity diff A B``             compare two models given as ``package.module:factory``
 ``parity show report.json``     render a saved report (``--html out.html`` too)
 ``parity compare-reports OLD NEW``  which layers got worse between two runs
+``parity taps MODEL``           every tensor parity can record in a model, to write a mapping
 
 Exit status: 0 the models agree (no regression), 1 they diverge (a layer got
 worse), 2 bad usage or input.
@@ -36,8 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("diff", help="compare model A with model B")
     d.add_argument("a", help="model A: package.module:factory, or a .keras/.h5/.pt2 file")
     d.add_argument("b", help="model B: package.module:factory, or a .keras/.h5/.pt2 file")
-    d.add_argument("--inputs", help=".npy/.npz inputs in model A's layout (default: random from the input spec)")
-    d.add_argument("--mapping", help=".toml/.json table of A layer name = B layer name")
+    _add_input_options(d)
+    d.add_argument(
+        "--map", "--mapping", dest="mapping", metavar="FILE",
+        help=".toml/.json table of A layer name = B layer name (B names may be globs like '*/Relu6:0' or 're:…')",
+    )
+    d.add_argument("--factory-a", metavar="PKG.MOD:CLASS", help="builds model A when A is a state_dict file (.pth)")
+    d.add_argument("--factory-b", metavar="PKG.MOD:CLASS", help="builds model B when B is a state_dict file (.pth)")
     d.add_argument("--json", dest="json_out", metavar="PATH", help="write the report as JSON here")
     d.add_argument("--html", dest="html_out", metavar="PATH", help="write the report as a self-contained HTML page here")
     d.add_argument(
@@ -50,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("report", help="a report written by parity (JSON)")
     show.add_argument("--html", dest="html_out", metavar="PATH", help="also write it as an HTML page here")
 
+    taps = sub.add_parser("taps", help="list every tensor parity records in a model (names for a mapping)")
+    taps.add_argument("model", help="package.module:factory, or a saved model file/directory")
+    _add_input_options(taps)
+    taps.add_argument("--filter", metavar="GLOB", help="only names matching this glob (e.g. '*/Relu6:0'), or 're:REGEX'")
+    taps.add_argument("--factory", metavar="PKG.MOD:CLASS", help="builds the model when it is a state_dict file")
+
     cmp = sub.add_parser("compare-reports", help="which layers got worse between two saved reports of a pair")
     cmp.add_argument("old", help="the earlier report (JSON)")
     cmp.add_argument("new", help="the later report (JSON)")
@@ -58,6 +70,58 @@ def build_parser() -> argparse.ArgumentParser:
         help="a layer is worse when its error over the allowed error grew more than this (default 2)",
     )
     return parser
+
+
+def _add_input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--inputs", metavar="FILE", help=".npy/.npz inputs in model A's layout (default: a seeded random batch)")
+    p.add_argument(
+        "--shape", metavar="N,C,H,W",
+        help="shape of a seeded random input batch (e.g. 1,3,224,224) when the model declares none",
+    )
+    p.add_argument("--ops", action="store_true", help="record PyTorch functional calls too (x + y, F.relu, view)")
+
+
+def _inputs(args) -> object:
+    if args.inputs and args.shape:
+        raise InputError("give --inputs or --shape, not both.")
+    if args.shape:
+        try:
+            shape = [int(s) for s in args.shape.replace("x", ",").split(",") if s.strip()]
+        except ValueError:
+            raise InputError(f"--shape must be sizes separated by commas, like 1,3,224,224; got {args.shape!r}.") from None
+        return load_inputs({"shape": shape, "seed": getattr(args, "seed", 0) or 0})
+    return load_inputs(args.inputs)
+
+
+def _model(spec: str, factory: str | None):
+    return load_model({"path": spec, "factory": factory} if factory else spec)
+
+
+def _print_taps(trace, pattern: str | None, console) -> int:
+    import fnmatch
+    import re
+
+    from rich.table import Table
+
+    taps = list(trace.taps)
+    if pattern:
+        if pattern.startswith("re:"):
+            rx = re.compile(pattern[3:])
+            taps = [t for t in taps if rx.search(t.name)]
+        else:
+            taps = [t for t in taps if fnmatch.fnmatchcase(t.name, pattern)]
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("#", "name", "op", "shape", "dtype", "layout"):
+        table.add_column(col, no_wrap=col != "name", overflow="fold")
+    for t in taps:
+        table.add_row(str(t.index), t.name, t.op, "×".join(map(str, t.shape)) or "scalar", t.dtype, t.layout or "–")
+    info = trace.model
+    console.print(f"{info.name} · {info.framework} {info.framework_version} · {info.kind} · "
+                  f"{len(taps)} of {len(trace.taps)} tensors{f' matching {pattern!r}' if pattern else ''}", highlight=False)
+    console.print(table)
+    if pattern and not taps:
+        raise InputError(f"no tensor name matches {pattern!r}; run without --filter to see them all.")
+    return 0
 
 
 def _write_outputs(report, args, console) -> None:
@@ -91,13 +155,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .api import diff
 
             report = diff(
-                load_model(args.a),
-                load_model(args.b),
-                load_inputs(args.inputs),
+                _model(args.a, args.factory_a),
+                _model(args.b, args.factory_b),
+                _inputs(args),
                 mapping=load_mapping(args.mapping),
                 rtol=args.rtol,
                 atol=args.atol,
                 seed=args.seed,
+                granularity="ops" if args.ops else "modules",
             )
             console.print(report)
             _write_outputs(report, args, console)
@@ -111,6 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(report)
             _write_outputs(report, args, console)
             return 0 if report.ok else 1
+        if args.command == "taps":
+            from .api import capture
+
+            trace = capture(_model(args.model, args.factory), _inputs(args), granularity="ops" if args.ops else "modules")
+            return _print_taps(trace, args.filter, console)
         if args.command == "compare-reports":
             from .report.jsonio import load_report
             from .report.regress import compare_reports
@@ -119,8 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(comparison)
             return 1 if comparison.regressed else 0
     except ParityError as exc:
-        console.print(f"[bold red]parity:[/] {type(exc).__name__}: ", end="")
-        console.print(str(exc), markup=False, highlight=False)
+        errors = Console(stderr=True, soft_wrap=True)  # one line per message: greppable, copyable
+        errors.print(f"[bold red]parity:[/] {type(exc).__name__}: ", end="")
+        errors.print(str(exc), markup=False, highlight=False)
         return 2
     return 2  # pragma: no cover - argparse requires a command
 

@@ -163,3 +163,25 @@ def test_op_families():
     assert op_family("BatchNorm2d") == op_family("BatchNormalization") == "batchnorm"
     assert op_family("Linear") == op_family("Dense") == "dense"
     assert op_family("ReLU6") == op_family("ReLU") == op_family("Activation") == "activation"
+
+
+def test_mapping_values_may_be_tf_names_globs_or_regexes():
+    y = np.maximum(X, 0)
+    a = make_trace([("features.0", "Conv2d", X, "NCHW"), ("features.1", "ReLU6", y, "NCHW")])
+    b = make_trace(
+        [
+            ("net/conv1/Conv2D:0", "Conv2D", nchw_to_nhwc(X), "NHWC"),
+            ("net/conv1_relu/Relu6:0", "Relu6", nchw_to_nhwc(y), "NHWC"),
+            ("net/conv2_relu/Relu6:0", "Relu6", nchw_to_nhwc(y), "NHWC"),
+        ],
+        "tf-graph",
+    )
+    for target in ("net/conv1_relu/Relu6:0", "import/net/conv1_relu/Relu6:0", "import/*/conv1_relu*/Relu6:0", "re:conv1_relu"):
+        alignment = align(a, b, {"features.1": target})
+        assert {m.a.name: m.b.name for m in alignment.matches}["features.1"] == "net/conv1_relu/Relu6:0"
+    with pytest.raises(MappingError, match=r"matches 2 tensors of model B .*net/conv1_relu/Relu6:0, net/conv2_relu/Relu6:0. Make it match exactly one"):
+        align(a, b, {"features.1": "*/Relu6:0"})
+    with pytest.raises(MappingError, match=r"no recorded tensor of that name \(or matching that pattern\). Closest names in model B: net/conv1_relu/Relu6:0"):
+        align(a, b, {"features.1": "net/conv1_relu/Relu:0"})
+    with pytest.raises(MappingError, match="not a valid regex"):
+        align(a, b, {"features.1": "re:conv1_relu("})

@@ -82,19 +82,19 @@ def test_diff_of_a_correct_pair_exits_0(pair_module):
 
 def test_bad_model_spec_exits_2_with_a_message(pair_module, capsys):
     assert main(["diff", "cli_pair_module:nope", "cli_pair_module:keras_good"]) == 2
-    err = capsys.readouterr().out
+    err = capsys.readouterr().err
     assert "has no attribute 'nope'" in err
     assert main(["diff", "just_a_path.pt", "cli_pair_module:keras_good"]) == 2
-    assert "package.module:factory" in capsys.readouterr().out
+    assert "package.module:factory" in capsys.readouterr().err
 
 
 def test_only_rtol_is_refused(pair_module, capsys):
     code = main(["diff", "cli_pair_module:torch_model", "cli_pair_module:keras_good", "--rtol", "1e-3"])
     assert code == 2
-    assert "atol" in capsys.readouterr().out
+    assert "atol" in capsys.readouterr().err
 
 
 def test_missing_inputs_file(pair_module, capsys):
     code = main(["diff", "cli_pair_module:torch_model", "cli_pair_module:keras_good", "--inputs", "nope.npy"])
     assert code == 2
-    assert "does not exist" in capsys.readouterr().out
+    assert "does not exist" in capsys.readouterr().err
