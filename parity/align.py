@@ -72,6 +72,11 @@ ONE_SIDED_OPS = frozenset(
         "Dot",
         "Lambda",
         "TFOpLambda",
+        # layout and shape plumbing that graph formats and converters add (ONNX, TF, TFLite)
+        "Transpose", "TRANSPOSE", "Reshape", "RESHAPE", "Squeeze", "SQUEEZE", "Unsqueeze", "ExpandDims",
+        "EXPAND_DIMS", "Pad", "PAD", "Shape", "SHAPE", "StridedSlice", "STRIDED_SLICE", "Pack", "PACK",
+        "Gather", "Cast", "CAST", "Slice", "SLICE", "ConcatV2",
+        "permute", "transpose", "view", "reshape", "flatten", "squeeze", "unsqueeze", "contiguous",
     }
 )
 #: ops whose output equals their input at inference: never matched by order (they would
@@ -378,17 +383,13 @@ def _fused_into(name: str, b_names: list[str]) -> bool:
     """Whether a converter folded model A's layer ``name`` into a tensor of B that was
     compared: B's tensor names it as a scope (ONNX ``/layer1/layer1.0/conv1/Conv``,
     TFLite ``model/relu_1/Relu6;model/bn_1/batchnorm/add_1;model/conv_1/convolution``)."""
-    candidates = {name}
-    if "." in name:
-        head, _, tail = name.rpartition(".")
-        candidates.add(f"{head}/{tail}")
+    key = normalize_name(name)
     for b_name in b_names:
         for part in b_name.split(";"):
-            segments = [re.sub(r"_\d+$", "", s) for s in part.strip("/").split("/")]
-            joined = "/" + part.strip("/") + "/"
-            if any(f"/{c}/" in joined for c in candidates) or name in segments:
+            if key in _scope_keys(part):
                 return True
     return False
+
 
 
 def _increasing_chain(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
