@@ -104,20 +104,30 @@ def _print_taps(trace, pattern: str | None, console) -> int:
     from rich.table import Table
 
     taps = list(trace.taps)
+    if pattern and pattern.startswith("import/"):
+        pattern = pattern[len("import/"):]  # TF's import scope, as mappings accept it
     if pattern:
         if pattern.startswith("re:"):
             rx = re.compile(pattern[3:])
             taps = [t for t in taps if rx.search(t.name)]
         else:
             taps = [t for t in taps if fnmatch.fnmatchcase(t.name, pattern)]
+    info = trace.model
+    heading = (f"{info.name} · {info.framework} {info.framework_version} · {info.kind} · "
+               f"{len(taps)} of {len(trace.taps)} tensors{f' matching {pattern!r}' if pattern else ''}")
+    if not console.is_terminal:  # piped: one tab-separated line per tensor, names never wrapped
+        print(heading)
+        for t in taps:
+            print("\t".join([str(t.index), t.name, t.op, "×".join(map(str, t.shape)) or "scalar", t.dtype, t.layout or "–"]))
+        if pattern and not taps:
+            raise InputError(f"no tensor name matches {pattern!r}; run without --filter to see them all.")
+        return 0
     table = Table(box=None, header_style="bold", pad_edge=False)
     for col in ("#", "name", "op", "shape", "dtype", "layout"):
         table.add_column(col, no_wrap=col != "name", overflow="fold")
     for t in taps:
         table.add_row(str(t.index), t.name, t.op, "×".join(map(str, t.shape)) or "scalar", t.dtype, t.layout or "–")
-    info = trace.model
-    console.print(f"{info.name} · {info.framework} {info.framework_version} · {info.kind} · "
-                  f"{len(taps)} of {len(trace.taps)} tensors{f' matching {pattern!r}' if pattern else ''}", highlight=False)
+    console.print(heading, highlight=False)
     console.print(table)
     if pattern and not taps:
         raise InputError(f"no tensor name matches {pattern!r}; run without --filter to see them all.")

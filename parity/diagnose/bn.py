@@ -82,7 +82,11 @@ def diagnose_bn_epsilon(match: Match, value_b: np.ndarray) -> Diagnosis | None:
         design = np.stack([-np.ones_like(s2), s2], axis=1)
         (eps_a, eps_b), *_ = np.linalg.lstsq(design, rhs, rcond=None)
         method = "both fitted"
-    else:  # all variances equal (untrained): only one epsilon is identifiable
+    else:
+        eps_a = eps_b = -1.0  # all variances equal (untrained): only one epsilon is identifiable
+    if not (eps_b > 0 and eps_a >= -1e-7):
+        # With variances much larger than the epsilons the joint fit is ill-conditioned
+        # (float32 slopes): fix A's epsilon at what A declares and fit B's alone.
         eps_a = eps_a_declared if eps_a_declared is not None else 1e-5
         eps_b = float(np.median((v + eps_a) / s2 - v))
         method = f"eps_a fixed at its declared {eps_a:.1e}"

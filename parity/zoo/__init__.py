@@ -24,6 +24,8 @@ _WHERE = {
     "to_keras_convnet_sequential": "keras_twins",
     "load_digits_28": "digits",
     "train_convnet": "digits",
+    "MobileNetV1": "mobilenet_v1",
+    "port_keras_mobilenet": "mobilenet_v1",
 }
 
 __all__ = sorted(_WHERE)
