@@ -260,7 +260,8 @@ def load_inputs(spec: Any, base_dir: str | Path | None = None) -> Any:
 
 
 def load_mapping(spec: Any, base_dir: str | Path | None = None) -> dict[str, str] | None:
-    """A layer mapping from an inline table or a ``.toml``/``.json`` file of ``A name = B name``."""
+    """A layer mapping from an inline table or a ``.toml``/``.json``/``.yaml`` file of ``A name = B name``
+    (a top-level ``mapping`` table is looked into)."""
     if spec is None:
         return None
     if isinstance(spec, Mapping):
@@ -273,15 +274,24 @@ def load_mapping(spec: Any, base_dir: str | Path | None = None) -> dict[str, str
         where = f"mapping file {str(path)!r}"
         if not path.exists():
             raise InputError(f"{where} does not exist.")
-        if path.suffix == ".json":
-            data = json.loads(path.read_text())
-        elif path.suffix == ".toml":
-            import tomllib
+        if path.suffix not in (".json", ".toml", ".yaml", ".yml"):
+            raise InputError(f"{where} must be .json, .toml or .yaml (a table of A layer name = B layer name).")
+        text = path.read_text(encoding="utf-8")
+        import tomllib
 
-            data = tomllib.loads(path.read_text())
-            data = data.get("mapping", data)
-        else:
-            raise InputError(f"{where} must be .json or .toml (a table of A layer name = B layer name).")
+        import yaml
+
+        try:
+            if path.suffix == ".json":
+                data = json.loads(text)
+            elif path.suffix == ".toml":
+                data = tomllib.loads(text)
+            else:
+                data = yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as exc:  # JSON and TOML errors are ValueErrors
+            raise InputError(f"{where} cannot be read as {path.suffix[1:].upper()}: {exc}") from exc
+        if isinstance(data, dict) and isinstance(data.get("mapping"), dict):
+            data = data["mapping"]
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise InputError(f"{where} must be a flat table of A layer name = B layer name (strings).")
     return data

@@ -55,9 +55,14 @@ def test_a_mapping_comes_from_an_inline_table_a_toml_or_a_json_file(tmp_path):
     assert load_mapping("map.json", base_dir=tmp_path) == {"fc": "dense"}
     with pytest.raises(ParityError, match="flat table of A layer name = B layer name"):
         load_mapping({"a": 1})
-    with pytest.raises(ParityError, match="must be .json or .toml"):
-        (tmp_path / "map.yaml").write_text("a: b")
-        load_mapping("map.yaml", base_dir=tmp_path)
+    (tmp_path / "map.yaml").write_text('mapping:\n  "features.1": "import/*/conv1_relu*/Relu6:0"\n')
+    assert load_mapping("map.yaml", base_dir=tmp_path) == {"features.1": "import/*/conv1_relu*/Relu6:0"}
+    (tmp_path / "bad.yaml").write_text("a: [b\n")
+    with pytest.raises(ParityError, match="cannot be read as YAML"):
+        load_mapping("bad.yaml", base_dir=tmp_path)
+    with pytest.raises(ParityError, match="must be .json, .toml or .yaml"):
+        (tmp_path / "map.txt").write_text("a: b")
+        load_mapping("map.txt", base_dir=tmp_path)
 
 
 def test_model_specs_name_the_missing_module_or_attribute():
