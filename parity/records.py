@@ -31,6 +31,7 @@ __all__ = [
     "ErrorMap",
     "Histogram",
     "Diagnosis",
+    "ParamDiff",
     "InputsSummary",
     "UnmatchedLayer",
     "Report",
@@ -327,6 +328,13 @@ class LayerDiff:
     diagnoses: tuple[Diagnosis, ...] = ()
     #: heat map and histograms, kept for the first flagged layers only
     detail: LayerDetail | None = None
+    #: the layer's own error: B's layer fed A's recorded input ("replay"), or the growth of
+    #: the error over this layer's input error ("growth") where replay is impossible
+    own_err: float | None = None
+    own_method: str | None = None
+    #: this layer's relative error in the baseline pair, and the ratio rel_err / baseline_err
+    baseline_err: float | None = None
+    drift: float | None = None
 
     @property
     def rel_err(self) -> float:
@@ -349,6 +357,21 @@ def tolerance_ratio(m: Metrics, rtol: float, atol: float) -> float:
     if allowed == 0:
         return 0.0 if m.err_norm == 0 else float("inf")
     return float(m.err_norm / allowed)
+
+
+@dataclass(frozen=True)
+class ParamDiff:
+    """One parameter of an aligned layer, compared under the layout transform the pair implies."""
+
+    a_layer: str
+    b_layer: str
+    #: the parameter's name on each side ("weight" / "kernel", "running_var" / "moving_variance", ...)
+    a_param: str
+    b_param: str
+    #: "ok", "differs", "transposed", "swapped", "missing", "shape"
+    status: str
+    rel_err: float | None = None
+    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -400,6 +423,8 @@ class Report:
     diagnoses: tuple[Diagnosis, ...] = ()
     #: versions of what computed the report: python, numpy, parity, the frameworks
     environment: Mapping[str, str] = field(default_factory=dict)
+    #: parameters of aligned layers compared before any activation (weight parity)
+    params: tuple[ParamDiff, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     @property

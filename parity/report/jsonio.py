@@ -26,6 +26,7 @@ from ..records import (
     LayerDiff,
     Metrics,
     ModelInfo,
+    ParamDiff,
     Report,
     UnmatchedLayer,
 )
@@ -87,7 +88,7 @@ _RECORDS = {
     c.__name__: c
     for c in (
         Diagnosis, ErrorMap, Histogram, InputSpec, InputsSummary, LayerDetail, LayerDiff, Metrics, ModelInfo,
-        UnmatchedLayer,
+        ParamDiff, UnmatchedLayer,
     )
 }
 

@@ -30,6 +30,7 @@ from ..records import (
     LayerDiff,
     Metrics,
     ModelInfo,
+    ParamDiff,
     Report,
     UnmatchedLayer,
 )
@@ -38,7 +39,10 @@ __all__ = ["build_schema", "DESCRIPTIONS", "SCHEMA_ID"]
 
 SCHEMA_ID = "https://parity.dev/schemas/report.schema.json"
 
-_RECORDS = (Report, ModelInfo, InputSpec, InputsSummary, LayerDiff, Metrics, LayerDetail, ErrorMap, Histogram, Diagnosis, UnmatchedLayer)
+_RECORDS = (
+    Report, ModelInfo, InputSpec, InputsSummary, LayerDiff, Metrics, LayerDetail, ErrorMap, Histogram, Diagnosis,
+    UnmatchedLayer, ParamDiff,
+)
 
 DESCRIPTIONS: dict[str, str] = {
     "Report": "The answer to 'do these two models compute the same thing?'.",
@@ -52,6 +56,15 @@ DESCRIPTIONS: dict[str, str] = {
     "Report.notes": "Things the reader must know (a model was in training mode, layers ran without output, ...).",
     "Report.diagnoses": "Causes found from the numbers, each naming model A's layer.",
     "Report.environment": "Versions of what computed the report (parity, python, numpy, the frameworks).",
+    "Report.params": "Parameters of aligned layers compared under the pair's layout transforms (weight parity).",
+    "ParamDiff": "One parameter of an aligned layer pair.",
+    "ParamDiff.a_layer": "Model A's layer.",
+    "ParamDiff.b_layer": "Model B's layer.",
+    "ParamDiff.a_param": "The parameter's name in A ('weight', 'running_var', ...).",
+    "ParamDiff.b_param": "The parameter's name in B ('kernel', 'moving_variance', ...).",
+    "ParamDiff.status": "'ok', 'differs', 'transposed', 'swapped', 'missing' or 'shape'.",
+    "ParamDiff.rel_err": "‖b−a‖/‖a‖ of the parameter under the expected transform, when comparable.",
+    "ParamDiff.message": "What differs and how, in words.",
     "ModelInfo": "What is known of one model.",
     "ModelInfo.framework": "'torch', 'keras', ...",
     "ModelInfo.framework_version": "The framework's version string.",
@@ -93,6 +106,10 @@ DESCRIPTIONS: dict[str, str] = {
     "LayerDiff.role": "'layer', or 'output' for a model output.",
     "LayerDiff.diagnoses": "Diagnoses about this layer.",
     "LayerDiff.detail": "Heat map and histograms; present for the first flagged layers only.",
+    "LayerDiff.own_err": "The layer's own relative error: B's layer fed A's recorded input (replay), or the error growth over its input's error.",
+    "LayerDiff.own_method": "'replay' or 'growth': how own_err was found; null when not computed.",
+    "LayerDiff.baseline_err": "This layer's relative error in the baseline pair (untrained or reference), when a baseline was given.",
+    "LayerDiff.drift": "rel_err / baseline_err: how much this layer's error grew over the baseline's.",
     "Metrics": "Error figures of one pair, computed in float64 on B's tensor in A's layout.",
     "Metrics.numel": "Number of elements compared.",
     "Metrics.rel_err": "‖b−a‖₂/‖a‖₂ over finite elements (inf when ‖a‖ is 0 and b differs).",

@@ -1,0 +1,79 @@
+"""What a detector sees, and the registry of detectors.
+
+A detector is a function ``detect(ctx: Context) -> Diagnosis | None`` that
+recognises one cause of divergence from the numbers of one matched pair (and,
+where it needs them, the pair before it and the tap attributes the backends
+recorded: ``eps``, ``running_var``, ``stride``, ``padding``, ...).  It returns
+``None`` unless the numbers fit its cause; it never decides from names alone.
+Detectors register themselves with :func:`detector`; :func:`parity.diagnose.diagnose`
+runs the applicable ones on the first flagged layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..align import op_family
+from ..records import Alignment, Diagnosis, LayerDiff, Match
+
+__all__ = ["Context", "Detector", "detector", "DETECTORS"]
+
+
+@dataclass
+class Context:
+    """One flagged layer, as a detector sees it."""
+
+    layer: LayerDiff
+    match: Match
+    #: A's value, and B's value brought into A's layout (same shape as ``a``)
+    a: np.ndarray
+    b: np.ndarray
+    #: the matched pair just before this one in A's execution order (often this layer's input), or None
+    previous: Match | None
+    alignment: Alignment
+    #: layers of the report so far, in A's order (earlier ones already diagnosed)
+    layers: tuple[LayerDiff, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        """The op family of A's layer (``conv``, ``batchnorm``, ``dense``, ``activation``, ...)."""
+        return op_family(self.match.a.op)
+
+    @property
+    def b_family(self) -> str:
+        return op_family(self.match.b.op)
+
+    def previous_values(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The previous pair's values (A's, and B's in A's layout), when recorded."""
+        p = self.previous
+        if p is None or p.a.value is None or p.b.value is None:
+            return None
+        return np.asarray(p.a.value), np.asarray(p.transform.apply(p.b.value))
+
+
+@dataclass(frozen=True)
+class Detector:
+    code: str
+    detect: Callable[[Context], Diagnosis | None]
+    #: op families the detector applies to (None: every layer)
+    families: frozenset[str] | None = None
+
+    def applies(self, ctx: Context) -> bool:
+        return self.families is None or ctx.family in self.families or ctx.b_family in self.families
+
+
+DETECTORS: list[Detector] = []
+
+
+def detector(code: str, families: set[str] | None = None):
+    """Register ``detect(ctx) -> Diagnosis | None`` as the detector of ``code``."""
+
+    def register(fn: Callable[[Context], Diagnosis | None]):
+        DETECTORS.append(Detector(code=code, detect=fn, families=frozenset(families) if families else None))
+        return fn
+
+    return register
