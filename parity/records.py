@@ -345,6 +345,21 @@ class LayerDiff:
         """``‖b−a‖₂`` over the allowed ``atol·√n + rtol·‖a‖₂``: at most 1 passes."""
         return tolerance_ratio(self.metrics, self.rtol, self.atol)
 
+    @property
+    def allowed_rel(self) -> float:
+        """The relative error the tolerance allows this layer (``atol`` folded in)."""
+        m = self.metrics
+        if m.norm_a == 0:
+            return float("inf")
+        return float((self.atol * np.sqrt(max(m.numel, 1)) + self.rtol * m.norm_a) / m.norm_a)
+
+    @property
+    def own_ok(self) -> bool | None:
+        """Whether the layer's own error is within tolerance (None when not computed)."""
+        if self.own_err is None:
+            return None
+        return bool(self.own_err <= self.allowed_rel)
+
 
 def tolerance_ratio(m: Metrics, rtol: float, atol: float) -> float:
     """The norm error over the norm error the tolerance allows.
@@ -433,7 +448,12 @@ class Report:
 
     @property
     def first_divergence(self) -> LayerDiff | None:
-        return next((d for d in self.layers if not d.ok), None)
+        """The guilty layer: the earliest over tolerance whose *own* error (replayed, or
+        estimated from the error growth) is over tolerance too; where no own error says so,
+        the earliest over tolerance."""
+        flagged = [d for d in self.layers if not d.ok]
+        guilty = next((d for d in flagged if d.own_ok is False), None)
+        return guilty or (flagged[0] if flagged else None)
 
     @property
     def outputs(self) -> tuple[LayerDiff, ...]:

@@ -107,7 +107,8 @@ def _layer_table(report: Report) -> Table:
         show_header=True, header_style="bold", expand=False, pad_edge=False, box=None, padding=(0, 1), collapse_padding=True
     )
     fixed = {"no_wrap": True}
-    for col, kw in (
+    own = any(d.own_err is not None for d in report.layers)
+    columns = [
         ("#", {"justify": "right", "style": "dim", **fixed}),
         ("A layer", {"overflow": "fold", "min_width": 8}),
         ("B layer", {"overflow": "fold", "min_width": 8}),
@@ -115,17 +116,18 @@ def _layer_table(report: Report) -> Table:
         ("shape", fixed),
         ("transform", fixed),
         ("rel err", {"justify": "right", **fixed}),
-        ("max abs", {"justify": "right", **fixed}),
-        ("cosine", {"justify": "right", **fixed}),
-        ("", fixed),
-    ):
+    ]
+    if own:
+        columns.append(("own err", {"justify": "right", **fixed}))
+    columns += [("max abs", {"justify": "right", **fixed}), ("cosine", {"justify": "right", **fixed}), ("", fixed)]
+    for col, kw in columns:
         table.add_column(col, **kw)
     first = report.first_divergence
     for row in fold_rows(report.layers):
         if isinstance(row, tuple):
             count, failing = row
             what = "all ✓" if failing == 0 else f"{failing} ✗"
-            table.add_row("", Text(f"… {count} layers ({what}) …", style="dim"), *[""] * 8)
+            table.add_row("", Text(f"… {count} layers ({what}) …", style="dim"), *[""] * (len(columns) - 2))
             continue
         d = row
         m = d.metrics
@@ -138,7 +140,7 @@ def _layer_table(report: Report) -> Table:
         if d is first:
             mark.append(" ◀", style="bold red")
         style = "bold" if d is first else ""
-        table.add_row(
+        cells = [
             str(d.index + 1),
             Text(d.a_name, style=style),
             Text(d.b_name),
@@ -146,11 +148,15 @@ def _layer_table(report: Report) -> Table:
             "×".join(str(s) for s in d.shape),
             Text(transform),
             Text(fmt_float(m.rel_err), style=_err_style(d)),
-            fmt_float(m.max_abs),
-            f"{m.cosine:.4f}",
-            mark,
-            style="on grey15" if d is first else None,
-        )
+        ]
+        if own:
+            if d.own_err is None:
+                cells.append(Text("", style="dim"))
+            else:
+                suffix = "" if d.own_method == "replay" else "~"  # ~: estimated from the error growth
+                cells.append(Text(fmt_float(d.own_err) + suffix, style="bold red" if d.own_ok is False else "green"))
+        cells += [fmt_float(m.max_abs), f"{m.cosine:.4f}", mark]
+        table.add_row(*cells, style="on grey15" if d is first else None)
     return table
 
 
@@ -164,6 +170,13 @@ def divergence_detail(d: LayerDiff) -> list[RenderableType]:
             f"{tolerance_ratio(m, d.rtol, d.atol):.3g}× the allowed error) · cosine {m.cosine:.6f}"
         ),
     ]
+    if d.own_err is not None:
+        how = (
+            "B's layer fed A's recorded input of this layer"
+            if d.own_method == "replay"
+            else "estimated as the growth over the layer before (this layer cannot be replayed alone)"
+        )
+        lines.append(Text(f"  own error {fmt_float(d.own_err)} ({how}): the error is born here, not inherited"))
     if m.numel:
         lines.append(
             Text(

@@ -91,6 +91,7 @@ def _context(report: Report, *, compact: bool) -> dict:
         "params": _params,
         "shapes": _shapes,
         "first": report.first_divergence,
+        "own": any(d.own_err is not None for d in report.layers),
     }
 
 
