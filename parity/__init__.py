@@ -47,6 +47,7 @@ __all__ = [
     "capture",
     "load_report",
     "load",
+    "drift",
     "Report",
     "LayerDiff",
     "Metrics",
@@ -68,6 +69,14 @@ __all__ = [
     "ReportFormatError",
     "__version__",
 ]
+
+
+def drift(model_a, convert, inputs=None, **options):
+    """Per-layer error of ``convert(model_a)`` against fresh and random-statistics baselines;
+    see :mod:`parity.baseline`."""
+    from .baseline import drift as _drift
+
+    return _drift(model_a, convert, inputs, **options)
 
 
 def load(path, **options):

@@ -50,6 +50,8 @@ def diff(
     min_argmax_agreement: float | None = None,
     containers: bool = False,
     granularity: str = "modules",
+    baseline: tuple[Any, Any] | Report | None = None,
+    drift_factor: float | None = None,
     seed: int = 0,
 ) -> Report:
     """Compare models ``a`` and ``b`` layer by layer on the same inputs.
@@ -63,7 +65,10 @@ def diff(
     per-dtype defaults; ``tolerances`` maps layer names or globs to
     ``(rtol, atol)``.  ``granularity="ops"`` records PyTorch's functional
     calls too (``x + y``, ``F.relu``, ``x.view``), where residual and flatten
-    bugs live.
+    bugs live.  ``baseline=(a0, b0)`` (or a Report of them) compares each
+    layer's error with the baseline pair's on the same inputs and flags layers
+    whose error grew more than ``drift_factor`` (default 10×) — bugs that
+    fresh weights hide; see :func:`parity.drift`.
 
     >>> report = parity.diff(torch_model, keras_model, x)   # doctest: +SKIP
     >>> report.first_divergence.a_name                        # doctest: +SKIP
@@ -78,9 +83,18 @@ def diff(
     trace_a = backend_a.capture(inputs_a, containers=containers)
     trace_b = backend_b.capture(inputs_b, containers=containers)
     replay = lambda alignment, layers: own_errors(backend_a, backend_b, inputs_a, alignment, layers)  # noqa: E731
-    return diff_traces(
+    report = diff_traces(
         trace_a, trace_b, mapping=mapping, tolerances=tol, inputs=summary, rtol=rtol, atol=atol, _replay=replay
     )
+    if baseline is not None:
+        from .baseline import DRIFT_FACTOR, apply_baseline
+
+        if not isinstance(baseline, Report):
+            a0, b0 = baseline
+            baseline = diff(a0, b0, inputs, mapping=mapping, tolerances=tol, containers=containers,
+                            granularity=granularity, seed=seed)
+        report = apply_baseline(report, baseline, drift_factor or DRIFT_FACTOR)
+    return report
 
 
 def diff_traces(

@@ -97,8 +97,8 @@ def run_demo(*, epochs: int = 3, out: str | Path = "reports/demo.json", console:
     console.rule("parity.diff(untrained torch, untrained keras, x)")
     report_untrained = diff(untrained, keras_untrained, x)
     console.print(report_untrained)
-    console.rule("parity.diff(trained torch, trained keras, x)")
-    report = diff(model, keras_trained, x)
+    console.rule("parity.diff(trained torch, trained keras, x, baseline=the untrained pair)")
+    report = diff(model, keras_trained, x, baseline=report_untrained)
     console.print(report)
 
     out = Path(out)

@@ -119,6 +119,9 @@ def _layer_table(report: Report) -> Table:
     ]
     if own:
         columns.append(("own err", {"justify": "right", **fixed}))
+    drift = any(d.drift is not None for d in report.layers)
+    if drift:
+        columns.append(("drift", {"justify": "right", **fixed}))
     columns += [("max abs", {"justify": "right", **fixed}), ("cosine", {"justify": "right", **fixed}), ("", fixed)]
     for col, kw in columns:
         table.add_column(col, **kw)
@@ -155,6 +158,10 @@ def _layer_table(report: Report) -> Table:
             else:
                 suffix = "" if d.own_method == "replay" else "~"  # ~: estimated from the error growth
                 cells.append(Text(fmt_float(d.own_err) + suffix, style="bold red" if d.own_ok is False else "green"))
+        if drift:
+            grown = d.drift is not None and d.drift > 10 and not d.ok
+            cells.append(Text("" if d.drift is None else f"{d.drift:,.0f}×" if d.drift >= 10 else f"{d.drift:.2g}×",
+                              style="bold red" if grown else "dim"))
         cells += [fmt_float(m.max_abs), f"{m.cosine:.4f}", mark]
         table.add_row(*cells, style="on grey15" if d is first else None)
     return table

@@ -92,6 +92,7 @@ def _context(report: Report, *, compact: bool) -> dict:
         "shapes": _shapes,
         "first": report.first_divergence,
         "own": any(d.own_err is not None for d in report.layers),
+        "drift": any(d.drift is not None for d in report.layers),
     }
 
 
