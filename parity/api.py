@@ -12,7 +12,7 @@ from .errors import ParityMismatch
 from .inputs import prepare_inputs, random_inputs, normalize_inputs
 from .loading import load_model
 from .replay import own_errors
-from .records import InputsSummary, Report, Trace, UnmatchedLayer
+from .records import Alignment, InputsSummary, Report, Trace, UnmatchedLayer
 from .tolerance import Tolerances
 
 __all__ = ["diff", "diff_traces", "assert_parity", "capture"]
@@ -83,9 +83,18 @@ def diff(
     trace_a = backend_a.capture(inputs_a, containers=containers)
     trace_b = backend_b.capture(inputs_b, containers=containers)
     replay = lambda alignment, layers: own_errors(backend_a, backend_b, inputs_a, alignment, layers)  # noqa: E731
+    alignments: list[Alignment] = []
+
+    def replay_and_keep(alignment: Alignment, layers: tuple) -> tuple:
+        alignments.append(alignment)
+        return replay(alignment, layers)
+
     report = diff_traces(
-        trace_a, trace_b, mapping=mapping, tolerances=tol, inputs=summary, rtol=rtol, atol=atol, _replay=replay
+        trace_a, trace_b, mapping=mapping, tolerances=tol, inputs=summary, rtol=rtol, atol=atol,
+        _replay=replay_and_keep,
     )
+    if not report.ok and alignments:
+        report = _model_level_diagnoses(report, alignments[0], backend_a, backend_b, inputs_a, inputs_b, (trace_a, trace_b))
     if baseline is not None:
         from .baseline import DRIFT_FACTOR, apply_baseline
 
@@ -94,6 +103,19 @@ def diff(
             baseline = diff(a0, b0, inputs, mapping=mapping, tolerances=tol, containers=containers,
                             granularity=granularity, seed=seed)
         report = apply_baseline(report, baseline, drift_factor or DRIFT_FACTOR)
+    return report
+
+
+def _model_level_diagnoses(report, alignment, backend_a, backend_b, inputs_a, inputs_b, traces) -> Report:
+    """Diagnoses that rerun the models: nondeterminism, input preprocessing."""
+    from .diagnose.runs import attach, input_preprocessing, nondeterminism
+
+    for found in (
+        nondeterminism(backend_a, backend_b, inputs_a, inputs_b, traces, alignment),
+        input_preprocessing(backend_a, backend_b, inputs_a, inputs_b, report, alignment),
+    ):
+        if found is not None:
+            report = attach(report, found)
     return report
 
 

@@ -46,6 +46,9 @@ def diagnose(alignment: Alignment, layers: tuple[LayerDiff, ...]) -> tuple[tuple
         if d.ok or m is None or m.a.value is None or m.b.value is None or examined >= DIAGNOSED_LAYERS:
             out.append(d)
             continue
+        if d.own_method == "replay" and d.own_ok:
+            out.append(d)  # replayed alone it is right: it only inherits an earlier error
+            continue
         examined += 1
         ctx = Context(
             layer=d, match=m, a=np.asarray(m.a.value), b=np.asarray(m.transform.apply(m.b.value)),

@@ -90,8 +90,8 @@ def diagnose_bn_epsilon(match: Match, value_b: np.ndarray) -> Diagnosis | None:
         eps_a = eps_a_declared if eps_a_declared is not None else 1e-5
         eps_b = float(np.median((v + eps_a) / s2 - v))
         method = f"eps_a fixed at its declared {eps_a:.1e}"
-    if not (eps_b > 0 and eps_a >= -1e-7):
-        return None
+    if not (0 < eps_b < 0.1 and -1e-7 <= eps_a < 0.1):
+        return None  # not a plausible epsilon: a per-channel scale from something else
     predicted = np.sqrt((v + eps_a) / (v + eps_b))
     deviation = np.abs(predicted - slope[ok]) / np.maximum(np.abs(1.0 - slope[ok]), 1e-12)
     explained = int(np.sum(deviation < 0.05))
