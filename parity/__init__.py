@@ -48,6 +48,7 @@ __all__ = [
     "load_report",
     "load",
     "drift",
+    "search",
     "Report",
     "LayerDiff",
     "Metrics",
@@ -91,3 +92,13 @@ def load_report(path):
     from .report.jsonio import load_report as _load
 
     return _load(path)
+
+
+def __getattr__(name):
+    """``parity.search``: a callable module (``parity.search(a, b)``, ``parity.search.inputs_strategy(shape)``),
+    imported on first use so that ``import parity`` stays light."""
+    if name == "search":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.search")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
