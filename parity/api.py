@@ -93,6 +93,9 @@ def diff(
         trace_a, trace_b, mapping=mapping, tolerances=tol, inputs=summary, rtol=rtol, atol=atol,
         _replay=replay_and_keep,
     )
+    live = ("TorchBackend", "KerasBackend")
+    if alignments and type(backend_a).__name__ in live and type(backend_b).__name__ in live:
+        report = _weight_parity(report, a, b, alignments[0])
     if not report.ok and alignments:
         report = _model_level_diagnoses(report, alignments[0], backend_a, backend_b, inputs_a, inputs_b, (trace_a, trace_b))
     if baseline is not None:
@@ -103,6 +106,22 @@ def diff(
             baseline = diff(a0, b0, inputs, mapping=mapping, tolerances=tol, containers=containers,
                             granularity=granularity, seed=seed)
         report = apply_baseline(report, baseline, drift_factor or DRIFT_FACTOR)
+    return report
+
+
+def _weight_parity(report: Report, a: Any, b: Any, alignment: Alignment) -> Report:
+    """Parameters of aligned layers compared before any activation, and the diagnoses they support."""
+    import dataclasses
+
+    from .diagnose.runs import attach
+    from .weights import weight_diagnoses, weight_parity
+
+    params = weight_parity(a, b, alignment)
+    report = dataclasses.replace(report, params=params)
+    present = {(d.code, d.layer) for d in report.diagnoses}
+    for diagnosis in weight_diagnoses(params):
+        if (diagnosis.code, diagnosis.layer) not in present:
+            report = attach(report, diagnosis)
     return report
 
 

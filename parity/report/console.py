@@ -258,6 +258,16 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
             )
         )
         yield Panel(body, title="diagnoses", title_align="left", border_style="magenta")
+    bad_params = [p for p in report.params if p.status != "ok"]
+    if report.params:
+        if bad_params:
+            yield Text(f"weights: {len(bad_params)} of {len(report.params)} parameters differ", style="bold red")
+            for p in bad_params[:8]:
+                yield Text(f"  {p.a_layer}.{p.a_param} ↔ {p.b_layer}.{p.b_param}: {p.status} — {p.message}", style="red")
+            if len(bad_params) > 8:
+                yield Text(f"  … {len(bad_params) - 8} more", style="red")
+        else:
+            yield Text(f"weights: all {len(report.params)} parameters of the aligned layers match", style="dim")
     for note in report.notes:
         yield Text(f"note: {note}", style="yellow")
     unmatched = report.unmatched
