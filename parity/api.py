@@ -91,7 +91,7 @@ def diff(
 
     report = diff_traces(
         trace_a, trace_b, mapping=mapping, tolerances=tol, inputs=summary, rtol=rtol, atol=atol,
-        _replay=replay_and_keep,
+        _replay=replay_and_keep, _explain=False, _models=(a, b),
     )
     live = ("TorchBackend", "KerasBackend")
     if alignments and type(backend_a).__name__ in live and type(backend_b).__name__ in live:
@@ -106,7 +106,20 @@ def diff(
             baseline = diff(a0, b0, inputs, mapping=mapping, tolerances=tol, containers=containers,
                             granularity=granularity, seed=seed)
         report = apply_baseline(report, baseline, drift_factor or DRIFT_FACTOR)
-    return report
+    return _explain_first(report, alignments[0]) if alignments else report
+
+
+def _explain_first(report: Report, alignment: Alignment) -> Report:
+    """The first divergence always gets a diagnosis: a known cause, or ``unexplained`` with
+    where the error sits."""
+    first = report.first_divergence
+    if first is None or first.diagnoses:
+        return report
+    from .diagnose.fallback import context_for, unexplained
+    from .diagnose.runs import attach
+
+    ctx = context_for(alignment, report.layers, first)
+    return attach(report, unexplained(ctx)) if ctx is not None else report
 
 
 def _weight_parity(report: Report, a: Any, b: Any, alignment: Alignment) -> Report:
@@ -148,6 +161,8 @@ def diff_traces(
     rtol: float | None = None,
     atol: float | None = None,
     _replay: Any = None,
+    _explain: bool = True,
+    _models: tuple | None = None,
 ) -> Report:
     """Align and compare two recorded traces (the models are not needed; a layer's own
     error is then estimated from the error growth, since nothing can be replayed)."""
@@ -155,7 +170,7 @@ def diff_traces(
     alignment = align(trace_a, trace_b, mapping)
     compared = compare(alignment, tol)
     compared = _replay(alignment, compared) if _replay is not None else own_errors(None, None, None, alignment, compared)
-    layers, diagnoses = diagnose(alignment, compared)
+    layers, diagnoses = diagnose(alignment, compared, _models)
     unmatched = tuple(
         UnmatchedLayer(side=u.side, name=u.tap.name, op=u.tap.op, shape=tuple(u.tap.shape), reason=u.reason)
         for u in alignment.unmatched
@@ -185,7 +200,7 @@ def diff_traces(
             + (", …" if len(stray) > 8 else "")
             + ". Give a mapping to compare them."
         )
-    return Report(
+    report = Report(
         a=trace_a.model,
         b=trace_b.model,
         layers=layers,
@@ -197,6 +212,7 @@ def diff_traces(
         diagnoses=diagnoses,
         environment=environment(trace_a.model, trace_b.model),
     )
+    return _explain_first(report, alignment) if _explain else report
 
 
 def environment(*models: Any) -> dict[str, str]:

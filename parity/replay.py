@@ -99,7 +99,8 @@ def _record_inputs(backend: Backend, inputs: Any, names: list[str]) -> dict[str,
             def call(*args, **kwargs):
                 if name not in found and len(args) == 1 and hasattr(args[0], "shape") and not isinstance(args[0], (list, tuple)):
                     try:
-                        found[name] = np.array(args[0])
+                        value = args[0].numpy() if hasattr(args[0], "numpy") else np.asarray(args[0])
+                        found[name] = np.array(value, copy=True)
                     except Exception:  # a symbolic tensor: nothing to keep
                         pass
                 return original(*args, **kwargs)

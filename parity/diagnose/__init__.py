@@ -25,6 +25,12 @@ DIAGNOSED_LAYERS = 8
 detector("bn_epsilon", {"batchnorm"})(lambda ctx: diagnose_bn_epsilon(ctx.match, ctx.b))
 
 
+def ctx_needs_layers(match) -> bool:
+    from ..align import op_family
+
+    return op_family(match.a.op) == "dense" or op_family(match.b.op) == "dense"
+
+
 def _load_detectors() -> None:
     """Import every module of this package once: detectors register themselves."""
     for info in pkgutil.iter_modules(__path__):
@@ -32,8 +38,26 @@ def _load_detectors() -> None:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
-def diagnose(alignment: Alignment, layers: tuple[LayerDiff, ...]) -> tuple[tuple[LayerDiff, ...], tuple[Diagnosis, ...]]:
-    """Run the applicable detectors on the first flagged layers; attach what they find."""
+def _live_layers(models: tuple | None, a_name: str, b_name: str) -> dict:
+    """The live layer objects of a pair, for detectors that need weights (``ctx.extra``)."""
+    if not models:
+        return {}
+    from ..weights import find_layer
+
+    extra = {}
+    for key, model, name in (("a_layer", models[0], a_name), ("b_layer", models[1], b_name)):
+        try:
+            extra[key] = find_layer(model, name)
+        except Exception:  # noqa: BLE001 - a graph format, or a name that is not a layer
+            pass
+    return extra
+
+
+def diagnose(
+    alignment: Alignment, layers: tuple[LayerDiff, ...], models: tuple | None = None
+) -> tuple[tuple[LayerDiff, ...], tuple[Diagnosis, ...]]:
+    """Run the applicable detectors on the first flagged layers; attach what they find.
+    ``models`` (the live pair, when there is one) lets weight-based detectors see layers."""
     _load_detectors()
     ordered = sorted(alignment.matches, key=lambda m: m.a.index)
     by_a = {m.a.name: i for i, m in enumerate(ordered)}
@@ -46,13 +70,14 @@ def diagnose(alignment: Alignment, layers: tuple[LayerDiff, ...]) -> tuple[tuple
         if d.ok or m is None or m.a.value is None or m.b.value is None or examined >= DIAGNOSED_LAYERS:
             out.append(d)
             continue
-        if d.own_method == "replay" and d.own_ok:
-            out.append(d)  # replayed alone it is right: it only inherits an earlier error
+        if d.own_method == "replay" and d.own_ok and out and not out[-1].ok:
+            out.append(d)  # replayed alone it is right and its input was already wrong: it inherits
             continue
         examined += 1
         ctx = Context(
             layer=d, match=m, a=np.asarray(m.a.value), b=np.asarray(m.transform.apply(m.b.value)),
             previous=ordered[i - 1] if i else None, alignment=alignment, layers=tuple(out),
+            extra=_live_layers(models, m.a.name, m.b.name) if ctx_needs_layers(m) else {},
         )
         diags = []
         for det in DETECTORS:

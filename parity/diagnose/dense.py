@@ -1,0 +1,162 @@
+"""``flatten_order``: a dense layer after a flatten whose weights expect another element order.
+
+Flattening an NCHW tensor gives the features in C,H,W order; flattening NHWC
+gives H,W,C.  A dense kernel copied from torch to Keras with only the
+``(out, in) → (in, out)`` transpose keeps torch's C,H,W row order, while the
+Keras Flatten feeds it H,W,C: every output is a dense layer applied to a
+shuffled input.  The inputs agree (the previous pair is fine), the dense
+output does not.
+
+The recorded tensors alone cannot show it (finding the weights from a batch
+of inputs and outputs needs more samples than features), so this detector
+uses the live layers when the caller provides them in ``ctx.extra``:
+``"a_layer"`` and/or ``"b_layer"`` — a ``torch.nn.Linear``, a Keras ``Dense``,
+or a ``(kernel (in, out), bias)`` pair of arrays.  With either layer's weights
+it recomputes the layer on A's recorded input flattened in every order of the
+input's axes: the order that reproduces A and a different order that
+reproduces B are the diagnosis.
+"""
+
+from __future__ import annotations
+
+from itertools import permutations
+from typing import Any
+
+import numpy as np
+
+from .base import Context, detector
+from ..records import Diagnosis
+
+#: an order "reproduces" a side's output within this relative error
+_REPRODUCES = 1e-3
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    na = np.linalg.norm(a64)
+    return float(np.linalg.norm(b64 - a64) / na) if na else float(np.linalg.norm(b64))
+
+
+def _array(value: Any) -> np.ndarray | None:
+    if value is None:
+        return None
+    if hasattr(value, "detach"):  # torch
+        return value.detach().cpu().double().numpy()
+    if hasattr(value, "numpy"):  # keras / tf variables
+        try:
+            return np.asarray(value.numpy(), dtype=np.float64)
+        except Exception:  # noqa: BLE001 - fall back to the array protocol
+            pass
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+
+
+def dense_params(layer: Any) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """``(kernel (in, out), bias or None)`` of a torch Linear, a Keras Dense or a ``(kernel, bias)`` pair."""
+    if layer is None:
+        return None
+    if isinstance(layer, (tuple, list)) and len(layer) == 2:
+        kernel, bias = _array(layer[0]), _array(layer[1])
+    elif hasattr(layer, "weight") and hasattr(getattr(layer, "weight"), "detach"):  # torch nn.Linear: (out, in)
+        weight = _array(layer.weight)
+        kernel = None if weight is None else weight.T
+        bias = _array(getattr(layer, "bias", None))
+    elif getattr(layer, "kernel", None) is not None:  # Keras Dense: (in, out)
+        kernel, bias = _array(layer.kernel), _array(getattr(layer, "bias", None))
+    else:
+        return None
+    if kernel is None or kernel.ndim != 2:
+        return None
+    if bias is not None and bias.shape != (kernel.shape[1],):
+        bias = None
+    return kernel, bias
+
+
+def _per_sample(ctx: Context) -> tuple[np.ndarray, str | None] | None:
+    """A's recorded input of the dense layer with its per-sample axes, and their letters."""
+    prev = ctx.previous_values()
+    if prev is None or ctx.previous is None:
+        return None
+    x = np.asarray(prev[0], dtype=np.float64)
+    tap = ctx.previous.a
+    layout = tap.layout
+    if x.ndim == 2:
+        flat_from = tap.attrs.get("flat_from")
+        if not flat_from or int(np.prod(flat_from)) != x.shape[1]:
+            return None
+        x = x.reshape((x.shape[0], *tuple(int(v) for v in flat_from)))
+        letters = layout[layout.index("(") + 1 : layout.index(")")] if layout and "(" in layout else None
+    else:
+        letters = layout[1:] if layout and "(" not in layout and len(layout) == x.ndim else None
+    if x.ndim < 3:
+        return None
+    return x, letters
+
+
+@detector("flatten_order", {"dense"})
+def flatten_order(ctx: Context) -> Diagnosis | None:
+    a, b = ctx.a, ctx.b
+    if a.ndim != 2 or a.shape != b.shape:
+        return None
+    found = _per_sample(ctx)
+    if found is None:
+        return None
+    x, letters = found
+    n, features = x.shape[0], int(np.prod(x.shape[1:]))
+    if n != a.shape[0]:
+        return None
+    for key in ("a_layer", "b_layer"):
+        params = dense_params(ctx.extra.get(key))
+        if params is None:
+            continue
+        kernel, bias = params
+        if kernel.shape != (features, a.shape[1]):
+            continue
+        errs: dict[tuple[int, ...], tuple[float, float]] = {}
+        for rest in permutations(range(1, x.ndim)):
+            perm = (0, *rest)
+            out = np.transpose(x, perm).reshape(n, features) @ kernel
+            if bias is not None:
+                out = out + bias
+            errs[perm] = (_rel(a, out), _rel(b, out))
+        order_a = min(errs, key=lambda p: errs[p][0])
+        order_b = min(errs, key=lambda p: errs[p][1])
+        err_a, err_b = errs[order_a][0], errs[order_b][1]
+        as_compared = _rel(a, b)
+        if order_a == order_b or err_a > _REPRODUCES or err_b > _REPRODUCES or as_compared < 10 * max(err_b, 1e-12):
+            return None
+        return _diagnosis(ctx, key, letters, order_a, order_b, err_a, err_b, as_compared, x.shape[1:])
+    return None
+
+
+def _order_name(perm: tuple[int, ...], letters: str | None) -> str:
+    if letters and len(letters) == len(perm) - 1:
+        return "".join(letters[p - 1] for p in perm[1:])
+    return "(" + ",".join(str(p) for p in perm[1:]) + ")"
+
+
+def _diagnosis(ctx, key, letters, order_a, order_b, err_a, err_b, as_compared, shape) -> Diagnosis:
+    name_a, name_b = _order_name(order_a, letters), _order_name(order_b, letters)
+    side = "A" if key == "a_layer" else "B"
+    dims = "×".join(str(s) for s in shape)
+    msg = (
+        f"Flatten order: B's {ctx.match.b.op} reads its flattened input in {name_b} order while its weights expect "
+        f"{name_a} order. {side}'s dense weights applied to A's input ({dims}, axes {letters or 'as recorded'}) "
+        f"flattened {name_a} reproduce A (rel err {err_a:.1e}), flattened {name_b} reproduce B (rel err "
+        f"{err_b:.1e}; {as_compared:.2g} as compared). The dense kernel was copied without permuting its rows: "
+        f"reorder them from {name_a} to {name_b}"
+        + (" (torch→Keras: W.reshape(out, C, H, W).transpose(0, 2, 3, 1).reshape(out, -1).T), or put "
+           "Permute((3, 1, 2)) before B's Flatten so it flattens in torch's order." if (name_a, name_b) == ("CHW", "HWC")
+           else f", or permute B's input to {name_a} before its flatten.")
+    )
+    evidence = {
+        "rel_err_as_compared": float(as_compared),
+        "rel_err_after_reordering": float(err_b),
+        "rel_err_a_recomputed": float(err_a),
+        "weights_from_b": 1.0 if key == "b_layer" else 0.0,
+    }
+    evidence.update({f"order_a_{i}": float(p) for i, p in enumerate(order_a[1:])})
+    evidence.update({f"order_b_{i}": float(p) for i, p in enumerate(order_b[1:])})
+    return Diagnosis(code="flatten_order", layer=ctx.match.a.name, message=msg, evidence=evidence)

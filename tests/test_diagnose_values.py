@@ -1,0 +1,331 @@
+"""Detectors that read the recorded values: padding placed differently, axes in another order,
+dense weights in another flatten order, a clamp on one side, an approximated activation.
+
+Each bug is built on purpose (small torch models and their hand-made Keras twins, or
+hand-made traces) and must be named on the right layer with the number that shows it; a
+correct pair must give none of these diagnoses, even when every layer is examined."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+keras = pytest.importorskip("keras")
+
+import parity  # noqa: E402
+from parity.align import align  # noqa: E402
+from parity.compare import compare  # noqa: E402
+from parity.diagnose import DETECTORS, Context  # noqa: E402
+from parity.diagnose import activation, dense, spatial  # noqa: E402,F401 - registers the detectors
+from parity.tolerance import Tolerances  # noqa: E402
+from parity.zoo import ConvNet, MobileNetBlock, randomize_bn, to_keras  # noqa: E402
+
+from .helpers import make_trace, nchw_to_nhwc  # noqa: E402
+
+CODES = ("padding_asymmetry", "layout", "flatten_order", "activation_clamp", "activation_approximation")
+
+
+def _np(t):
+    return t.detach().numpy()
+
+
+def _seeded(cls, *args, **kwargs):
+    torch.manual_seed(0)
+    return cls(*args, **kwargs).eval()
+
+
+def _keras_seq(layers, input_shape):
+    model = keras.Sequential([keras.Input(input_shape), *layers])
+    return model
+
+
+def _codes(report, layer):
+    """The codes of this file's detectors on ``layer`` (other modules register detectors too)."""
+    return [d.code for d in report.layer(layer).diagnoses if d.code in CODES]
+
+
+def _diag(report, layer, code):
+    found = [d for d in report.layer(layer).diagnoses if d.code == code]
+    assert found, f"{code} not on {layer}: {report.layer(layer).diagnoses}"
+    return found[0]
+
+
+def _contexts(trace_a, trace_b, extra=None):
+    """A Context for every matched pair (examined or not), as diagnose() would build it."""
+    alignment = align(trace_a, trace_b)
+    layers = compare(alignment, Tolerances.build())
+    ordered = sorted(alignment.matches, key=lambda m: m.a.index)
+    by_a = {d.a_name: d for d in layers}
+    out = {}
+    for i, m in enumerate(ordered):
+        if m.a.value is None or m.b.value is None:
+            continue
+        out[m.a.name] = Context(
+            layer=by_a[m.a.name], match=m, a=np.asarray(m.a.value), b=np.asarray(m.transform.apply(m.b.value)),
+            previous=ordered[i - 1] if i else None, alignment=alignment, extra=dict((extra or {}).get(m.a.name, {})),
+        )
+    return out
+
+
+def _run(ctx, code):
+    (det,) = [d for d in DETECTORS if d.code == code]
+    return det.detect(ctx) if det.applies(ctx) else None
+
+
+# --- padding_asymmetry ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def strided_conv_pair():
+    torch.manual_seed(0)
+    tm = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, stride=2, padding=1)
+    ).eval()
+    km = _keras_seq(
+        [keras.layers.Conv2D(8, 3, padding="same"), keras.layers.ReLU(), keras.layers.Conv2D(8, 3, strides=2, padding="same")],
+        (16, 16, 3),
+    )
+    for k, t in ((km.layers[0], tm[0]), (km.layers[2], tm[2])):
+        k.set_weights([_np(t.weight).transpose(2, 3, 1, 0), _np(t.bias)])
+    x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype("float32")  # even: 'same' pads (0, 1)
+    return tm, km, x
+
+
+def test_same_padding_on_a_strided_conv_is_padding_asymmetry(strided_conv_pair):
+    tm, km, x = strided_conv_pair
+    report = parity.diff(tm, km, x)
+    assert report.first_divergence.a_name == "2"
+    assert report.layer("0").ok and report.layer("1").ok
+    diag = _diag(report, "2", "padding_asymmetry")
+    ev = diag.evidence
+    # A (torch padding=1) pads 1 row/col at the top/left, B ('same', stride 2, even input) pads 0
+    assert (ev["pad_top_a"], ev["pad_left_a"], ev["pad_top_b"], ev["pad_left_b"]) == (1, 1, 0, 0)
+    assert ev["rel_err_b_vs_a_op_with_b_padding"] < 1e-5 < 0.1 < ev["rel_err_as_compared"]
+    assert ev["rel_err_a_refit"] < 1e-5
+    assert {"first_row", "last_row", "first_col", "last_col", "interior", "edge_to_interior"} <= set(ev)
+    assert ev["edge_to_interior"] < 2  # a shifted grid errs everywhere, not on the border
+    assert "ZeroPadding2D" in diag.message and "bottom/right" in diag.message
+    assert _codes(report, "2") == ["padding_asymmetry"]
+
+
+def test_same_padding_on_side_a_is_padding_asymmetry_too(strided_conv_pair):
+    tm, km, x = strided_conv_pair
+    report = parity.diff(km, tm, nchw_to_nhwc(x))  # Keras as model A
+    first = report.first_divergence
+    assert first.b_name == "2"
+    ev = _diag(report, first.a_name, "padding_asymmetry").evidence
+    assert (ev["pad_top_a"], ev["pad_left_a"], ev["pad_top_b"], ev["pad_left_b"]) == (0, 0, 1, 1)
+
+
+def test_the_explicit_pad_fix_passes(strided_conv_pair):
+    tm, _, x = strided_conv_pair
+    fixed = _keras_seq(
+        [keras.layers.Conv2D(8, 3, padding="same"), keras.layers.ReLU(), keras.layers.ZeroPadding2D(((1, 1), (1, 1))),
+         keras.layers.Conv2D(8, 3, strides=2, padding="valid")],
+        (16, 16, 3),
+    )
+    for k, t in ((fixed.layers[0], tm[0]), (fixed.layers[3], tm[2])):
+        k.set_weights([_np(t.weight).transpose(2, 3, 1, 0), _np(t.bias)])
+    assert parity.diff(tm, fixed, x).ok
+
+
+def test_same_padding_on_a_strided_max_pool_is_padding_asymmetry():
+    torch.manual_seed(0)
+    tm = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.MaxPool2d(3, stride=2, padding=1)).eval()
+    km = _keras_seq([keras.layers.Conv2D(4, 3, padding="same"), keras.layers.MaxPooling2D(3, strides=2, padding="same")],
+                    (12, 12, 3))
+    km.layers[0].set_weights([_np(tm[0].weight).transpose(2, 3, 1, 0), _np(tm[0].bias)])
+    x = np.random.default_rng(1).standard_normal((2, 3, 12, 12)).astype("float32")
+    report = parity.diff(tm, km, x)
+    assert report.first_divergence.a_name == "1"
+    ev = _diag(report, "1", "padding_asymmetry").evidence
+    assert (ev["pad_top_a"], ev["pad_top_b"]) == (1, 0)
+    assert ev["rel_err_b_vs_a_op_with_b_padding"] < 1e-6
+
+
+def test_error_on_the_last_row_and_column_only_is_padding_asymmetry():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 4, 8, 8)).astype("float32")
+    a = rng.standard_normal((2, 4, 8, 8)).astype("float32")
+    b = a.copy()
+    b[:, :, -1, :] += 0.5  # a pad row/column at the bottom/right on B only
+    b[:, :, :, -1] += 0.5
+    ta = make_trace([("pre", "ReLU", x, "NCHW"), ("conv", "Conv2d", a, "NCHW"), ("out", "output", a, "NCHW")])
+    tb = make_trace([("pre", "ReLU", nchw_to_nhwc(x), "NHWC"), ("conv", "Conv2D", nchw_to_nhwc(b), "NHWC"),
+                     ("out", "output", nchw_to_nhwc(b), "NHWC")], framework="keras")
+    report = parity.diff_traces(ta, tb)
+    diag = _diag(report, "conv", "padding_asymmetry")
+    ev = diag.evidence
+    assert ev["last_row"] == pytest.approx(0.5 + 0.5 / 8) and ev["last_col"] == pytest.approx(0.5 + 0.5 / 8)
+    assert ev["first_row"] == pytest.approx(0.5 / 8) and ev["interior"] == 0.0
+    assert "edge_to_interior" not in ev  # no finite ratio over a clean interior: evidence stays strict JSON
+    assert "last row, last col" in diag.message
+
+
+# --- layout -----------------------------------------------------------------------------------
+
+
+def test_height_and_width_swapped_by_a_transpose_is_layout():
+    torch.manual_seed(0)
+    tm = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
+    # a transpose Keras cannot follow (a Permute layer it would): B's ReLU is still declared NHWC
+    swap = keras.layers.Lambda(lambda t: keras.ops.transpose(t, (0, 2, 1, 3)))
+    km = _keras_seq([keras.layers.Conv2D(4, 3, padding="same"), swap, keras.layers.ReLU()], (8, 8, 3))
+    km.layers[0].set_weights([_np(tm[0].weight).transpose(2, 3, 1, 0), _np(tm[0].bias)])
+    x = np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype("float32")
+    report = parity.diff_traces(parity.capture(tm, x), parity.capture(km, nchw_to_nhwc(x)))
+    assert report.layer("0").ok and not report.layer("1").ok
+    diag = _diag(report, "1", "layout")
+    ev = diag.evidence
+    assert (ev["perm_0"], ev["perm_1"], ev["perm_2"], ev["perm_3"]) == (0, 1, 3, 2)
+    assert ev["rel_err_best_permutation"] < 1e-6 and ev["rel_err_as_compared"] > 0.5
+    assert "H and W swapped" in diag.message and "laid out as NWHC, not the NHWC it declares" in diag.message
+    # parity.diff replays B's ReLU on A's input, finds it right and leaves it undiagnosed; the output is diagnosed
+    live = parity.diff(tm, km, x)
+    assert _diag(live, "output", "layout").evidence["perm_3"] == 2
+
+
+def test_channels_first_declared_channels_last_when_c_equals_h_equals_w_is_layout():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 8, 8)).astype("float32")
+    a = rng.standard_normal((2, 8, 8, 8)).astype("float32")
+    ta = make_trace([("pre", "ReLU", x, "NCHW"), ("conv", "Conv2d", a, "NCHW"), ("out", "output", a[:, :, 0, 0], "NC")])
+    # B's backend says NHWC but the tensor is still NCHW: the shape cannot tell
+    tb = make_trace([("pre", "ReLU", nchw_to_nhwc(x), "NHWC"), ("conv", "Conv2D", a, "NHWC"),
+                     ("out", "output", a[:, :, 0, 0], "NC")], framework="keras")
+    report = parity.diff_traces(ta, tb)
+    assert report.layer("conv").ambiguous
+    diag = _diag(report, "conv", "layout")
+    assert diag.evidence["ambiguous_shape"] == 1.0
+    assert diag.evidence["rel_err_best_permutation"] == 0.0
+    assert "laid out as NCHW, not the NHWC it declares" in diag.message
+
+
+# --- flatten_order ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def convnet():
+    return randomize_bn(_seeded(ConvNet), seed=1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return np.random.default_rng(0).uniform(0, 1, (4, 1, 28, 28)).astype("float32")
+
+
+def test_dense_weights_not_reordered_after_flatten_is_flatten_order(convnet, digits):
+    km = to_keras(convnet, bn_epsilon="match", flatten="naive")
+    report = parity.diff(convnet, km, digits)
+    assert report.first_divergence.a_name == "fc"
+    ctxs = _contexts(parity.capture(convnet, digits), parity.capture(km, nchw_to_nhwc(digits)))
+    ctx = ctxs["fc"]
+    assert _run(ctx, "flatten_order") is None  # without the layers' weights the tensors cannot show it
+    for key, layer in (("a_layer", convnet.fc), ("b_layer", km.get_layer("fc"))):
+        ctx.extra.clear()
+        ctx.extra[key] = layer
+        diag = _run(ctx, "flatten_order")
+        assert diag is not None and diag.layer == "fc", key
+        ev = diag.evidence
+        assert ev["rel_err_after_reordering"] < 1e-5 and ev["rel_err_a_recomputed"] < 1e-5
+        assert ev["rel_err_as_compared"] > 0.1
+        assert (ev["order_a_0"], ev["order_a_1"], ev["order_a_2"]) == (1, 2, 3)  # C, H, W
+        assert (ev["order_b_0"], ev["order_b_1"], ev["order_b_2"]) == (2, 3, 1)  # H, W, C
+        assert "HWC order while its weights expect CHW" in diag.message
+
+
+def test_correctly_reordered_dense_is_not_flatten_order(convnet, digits):
+    km = to_keras(convnet, bn_epsilon="match", flatten="reorder")
+    ctxs = _contexts(parity.capture(convnet, digits), parity.capture(km, nchw_to_nhwc(digits)))
+    ctx = ctxs["fc"]
+    ctx.extra["a_layer"] = convnet.fc
+    assert _run(ctx, "flatten_order") is None
+
+
+# --- activations ------------------------------------------------------------------------------
+
+
+def _dense_act_pair(torch_act, keras_act, seed=0):
+    torch.manual_seed(seed)
+    tm = torch.nn.Sequential(torch.nn.Linear(16, 32), torch_act).eval()
+    km = _keras_seq([keras.layers.Dense(32), keras_act], (16,))
+    km.layers[0].set_weights([_np(tm[0].weight).T, _np(tm[0].bias)])
+    return tm, km
+
+
+def test_relu_against_relu6_is_activation_clamp():
+    tm, km = _dense_act_pair(torch.nn.ReLU(), keras.layers.ReLU(max_value=6.0))
+    x = (np.random.default_rng(5).standard_normal((8, 16)) * 10).astype("float32")  # pre-activations beyond 6
+    report = parity.diff(tm, km, x)
+    assert report.first_divergence.a_name == "1" and report.layer("0").ok
+    diag = _diag(report, "1", "activation_clamp")
+    ev = diag.evidence
+    assert ev["bound"] == pytest.approx(6.0) and ev["b_clamps"] == 1.0
+    assert ev["mismatch_frac_within_bound"] == 0.0 and ev["mismatch_frac_beyond_bound"] > 0.99
+    assert ev["input_bound"] > 6.0
+    assert "ReLU6" in diag.message
+    assert _codes(report, "1") == ["activation_clamp"]
+
+
+def test_mobilenet_relu6_converted_to_relu_is_activation_clamp_on_a():
+    model = randomize_bn(_seeded(MobileNetBlock, 8, 16, 2), seed=2)
+    x = (np.random.default_rng(1).standard_normal((2, 8, 16, 16)) * 20).astype("float32")
+    report = parity.diff(model, to_keras(model, relu6="relu"), x)
+    diag = _diag(report, "relu1", "activation_clamp")
+    assert diag.evidence["bound"] == pytest.approx(6.0) and diag.evidence["b_clamps"] == 0.0
+    assert diag.evidence["mismatch_frac_within_bound"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def gelu_pair():
+    return _dense_act_pair(
+        torch.nn.GELU(), keras.layers.Activation(lambda t: keras.activations.gelu(t, approximate=True))
+    )
+
+
+def test_exact_gelu_against_tanh_gelu_is_activation_approximation(gelu_pair):
+    tm, km = gelu_pair
+    x = (np.random.default_rng(6).standard_normal((8, 16)) * 3).astype("float32")
+    # the two GELUs differ by ~1e-4 relative: under float32's default tolerance, over a strict one
+    assert parity.diff(tm, km, x).ok
+    report = parity.diff(tm, km, x, rtol=1e-6, atol=1e-8)
+    assert report.first_divergence.a_name == "1"
+    diag = _diag(report, "1", "activation_approximation")
+    ev = diag.evidence
+    assert ev["rel_err_b_vs_gelu_tanh"] < 1e-5 and ev["rel_err_a_vs_a_function"] < 1e-5
+    assert ev["rel_err_b_vs_gelu"] > 1e-5
+    assert "A computes GELU (exact, erf)" in diag.message and "B computes GELU (tanh approximation)" in diag.message
+    assert "approximate" in diag.message
+    assert _codes(report, "1") == ["activation_approximation"]
+
+
+def test_sigmoid_against_hard_sigmoid_is_activation_approximation():
+    tm, km = _dense_act_pair(torch.nn.Sigmoid(), keras.layers.Activation("hard_sigmoid"))
+    report = parity.diff(tm, km, np.random.default_rng(7).standard_normal((8, 16)).astype("float32"))
+    diag = _diag(report, "1", "activation_approximation")
+    assert diag.evidence["rel_err_b_vs_hard_sigmoid"] < 1e-5
+    assert diag.evidence["rel_err_b_vs_sigmoid"] > 1e-2
+    assert "B computes hard sigmoid" in diag.message
+
+
+# --- correct pairs give none of these ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["convnet", "mobilenet"])
+def test_correct_pairs_give_no_value_diagnosis_even_when_every_layer_is_examined(which, convnet, digits):
+    if which == "convnet":
+        model, x = convnet, digits
+        km = to_keras(model, bn_epsilon="match")
+    else:
+        model = randomize_bn(_seeded(MobileNetBlock, 8, 16, 2), seed=2)
+        x = (np.random.default_rng(1).standard_normal((2, 8, 16, 16)) * 20).astype("float32")
+        km = to_keras(model, bn_epsilon="match")
+    report = parity.diff(model, km, x)
+    assert report.ok and not [d for d in report.diagnoses if d.code in CODES]
+    extra = {"fc": {"a_layer": model.fc, "b_layer": km.get_layer("fc")}} if which == "convnet" else {}
+    ctxs = _contexts(parity.capture(model, x), parity.capture(km, nchw_to_nhwc(x)), extra)
+    assert len(ctxs) >= 4
+    for name, ctx in ctxs.items():
+        for code in CODES:
+            assert _run(ctx, code) is None, (name, code)
