@@ -38,6 +38,14 @@ def capture(
     return backend.capture(arrays, containers=containers)
 
 
+def capture_pair(a: Any, b: Any, inputs: Any = None, *, granularity: str = "modules", seed: int = 0) -> tuple[Trace, Trace]:
+    """Both models' traces on the same inputs (given in A's layout, converted for B)."""
+    a, b = load_model(a), load_model(b)
+    backend_a, backend_b = backend_for(a, granularity=granularity), backend_for(b, granularity=granularity)
+    inputs_a, inputs_b, _ = prepare_inputs(inputs, backend_a, backend_b, seed=seed)
+    return backend_a.capture(inputs_a), backend_b.capture(inputs_b)
+
+
 def diff(
     a: Any,
     b: Any,

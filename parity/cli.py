@@ -5,6 +5,7 @@
 ``parity show report.json``     render a saved report (``--html out.html`` too)
 ``parity compare-reports OLD NEW``  which layers got worse between two runs
 ``parity taps MODEL``           every tensor parity can record in a model, to write a mapping
+``parity align A B --write map.toml``  the mapping parity proposes, to edit and reuse
 
 Exit status: 0 the models agree (no regression), 1 they diverge (a layer got
 worse), 2 bad usage or input.
@@ -13,6 +14,7 @@ worse), 2 bad usage or input.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -61,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_options(taps)
     taps.add_argument("--filter", metavar="GLOB", help="only names matching this glob (e.g. '*/Relu6:0'), or 're:REGEX'")
     taps.add_argument("--factory", metavar="PKG.MOD:CLASS", help="builds the model when it is a state_dict file")
+
+    al = sub.add_parser("align", help="propose a layer mapping between two models (and write it as TOML)")
+    al.add_argument("a", help="model A: package.module:factory, or a saved model file/directory")
+    al.add_argument("b", help="model B")
+    _add_input_options(al)
+    al.add_argument("--map", "--mapping", dest="mapping", metavar="FILE", help="a partial mapping to start from")
+    al.add_argument("--write", metavar="FILE", help="write the proposed mapping here (.toml), to edit and pass as --map")
+    al.add_argument("--seed", type=int, default=0, help="seed of the random input batch (default 0)")
+    al.add_argument("--factory-a", metavar="PKG.MOD:CLASS", help="builds model A when A is a state_dict file")
+    al.add_argument("--factory-b", metavar="PKG.MOD:CLASS", help="builds model B when B is a state_dict file")
 
     cmp = sub.add_parser("compare-reports", help="which layers got worse between two saved reports of a pair")
     cmp.add_argument("old", help="the earlier report (JSON)")
@@ -134,6 +146,64 @@ def _print_taps(trace, pattern: str | None, console) -> int:
     return 0
 
 
+def _align_command(args, console) -> int:
+    from rich.table import Table
+
+    from .align import align
+    from .api import capture_pair
+
+    trace_a, trace_b = capture_pair(
+        _model(args.a, args.factory_a), _model(args.b, args.factory_b), _inputs(args),
+        granularity="ops" if args.ops else "modules", seed=args.seed,
+    )
+    alignment = align(trace_a, trace_b, load_mapping(args.mapping))
+    matches = [m for m in alignment.matches if m.a.role != "output"]
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("A layer", "B tensor", "how", "transform", "cosine"):
+        table.add_column(col, overflow="fold")
+    lines = [
+        "# parity: proposed layer mapping (A name = B name); edit and pass with --map",
+        f"# A: {trace_a.model.name} ({trace_a.model.framework}), B: {trace_b.model.name} ({trace_b.model.framework})",
+        "[mapping]",
+    ]
+    for m in matches:
+        cos = _cosine(m)
+        table.add_row(m.a.name, m.b.name, m.how, m.transform.label + (" ?" if m.transform.ambiguous else ""), f"{cos:.6f}")
+        lines.append(f"{json.dumps(m.a.name)} = {json.dumps(m.b.name)}  # {m.how}, {m.transform.label}, cosine {cos:.6f}")
+    unmatched = [u for u in alignment.unmatched_a]
+    for u in unmatched:
+        lines.append(f"# {json.dumps(u.tap.name)} = ?  # {u.reason}: {u.tap.op} {tuple(u.tap.shape)}")
+    total = len(matches) + len(unmatched)
+    console.print(table)
+    console.print(
+        f"matched {len(matches)} of {total} layers of A"
+        + (f" ({100 * len(matches) / total:.0f}%)" if total else "")
+        + "; " + ", ".join(f"{n} by {how}" for how, n in sorted(_count(m.how for m in matches).items())),
+        highlight=False,
+    )
+    if args.write:
+        path = Path(args.write)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        console.print(f"mapping written to {path}", highlight=False)
+    return 0
+
+
+def _cosine(match) -> float:
+    import numpy as np
+
+    a = np.asarray(match.a.value, dtype=np.float64).reshape(-1)
+    b = np.asarray(match.transform.apply(match.b.value), dtype=np.float64).reshape(-1)
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    return float(a @ b / (na * nb)) if na and nb else float(na == nb)
+
+
+def _count(items) -> dict:
+    from collections import Counter
+
+    return dict(Counter(items))
+
+
 def _write_outputs(report, args, console) -> None:
     for attr, method, what in (
         ("json_out", "to_json", "JSON report"),
@@ -186,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(report)
             _write_outputs(report, args, console)
             return 0 if report.ok else 1
+        if args.command == "align":
+            return _align_command(args, console)
         if args.command == "taps":
             from .api import capture
 

@@ -137,3 +137,19 @@ def test_the_cli_exit_codes_and_json_in_a_subprocess(resnet, onnx_file, tmp_path
 
     taps = run_cli("taps", str(onnx_file), "--inputs", str(tmp_path / "x.npy"), "--filter", "*Relu*")
     assert taps.returncode == 0 and "/stem_relu/Relu_output_0" in taps.stdout
+
+
+def test_align_proposes_a_mapping_that_diff_reuses(resnet, onnx_file, tmp_path, capsys):
+    from parity.cli import main
+
+    torch.jit.save(torch.jit.trace(resnet, torch.from_numpy(X)), tmp_path / "resnet.pt")
+    np.save(tmp_path / "x.npy", X)
+    mapping = tmp_path / "map.toml"
+    args = [str(tmp_path / "resnet.pt"), str(onnx_file), "--inputs", str(tmp_path / "x.npy")]
+    assert main(["align", *args, "--write", str(mapping)]) == 0
+    out = capsys.readouterr().out
+    assert "matched 12 of 17 layers of A (71%)" in out
+    text = mapping.read_text()
+    assert '"stem_bn" = "/stem/Conv_output_0"' in text and '# "stem" = ?  # fused: Conv2d' in text
+    assert main(["diff", *args, "--map", str(mapping)]) == 0
+    assert "(12 by mapping)" in capsys.readouterr().out

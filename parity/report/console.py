@@ -227,8 +227,14 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
     conv = ", ".join(report.inputs.conversions) or "–"
     compared, total = report.coverage
     share = f" ({100 * compared / total:.0f}%)" if total else ""
+    hows: dict[str, int] = {}
+    for d in report.layers:
+        if d.role != "output":
+            hows[d.how] = hows.get(d.how, 0) + 1
+    matched_by = ", ".join(f"{n} by {how}" for how, n in sorted(hows.items()))
     yield Text(
-        f"inputs: {report.inputs.source}; converted for B: {conv} · compared {compared} of {total} layers of A{share}",
+        f"inputs: {report.inputs.source}; converted for B: {conv} · compared {compared} of {total} layers of A{share}"
+        + (f" ({matched_by})" if matched_by else ""),
         style="dim",
     )
     if report.layers:
