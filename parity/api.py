@@ -11,6 +11,7 @@ from .diagnose import diagnose
 from .errors import ParityMismatch
 from .inputs import prepare_inputs, random_inputs, normalize_inputs
 from .loading import load_model
+from .progress import steps
 from .replay import own_errors
 from .records import Alignment, InputsSummary, Report, Trace, UnmatchedLayer
 from .tolerance import Tolerances
@@ -85,11 +86,21 @@ def diff(
     tol = tolerances if isinstance(tolerances, Tolerances) else Tolerances.build(
         rtol=rtol, atol=atol, overrides=tolerances, min_argmax_agreement=min_argmax_agreement
     )
+    with steps(4, "parity diff") as bar:
+        return _diff(a, b, inputs, bar, tol=tol, mapping=mapping, rtol=rtol, atol=atol, containers=containers,
+                     granularity=granularity, baseline=baseline, drift_factor=drift_factor, seed=seed)
+
+
+def _diff(a, b, inputs, bar, *, tol, mapping, rtol, atol, containers, granularity, baseline, drift_factor, seed):
+    bar.advance("loading the models")
     a, b = load_model(a), load_model(b)  # paths and "package.module:factory" specs
     backend_a, backend_b = backend_for(a, granularity=granularity), backend_for(b, granularity=granularity)
     inputs_a, inputs_b, summary = prepare_inputs(inputs, backend_a, backend_b, seed=seed)
+    bar.advance("running model A")
     trace_a = backend_a.capture(inputs_a, containers=containers)
+    bar.advance("running model B")
     trace_b = backend_b.capture(inputs_b, containers=containers)
+    bar.advance("aligning and comparing")
     replay = lambda alignment, layers: own_errors(backend_a, backend_b, inputs_a, alignment, layers)  # noqa: E731
     alignments: list[Alignment] = []
 
