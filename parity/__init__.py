@@ -49,6 +49,7 @@ __all__ = [
     "load",
     "drift",
     "search",
+    "chain",
     "Report",
     "LayerDiff",
     "Metrics",
@@ -95,10 +96,11 @@ def load_report(path):
 
 
 def __getattr__(name):
-    """``parity.search``: a callable module (``parity.search(a, b)``, ``parity.search.inputs_strategy(shape)``),
-    imported on first use so that ``import parity`` stays light."""
-    if name == "search":
+    """``parity.search`` and ``parity.chain``: callable modules (``parity.search(a, b)``,
+    ``parity.chain([a, b, c], x)``, ``parity.search.inputs_strategy(shape)``), imported on first
+    use so that ``import parity`` stays light."""
+    if name in ("search", "chain"):
         import importlib
 
-        return importlib.import_module(f"{__name__}.search")
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

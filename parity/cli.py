@@ -6,6 +6,7 @@
 ``parity compare-reports OLD NEW``  which layers got worse between two runs
 ``parity taps MODEL``           every tensor parity can record in a model, to write a mapping
 ``parity align A B --write map.toml``  the mapping parity proposes, to edit and reuse
+``parity chain A B C ...``      a conversion chain: which stage broke which layer
 
 Exit status: 0 the models agree (no regression), 1 they diverge (a layer got
 worse), 2 bad usage or input.
@@ -21,6 +22,7 @@ from typing import Sequence
 
 from .errors import InputError, ParityError
 from .loading import load_inputs, load_mapping, load_model
+from .chain import add_chain_command, run_chain_command
 from .options import add_tolerance_options
 
 
@@ -73,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--seed", type=int, default=0, help="seed of the random input batch (default 0)")
     al.add_argument("--factory-a", metavar="PKG.MOD:CLASS", help="builds model A when A is a state_dict file")
     al.add_argument("--factory-b", metavar="PKG.MOD:CLASS", help="builds model B when B is a state_dict file")
+
+    add_chain_command(sub)
 
     cmp = sub.add_parser("compare-reports", help="which layers got worse between two saved reports of a pair")
     cmp.add_argument("old", help="the earlier report (JSON)")
@@ -263,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             trace = capture(_model(args.model, args.factory), _inputs(args), granularity="ops" if args.ops else "modules")
             return _print_taps(trace, args.filter, console)
+        if args.command == "chain":
+            return run_chain_command(args, console)
         if args.command == "compare-reports":
             from .report.jsonio import load_report
             from .report.regress import compare_reports

@@ -442,12 +442,18 @@ class TFLiteBackend(Backend):
             )
             order = [(idx, "UNKNOWN", -1) for idx in sorted(details) if idx not in input_idx]
         else:
+            # ops fed by constants only (DEQUANTIZE of float16 weights, …) prepare weights, not
+            # activations; with delegates their outputs may never be written: not recorded
+            dynamic = set(input_idx)
+            for op in ops:
+                if op["op_name"] != "DELEGATE" and any(int(i) in dynamic for i in op["inputs"]):
+                    dynamic.update(int(i) for i in op["outputs"] if int(i) >= 0)
             order = [
                 (int(i), str(op["op_name"]), int(op["index"]))
                 for op in ops
                 if op["op_name"] != "DELEGATE"
                 for i in op["outputs"]
-                if int(i) >= 0 and int(i) not in input_idx
+                if int(i) >= 0 and int(i) not in input_idx and int(i) in dynamic
             ]
             variables = sorted({op["op_name"] for op in ops} & _VARIABLE_OPS)
             if variables:
