@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.parity-installed
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: install test demo clean browser
+.PHONY: install test demo clean browser bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,6 +29,12 @@ test: $(STAMP) browser
 
 demo: $(STAMP)
 	$(VENV)/bin/parity demo
+
+# What parity costs on a Keras ResNet-50 and its PyTorch port, beside TorchLens and Polygraphy
+# (installed into the venv for this target only).  Several minutes on 2 cores.
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) -m benchmarks.run
 
 clean:
 	rm -rf $(VENV) reports/*.json reports/*.html

@@ -26,6 +26,7 @@ _WHERE = {
     "train_convnet": "digits",
     "MobileNetV1": "mobilenet_v1",
     "port_keras_mobilenet": "mobilenet_v1",
+    "resnet50_pair": "resnet50",
 }
 
 __all__ = sorted(_WHERE)

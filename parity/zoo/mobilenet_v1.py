@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .porting import port_layers
+
 __all__ = ["MobileNetV1", "port_keras_mobilenet", "MOBILENET_V1_BLOCKS"]
 
 #: (pointwise filters at alpha 1, stride) of depthwise blocks 1…13, as in keras.applications
@@ -111,40 +113,5 @@ def port_keras_mobilenet(
         width = int(layers["conv1"].filters)
         classes = int(layers["conv_preds"].filters)
         torch_model = MobileNetV1(alpha=width / 32, num_classes=classes)
-    modules = dict(torch_model.named_children())
-    ported: set[str] = set()
-    with torch.no_grad():
-        for name, layer in layers.items():
-            weights = [np.asarray(w) for w in layer.get_weights()]
-            if not weights:
-                continue
-            if name not in modules:
-                raise ValueError(f"Keras layer {name!r} has weights but the torch model has no module {name!r}")
-            module = modules[name]
-            kind = type(layer).__name__
-            if kind == "DepthwiseConv2D":
-                _copy(module.weight, weights[0].transpose(2, 3, 0, 1), name)  # (kh,kw,C,1) → (C,1,kh,kw)
-            elif kind == "Conv2D":
-                _copy(module.weight, weights[0].transpose(3, 2, 0, 1), name)  # HWIO → OIHW
-                if len(weights) > 1:
-                    _copy(module.bias, weights[1], name)
-            elif kind == "BatchNormalization":
-                gamma, beta, mean, var = weights
-                _copy(module.weight, gamma, name)
-                _copy(module.bias, beta, name)
-                _copy(module.running_mean, mean, name)
-                _copy(module.running_var, var, name)
-                module.eps = float(layer.epsilon) if bn_eps is None else float(bn_eps)
-            else:
-                raise ValueError(f"no port for Keras layer {name!r} of type {kind}")
-            ported.add(name)
-    missing = [n for n, m in modules.items() if any(True for _ in m.parameters()) and n not in ported]
-    if missing:
-        raise ValueError(f"torch modules without Keras weights: {', '.join(missing)}")
-    return torch_model.eval()
+    return port_layers(layers, torch_model, bn_eps)
 
-
-def _copy(target: torch.Tensor, value: np.ndarray, name: str) -> None:
-    if tuple(target.shape) != tuple(value.shape):
-        raise ValueError(f"{name}: Keras weight of shape {value.shape} does not fit torch's {tuple(target.shape)}")
-    target.copy_(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))

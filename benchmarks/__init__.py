@@ -1,0 +1,1 @@
+"""parity's benchmarks: ``python -m benchmarks.run`` (see :mod:`benchmarks.run`)."""
