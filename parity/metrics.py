@@ -22,12 +22,28 @@ __all__ = ["compute_metrics", "verdict"]
 _BLOCK = 1 << 18
 
 
-def _flat(x: np.ndarray) -> np.ndarray:
-    """``x`` as a flat array in its own dtype (one copy only when ``x`` is a strided view)."""
+def _real(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
-    if np.iscomplexobj(x):
-        x = np.abs(x)
-    return x.reshape(-1)
+    return np.abs(x) if np.iscomplexobj(x) else x
+
+
+def _blocks(a: np.ndarray, b: np.ndarray):
+    """``(offset, a64, b64)``: flat float64 blocks of both tensors in A's element order.
+
+    Blocks are slices along the leading axes, widened with ``order="C"`` so a strided
+    view (B transposed into A's layout) is transposed and widened in one copy per block."""
+    n = a.size
+    if a.ndim <= 1 or n <= _BLOCK:
+        fa, fb = a.reshape(-1), b.reshape(-1)
+        for lo in range(0, n, _BLOCK):
+            yield lo, fa[lo : lo + _BLOCK].astype(np.float64), np.asarray(fb[lo : lo + _BLOCK], dtype=np.float64)
+        return
+    rows = max(1, _BLOCK // max(1, n // a.shape[0]))
+    per_row = n // a.shape[0]
+    for lo in range(0, a.shape[0], rows):
+        a64 = np.asarray(a[lo : lo + rows], dtype=np.float64, order="C").reshape(-1)
+        b64 = np.asarray(b[lo : lo + rows], dtype=np.float64, order="C").reshape(-1)
+        yield lo * per_row, a64, b64
 
 
 def compute_metrics(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> Metrics:
@@ -39,8 +55,8 @@ def compute_metrics(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> M
     if np.shape(a) != np.shape(b):
         raise ValueError(f"compute_metrics needs equal shapes, got {np.shape(a)} and {np.shape(b)}")
     shape = np.shape(a)
-    fa, fb = _flat(a), _flat(b)
-    n = int(fa.size)
+    a, b = _real(a), _real(b)
+    n = int(a.size)
     if n == 0:
         return Metrics(
             numel=0, rel_err=0.0, err_norm=0.0, max_abs=0.0, max_abs_index=None, mean_abs=0.0,
@@ -50,9 +66,7 @@ def compute_metrics(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> M
     max_abs, flat_max = -1.0, 0
     mismatched = nan_a = nan_b = inf_a = inf_b = nonfinite_mismatch = 0
     with np.errstate(all="ignore"):
-        for lo in range(0, n, _BLOCK):
-            a64 = fa[lo : lo + _BLOCK].astype(np.float64)
-            b64 = fb[lo : lo + _BLOCK].astype(np.float64)
+        for lo, a64, b64 in _blocks(a, b):
             fin_a, fin_b = np.isfinite(a64), np.isfinite(b64)
             if not (fin_a.all() and fin_b.all()):
                 both = fin_a & fin_b
@@ -73,8 +87,8 @@ def compute_metrics(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> M
             if d[k] > max_abs:
                 max_abs, flat_max = float(d[k]), lo + k
             sum_abs += float(d.sum())
-            np.abs(a64, out=a64)
-            mismatched += int(np.count_nonzero(d > atol + rtol * a64))
+            # a64 may be a view of the caller's float64 array: never written to
+            mismatched += int(np.count_nonzero(d > atol + rtol * np.abs(a64)))
     mismatched += nonfinite_mismatch
     err_norm, norm_a, norm_b = math.sqrt(sq_d), math.sqrt(sq_a), math.sqrt(sq_b)
     mean_abs = sum_abs / n

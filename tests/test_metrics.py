@@ -160,3 +160,16 @@ def test_never_raises_or_warns_for_any_float_input(x, y):
 def test_integer_arrays(x):
     m = compute_metrics(x, x, 0.0, 0.0)
     assert m.rel_err == 0.0 and m.mismatched == 0
+
+
+def test_large_strided_float64_inputs_are_left_untouched_and_measured_exactly():
+    rng = np.random.default_rng(5)
+    a = -np.abs(rng.standard_normal((3, 300, 400)))  # float64, contiguous, larger than one block
+    b = np.ascontiguousarray(np.transpose(a * (1 + 1e-7), (0, 2, 1))).transpose(0, 2, 1)  # a strided view
+    before = a.copy()
+    m = compute_metrics(a, b, 1e-3, 1e-5)
+    np.testing.assert_array_equal(a, before)  # the caller's arrays are not written to
+    d = (b - a).reshape(-1)
+    assert m.err_norm == pytest.approx(np.sqrt(d @ d), rel=1e-12)
+    assert m.rel_err == pytest.approx(1e-7, rel=1e-6)
+    assert m.max_abs_index == np.unravel_index(np.argmax(np.abs(b - a)), a.shape)
