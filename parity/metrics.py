@@ -38,12 +38,22 @@ def _blocks(a: np.ndarray, b: np.ndarray):
         for lo in range(0, n, _BLOCK):
             yield lo, fa[lo : lo + _BLOCK].astype(np.float64), np.asarray(fb[lo : lo + _BLOCK], dtype=np.float64)
         return
-    rows = max(1, _BLOCK // max(1, n // a.shape[0]))
     per_row = n // a.shape[0]
-    for lo in range(0, a.shape[0], rows):
-        a64 = np.asarray(a[lo : lo + rows], dtype=np.float64, order="C").reshape(-1)
-        b64 = np.asarray(b[lo : lo + rows], dtype=np.float64, order="C").reshape(-1)
-        yield lo * per_row, a64, b64
+    if per_row <= _BLOCK or a.ndim == 2:
+        rows = max(1, _BLOCK // max(1, per_row))
+        for lo in range(0, a.shape[0], rows):
+            a64 = np.asarray(a[lo : lo + rows], dtype=np.float64, order="C").reshape(-1)
+            b64 = np.asarray(b[lo : lo + rows], dtype=np.float64, order="C").reshape(-1)
+            yield lo * per_row, a64, b64
+        return
+    # one sample is larger than a block: slice the second axis too
+    per_sub = per_row // a.shape[1]
+    step = max(1, _BLOCK // max(1, per_sub))
+    for i in range(a.shape[0]):
+        for lo in range(0, a.shape[1], step):
+            a64 = np.asarray(a[i, lo : lo + step], dtype=np.float64, order="C").reshape(-1)
+            b64 = np.asarray(b[i, lo : lo + step], dtype=np.float64, order="C").reshape(-1)
+            yield i * per_row + lo * per_sub, a64, b64
 
 
 def compute_metrics(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> Metrics:
