@@ -153,6 +153,11 @@ def random_inputs(
     def complete(spec: InputSpec) -> bool:
         return all(s is not None for s in spec.shape[1:])
 
+    # a model exported with a fixed batch (an ONNX or TFLite file) takes only that batch
+    fixed = [s.shape[0] for spec in (spec_a, spec_b) if spec for s in spec if s.shape and s.shape[0] is not None]
+    if fixed:
+        batch = int(fixed[0])
+
     if spec_a and all(complete(s) for s in spec_a):
         shapes = [((batch,) + tuple(s.shape[1:]), s) for s in spec_a]
         named = len(spec_a) > 1

@@ -153,3 +153,10 @@ def test_align_proposes_a_mapping_that_diff_reuses(resnet, onnx_file, tmp_path, 
     assert '"stem_bn" = "/stem/Conv_output_0"' in text and '# "stem" = ?  # fused: Conv2d' in text
     assert main(["diff", *args, "--map", str(mapping)]) == 0
     assert "(12 by mapping)" in capsys.readouterr().out
+
+
+def test_random_inputs_take_the_batch_a_fixed_batch_export_declares(resnet, tmp_path):
+    path = tmp_path / "b1.onnx"
+    torch.onnx.export(resnet, (torch.from_numpy(X[:1]),), str(path), dynamo=False)
+    report = parity.diff(resnet, path)  # no inputs: a seeded batch shaped as the export declares
+    assert report.ok and report.inputs.shapes_a == ((1, 3, 16, 16),)
