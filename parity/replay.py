@@ -65,7 +65,6 @@ def _record_inputs(backend: Backend, inputs: Any, names: list[str]) -> dict[str,
     layers = {n: layer for n, layer in layers.items() if layer is not None}
     if not layers:
         return found
-    arrays = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
     if _is_torch(backend):
         import torch
 
@@ -77,25 +76,16 @@ def _record_inputs(backend: Backend, inputs: Any, names: list[str]) -> dict[str,
             return pre
 
         handles = [layer.register_forward_pre_hook(hook_for(n)) for n, layer in layers.items()]
-        modes = {m: m.training for m in backend.model.modules()}
         try:
-            backend.model.eval()
-            with torch.no_grad():
-                tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
-                if isinstance(inputs, dict):
-                    backend.model(**dict(zip(inputs.keys(), tensors)))
-                else:
-                    backend.model(*tensors)
+            backend.run(inputs)
         finally:
             for h in handles:
                 h.remove()
-            for m, mode in modes.items():
-                m.train(mode)
         return found
     if _is_keras(backend):
-        patched = []
+        from .capture.keras import patched_calls
 
-        def wrap(name, layer, original):
+        def wrap(name, original):
             def call(*args, **kwargs):
                 if name not in found and len(args) == 1 and hasattr(args[0], "shape") and not isinstance(args[0], (list, tuple)):
                     try:
@@ -107,23 +97,8 @@ def _record_inputs(backend: Backend, inputs: Any, names: list[str]) -> dict[str,
 
             return call
 
-        try:
-            for name, layer in layers.items():
-                had_own = "call" in layer.__dict__
-                patched.append((layer, had_own, layer.__dict__.get("call")))
-                object.__setattr__(layer, "call", wrap(name, layer, layer.call))
-            call_inputs = dict(inputs) if isinstance(inputs, dict) else (arrays[0] if len(arrays) == 1 else arrays)
-            try:
-                backend.model(call_inputs, training=False)
-            except TypeError:
-                backend.model(call_inputs)
-        finally:
-            for layer, had_own, original in patched:
-                if had_own:
-                    object.__setattr__(layer, "call", original)
-                else:
-                    layer.__dict__.pop("call", None)
-        return found
+        with patched_calls((layer, lambda original, name=name: wrap(name, original)) for name, layer in layers.items()):
+            backend.run(inputs)
     return found
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -134,6 +135,25 @@ def _has_sublayers(layer: Any) -> bool:
         return any(True for _ in layer._flatten_layers(include_self=False, recursive=False))
     except AttributeError:
         return False
+
+
+@contextmanager
+def patched_calls(wrappers: Iterable[tuple[Any, Callable[[Any], Any]]]) -> Iterator[None]:
+    """Replace each layer's ``call`` by ``make(original_call)`` for the duration, on the
+    instance; restore exactly what the instance had before (its own ``call``, or none)."""
+    patched: list[tuple[Any, bool, Any]] = []
+    try:
+        for layer, make in wrappers:
+            had_own = "call" in layer.__dict__
+            patched.append((layer, had_own, layer.__dict__.get("call")))
+            object.__setattr__(layer, "call", make(layer.call))
+        yield
+    finally:
+        for layer, had_own, original in reversed(patched):
+            if had_own:
+                object.__setattr__(layer, "call", original)
+            else:
+                layer.__dict__.pop("call", None)
 
 
 class KerasBackend(Backend):
@@ -292,20 +312,9 @@ class KerasBackend(Backend):
 
             return wrapped
 
-        patched: list[tuple[Any, bool, Any]] = []
         try:
-            for layer in layers:
-                had_own = "call" in layer.__dict__
-                original = layer.call
-                object.__setattr__(layer, "call", make_wrapper(layer, original))
-                patched.append((layer, had_own, layer.__dict__.get("call") if had_own else None))
-            call_inputs = self._call_inputs(inputs, arrays)
-            try:
-                out = model(call_inputs, training=False)
-            except TypeError as exc:
-                if "training" not in str(exc):
-                    raise
-                out = model(call_inputs)
+            with patched_calls((layer, lambda original, layer=layer: make_wrapper(layer, original)) for layer in layers):
+                out = self.run(inputs)
         except Exception as exc:
             if isinstance(exc, CaptureError):
                 raise
@@ -320,12 +329,6 @@ class KerasBackend(Backend):
                 f"{type(exc).__name__}: {str(exc).strip()[:600]}.{expected} Inputs are given in "
                 "model A's layout and converted for model B; check their shape and layout."
             ) from exc
-        finally:
-            for layer, had_own, original in patched:
-                if had_own:
-                    object.__setattr__(layer, "call", original)
-                else:
-                    layer.__dict__.pop("call", None)
         for tensor_name, t in flatten_outputs(out, "output", _is_tensor):
             value = _to_numpy(t)
             known = layouts.get(id(t))
@@ -357,6 +360,17 @@ class KerasBackend(Backend):
             inputs_digest=digest_inputs(arrays),
             notes=notes,
         )
+
+    def run(self, inputs: Inputs) -> Any:
+        """One call of the model in inference mode (``training=False`` where it takes it)."""
+        arrays = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
+        call_inputs = self._call_inputs(inputs, arrays)
+        try:
+            return self.model(call_inputs, training=False)
+        except TypeError as exc:
+            if "training" not in str(exc):
+                raise
+            return self.model(call_inputs)
 
     def _call_inputs(self, inputs: Inputs, arrays: list[np.ndarray]) -> Any:
         if isinstance(inputs, dict):

@@ -16,7 +16,8 @@ from __future__ import annotations
 import inspect
 import sys
 from collections import Counter
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -278,15 +279,13 @@ class TorchBackend(Backend):
         for i, t in enumerate(tensors):
             layout = spec[i].layout if spec and i < len(spec) else _default_layout(t.dim())
             is_input[_tensor_key(t)] = layout
-        modes = {m: m.training for m in model.modules()}
         handles = [m.register_forward_hook(hook) for m in names]
         mode = None
         if granularity == "ops":
             mode, op_handles = self._op_recorder(record, layouts, calls)
             handles += op_handles
         try:
-            model.eval()
-            with torch.no_grad():
+            with _inference(model) as modes:
                 if mode is not None:
                     with mode:
                         out = self._call(model, inputs, tensors)
@@ -307,8 +306,6 @@ class TorchBackend(Backend):
         finally:
             for h in handles:
                 h.remove()
-            for m, mode in modes.items():
-                m.train(mode)
         outs = flatten_outputs(out, "output", _is_tensor)
         for tensor_name, t in outs:
             record(tensor_name, t, "output", "output", None, None, {})
@@ -326,6 +323,16 @@ class TorchBackend(Backend):
             notes=notes,
         )
 
+
+    def run(self, inputs: Inputs) -> Any:
+        """One plain forward pass in inference mode (the modules' modes restored after);
+        hooks the caller registered fire."""
+        import torch
+
+        arrays = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
+        tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+        with _inference(self.model):
+            return self._call(self.model, inputs, tensors)
 
     @staticmethod
     def _call(model: Any, inputs: Inputs, tensors: list) -> Any:
@@ -385,6 +392,22 @@ class TorchBackend(Backend):
                 return out
 
         return OpRecorder(), handles
+
+
+@contextmanager
+def _inference(model: Any) -> Iterator[dict]:
+    """``model`` in ``eval()`` under ``no_grad``; every module's own mode is restored afterwards.
+    Yields the modes the modules had (a True among them: the model was handed in training)."""
+    import torch
+
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            yield modes
+    finally:
+        for m, was_training in modes.items():
+            m.train(was_training)
 
 
 def _fmt_shape(shape: tuple) -> str:
