@@ -36,6 +36,7 @@ __all__ = [
     "UnmatchedLayer",
     "Report",
     "tolerance_ratio",
+    "REPORT_RECORDS",
 ]
 
 
@@ -529,3 +530,10 @@ class Report:
         from .report.console import render_text
 
         return render_text(self)
+
+
+#: the records a saved report is made of, the report first (JSON decoding and the JSON Schema)
+REPORT_RECORDS: tuple[type, ...] = (
+    Report, ModelInfo, InputSpec, InputsSummary, LayerDiff, Metrics, LayerDetail, ErrorMap, Histogram, Diagnosis,
+    UnmatchedLayer, ParamDiff,
+)

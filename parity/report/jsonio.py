@@ -15,21 +15,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from ..errors import ReportFormatError
-from ..records import (
-    SCHEMA_VERSION,
-    Diagnosis,
-    ErrorMap,
-    Histogram,
-    InputSpec,
-    InputsSummary,
-    LayerDetail,
-    LayerDiff,
-    Metrics,
-    ModelInfo,
-    ParamDiff,
-    Report,
-    UnmatchedLayer,
-)
+from ..records import REPORT_RECORDS, SCHEMA_VERSION, Report
 
 __all__ = ["report_to_dict", "report_to_json", "report_from_dict", "load_report", "SCHEMA_NAME"]
 
@@ -86,13 +72,7 @@ def _decode(cls: type, data: Any) -> Any:
     return cls(**kwargs)
 
 
-_RECORDS = {
-    c.__name__: c
-    for c in (
-        Diagnosis, ErrorMap, Histogram, InputSpec, InputsSummary, LayerDetail, LayerDiff, Metrics, ModelInfo,
-        ParamDiff, UnmatchedLayer,
-    )
-}
+_RECORDS = {c.__name__: c for c in REPORT_RECORDS if c is not Report}
 
 
 def _value(hint: Any, value: Any) -> Any:

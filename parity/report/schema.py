@@ -19,30 +19,12 @@ import types
 import typing
 from typing import Any, Union
 
-from ..records import (
-    SCHEMA_VERSION,
-    Diagnosis,
-    ErrorMap,
-    Histogram,
-    InputSpec,
-    InputsSummary,
-    LayerDetail,
-    LayerDiff,
-    Metrics,
-    ModelInfo,
-    ParamDiff,
-    Report,
-    UnmatchedLayer,
-)
+from ..records import REPORT_RECORDS, SCHEMA_VERSION, Report
 
 __all__ = ["build_schema", "DESCRIPTIONS", "SCHEMA_ID"]
 
 SCHEMA_ID = "https://parity.dev/schemas/report.schema.json"
 
-_RECORDS = (
-    Report, ModelInfo, InputSpec, InputsSummary, LayerDiff, Metrics, LayerDetail, ErrorMap, Histogram, Diagnosis,
-    UnmatchedLayer, ParamDiff,
-)
 
 DESCRIPTIONS: dict[str, str] = {
     "Report": "The answer to 'do these two models compute the same thing?'.",
@@ -223,7 +205,7 @@ def build_schema() -> dict:
         "$id": SCHEMA_ID,
         "title": f"parity report, version {SCHEMA_VERSION}",
         **root,
-        "$defs": {cls.__name__: _definition(cls) for cls in _RECORDS if cls is not Report},
+        "$defs": {cls.__name__: _definition(cls) for cls in REPORT_RECORDS if cls is not Report},
     }
 
 
