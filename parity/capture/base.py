@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..records import InputSpec, ModelInfo, Trace
+from ..records import InputSpec, ModelInfo, Tap, Trace
 
 #: the inputs as a backend receives them: positional arrays or arrays by input name
 Inputs = Sequence[np.ndarray] | Mapping[str, np.ndarray]
@@ -63,6 +63,34 @@ class Backend(ABC):
     def default_layout(self) -> str | None:
         """The layout this framework uses for 4-D image tensors by convention."""
         return None
+
+
+def append_tap(
+    taps: list[Tap],
+    name: str,
+    op: str,
+    value: np.ndarray,
+    layout: str | None,
+    *,
+    role: str = "layer",
+    attrs: Mapping[str, Any] | None = None,
+    dtype: str | None = None,
+) -> Tap:
+    """Record ``value`` as the next tap of ``taps`` (its index is its position); ``dtype``
+    defaults to the array's own (give it when the framework's differs, e.g. bfloat16)."""
+    tap = Tap(
+        name=name,
+        op=op,
+        index=len(taps),
+        shape=tuple(value.shape),
+        dtype=dtype if dtype is not None else str(value.dtype),
+        layout=layout,
+        value=value,
+        role=role,
+        attrs=dict(attrs) if attrs else {},
+    )
+    taps.append(tap)
+    return tap
 
 
 def digest_inputs(arrays: Sequence[np.ndarray]) -> str:

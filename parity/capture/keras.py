@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import CaptureError
 from ..layout import CHANNELS_FIRST, CHANNELS_LAST
 from ..records import InputSpec, ModelInfo, Tap, Trace
-from .base import Backend, Inputs, digest_inputs, flatten_outputs, numpy_dtype_name
+from .base import Backend, Inputs, append_tap, digest_inputs, flatten_outputs, numpy_dtype_name
 
 _LAST_AXIS_LAYERS = {"Dense", "EinsumDense", "LayerNormalization", "Embedding", "RMSNormalization"}
 _ATTRS = (
@@ -295,18 +295,15 @@ class KerasBackend(Backend):
                     layout, extra = layout_for(layer, value.ndim, in_layout, in_rank, in_shape)
                     layouts[id(t)] = (layout, value.ndim)
                     alive.append(t)
-                    taps.append(
-                        Tap(
-                            name=tensor_name,
-                            op=type(layer).__name__,
-                            index=len(taps),
-                            shape=tuple(value.shape),
-                            dtype=numpy_dtype_name(getattr(t, "dtype", value.dtype)),
-                            layout=layout,
-                            value=value,
-                            role="container" if is_container else "layer",
-                            attrs={**attrs, **extra},
-                        )
+                    append_tap(
+                        taps,
+                        tensor_name,
+                        type(layer).__name__,
+                        value,
+                        layout,
+                        role="container" if is_container else "layer",
+                        attrs={**attrs, **extra},
+                        dtype=numpy_dtype_name(getattr(t, "dtype", value.dtype)),
                     )
                 return out
 
@@ -332,17 +329,14 @@ class KerasBackend(Backend):
         for tensor_name, t in flatten_outputs(out, "output", _is_tensor):
             value = _to_numpy(t)
             known = layouts.get(id(t))
-            taps.append(
-                Tap(
-                    name=tensor_name,
-                    op="output",
-                    index=len(taps),
-                    shape=tuple(value.shape),
-                    dtype=numpy_dtype_name(getattr(t, "dtype", value.dtype)),
-                    layout=known[0] if known else self._default_layout(value.ndim),
-                    value=value,
-                    role="output",
-                )
+            append_tap(
+                taps,
+                tensor_name,
+                "output",
+                value,
+                known[0] if known else self._default_layout(value.ndim),
+                role="output",
+                dtype=numpy_dtype_name(getattr(t, "dtype", value.dtype)),
             )
         notes: tuple[str, ...] = ()
         recorded = {t.name.split("#")[0].split("[")[0] for t in taps if t.role != "output"}

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import CaptureError, InputError, ModelError
 from ..records import InputSpec, ModelInfo, Tap, Trace
-from .base import Backend, Inputs, digest_inputs
+from .base import Backend, Inputs, append_tap, digest_inputs
 
 __all__ = ["OnnxBackend", "load_onnx"]
 
@@ -449,19 +449,7 @@ class OnnxBackend(Backend):
                 attrs["flat_from"] = tuple(src_val.shape[1:]) if isinstance(src_val, np.ndarray) else ()
                 flat_from[value_name] = attrs["flat_from"]
             attrs.update(_torch_provenance(node))
-            taps.append(
-                Tap(
-                    name=value_name,
-                    op=node.op_type,
-                    index=len(taps),
-                    shape=tuple(value.shape),
-                    dtype=str(value.dtype),
-                    layout=layout,
-                    value=value.copy(),
-                    role="layer",
-                    attrs=attrs,
-                )
-            )
+            append_tap(taps, value_name, node.op_type, value.copy(), layout, attrs=attrs)
         _mark_module_outputs(taps)
         graph_outputs = list(self.model.graph.output)
         for i, out in enumerate(graph_outputs):
@@ -475,19 +463,7 @@ class OnnxBackend(Backend):
             attrs = {"onnx_name": out.name}
             if out.name in flat_from:
                 attrs["flat_from"] = flat_from[out.name]
-            taps.append(
-                Tap(
-                    name=tap_name,
-                    op="output",
-                    index=len(taps),
-                    shape=tuple(value.shape),
-                    dtype=str(value.dtype),
-                    layout=layout,
-                    value=value.copy(),
-                    role="output",
-                    attrs=attrs,
-                )
-            )
+            append_tap(taps, tap_name, "output", value.copy(), layout, role="output", attrs=attrs)
         if subgraphs:
             notes.append(
                 f"ONNX model {name!r} has {subgraphs} control-flow node(s) (If/Loop/Scan); values inside "

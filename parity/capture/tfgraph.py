@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import CaptureError, InputError, MappingError, ModelError
 from ..layout import CHANNELS_LAST
 from ..records import InputSpec, ModelInfo, Tap, Trace
-from .base import Backend, Inputs, digest_inputs
+from .base import Backend, Inputs, append_tap, digest_inputs
 
 __all__ = ["TFGraph", "TFGraphBackend", "resolve_tensor_name", "resolve_tensor_names"]
 
@@ -738,19 +738,7 @@ class TFGraphBackend(Backend):
                     plain = _plain_attr(op.node_def.attr[key])
                     if plain not in (None, ()):
                         attrs[key] = plain
-            taps.append(
-                Tap(
-                    name=name,
-                    op=op.type,
-                    index=len(taps),
-                    shape=tuple(value.shape),
-                    dtype=str(value.dtype),
-                    layout=layout,
-                    value=value,
-                    role="layer",
-                    attrs={**attrs, **extra},
-                )
-            )
+            append_tap(taps, name, op.type, value, layout, attrs={**attrs, **extra})
         outputs = self.model.outputs
         keys = self.model.output_keys
         for i, name in enumerate(outputs):
@@ -760,19 +748,7 @@ class TFGraphBackend(Backend):
             else:
                 tap_name = f"output[{keys[i] if keys else i}]"
             layout, _ = layout_of(name, value)
-            taps.append(
-                Tap(
-                    name=tap_name,
-                    op="output",
-                    index=len(taps),
-                    shape=tuple(value.shape),
-                    dtype=str(value.dtype),
-                    layout=layout,
-                    value=value,
-                    role="output",
-                    attrs={"tensor": name},
-                )
-            )
+            append_tap(taps, tap_name, "output", value, layout, role="output", attrs={"tensor": name})
         notes: list[str] = []
         if self.select is None:
             notes.append(

@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import CaptureError, InputError, ModelError
 from ..layout import CHANNELS_LAST
 from ..records import InputSpec, ModelInfo, Tap, Trace
-from .base import Backend, Inputs, digest_inputs, numpy_dtype_name
+from .base import Backend, Inputs, append_tap, digest_inputs, numpy_dtype_name
 
 __all__ = ["TFLiteModel", "TFLiteBackend", "is_tflite"]
 
@@ -504,37 +504,22 @@ class TFLiteBackend(Backend):
             attrs.update(tensor_index=idx, op_index=op_index)
             if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
                 nonfinite.append(f"{name} ({op_name})")
-            taps.append(
-                Tap(
-                    name=name,
-                    op=op_name,
-                    index=len(taps),
-                    shape=tuple(value.shape),
-                    dtype=dtype,
-                    layout=layout,
-                    value=value,
-                    role="layer",
-                    attrs=attrs,
-                )
-            )
+            append_tap(taps, name, op_name, value, layout, attrs=attrs, dtype=dtype)
 
         outs = interp.get_output_details()
         for i, d in enumerate(outs):
             value, dtype, attrs = self._value(interp.get_tensor(d["index"]), d)
             attrs["tensor_index"] = int(d["index"])
             attrs["tensor_name"] = str(d["name"])
-            taps.append(
-                Tap(
-                    name="output" if len(outs) == 1 else f"output[{i}]",
-                    op="output",
-                    index=len(taps),
-                    shape=tuple(value.shape),
-                    dtype=dtype,
-                    layout=layouts.get(int(d["index"]), CHANNELS_LAST.get(value.ndim)),
-                    value=value,
-                    role="output",
-                    attrs=attrs,
-                )
+            append_tap(
+                taps,
+                "output" if len(outs) == 1 else f"output[{i}]",
+                "output",
+                value,
+                layouts.get(int(d["index"]), CHANNELS_LAST.get(value.ndim)),
+                role="output",
+                attrs=attrs,
+                dtype=dtype,
             )
         if quantized:
             notes.append(

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import CaptureError
 from ..layout import channels_first, channels_last
 from ..records import InputSpec, ModelInfo, Tap, Trace
-from .base import Backend, Inputs, digest_inputs, flatten_outputs, numpy_dtype_name
+from .base import Backend, Inputs, append_tap, digest_inputs, flatten_outputs, numpy_dtype_name
 
 # Modules whose tensors are channel-first by definition.
 _CHANNEL_FIRST_PREFIXES = (
@@ -239,19 +239,7 @@ class TorchBackend(Backend):
                 tap_attrs["flat_from"] = tuple(attrs.get("_in_shape", ()))[1:]
             tap_attrs.pop("_in_shape", None)
             layouts[_tensor_key(t)] = (layout, value.ndim)
-            taps.append(
-                Tap(
-                    name=tensor_name,
-                    op=op,
-                    index=len(taps),
-                    shape=tuple(value.shape),
-                    dtype=dtype,
-                    layout=layout,
-                    value=value,
-                    role=role,
-                    attrs=tap_attrs,
-                )
-            )
+            append_tap(taps, tensor_name, op, value, layout, role=role, attrs=tap_attrs, dtype=dtype)
 
         def hook(module: Any, args: tuple, output: Any) -> None:
             name = names[module]

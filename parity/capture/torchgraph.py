@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import CaptureError
 from ..records import InputSpec, ModelInfo, Tap, Trace
-from .base import Backend, Inputs, digest_inputs, flatten_outputs, numpy_dtype_name
+from .base import Backend, Inputs, append_tap, digest_inputs, flatten_outputs, numpy_dtype_name
 from .torch import _FLATTEN_OPS, _REORDER_OPS, _default_layout, _module_layout, _to_numpy
 
 __all__ = ["TorchScriptBackend", "ExportedProgramBackend"]
@@ -68,10 +68,7 @@ def _build_taps(events: list[_Event], granularity: str, input_layouts: dict) -> 
 
     def add(name: str, op: str, tensor: Any, layout: str | None, attrs: dict) -> None:
         value, dtype = _to_numpy(tensor)
-        taps.append(
-            Tap(name=name, op=op, index=len(taps), shape=tuple(value.shape), dtype=dtype,
-                layout=layout, value=value, role="layer", attrs=attrs)
-        )
+        append_tap(taps, name, op, value, layout, attrs=attrs, dtype=dtype)
 
     i = 0
     while i < len(events):
@@ -139,15 +136,11 @@ def _check_granularity(options: dict) -> str:
     return granularity
 
 
-def _outputs_taps(out: Any, layouts_by_id: dict, start: int) -> list[Tap]:
-    taps = []
+def _append_output_taps(taps: list[Tap], out: Any, layouts_by_id: dict) -> None:
     for name, t in flatten_outputs(out, "output", _is_tensor):
         value, dtype = _to_numpy(t)
-        taps.append(
-            Tap(name=name, op="output", index=start + len(taps), shape=tuple(value.shape), dtype=dtype,
-                layout=layouts_by_id.get(id(t), _default_layout(value.ndim)), value=value, role="output")
-        )
-    return taps
+        layout = layouts_by_id.get(id(t), _default_layout(value.ndim))
+        append_tap(taps, name, "output", value, layout, role="output", dtype=dtype)
 
 
 def _fail(kind: str, name: str, arrays: list[np.ndarray], exc: Exception) -> CaptureError:
@@ -268,7 +261,7 @@ class TorchScriptBackend(Backend):
                 layout = spec[position].layout if spec and position < len(spec) else _default_layout(tensors[position].dim())
                 input_layouts[name] = (layout, tensors[position].dim())
         taps = _build_taps(events, granularity, input_layouts)
-        taps += _outputs_taps(out, _layouts_of(events, taps), len(taps))
+        _append_output_taps(taps, out, _layouts_of(events, taps))
         return Trace(
             taps=tuple(taps), model=self.info(), input_shapes=tuple(tuple(a.shape) for a in arrays),
             inputs_digest=digest_inputs(arrays),
@@ -367,7 +360,7 @@ class ExportedProgramBackend(Backend):
         taps = _build_taps(events, granularity, input_layouts)
         if isinstance(out, (list, tuple)) and len(out) == 1:
             out = out[0]
-        taps += _outputs_taps(out, _layouts_of(events, taps), len(taps))
+        _append_output_taps(taps, out, _layouts_of(events, taps))
         return Trace(
             taps=tuple(taps), model=self.info(), input_shapes=tuple(tuple(a.shape) for a in arrays),
             inputs_digest=digest_inputs(arrays),
