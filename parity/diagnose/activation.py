@@ -19,13 +19,8 @@ from math import sqrt
 import numpy as np
 
 from .base import Context, detector
+from .base import rel_diff as _rel
 from ..records import Diagnosis
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    na = np.linalg.norm(a64)
-    return float(np.linalg.norm(b64 - a64) / na) if na else float(np.linalg.norm(b64))
 
 
 # --- activation_clamp ---------------------------------------------------------------------

@@ -19,7 +19,21 @@ import numpy as np
 from ..align import op_family
 from ..records import Alignment, Diagnosis, LayerDiff, Match
 
-__all__ = ["Context", "Detector", "detector", "DETECTORS"]
+__all__ = ["Context", "Detector", "detector", "DETECTORS", "rel_diff", "channel_axis"]
+
+
+def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """``‖b−a‖/‖a‖`` in float64 (``‖b‖`` when ``a`` is all zeros)."""
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    na = np.linalg.norm(a64)
+    return float(np.linalg.norm(b64 - a64) / na) if na else float(np.linalg.norm(b64))
+
+
+def channel_axis(layout: str | None, ndim: int) -> int | None:
+    """The axis of ``C`` in a plain layout string of this rank (None for flattened or unknown)."""
+    if layout and "(" not in layout and "C" in layout and len(layout) == ndim:
+        return layout.index("C")
+    return None
 
 
 @dataclass

@@ -13,15 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..records import Diagnosis, Match
+from .base import channel_axis as _channel_axis
 
 #: a channel is "affine" when the residual of the fit is this small relative to B's spread
 _AFFINE_RESIDUAL = 1e-3
-
-
-def _channel_axis(layout: str | None, rank: int) -> int | None:
-    if layout and "(" not in layout and "C" in layout and len(layout) == rank:
-        return layout.index("C")
-    return None
 
 
 def _declared_eps(attrs) -> float | None:

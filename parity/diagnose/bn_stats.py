@@ -30,7 +30,8 @@ import numpy as np
 
 from ..records import Diagnosis
 from .base import Context, detector
-from .bn import _channel_axis, _declared_eps
+from .base import channel_axis as _channel_axis
+from .bn import _declared_eps
 
 __all__ = ["diagnose_bn_statistics", "effective_statistics"]
 

@@ -25,16 +25,11 @@ from typing import Any
 import numpy as np
 
 from .base import Context, detector
+from .base import rel_diff as _rel
 from ..records import Diagnosis
 
 #: an order "reproduces" a side's output within this relative error
 _REPRODUCES = 1e-3
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    na = np.linalg.norm(a64)
-    return float(np.linalg.norm(b64 - a64) / na) if na else float(np.linalg.norm(b64))
 
 
 def _array(value: Any) -> np.ndarray | None:

@@ -23,7 +23,7 @@ import numpy as np
 from ..detail import error_map
 from ..records import Alignment, Diagnosis, LayerDiff
 from .base import Context
-from .bn import _channel_axis
+from .base import channel_axis as _channel_axis
 
 __all__ = ["unexplained", "context_for"]
 

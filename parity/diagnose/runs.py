@@ -20,14 +20,10 @@ from typing import Any
 import numpy as np
 
 from ..records import Alignment, Diagnosis, LayerDiff, Report
+from .base import channel_axis as _channel_axis
+from .base import rel_diff as _rel
 
 __all__ = ["nondeterminism", "input_preprocessing", "attach"]
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    na = np.linalg.norm(a64)
-    return float(np.linalg.norm(b64 - a64) / na) if na else float(np.linalg.norm(b64))
 
 
 def nondeterminism(backend_a: Any, backend_b: Any, inputs_a: Any, inputs_b: Any, traces: tuple, alignment: Alignment) -> Diagnosis | None:
@@ -63,12 +59,6 @@ def nondeterminism(backend_a: Any, backend_b: Any, inputs_a: Any, inputs_b: Any,
                 ),
                 evidence={"relative_change_between_runs": change, "model_b": 1.0 if side == "B" else 0.0},
             )
-    return None
-
-
-def _channel_axis(layout: str | None, ndim: int) -> int | None:
-    if layout and "(" not in layout and "C" in layout and len(layout) == ndim:
-        return layout.index("C")
     return None
 
 

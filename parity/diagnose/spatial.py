@@ -26,6 +26,7 @@ from itertools import permutations, product
 import numpy as np
 
 from .base import Context, detector
+from .base import rel_diff as _rel
 from ..records import Diagnosis
 
 #: the refit of A's op must reproduce A this well (relative) to be trusted
@@ -38,12 +39,6 @@ _MAX_POSITIONS = 4096
 _MAX_UNKNOWNS = 1200
 #: the windows taken for a refit hold at most about this many numbers
 _MAX_WINDOW_ELEMENTS = 4_000_000
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    na = np.linalg.norm(a64)
-    return float(np.linalg.norm(b64 - a64) / na) if na else float(np.linalg.norm(b64))
 
 
 def _to_nchw(x: np.ndarray, layout: str | None) -> np.ndarray | None:
