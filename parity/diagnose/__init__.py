@@ -7,6 +7,7 @@ nothing.  Detectors never decide from layer names alone.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from dataclasses import replace
@@ -31,6 +32,7 @@ def ctx_needs_layers(match) -> bool:
     return op_family(match.a.op) == "dense" or op_family(match.b.op) == "dense"
 
 
+@functools.cache
 def _load_detectors() -> None:
     """Import every module of this package once: detectors register themselves."""
     for info in pkgutil.iter_modules(__path__):
