@@ -7,13 +7,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.parity-installed
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
+# Converters whose own pins would pull TF 2.19 / numpy 1.26 / a CUDA torch: they run on
+# this stack regardless (see README, "Converters tested"), so they come without deps.
+NO_DEPS_CONVERTERS := onnx2tf==1.29.24 onnx2torch==1.5.15 torchvision==0.29.1
+
 .PHONY: install test demo clean browser bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[all,dev]"
+	$(PY) -m pip install --quiet -e ".[all,dev,converters]"
+	$(PY) -m pip install --quiet --no-deps $(NO_DEPS_CONVERTERS)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,7 +30,7 @@ browser:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 test: $(STAMP) browser
-	PARITY_REQUIRE_BROWSER=1 $(PY) -m pytest -q
+	PARITY_REQUIRE_BROWSER=1 PARITY_REQUIRE_CONVERTERS=1 $(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(VENV)/bin/parity demo

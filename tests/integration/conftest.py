@@ -1,0 +1,77 @@
+"""Shared set-up for the tests that run real converters.
+
+Converted artifacts are cached between runs on the same machine, keyed by a
+content hash of everything that determines them (the source model's bytes, the
+converter's version, its options), so a second ``make test`` does not pay for
+onnx2tf again.  The cache lives in ``$PARITY_TEST_CACHE`` or
+``~/.cache/parity/test-artifacts``.
+
+A converter that is not installed skips its tests with the install line — except
+under ``make test`` / CI (``PARITY_REQUIRE_CONVERTERS=1``), where a missing
+converter is a failure: CI must prove the integration, not skip it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pytest
+
+CACHE = Path(os.environ.get("PARITY_TEST_CACHE", Path.home() / ".cache" / "parity" / "test-artifacts"))
+
+
+def require(module: str, install: str):
+    """Import ``module`` or skip (fail under PARITY_REQUIRE_CONVERTERS=1) saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        message = f"{module} is not installed ({exc}); install it with: {install} (or run `make install`)"
+        if os.environ.get("PARITY_REQUIRE_CONVERTERS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def content_key(*parts: bytes | str | Path) -> str:
+    """A hash of the parts (files are read by content, not by name)."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            part = part.read_bytes()
+        if isinstance(part, str):
+            part = part.encode()
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()[:20]
+
+
+def cached_dir(kind: str, key: str, build: Callable[[Path], None]) -> Path:
+    """The directory ``CACHE/kind-key``, made by ``build(tmp_dir)`` the first time.
+
+    ``build`` writes into an empty temporary directory that is moved into place
+    only when it returns, so an interrupted conversion never leaves a half-made
+    artifact behind."""
+    out = CACHE / f"{kind}-{key}"
+    if (out / ".complete").exists():
+        return out
+    tmp = CACHE / f".{kind}-{key}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        build(tmp)
+        (tmp / ".complete").touch()
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def match_rate(report) -> float:
+    """The share of model A's layers compared with a tensor of B (``Report.coverage``)."""
+    compared, total = report.coverage
+    return compared / total if total else 0.0
