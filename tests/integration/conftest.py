@@ -22,6 +22,33 @@ from typing import Callable, Iterable
 
 import pytest
 
+def _torchvision_importable() -> None:
+    """PyPI's torchvision is built against a CUDA torch, and beside this machine's
+    torch==2.13.0+cpu its compiled ops do not load: ``import torchvision`` then dies in
+    its meta registrations (``operator torchvision::nms does not exist``).  onnx2torch
+    imports torchvision unconditionally and transformers does whenever it is installed.
+    Declaring the two op schemas it looks up lets its pure-Python part import; its ops
+    (nms, roi_align) stay unusable, and none of these tests need them."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("torchvision") is None:
+        return
+    import torch
+
+    try:
+        torch.ops.torchvision.nms  # noqa: B018 - present when torchvision's own ops loaded
+        return
+    except (AttributeError, RuntimeError):
+        pass
+    global _TORCHVISION_SCHEMAS
+    _TORCHVISION_SCHEMAS = torch.library.Library("torchvision", "DEF")
+    _TORCHVISION_SCHEMAS.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    _TORCHVISION_SCHEMAS.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+
+
+_TORCHVISION_SCHEMAS = None
+_torchvision_importable()
+
 CACHE = Path(os.environ.get("PARITY_TEST_CACHE", Path.home() / ".cache" / "parity" / "test-artifacts"))
 
 
