@@ -5,16 +5,27 @@ In this order:
 1. an explicit ``mapping`` (A name → B name), checked against both traces;
 2. normalised names (``layer1.0.conv1`` ≈ ``layer1_0_conv1``) that are unique
    on both sides and whose shapes fit;
-3. execution order + shape compatibility: a monotone alignment (dynamic
-   programming, like a diff) between the anchors of 1–2, scoring a pair by
+   Graph formats name a tensor by its layer's scope (``model/conv1_bn/…/add_1:0``); a
+   scope anchors a pair when the values agree too.
+3. value fingerprints: a tensor of A that exactly one tensor of B reproduces
+   under a layout transform (mutually, with a clear margin over every other
+   candidate) is the same tensor whatever the converter called it.
+4. execution order + shape compatibility: a monotone alignment (dynamic
+   programming, like a diff) between the anchors of 1–3, scoring a pair by
    shape compatibility under a layout transform, op family (Conv2d ≈ Conv2D)
    and how similar the values are on a fixed sample.  Layers present on one
    side only (Flatten, Permute, Dropout, ZeroPadding2D, ...) are skipped
    without losing sync.
-4. model outputs are paired by position.
+5. model outputs are paired by position.
 
-Every match records *how* it was made and the transform used.  What stays
-unmatched is kept, with the reason.
+Every match records *how* it was made, the transform used (chosen by value where
+the shapes fit several layouts) and a confidence.  What stays unmatched is kept,
+with the reason.
+
+Confidence, from 0 to 1, says how sure the *pairing* is (not whether the values
+agree): 1 for the user's mapping; ≥ 0.9 where names or values single the pair out;
+0.5–0.9 by order and shape; below 0.5 a weak guess (families differ, values
+unrelated, the shape fits several candidates).
 """
 
 from __future__ import annotations
@@ -210,6 +221,14 @@ class _Pairing:
             self._transforms[key] = candidate_transforms(a, b)
         return self._transforms[key]
 
+    def best(self, a: Tap, b: Tap) -> list[Transform]:
+        """The candidate transforms, the one under which the values agree best first
+        (a 8×8×8 tensor fits several layouts; its values say which)."""
+        ts = self.transforms(a, b)
+        if len(ts) > 1 and a.value is not None and b.value is not None:
+            ts = sorted(ts, key=lambda t: -_similarity(a, b, t))
+        return ts
+
     def score(self, a: Tap, b: Tap) -> float:
         ts = self.transforms(a, b)
         if not ts:
@@ -266,9 +285,11 @@ def align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None = None) -> Ali
     used_a: set[int] = set()
     used_b: set[int] = set()
 
-    def add(a: Tap, b: Tap, how: str, transforms: list[Transform] | None = None) -> None:
-        ts = transforms if transforms is not None else pairing.transforms(a, b)
-        matches.append(Match(a=a, b=b, transform=ts[0], how=how))
+    def add(a: Tap, b: Tap, how: str, transforms: list[Transform] | None = None, confidence: float | None = None) -> None:
+        ts = transforms if transforms is not None else pairing.best(a, b)
+        if confidence is None:
+            confidence = _confidence(how, a, b, ts[0])
+        matches.append(Match(a=a, b=b, transform=ts[0], how=how, confidence=round(confidence, 3)))
         used_a.add(id(a))
         used_b.add(id(b))
 
@@ -281,7 +302,7 @@ def align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None = None) -> Ali
                 f"with {b.name!r} (model B, shape {b.shape}, {b.layout or 'layout unknown'}), but no "
                 "layout transform makes these shapes equal. Map tensors that hold the same values."
             )
-        add(a, b, "mapping", ts)
+        add(a, b, "mapping", pairing.best(a, b), 1.0)
 
     # 2. model outputs, by position
     outs_a, outs_b = ta.outputs, tb.outputs
@@ -290,7 +311,7 @@ def align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None = None) -> Ali
             continue
         ts = pairing.transforms(a, b)
         if ts:
-            add(a, b, "output", ts)
+            add(a, b, "output")
 
     layers_a = [t for t in ta.layers if id(t) not in used_a]
     layers_b = [t for t in tb.layers if id(t) not in used_b]
@@ -324,9 +345,15 @@ def align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None = None) -> Ali
             if _similarity(a, b, pairing.transforms(a, b)[0]) >= _SCOPE_SIMILARITY:
                 add(a, b, "scope")
 
+    # 3c. value fingerprints: what exactly one tensor of B reproduces
+    for a, b, confidence in _value_matches(
+        [t for t in ta.layers if id(t) not in used_a], [t for t in tb.layers if id(t) not in used_b], pairing
+    ):
+        add(a, b, "value", confidence=confidence)
+
     # 4. order + shape between the anchors
     anchors = sorted(
-        ((m.a.index, m.b.index) for m in matches if m.how in ("mapping", "name", "scope")),
+        ((m.a.index, m.b.index) for m in matches if m.how in ("mapping", "name", "scope", "value")),
     )
     chain = _increasing_chain(anchors)
     free_a = [t for t in ta.layers if id(t) not in used_a and t.op not in PASS_THROUGH_OPS]
@@ -349,13 +376,14 @@ def align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None = None) -> Ali
 
     matches.sort(key=lambda m: m.a.index)
     matched_b = [m.b.name for m in matches]
+    folded = _folded(ta, matches, used_a)
     unmatched = []
     for side, trace, used in (("a", ta, used_a), ("b", tb, used_b)):
         for t in trace.taps:
             if id(t) in used or t.role == "container":
                 continue
             reason = "one-sided" if t.op in ONE_SIDED_OPS else "no-match"
-            if reason == "no-match" and side == "a" and _fused_into(t.name, matched_b):
+            if reason == "no-match" and side == "a" and (id(t) in folded or _fused_into(t.name, matched_b)):
                 reason = "fused"
             unmatched.append(Unmatched(tap=t, side=side, reason=reason))
     return Alignment(matches=tuple(matches), unmatched=tuple(unmatched))
@@ -366,11 +394,18 @@ _SCOPE_SIMILARITY = 1.0
 
 
 def _scope_keys(name: str) -> set[str]:
-    """Normalised runs of the scope segments of a graph tensor name (empty for plain names)."""
+    """Normalised runs of the scope segments of a graph tensor name (empty for plain names).
+
+    A Keras layer path (``bert/encoder/layer_._3/attention/output/dense``: no ``:N`` output
+    index, no ONNX leading ``/``) ends with a layer, not an op: its last segment counts too.
+    Keras' uniquifying suffixes go (``conv1_bn_1`` → ``conv1_bn``), transformers' block
+    indices stay (``layer_._3``)."""
     first = re.sub(r":\d+$", "", name.split(";")[0])
     if "/" not in first:
         return set()
-    segments = [re.sub(r"_\d+$", "", s) for s in first.strip("/").split("/")][:-1]  # the last is the op
+    segments = [re.sub(r"(?<=[0-9A-Za-z])_\d+$", "", s) for s in first.strip("/").split("/")]
+    if first != name or name.startswith("/"):
+        segments = segments[:-1]  # a graph tensor: the last segment is the op
     keys = set()
     for i in range(len(segments)):
         for j in range(i + 1, len(segments) + 1):
@@ -390,6 +425,102 @@ def _fused_into(name: str, b_names: list[str]) -> bool:
                 return True
     return False
 
+
+
+#: value matching: the pair must agree to 1 − cos ≤ 1e-4 …
+_VALUE_SIMILARITY = 2.0
+#: … and beat every other candidate of either tensor by this much (a factor of 10 in 1 − cos)
+_VALUE_MARGIN = 0.5
+
+
+def _value_matches(free_a: list[Tap], free_b: list[Tap], pairing: _Pairing) -> list[tuple[Tap, Tap, float]]:
+    """Pairs whose values agree under a layout transform and that no other tensor rivals.
+
+    Only tensors that carry values, are not all zero, and are real layers (not
+    pass-through or plumbing ops, whose values repeat a neighbour's) take part.  A
+    pair is accepted when each is the other's best candidate, they agree to
+    ``1 − cos ≤ 1e-4`` on the fixed sample, and the runner-up of either side is at
+    least :data:`_VALUE_MARGIN` worse.  Candidates are only tensors with the same
+    number of elements, so the work is a few dot products per tensor."""
+
+    def eligible(t: Tap) -> bool:
+        return (
+            t.value is not None and t.numel > 1 and t.op not in PASS_THROUGH_OPS and t.op not in ONE_SIDED_OPS
+            and bool(np.any(t.value))
+        )
+
+    cand_a = [t for t in free_a if eligible(t)]
+    by_numel: dict[int, list[Tap]] = {}
+    for t in free_b:
+        if eligible(t):
+            by_numel.setdefault(t.numel, []).append(t)
+    sims: dict[tuple[int, int], float] = {}
+    best_a: dict[int, list[tuple[float, Tap]]] = {}
+    best_b: dict[int, list[float]] = {}
+    for a in cand_a:
+        for b in by_numel.get(a.numel, ()):
+            ts = pairing.best(a, b)
+            if not ts:
+                continue
+            sim = _similarity(a, b, ts[0])
+            sims[(id(a), id(b))] = sim
+            best_a.setdefault(id(a), []).append((sim, b))
+            best_b.setdefault(id(b), []).append(sim)
+    out = []
+    for a in cand_a:
+        ranked = sorted(best_a.get(id(a), []), key=lambda x: -x[0])
+        if not ranked or ranked[0][0] < _VALUE_SIMILARITY:
+            continue
+        sim, b = ranked[0]
+        runner_a = ranked[1][0] if len(ranked) > 1 else 0.0
+        others_b = sorted(best_b[id(b)], reverse=True)
+        runner_b = others_b[1] if len(others_b) > 1 else 0.0
+        if others_b[0] > sim:  # b agrees better with another tensor of A
+            continue
+        gap = sim - max(runner_a, runner_b)
+        if gap < _VALUE_MARGIN:
+            continue
+        out.append((a, b, min(1.0, 0.9 + 0.1 * min(gap, 1.0))))
+    return out
+
+
+def _confidence(how: str, a: Tap, b: Tap, t: Transform) -> float:
+    """How sure a pairing made by ``how`` is (see the module docstring)."""
+    sim = _similarity(a, b, t)
+    same_family = op_family(a.op) == op_family(b.op)
+    if how in ("name", "scope", "output"):
+        base = 0.95 if sim >= 1.0 or how == "scope" else 0.9  # names agree; values may not (a divergence)
+    elif how == "order":
+        base = 0.5 + 0.15 * same_family + 0.1 * min(sim, 2.0)
+        if not same_family and sim < 1.0:
+            base = 0.4
+    else:
+        base = 0.9
+    if t.ambiguous:
+        base -= 0.1
+    return float(min(max(base, 0.0), 1.0))
+
+
+def _folded(ta: Trace, matches: list[Match], used_a: set[int]) -> set[int]:
+    """A's layers a converter folded into the next compared tensor: a run of unmatched
+    layers of A right before a pair whose B op is of another family than A's, when one of
+    the run is of B's family (torch Conv → BatchNorm → ReLU against TFLite's one
+    ``CONV_2D`` with a fused ReLU: the Conv and BatchNorm are "fused")."""
+    by_index = {m.a.index: m for m in matches}
+    out: set[int] = set()
+    run: list[Tap] = []
+    for t in ta.layers:
+        if id(t) not in used_a:
+            if t.role != "container":
+                run.append(t)
+            continue
+        m = by_index.get(t.index)
+        if run and m is not None:
+            fb = op_family(m.b.op)
+            if fb != op_family(m.a.op) and any(op_family(r.op) == fb for r in run):
+                out.update(id(r) for r in run)
+        run = []
+    return out
 
 
 def _increasing_chain(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:

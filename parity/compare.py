@@ -41,6 +41,7 @@ def compare_match(position: int, match: Match, tolerances: Tolerances) -> LayerD
         transform=match.transform.label,
         ambiguous=match.transform.ambiguous,
         how=match.how,
+        confidence=match.confidence,
         metrics=metrics,
         rtol=rtol,
         atol=atol,

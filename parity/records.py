@@ -195,8 +195,10 @@ class Match:
     a: Tap
     b: Tap
     transform: Transform
-    #: "mapping" | "name" | "order" | "output"
+    #: "mapping" | "output" | "name" | "scope" | "value" | "order"
     how: str
+    #: how sure the pairing is, 0–1 (see :mod:`parity.align`)
+    confidence: float = 1.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -336,6 +338,8 @@ class LayerDiff:
     #: this layer's relative error in the baseline pair, and the ratio rel_err / baseline_err
     baseline_err: float | None = None
     drift: float | None = None
+    #: how sure the pairing of the two tensors is, 0–1 (see :mod:`parity.align`)
+    confidence: float | None = None
 
     @property
     def rel_err(self) -> float:

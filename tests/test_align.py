@@ -47,8 +47,29 @@ def keras_trace(*, permute=True):
     return make_trace(specs, framework="keras")
 
 
-def test_order_and_shape_match_across_layouts():
+def test_values_match_tensors_across_layouts_whatever_their_names():
     al = align(torch_trace(), keras_trace())
+    pairs = [(m.a.name, m.b.name, m.transform.label, m.how) for m in al.matches]
+    assert pairs == [
+        ("layer1.0", "conv", "NHWC→NCHW", "value"),
+        ("layer1.1", "relu", "NHWC→NCHW", "value"),
+        ("fc", "dense", "identity", "value"),
+        ("output", "output", "identity", "output"),
+    ]
+    assert all(m.confidence >= 0.9 for m in al.matches)
+    for m in al.matches:
+        np.testing.assert_array_equal(m.transform.apply(m.b.value), m.a.value)
+
+
+def test_order_and_shape_match_across_layouts_when_values_disagree():
+    # B diverges from its first layer on: no value agrees, so order + shape + op family pair them
+    ta = torch_trace()
+    tb = keras_trace()
+    noisy = [
+        (t.name, t.op, (t.value + np.random.default_rng(1).standard_normal(t.value.shape)).astype("float32"), t.layout, t.attrs)
+        for t in tb.taps
+    ]
+    al = align(ta, make_trace(noisy, framework="keras"))
     pairs = [(m.a.name, m.b.name, m.transform.label, m.how) for m in al.matches]
     assert pairs == [
         ("layer1.0", "conv", "NHWC→NCHW", "order"),
@@ -56,8 +77,8 @@ def test_order_and_shape_match_across_layouts():
         ("fc", "dense", "identity", "order"),
         ("output", "output", "identity", "output"),
     ]
-    for m in al.matches:
-        np.testing.assert_array_equal(m.transform.apply(m.b.value), m.a.value)
+    # same family and shape, values unrelated: a middling pairing, not a confident one
+    assert all(0.5 <= m.confidence < 0.9 for m in al.matches[:3]), [m.confidence for m in al.matches]
     # one-sided ops are kept and labelled, not lost
     assert {(u.side, u.tap.name, u.reason) for u in al.unmatched} == {
         ("a", "drop", "one-sided"),
@@ -185,3 +206,63 @@ def test_mapping_values_may_be_tf_names_globs_or_regexes():
         align(a, b, {"features.1": "net/conv1_relu/Relu:0"})
     with pytest.raises(MappingError, match="not a valid regex"):
         align(a, b, {"features.1": "re:conv1_relu("})
+
+
+def test_value_matching_refuses_a_tensor_two_candidates_reproduce():
+    # B computes A's conv output twice under other names (a converter's duplicate): values
+    # cannot say which one is A's, so neither is taken by value
+    a = make_trace([("conv", "Conv2d", X, "NCHW"), ("out", "output", Y, "NCHW")])
+    b = make_trace(
+        [("k1", "Conv2D", nchw_to_nhwc(X), "NHWC"), ("k2", "Conv2D", nchw_to_nhwc(X), "NHWC"), ("o", "output", nchw_to_nhwc(Y), "NHWC")],
+        framework="keras",
+    )
+    al = align(a, b)
+    conv = next(m for m in al.matches if m.a.name == "conv")
+    assert conv.how == "order" and conv.confidence < 0.9
+
+
+def test_values_choose_the_transform_when_the_shape_fits_several_layouts():
+    cube = rng.standard_normal((2, 5, 5, 5)).astype("float32")
+    a = make_trace([("conv", "Conv2d", cube, None), ("out", "output", cube.sum(axis=(2, 3)), "NC")])
+    b = make_trace(
+        [("c", "Conv2D", np.transpose(cube, (0, 2, 3, 1)).copy(), None), ("o", "output", cube.sum(axis=(2, 3)), "NC")],
+        framework="keras",
+    )
+    m = next(m for m in align(a, b).matches if m.a.name == "conv")
+    np.testing.assert_array_equal(m.transform.apply(m.b.value), cube)
+    assert m.transform.ambiguous
+
+
+def test_a_layer_folded_into_the_next_pair_is_called_fused():
+    # torch Conv → BatchNorm → ReLU; the converter emits one conv with BN folded and ReLU fused
+    bn = X * 0.5 + 0.1
+    a = make_trace(
+        [("conv", "Conv2d", X, "NCHW"), ("bn", "BatchNorm2d", bn, "NCHW"), ("act", "ReLU", np.maximum(bn, 0), "NCHW"),
+         ("out", "output", np.maximum(bn, 0), "NCHW")]
+    )
+    b = make_trace(
+        [("model/t_7", "CONV_2D", nchw_to_nhwc(np.maximum(bn, 0)), "NHWC"), ("o", "output", nchw_to_nhwc(np.maximum(bn, 0)), "NHWC")],
+        framework="tflite",
+    )
+    al = align(a, b)
+    assert [(m.a.name, m.b.name, m.how) for m in al.matches] == [("act", "model/t_7", "value"), ("out", "o", "output")]
+    assert {u.tap.name: u.reason for u in al.unmatched if u.side == "a"} == {"conv": "fused", "bn": "fused"}
+
+
+def test_reports_give_the_confidence_and_call_out_weak_pairings(tmp_path):
+    import parity
+    from parity.report.jsonio import load_report
+
+    # B's only candidate for A's conv is an op of another family with unrelated values
+    other = rng.standard_normal(X.shape).astype("float32")
+    a = make_trace([("conv", "Conv2d", X, "NCHW"), ("out", "output", Y.sum(axis=(2, 3)), "NC")])
+    b = make_trace([("gate", "Sigmoid", other, "NCHW"), ("o", "output", Y.sum(axis=(2, 3)), "NC")], framework="keras")
+    report = parity.diff_traces(a, b)
+    d = report.layer("conv")
+    assert d.b_name == "gate" and d.how == "order" and d.confidence < 0.5
+    text = " ".join(str(report).split())
+    assert "1 weak pairing(s) (confidence < 0.5): conv ↔ gate (0.40)" in text
+    assert "(1 by order; confidence ≥ 0.9 for 0 of 1)" in text
+    assert "weak match" in report.to_html()
+    report.to_json(tmp_path / "r.json")
+    assert load_report(tmp_path / "r.json").layer("conv").confidence == d.confidence

@@ -172,9 +172,9 @@ def test_port_matches_the_pb_without_a_mapping(report_auto, report_mapped):
     # every torch module found its TensorFlow name scope: conv1_bn ↔ …/conv1_bn_1/batchnorm/add_1:0
     layers = [d for d in report.layers if d.role != "output"]
     # Keras names the pooling layer itself (global_average_pooling2d, _1, _2, … per process):
-    # when its scope no longer carries our name it is paired by order instead
+    # when its scope no longer carries our name it is paired by its values instead
     pooled = report.layer("global_average_pooling2d")
-    assert pooled.b_name.endswith("/Mean:0") and pooled.how in ("scope", "order")
+    assert pooled.b_name.endswith("/Mean:0") and pooled.how in ("scope", "value")
     named = [d for d in layers if d is not pooled]
     assert {d.how for d in named} == {"scope"}, [(d.a_name, d.b_name, d.how) for d in named if d.how != "scope"]
     for d in named:

@@ -219,6 +219,31 @@ def largest_jump(layers: tuple[LayerDiff, ...], *, factor: float = 1000.0, floor
     return best
 
 
+#: pairings below this confidence are called out (see :mod:`parity.align`)
+WEAK_CONFIDENCE = 0.5
+
+
+def weak_matches(report: Report) -> list[LayerDiff]:
+    """Compared pairs the aligner was unsure of, in A's order."""
+    return [d for d in report.layers if d.confidence is not None and d.confidence < WEAK_CONFIDENCE]
+
+
+def match_summary(report: Report) -> str:
+    """How A's layers were paired: ``"170 by name, 6 by order; confidence ≥ 0.9 for 174 of 176"``."""
+    hows: dict[str, int] = {}
+    confident = scored = 0
+    for d in report.layers:
+        if d.role != "output":
+            hows[d.how] = hows.get(d.how, 0) + 1
+            if d.confidence is not None:
+                scored += 1
+                confident += d.confidence >= 0.9
+    text = ", ".join(f"{n} by {how}" for how, n in sorted(hows.items()))
+    if scored:
+        text += f"; confidence ≥ 0.9 for {confident} of {scored}"
+    return text
+
+
 def render_report(report: Report, console: Console, options: ConsoleOptions) -> Iterator[RenderableType]:
     ok = report.ok
     yield Text(verdict_line(report), style="bold green" if ok else "bold red")
@@ -227,16 +252,21 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
     conv = ", ".join(report.inputs.conversions) or "–"
     compared, total = report.coverage
     share = f" ({100 * compared / total:.0f}%)" if total else ""
-    hows: dict[str, int] = {}
-    for d in report.layers:
-        if d.role != "output":
-            hows[d.how] = hows.get(d.how, 0) + 1
-    matched_by = ", ".join(f"{n} by {how}" for how, n in sorted(hows.items()))
+    matched_by = match_summary(report)
     yield Text(
         f"inputs: {report.inputs.source}; converted for B: {conv} · compared {compared} of {total} layers of A{share}"
         + (f" ({matched_by})" if matched_by else ""),
         style="dim",
     )
+    weak = weak_matches(report)
+    if weak:
+        yield Text(
+            f"{len(weak)} weak pairing(s) (confidence < {WEAK_CONFIDENCE}): "
+            + ", ".join(f"{d.a_name} ↔ {d.b_name} ({d.confidence:.2f})" for d in weak[:5])
+            + (", …" if len(weak) > 5 else "")
+            + " — check them, or pin them with a mapping (`parity align A B --write mapping.toml`).",
+            style="yellow",
+        )
     if report.layers:
         yield _layer_table(report)
     d = report.first_divergence

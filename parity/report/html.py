@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..records import LayerDiff, ModelInfo, Report
-from .console import FOLD_ABOVE, _fmt_evidence, fmt_float, largest_jump, verdict_line
+from .console import FOLD_ABOVE, _fmt_evidence, fmt_float, largest_jump, match_summary, verdict_line, weak_matches
 
 __all__ = ["render_html", "render_compact_html", "fold_set"]
 
@@ -85,6 +85,8 @@ def _context(report: Report, *, compact: bool) -> dict:
         "env": dict(report.environment),
         "tolerance": _tolerance(report),
         "coverage": report.coverage,
+        "matching": match_summary(report),
+        "weak": weak_matches(report),
         "fmt": fmt_float,
         "num": _num,
         "evidence": _fmt_evidence,
