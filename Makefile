@@ -11,7 +11,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 # this stack regardless (see README, "Converters tested"), so they come without deps.
 NO_DEPS_CONVERTERS := onnx2tf==1.29.24 onnx2torch==1.5.15 torchvision==0.29.1
 
-.PHONY: install test demo clean browser bench
+.PHONY: install keras2 test demo clean browser bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,13 +23,35 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# nobuco (PyTorch → Keras 2) runs only on TensorFlow 2.15 and its bundled Keras 2.15, which
+# cannot share the main venv (TF 2.21 / Keras 3): tests/integration/test_nobuco.py runs
+# tests/integration/nobuco_pair.py — and parity itself — with this venv's python.
+# torch==2.13.0 first (the CPU build); nobuco and torchvision without deps (nobuco imports
+# torchvision; torchvision's pins want a CUDA torch). nobuco's own deps: sty tqdm rich numpy.
+# TF 2.15 pins numpy<2.
+KERAS2_VENV ?= .venv-keras2
+KERAS2_PY := $(KERAS2_VENV)/bin/python
+KERAS2_STAMP := $(KERAS2_VENV)/.parity-installed
+
+$(KERAS2_STAMP): pyproject.toml
+	python3 -m venv $(KERAS2_VENV)
+	$(KERAS2_PY) -m pip install --quiet --upgrade pip
+	$(KERAS2_PY) -m pip install --quiet torch==2.13.0
+	$(KERAS2_PY) -m pip install --quiet tensorflow-cpu==2.15.1 "numpy<2"
+	$(KERAS2_PY) -m pip install --quiet --no-deps nobuco==0.17.0 torchvision==0.29.1
+	$(KERAS2_PY) -m pip install --quiet "numpy<2" sty tqdm rich jinja2 matplotlib pyyaml
+	$(KERAS2_PY) -m pip install --quiet --no-deps -e .
+	touch $(KERAS2_STAMP)
+
+keras2: $(KERAS2_STAMP)
+
 # The HTML report is tested in a real headless Chromium (Debian's package).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) browser
+test: $(STAMP) $(KERAS2_STAMP) browser
 	PARITY_REQUIRE_BROWSER=1 PARITY_REQUIRE_CONVERTERS=1 $(PY) -m pytest -q
 
 demo: $(STAMP)
@@ -42,4 +64,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) reports/*.json reports/*.html
+	rm -rf $(VENV) $(KERAS2_VENV) reports/*.json reports/*.html

@@ -46,6 +46,7 @@ def _is_model(obj: Any) -> bool:
         or (tflite is not None and isinstance(obj, tflite.TFLiteModel))
         or (torch is not None and isinstance(obj, (torch.nn.Module, torch.export.ExportedProgram)))
         or (keras is not None and isinstance(obj, keras.layers.Layer))
+        or ("tf_keras" in sys.modules and isinstance(obj, sys.modules["tf_keras"].layers.Layer))
         or (onnx is not None and isinstance(obj, onnx.ModelProto))
     )
 
@@ -61,7 +62,7 @@ def load_model(spec: Any, base_dir: str | Path | None = None) -> Any:
     """A live model from ``"package.module:factory"``, a path, a table
     ``{path = "net.pth", factory = "pkg.mod:Net"}``, or a model object (returned as is)."""
     if isinstance(spec, Mapping) and "path" in spec:
-        unknown = set(spec) - {"path", "factory", "safe_mode", "weights_only", "signature", "inputs", "outputs"}
+        unknown = set(spec) - {"path", "factory", "safe_mode", "weights_only", "signature", "inputs", "outputs", "keras"}
         if unknown:
             raise ModelError(
                 f"a model table needs 'path' (and optionally 'factory', 'safe_mode', 'weights_only', "
@@ -95,6 +96,9 @@ def load(path: str | Path, **options: Any) -> Any:
     """A model saved at ``path``, by what the path is:
 
     - ``.keras``/``.h5``: Keras, loaded with ``safe_mode=True`` (``safe_mode=False`` to opt in to code);
+      an H5 file of Keras 2 that Keras 3 cannot rebuild (``TFOpLambda`` layers) with ``tf_keras``;
+    - a SavedModel directory: its TensorFlow graph, or with ``keras=True`` the live ``tf_keras``
+      model that Keras 2's ``model.save(dir)`` wrote;
     - ``.pt2``: a ``torch.export`` ExportedProgram, captured with its module names;
     - ``.pt``/``.pth``/``.bin``: a TorchScript archive, or a ``state_dict`` loaded with
       ``torch.load(weights_only=True)`` into ``factory()`` (``"package.module:Class"`` or a callable).
@@ -108,6 +112,8 @@ def load(path: str | Path, **options: Any) -> Any:
         )
     suffix = path.suffix.lower()
     if path.is_dir():
+        if options.pop("keras", False):
+            return _load_keras2_saved_model(path, **options)
         if (path / "saved_model.pb").exists():
             from .capture.tfgraph import TFGraph
 
@@ -129,12 +135,14 @@ def load(path: str | Path, **options: Any) -> Any:
         try:
             return keras.saving.load_model(path, safe_mode=safe, **options)
         except ValueError as exc:
-            if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
+            if "safe_mode" in str(exc) or ("lambda" in str(exc).lower() and "TFOpLambda" not in str(exc)):
                 raise ModelError(
                     f"{str(path)!r} holds code (a Lambda layer) that Keras refuses to load in safe mode. "
                     "If you trust the file, opt in with parity.load(path, safe_mode=False)."
                 ) from exc
-            raise
+            if suffix != ".h5" or str(keras.__version__).startswith("2.") or not _saved_by_keras2(path):
+                raise  # (where keras is Keras 2 itself, tf_keras would not do better)
+            return _load_with_tf_keras(path, exc, safe, **options)
     if suffix == ".pt2":
         import torch
 
@@ -159,6 +167,63 @@ def load(path: str | Path, **options: Any) -> Any:
         f"cannot load {str(path)!r}: parity loads {_FORMATS} by path. Give the model as "
         "'package.module:factory' instead, or pass the live model object."
     )
+
+
+def _saved_by_keras2(path: Path) -> bool:
+    """Whether an HDF5 model file says it was written by Keras 2 (tf_keras, or keras ≤ 2.15)."""
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            version = f.attrs.get("keras_version", b"")
+    except (ImportError, OSError):
+        return False
+    version = version.decode() if isinstance(version, bytes) else str(version)
+    return version.startswith("2.")
+
+
+def _load_keras2_saved_model(path: Path, **options: Any) -> Any:
+    """A SavedModel written by Keras 2's ``model.save(dir)``, as the live tf_keras model (its
+    layers, names and weights) rather than as a graph; Keras 3 cannot load these."""
+    if not (path / "keras_metadata.pb").exists():
+        raise ModelError(
+            f"{str(path)!r} is not a SavedModel written by Keras 2's model.save (it has no keras_metadata.pb), "
+            "so there is no Keras model to rebuild. Load it as a TensorFlow graph: parity.load(path) without keras=True."
+        )
+    try:
+        import tf_keras
+    except ImportError as exc:
+        raise ModelError(
+            f"{str(path)!r} is a Keras 2 SavedModel; loading it as a Keras model needs Keras 2: "
+            "pip install tf-keras==<your tensorflow version>. Or load it as a graph: parity.load(path)."
+        ) from exc
+    return tf_keras.models.load_model(path, compile=False, **options)
+
+
+def _load_with_tf_keras(path: Path, keras3_error: Exception, safe: bool, **options: Any) -> Any:
+    """A Keras 2 H5 file that Keras 3 cannot rebuild (``TFOpLambda`` layers from
+    ``tf.*`` calls, as nobuco writes them), loaded with Keras 2 itself: ``tf_keras``."""
+    try:
+        import tf_keras
+    except ImportError:
+        raise ModelError(
+            f"{str(path)!r} was saved by Keras 2 and Keras 3 cannot load it ({type(keras3_error).__name__}: "
+            f"{str(keras3_error).strip()[:300]}). Install Keras 2 for your TensorFlow, e.g. "
+            "pip install tf-keras==<your tensorflow version>, and parity loads it with tf_keras."
+        ) from keras3_error
+    try:
+        return tf_keras.models.load_model(path, compile=False, safe_mode=safe, **options)
+    except ValueError as exc:
+        if "safe_mode" in str(exc):
+            raise ModelError(
+                f"{str(path)!r} holds code (a Lambda layer) that Keras refuses to load in safe mode. "
+                "If you trust the file, opt in with parity.load(path, safe_mode=False)."
+            ) from exc
+        raise ModelError(
+            f"{str(path)!r} was saved by Keras 2 and neither Keras 3 ({str(keras3_error).strip()[:200]}) "
+            f"nor tf_keras ({type(exc).__name__}: {str(exc).strip()[:300]}) can load it. Save the model "
+            "again, or pass the live model object."
+        ) from exc
 
 
 def _is_torchscript(path: Path) -> bool:

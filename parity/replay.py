@@ -39,10 +39,9 @@ def _is_keras(backend: Backend) -> bool:
 
 
 def _keras_layer(model: Any, name: str) -> Any | None:
-    from .capture.keras import _sublayers
+    from .capture.keras import layer_named
 
-    hits = [layer for layer in _sublayers(model) if layer.name == name]
-    return hits[0] if len(hits) == 1 else None
+    return layer_named(model, name)  # a layer name, or a layer path where names repeat
 
 
 def _layer(backend: Backend, name: str) -> Any | None:
@@ -113,10 +112,16 @@ def _call(backend: Backend, layer: Any, x: np.ndarray) -> np.ndarray:
                 return layer(torch.from_numpy(np.ascontiguousarray(x))).detach().cpu().numpy()
         finally:
             layer.train(mode)
-    try:
-        out = layer(x, training=False)
-    except TypeError:
-        out = layer(x)
+    from .capture.keras import _fused_activation, patched_calls
+
+    # a layer with a fused activation: its tap is the result before the activation
+    # (the activation's is ``name:activation``, never replayed)
+    linear = ((layer, lambda act: lambda y, *args, **kwargs: y),) if _fused_activation(layer) else ()
+    with patched_calls(linear, "activation"):
+        try:
+            out = layer(x, training=False)
+        except TypeError:
+            out = layer(x)
     return np.asarray(out)
 
 

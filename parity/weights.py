@@ -82,9 +82,11 @@ def _framework(model: Any) -> str | None:
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(model, torch.nn.Module):
         return "torch"
-    keras = sys.modules.get("keras")
-    if keras is not None and hasattr(keras, "layers") and isinstance(model, keras.layers.Layer):
-        return "keras"
+    if "keras" in sys.modules or "tf_keras" in sys.modules:
+        from .capture.keras import keras_module  # imports no framework
+
+        if keras_module(model) is not None:  # Keras 3, tf_keras, or Keras 2 as keras
+            return "keras"
     return None
 
 
@@ -128,12 +130,7 @@ def find_layer(model: Any, name: str) -> Any:
             close = _close(base, [n for n, _ in model.named_modules()])
             raise MappingError(f"torch model {type(model).__name__} has no submodule {base!r}.{close}") from None
     if fw == "keras":
-        found = _keras_find(model, base)
-        if found is None and "/" in base:
-            parent, child = base.rsplit("/", 1)
-            holder = model if parent == "model" else _keras_find(model, parent)
-            if holder is not None:
-                found = _keras_find(holder, child)
+        found = _keras_resolve(model, base)
         if found is None:
             close = _close(base, [layer.name for layer in _keras_bfs(model)])
             raise MappingError(f"Keras model {model.name!r} has no layer {base!r}.{close}")
@@ -155,6 +152,22 @@ def _keras_bfs(model: Any) -> list[Any]:
 
 def _keras_find(model: Any, name: str) -> Any:
     return next((layer for layer in _keras_bfs(model) if layer.name == name), None)
+
+
+def _keras_resolve(model: Any, name: str) -> Any:
+    """The layer a Keras tap name stands for: its tap name (a layer path where names repeat,
+    ``bert/encoder/layer_._3/attention/output/dense``), a layer name, or ``parent/child``."""
+    from .capture.keras import layer_named
+
+    found = layer_named(model, name)
+    if found is None:
+        found = _keras_find(model, name)
+    if found is None and "/" in name:
+        parent, child = name.rsplit("/", 1)
+        holder = model if parent == "model" else _keras_resolve(model, parent)
+        if holder is not None:
+            found = _keras_find(holder, child)
+    return found
 
 
 def _close(name: str, names: list[str]) -> str:
@@ -768,6 +781,8 @@ def weight_parity(
         la, lb = read(model_a, name_a), read(model_b, name_b)
         if la is None or lb is None or not (la.params or lb.params):
             continue
+        if la.kind != lb.kind and "generic" not in (la.kind, lb.kind):
+            continue  # a converter's fold (Conv+BatchNorm → one Conv): no one-to-one parameters
         ctx = _Ctx(m, la, lb, name_a, name_b)
         kernel = la.params.get("kernel")
         if "dense" in (la.kind, lb.kind) and kernel is not None and kernel.value.ndim == 2:

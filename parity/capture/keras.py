@@ -1,14 +1,22 @@
-"""Keras 3 capture by intercepting layer calls.
+"""Keras capture by intercepting layer calls: Keras 3, and Keras 2 as ``tf_keras``
+(or as ``keras`` itself where that is 2.x, TensorFlow ≤ 2.15).
 
 One mechanism serves Sequential, functional (nested models included) and
 subclassed models: for the duration of one eager run with
 ``training=False``, every layer instance's ``call`` is wrapped so its output
 is copied to NumPy when it returns.  Nothing is rebuilt and the weights are
 the model's own; the wrappers are removed afterwards, also when the run fails.
+
+Taps are named by layer names when every layer of the model has its own; when
+names repeat (subclassed models such as transformers' build a ``dense`` and a
+``LayerNorm`` in every block), every layer is named by its path of layer names
+from the model: ``bert/encoder/layer_._3/attention/output/dense``.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 import sys
 from collections import Counter
 from contextlib import contextmanager
@@ -44,10 +52,35 @@ _ATTRS = (
 )
 
 
-def _keras():
-    import keras
+#: the packages a Keras model can come from, by the module name it is imported as
+_KERAS_PACKAGES = ("keras", "tf_keras")
 
-    return keras
+
+def keras_module(obj: Any) -> Any | None:
+    """The Keras package ``obj`` is a layer or model of (``keras`` — Keras 3, or Keras 2 where
+    ``keras`` is 2.x — or ``tf_keras``), or ``None``.  Only packages already imported are
+    looked at: an object of a package that was never imported cannot exist."""
+    for name in _KERAS_PACKAGES:
+        module = sys.modules.get(name)
+        layer_cls = getattr(getattr(module, "layers", None), "Layer", None) if module is not None else None
+        if isinstance(layer_cls, type) and isinstance(obj, layer_cls):
+            return module
+    return None
+
+
+def keras_flavor(module: Any) -> str:
+    """How reports name a Keras package: ``keras`` (3), ``tf_keras``, or ``keras 2``."""
+    if module.__name__ == "tf_keras":
+        return "tf_keras"
+    return "keras 2" if str(getattr(module, "__version__", "3")).startswith("2.") else "keras"
+
+
+def _image_data_format(module: Any) -> str:
+    for holder in (getattr(module, "config", None), getattr(module, "backend", None)):
+        read = getattr(holder, "image_data_format", None)
+        if callable(read):
+            return str(read())
+    return "channels_last"
 
 
 def _is_tensor(obj: Any) -> bool:
@@ -59,16 +92,13 @@ def _symbolic(out: Any) -> bool:
     tf = sys.modules.get("tensorflow")
     if tf is not None and not tf.executing_eagerly():
         return True  # inside a tf.function / FuncGraph: graph tensors have no values
-    keras = sys.modules.get("keras")
-    tensor_cls = getattr(keras, "KerasTensor", None)
-    if tensor_cls is None:
-        return False
     first = out
     while isinstance(first, (list, tuple)) and first:
         first = first[0]
     if isinstance(first, dict) and first:
         first = next(iter(first.values()))
-    return isinstance(first, tensor_cls)
+    # Keras 3's keras.KerasTensor and Keras 2's tf_keras…keras_tensor.KerasTensor alike
+    return any(cls.__name__ == "KerasTensor" for cls in type(first).__mro__)
 
 
 def _to_numpy(t: Any) -> np.ndarray:
@@ -130,6 +160,42 @@ def _sublayers(model: Any) -> list[Any]:
     return out
 
 
+def _children(layer: Any) -> list[Any]:
+    try:
+        return list(layer._flatten_layers(include_self=False, recursive=False))
+    except AttributeError:
+        return []
+
+
+def tap_names(model: Any) -> dict[int, str]:
+    """The tap name of every layer inside ``model``, by ``id(layer)``: its name when every
+    layer of the model has its own, else its path of layer names from the model (the first
+    path found, depth first, for a layer shared between places)."""
+    paths: dict[int, str] = {}
+    stack: list[tuple[Any, str]] = [(child, child.name) for child in reversed(_children(model))]
+    seen = {id(model)}
+    order: list[Any] = []
+    while stack:
+        layer, path = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        paths[id(layer)] = path
+        order.append(layer)
+        stack.extend((child, f"{path}/{child.name}") for child in reversed(_children(layer)))
+    names = Counter(layer.name for layer in order if type(layer).__name__ != "InputLayer")
+    if all(n == 1 for n in names.values()):
+        return {id(layer): layer.name for layer in order}
+    return paths
+
+
+def layer_named(model: Any, name: str) -> Any | None:
+    """The layer of ``model`` whose taps are called ``name`` (see :func:`tap_names`), or ``None``."""
+    by_id = {id(layer): layer for layer in _sublayers(model)}
+    hits = [by_id[i] for i, n in tap_names(model).items() if n == name and i in by_id]
+    return hits[0] if len(hits) == 1 else None
+
+
 def _has_sublayers(layer: Any) -> bool:
     try:
         return any(True for _ in layer._flatten_layers(include_self=False, recursive=False))
@@ -138,22 +204,38 @@ def _has_sublayers(layer: Any) -> bool:
 
 
 @contextmanager
-def patched_calls(wrappers: Iterable[tuple[Any, Callable[[Any], Any]]]) -> Iterator[None]:
-    """Replace each layer's ``call`` by ``make(original_call)`` for the duration, on the
-    instance; restore exactly what the instance had before (its own ``call``, or none)."""
+def patched_calls(wrappers: Iterable[tuple[Any, Callable[[Any], Any]]], attr: str = "call") -> Iterator[None]:
+    """Replace each layer's ``call`` (or another callable attribute, ``attr``) by
+    ``make(original)`` for the duration, on the instance; restore exactly what the instance
+    had before (its own attribute, or none)."""
     patched: list[tuple[Any, bool, Any]] = []
     try:
         for layer, make in wrappers:
-            had_own = "call" in layer.__dict__
-            patched.append((layer, had_own, layer.__dict__.get("call")))
-            object.__setattr__(layer, "call", make(layer.call))
+            had_own = attr in layer.__dict__
+            patched.append((layer, had_own, layer.__dict__.get(attr)))
+            object.__setattr__(layer, attr, make(getattr(layer, attr)))
         yield
     finally:
         for layer, had_own, original in reversed(patched):
             if had_own:
-                object.__setattr__(layer, "call", original)
+                object.__setattr__(layer, attr, original)
             else:
-                layer.__dict__.pop("call", None)
+                layer.__dict__.pop(attr, None)
+
+
+#: layers that apply their ``activation`` once, to their result.  PyTorch has a module of its
+#: own for it, so such a layer gives two taps: ``fc`` (its linear result, what a torch
+#: ``Linear`` named ``fc`` gives) and ``fc:activation`` (its output, op ``relu``, ``tanh``, …)
+_FUSED_ACTIVATION = re.compile(r"^(Dense|EinsumDense|(Depthwise|Separable)?Conv(olution)?[123]D(Transpose)?)$")
+
+
+def _fused_activation(layer: Any) -> str | None:
+    """The name of the non-linear activation ``layer`` applies to its result, or ``None``."""
+    if not _FUSED_ACTIVATION.match(type(layer).__name__):
+        return None
+    activation = layer.__dict__.get("activation")
+    name = getattr(activation, "__name__", None)
+    return name if callable(activation) and name not in (None, "linear") else None
 
 
 class KerasBackend(Backend):
@@ -161,31 +243,37 @@ class KerasBackend(Backend):
 
     @classmethod
     def accepts(cls, obj: Any) -> bool:
-        keras = sys.modules.get("keras")
-        return keras is not None and hasattr(keras, "Model") and isinstance(obj, keras.layers.Layer)
+        return keras_module(obj) is not None
+
+    @property
+    def keras(self) -> Any:
+        """The Keras package the model belongs to (Keras 3 ``keras``, ``tf_keras``, Keras 2 ``keras``)."""
+        module = keras_module(self.model)
+        if module is None:  # pragma: no cover - accepts() let it in
+            raise CaptureError(f"{type(self.model).__name__} is not a Keras layer or model.")
+        return module
 
     def _kind(self) -> str:
-        keras = _keras()
+        keras = self.keras
         model = self.model
+        flavor = keras_flavor(keras)
         if isinstance(model, keras.Sequential):
-            return "keras Sequential"
-        from keras.src.models.functional import Functional
-
-        if isinstance(model, Functional):
-            return "keras functional"
+            return f"{flavor} Sequential"
+        if any(c.__name__ == "Functional" for c in type(model).__mro__):
+            return f"{flavor} functional"
         if isinstance(model, keras.Model):
-            return "keras subclassed"
-        return "keras layer"
+            return f"{flavor} subclassed"
+        return f"{flavor} layer"
 
     def info(self) -> ModelInfo:
-        keras = _keras()
+        keras = self.keras
         try:
             params = int(self.model.count_params())
         except ValueError:  # not built yet
             params = None
         return ModelInfo(
             framework="keras",
-            framework_version=keras.__version__,
+            framework_version=str(keras.__version__),
             name=self.model.name or type(self.model).__name__,
             kind=self._kind(),
             param_count=params,
@@ -193,7 +281,7 @@ class KerasBackend(Backend):
         )
 
     def _default_layout(self, rank: int) -> str | None:
-        fmt = _keras().config.image_data_format()
+        fmt = _image_data_format(self.keras)
         table = CHANNELS_FIRST if fmt == "channels_first" else CHANNELS_LAST
         return table.get(rank)
 
@@ -229,23 +317,14 @@ class KerasBackend(Backend):
             for layer in _sublayers(model)
             if type(layer).__name__ != "InputLayer" and (containers or not _has_sublayers(layer))
         ]
-        parent_of: dict[int, str] = {}
-        for layer in _sublayers(model):
-            if _has_sublayers(layer):
-                for child in layer._flatten_layers(include_self=False, recursive=False):
-                    parent_of.setdefault(id(child), layer.name)
+        names = tap_names(model)
         taps: list[Tap] = []
         calls: Counter[str] = Counter()
-        owner_of_name: dict[str, int] = {}
         layouts: dict[int, tuple[str | None, int]] = {}
         alive: list[Any] = []  # keeps recorded tensors alive so their ids stay unique
 
         def unique_name(layer: Any) -> str:
-            name = layer.name
-            if owner_of_name.setdefault(name, id(layer)) != id(layer):
-                name = f"{parent_of.get(id(layer), 'model')}/{layer.name}"
-                owner_of_name.setdefault(name, id(layer))
-            return name
+            return names.get(id(layer), layer.name)
 
         def layout_for(layer: Any, rank: int, in_layout: str | None, in_rank: int | None, in_shape) -> tuple[str | None, dict]:
             op = type(layer).__name__
@@ -268,13 +347,13 @@ class KerasBackend(Backend):
                 return in_layout, extra
             return self._default_layout(rank), extra
 
+        pending: dict[int, tuple[str, str | None, int | None, tuple]] = {}  # a fused layer's call under way
+        applied: dict[int, bool] = {}
+
         def make_wrapper(layer: Any, original: Any) -> Any:
             is_container = _has_sublayers(layer)
 
             def wrapped(*args: Any, **kwargs: Any) -> Any:
-                out = original(*args, **kwargs)
-                if _symbolic(out):
-                    return out  # a build-time trace of an unbuilt model, not the run
                 first = next((a for a in args if _is_tensor(a)), None)
                 if first is None and args and isinstance(args[0], (list, tuple)):
                     first = next((a for a in args[0] if _is_tensor(a)), None)
@@ -287,10 +366,22 @@ class KerasBackend(Backend):
                         in_layout = known[0]
                 base = unique_name(layer)
                 k = calls[base]
-                calls[base] += 1
                 name = base if k == 0 else f"{base}#{k}"
-                attrs = _layer_attrs(layer)
-                for tensor_name, t in flatten_outputs(out, name, _is_tensor):
+                if id(layer) in fused:
+                    pending[id(layer)] = (name, in_layout, in_rank, in_shape)
+                try:
+                    out = original(*args, **kwargs)
+                finally:
+                    pending.pop(id(layer), None)
+                    split = applied.pop(id(layer), False)
+                if _symbolic(out):
+                    return out  # a build-time trace of an unbuilt model, not the run
+                calls[base] += 1
+                attrs = _layer_attrs(layer)  # after the call: a layer builds its variables on the first
+                # a fused activation's result is the layer's output, named apart from the layer's
+                # own (linear) result recorded before it: ``fc`` then ``fc:activation``
+                op = str(attrs.get("activation")) if split else type(layer).__name__
+                for tensor_name, t in flatten_outputs(out, f"{name}:activation" if split else name, _is_tensor):
                     value = _to_numpy(t)
                     layout, extra = layout_for(layer, value.ndim, in_layout, in_rank, in_shape)
                     layouts[id(t)] = (layout, value.ndim)
@@ -298,7 +389,7 @@ class KerasBackend(Backend):
                     append_tap(
                         taps,
                         tensor_name,
-                        type(layer).__name__,
+                        op,
                         value,
                         layout,
                         role="container" if is_container else "layer",
@@ -309,8 +400,38 @@ class KerasBackend(Backend):
 
             return wrapped
 
+        def make_activation(layer: Any, activation: Any) -> Any:
+            @functools.wraps(activation)  # keeps its __name__: the layer's attrs say "relu", not ours
+            def wrapped(x: Any, *args: Any, **kwargs: Any) -> Any:
+                y = activation(x, *args, **kwargs)
+                context = pending.pop(id(layer), None)  # the first application in this call only
+                if context is not None and _is_tensor(x) and not _symbolic(y):
+                    name, in_layout, in_rank, in_shape = context
+                    attrs = _layer_attrs(layer)
+                    value = _to_numpy(x)
+                    layout, extra = layout_for(layer, value.ndim, in_layout, in_rank, in_shape)
+                    append_tap(
+                        taps,
+                        name,
+                        type(layer).__name__,
+                        value,
+                        layout,
+                        attrs={**attrs, **extra, "activation": "linear", "activation_after": attrs.get("activation")},
+                        dtype=numpy_dtype_name(getattr(x, "dtype", value.dtype)),
+                    )
+                    applied[id(layer)] = True
+                return y
+
+            return wrapped
+
+        fused = {id(layer) for layer in layers if _fused_activation(layer) is not None}
+        wrapped_calls = patched_calls((layer, lambda call, layer=layer: make_wrapper(layer, call)) for layer in layers)
+        wrapped_activations = patched_calls(
+            ((layer, lambda act, layer=layer: make_activation(layer, act)) for layer in layers if id(layer) in fused),
+            "activation",
+        )
         try:
-            with patched_calls((layer, lambda original, layer=layer: make_wrapper(layer, original)) for layer in layers):
+            with wrapped_calls, wrapped_activations:
                 out = self.run(inputs)
         except Exception as exc:
             if isinstance(exc, CaptureError):
@@ -340,7 +461,7 @@ class KerasBackend(Backend):
             )
         notes: tuple[str, ...] = ()
         recorded = {t.name.split("#")[0].split("[")[0] for t in taps if t.role != "output"}
-        silent = [layer.name for layer in layers if layer.name not in recorded and not _has_sublayers(layer)]
+        silent = [unique_name(layer) for layer in layers if unique_name(layer) not in recorded and not _has_sublayers(layer)]
         if silent:
             notes = (
                 f"{len(silent)} layer(s) of Keras model {model.name!r} ran without an eager output to record "
