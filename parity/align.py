@@ -41,7 +41,7 @@ from .errors import AlignmentError, MappingError
 from .layout import candidate_transforms
 from .records import Alignment, Match, Tap, Trace, Transform, Unmatched
 
-__all__ = ["align", "normalize_name", "op_family", "ONE_SIDED_OPS", "PASS_THROUGH_OPS"]
+__all__ = ["align", "normalize_name", "op_family", "tap_family", "ONE_SIDED_OPS", "PASS_THROUGH_OPS"]
 
 #: ops that often exist on one side of a conversion only; unmatched, they are expected
 ONE_SIDED_OPS = frozenset(
@@ -140,6 +140,22 @@ def op_family(op: str) -> str:
     return op.lower()
 
 
+def tap_family(t: Tap) -> str:
+    """The family of what a tap's *value* is: its op's family, except that an ``Add`` of a
+    constant (a bias) is not a merge of two branches ("affine"), and a tensor a converter fused
+    several ops into is named by the last op applied (TFLite's
+    ``model/relu_1/Relu;model/add/Add;model/conv/convolution`` is an activation's output)."""
+    family = op_family(t.op)
+    if family in _MERGE_FAMILIES and t.attrs.get("constant_operand"):
+        return "affine"
+    if ";" in t.name:
+        last_op = re.sub(r":\d+$", "", t.name.split(";")[0]).rsplit("/", 1)[-1]
+        applied = op_family(last_op)
+        if applied in ("activation", "add", "batchnorm", "pool"):
+            return applied
+    return family
+
+
 #: families that combine several tensors: such an op is paired only with its own family
 #: (else a residual ``Add`` steals the match of the layer before it)
 _MERGE_FAMILIES = frozenset({"add", "concat", "subtract", "sub", "multiply", "mul", "average", "maximum", "minimum", "dot"})
@@ -233,7 +249,7 @@ class _Pairing:
         ts = self.transforms(a, b)
         if not ts:
             return 0.0
-        fa, fb = op_family(a.op), op_family(b.op)
+        fa, fb = tap_family(a), tap_family(b)
         if fa != fb and (fa in _MERGE_FAMILIES or fb in _MERGE_FAMILIES):
             return 0.0
         return 1.0 + (1.0 if fa == fb else 0.0) + _similarity(a, b, ts[0])
@@ -356,14 +372,27 @@ def align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None = None) -> Ali
         ((m.a.index, m.b.index) for m in matches if m.how in ("mapping", "name", "scope", "value")),
     )
     chain = _increasing_chain(anchors)
-    free_a = [t for t in ta.layers if id(t) not in used_a and t.op not in PASS_THROUGH_OPS]
-    free_b = [t for t in tb.layers if id(t) not in used_b and t.op not in PASS_THROUGH_OPS]
+    # (nor is a layer's output before its separate bias add: only the sum is the layer's output)
+    free_a = [t for t in ta.layers if id(t) not in used_a and t.op not in PASS_THROUGH_OPS and not t.attrs.get("partial")]
+    free_b = [t for t in tb.layers if id(t) not in used_b and t.op not in PASS_THROUGH_OPS and not t.attrs.get("partial")]
     bounds = [(-1, -1), *chain, (len(ta.taps), len(tb.taps))]
     for (lo_a, lo_b), (hi_a, hi_b) in zip(bounds, bounds[1:]):
         seg_a = [t for t in free_a if lo_a < t.index < hi_a]
         seg_b = [t for t in free_b if lo_b < t.index < hi_b]
         for a, b in _order_alignment(seg_a, seg_b, pairing):
             add(a, b, "order")
+
+    # 4b. errors do not heal: a pair made by order whose values are unrelated (cos < 0.99), when
+    # the next pair of A agrees by value, holds two different tensors — a converter's split or
+    # fused intermediate (onnx2tf's bias-less convolution half), not a divergence
+    by_a = sorted(matches, key=lambda m: m.a.index)
+    for m, nxt in zip(by_a, by_a[1:]):
+        if m.how == "order" and _similarity(m.a, m.b, m.transform) < 1.0 <= _VALUE_SIMILARITY <= _similarity(
+            nxt.a, nxt.b, nxt.transform
+        ):
+            matches.remove(m)
+            used_a.discard(id(m.a))
+            used_b.discard(id(m.b))
 
     if not matches:
         raise AlignmentError(
@@ -376,13 +405,13 @@ def align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None = None) -> Ali
 
     matches.sort(key=lambda m: m.a.index)
     matched_b = [m.b.name for m in matches]
-    folded = _folded(ta, matches, used_a)
+    folded = _folded(ta, tb, matches, used_a, used_b)
     unmatched = []
     for side, trace, used in (("a", ta, used_a), ("b", tb, used_b)):
         for t in trace.taps:
             if id(t) in used or t.role == "container":
                 continue
-            reason = "one-sided" if t.op in ONE_SIDED_OPS else "no-match"
+            reason = "one-sided" if t.op in ONE_SIDED_OPS or t.attrs.get("partial") else "no-match"
             if reason == "no-match" and side == "a" and (id(t) in folded or _fused_into(t.name, matched_b)):
                 reason = "fused"
             unmatched.append(Unmatched(tap=t, side=side, reason=reason))
@@ -487,7 +516,7 @@ def _value_matches(free_a: list[Tap], free_b: list[Tap], pairing: _Pairing) -> l
 def _confidence(how: str, a: Tap, b: Tap, t: Transform) -> float:
     """How sure a pairing made by ``how`` is (see the module docstring)."""
     sim = _similarity(a, b, t)
-    same_family = op_family(a.op) == op_family(b.op)
+    same_family = tap_family(a) == tap_family(b)
     if how in ("name", "scope", "output"):
         base = 0.95 if sim >= 1.0 or how == "scope" else 0.9  # names agree; values may not (a divergence)
     elif how == "order":
@@ -501,25 +530,28 @@ def _confidence(how: str, a: Tap, b: Tap, t: Transform) -> float:
     return float(min(max(base, 0.0), 1.0))
 
 
-def _folded(ta: Trace, matches: list[Match], used_a: set[int]) -> set[int]:
-    """A's layers a converter folded into the next compared tensor: a run of unmatched
-    layers of A right before a pair whose B op is of another family than A's, when one of
-    the run is of B's family (torch Conv → BatchNorm → ReLU against TFLite's one
-    ``CONV_2D`` with a fused ReLU: the Conv and BatchNorm are "fused")."""
-    by_index = {m.a.index: m for m in matches}
+def _folded(ta: Trace, tb: Trace, matches: list[Match], used_a: set[int], used_b: set[int]) -> set[int]:
+    """A's layers a converter folded into the next compared tensor of B.
+
+    A run of unmatched layers of A right before a pair is "fused" when one of them is of
+    the family of an op that made B's tensor of that pair: B's op itself when it is of another
+    family than A's (torch Conv → BatchNorm → ReLU against TFLite's one ``CONV_2D`` with a
+    fused ReLU), or an unmatched op of B right before it (onnx2tf's bias-less convolution
+    before the ``Add`` that matched torch's BatchNorm)."""
+    ordered = sorted(matches, key=lambda m: m.a.index)
+    b_layers = [t for t in tb.layers if id(t) not in used_b and t.role != "container"]
     out: set[int] = set()
-    run: list[Tap] = []
-    for t in ta.layers:
-        if id(t) not in used_a:
-            if t.role != "container":
-                run.append(t)
-            continue
-        m = by_index.get(t.index)
-        if run and m is not None:
-            fb = op_family(m.b.op)
-            if fb != op_family(m.a.op) and any(op_family(r.op) == fb for r in run):
+    prev_a, prev_b = -1, -1
+    for m in ordered:
+        run = [t for t in ta.layers if prev_a < t.index < m.a.index and id(t) not in used_a and t.role != "container"]
+        if run:
+            made_by = {op_family(b.op) for b in b_layers if prev_b < b.index < m.b.index}
+            if op_family(m.b.op) != tap_family(m.a):
+                made_by.add(op_family(m.b.op))
+            if any(op_family(r.op) in made_by for r in run):
                 out.update(id(r) for r in run)
-        run = []
+        prev_a = m.a.index
+        prev_b = max(prev_b, m.b.index)
     return out
 
 

@@ -35,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train the seed MNIST ConvNet, convert it to Keras, compare")
     demo.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
-    demo.add_argument("--out", default="reports/demo.json", help="where to write the JSON report")
+    demo.add_argument("--out", default=None,
+                      help="where to write the JSON report (default reports/demo.json; with --chain reports/chain-demo.json)")
+    demo.add_argument("--chain", action="store_true",
+                      help="instead: a small CNN through torch → ONNX → onnx2tf SavedModel → fp32/fp16 TFLite with one "
+                           "injected converter bug, and the chain's layer × stage matrix (needs onnx2tf)")
     demo.add_argument("--width", type=int, default=None, help="terminal width for the report")
 
     d = sub.add_parser("diff", help="compare model A with model B")
@@ -232,9 +236,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             # the demo is our own program: keep TensorFlow's start-up chatter out of its story
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-            from .demo import run_demo
+            from .demo import run_chain_demo, run_demo
 
-            return run_demo(epochs=args.epochs, out=args.out, console=console if args.width is None else Console(width=args.width))
+            shown = console if args.width is None else Console(width=args.width)
+            if args.chain:
+                return run_chain_demo(out=args.out or "reports/chain-demo.json", console=shown)
+            return run_demo(epochs=args.epochs, out=args.out or "reports/demo.json", console=shown)
         if args.command == "diff":
             from .api import diff
 

@@ -256,7 +256,7 @@ def test_reports_give_the_confidence_and_call_out_weak_pairings(tmp_path):
     # B's only candidate for A's conv is an op of another family with unrelated values
     other = rng.standard_normal(X.shape).astype("float32")
     a = make_trace([("conv", "Conv2d", X, "NCHW"), ("out", "output", Y.sum(axis=(2, 3)), "NC")])
-    b = make_trace([("gate", "Sigmoid", other, "NCHW"), ("o", "output", Y.sum(axis=(2, 3)), "NC")], framework="keras")
+    b = make_trace([("gate", "Sigmoid", other, "NCHW"), ("o", "output", other.sum(axis=(2, 3)), "NC")], framework="keras")
     report = parity.diff_traces(a, b)
     d = report.layer("conv")
     assert d.b_name == "gate" and d.how == "order" and d.confidence < 0.5
@@ -266,3 +266,48 @@ def test_reports_give_the_confidence_and_call_out_weak_pairings(tmp_path):
     assert "weak match" in report.to_html()
     report.to_json(tmp_path / "r.json")
     assert load_report(tmp_path / "r.json").layer("conv").confidence == d.confidence
+
+
+def test_an_unrelated_pair_before_one_that_agrees_is_two_different_tensors():
+    # onnx2tf splits a conv into a bias-less convolution and an Add of the bias; torch's conv
+    # (before its BatchNorm, which the exporter folded) has no counterpart: errors do not heal,
+    # so a conv pair with unrelated values right before a pair that agrees is not a pair
+    bn = X * 0.5 + 0.1
+    a = make_trace([("conv", "Conv2d", X, "NCHW"), ("bn", "BatchNorm2d", bn, "NCHW"), ("out", "output", bn.mean(axis=(2, 3)), "NC")])
+    b = make_trace(
+        [("m/tf.nn.convolution/convolution:0", "Conv2D", nchw_to_nhwc(bn - 0.1 + rng.standard_normal(bn.shape).astype("float32")), "NHWC"),
+         ("m/tf.math.add/Add:0", "AddV2", nchw_to_nhwc(bn), "NHWC", {"constant_operand": True}),
+         ("o", "output", bn.mean(axis=(2, 3)), "NC")],
+        framework="tf",
+    )
+    al = align(a, b)
+    assert [(m.a.name, m.b.name, m.how) for m in al.matches] == [("bn", "m/tf.math.add/Add:0", "value"), ("out", "o", "output")]
+    assert {u.tap.name: u.reason for u in al.unmatched if u.side == "a"} == {"conv": "fused"}
+    # and when B's Add diverges too (a bug), the BatchNorm still pairs with the bias Add by order:
+    # an Add of a constant is an affine step, not a merge of two branches
+    broken = make_trace(
+        [(t.name, t.op, t.value * 1.3 if "Add" in t.name or t.name == "o" else t.value, t.layout, t.attrs) for t in b.taps],
+        framework="tf",
+    )
+    d = {m.a.name: m.b.name for m in align(a, broken).matches}
+    assert d["bn"] == "m/tf.math.add/Add:0"
+
+
+def test_a_fused_tflite_tensor_pairs_with_the_activation_it_ends_with():
+    # the ReLU6 became a ReLU in the converted model: no value agrees any more, and the fused
+    # CONV_2D+RELU tensor must still pair with torch's activation, not with its conv
+    bn = X * 5 + 0.1
+    a = make_trace(
+        [("pw", "Conv2d", X, "NCHW"), ("bn", "BatchNorm2d", bn, "NCHW"), ("act", "ReLU6", np.clip(bn, 0, 6), "NCHW"),
+         ("out", "output", np.clip(bn, 0, 6).mean(axis=(2, 3)), "NC")]
+    )
+    relu = nchw_to_nhwc(np.maximum(bn, 0))
+    assert np.any(bn > 6)
+    b = make_trace(
+        [("m/tf.nn.relu/Relu;m/tf.math.add_2/Add;m/tf.nn.convolution_1/convolution;Const_81", "CONV_2D", relu, "NHWC"),
+         ("o", "output", relu.mean(axis=(1, 2)), "NC")],
+        framework="tflite",
+    )
+    al = align(a, b)
+    assert {m.a.name: m.how for m in al.matches} == {"act": "order", "out": "output"}
+    assert {u.tap.name: u.reason for u in al.unmatched if u.side == "a"} == {"pw": "fused", "bn": "fused"}

@@ -380,6 +380,31 @@ def _guess_outputs(graph_def: Any) -> list[str]:
     return outs
 
 
+#: element-wise ops that merge two tensors, or apply a constant (a bias, a scale) to one
+_BINARY_OPS = frozenset({"Add", "AddV2", "BiasAdd", "Sub", "Mul", "RealDiv", "Maximum", "Minimum"})
+
+
+#: ops that a converter may follow with a separate bias add
+_LINEAR_OPS = frozenset({"Conv2D", "Conv3D", "DepthwiseConv2dNative", "MatMul", "BatchMatMulV2", "Conv2DBackpropInput"})
+
+
+def _only_bias_follows(op: Any, live: set[str]) -> bool:
+    """Whether the only consumer of ``op``'s output adds (or multiplies by) a constant."""
+    users = [c for out in op.outputs for c in out.consumers()]
+    if len(users) != 1 or users[0].type not in ("Add", "AddV2", "BiasAdd"):
+        return False
+    return any(_node_of(_strip(t.name)) not in live for t in users[0].inputs)
+
+
+def _live_nodes(model: Any) -> set[str]:
+    """The graph's nodes that depend on a model input (the rest are weights and constants)."""
+    live = {_node_of(n) for n in model.inputs}
+    for node in _topological(model.graph_def.node):
+        if node.name not in live and any(_node_of(i) in live for i in node.input if not i.startswith("^")):
+            live.add(node.name)
+    return live
+
+
 def _topological(nodes: Iterable[Any]) -> list[Any]:
     """GraphDef nodes in a topological order, as close to the file's order as possible.
 
@@ -612,14 +637,11 @@ class TFGraphBackend(Backend):
             for pattern in self.select:
                 chosen.update(resolve_tensor_names(self.model, pattern))
             return [n for n in self.model.tensor_names() if n in chosen]
-        live = {_node_of(n) for n in self.model.inputs}
+        live = _live_nodes(self.model)
         out: list[str] = []
         for node in nodes:
             if node.name not in live:
-                if any(_node_of(i) in live for i in node.input if not i.startswith("^")):
-                    live.add(node.name)
-                else:
-                    continue  # constant-derived (weights) or a source
+                continue  # constant-derived (weights) or a source
             if node.op in _SOURCE_OPS or node.op in _COPY_OPS:
                 continue
             op = graph.get_operation_by_name(f"{PREFIX}/{node.name}")
@@ -728,11 +750,19 @@ class TFGraphBackend(Backend):
             extra = {"flat_from": flat_from[name]} if name in flat_from else {}
             return layouts.get(name, CHANNELS_LAST.get(value.ndim)), extra
 
+        live = _live_nodes(self.model)
         for name in recorded:
             value = values[name]
             op = graph.get_operation_by_name(f"{PREFIX}/{_node_of(name)}")
             layout, extra = layout_of(name, value)
             attrs: dict[str, Any] = {"tensor": name, "scope": _parent(_node_of(name))}
+            if op.type in _BINARY_OPS and any(_node_of(_strip(t.name)) not in live for t in op.inputs):
+                # x + bias, x * scale: an affine step of one layer, not a merge of two branches
+                attrs["constant_operand"] = True
+            if op.type in _LINEAR_OPS and _only_bias_follows(op, live):
+                # a layer split in two (onnx2tf's tf.nn.convolution + tf.math.add, a BiasAdd):
+                # this is the layer's output before its bias, no model computes it on its own
+                attrs["partial"] = True
             for key in _ATTRS:
                 if key in op.node_def.attr:
                     plain = _plain_attr(op.node_def.attr[key])
