@@ -88,14 +88,19 @@ def _fit_affine(z: np.ndarray, y: np.ndarray, feat: np.ndarray, nf: int):
 
 
 def diagnose_norm_epsilon(ctx: Context) -> Diagnosis | None:
+    """The epsilon fitted from the values; failing a fit, the epsilons the layers declare."""
+    return _fitted_difference(ctx) or _declared_difference(ctx)
+
+
+def _fitted_difference(ctx: Context) -> Diagnosis | None:
     m = ctx.match
     a, b = ctx.a, ctx.b
     prev = ctx.previous_values()
-    if prev is None or a.size == 0 or a.ndim < 2 or a.shape != b.shape:
+    if a.size == 0 or a.ndim < 2 or a.shape != b.shape:
         return None
-    x_a, x_b = prev
-    if x_a.shape != a.shape or x_b.shape != a.shape:
+    if prev is None or prev[0].shape != a.shape or prev[1].shape != a.shape:
         return None  # the previous pair is not this layer's input
+    x_a, x_b = prev
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b)) and np.all(np.isfinite(x_a)) and np.all(np.isfinite(x_b))):
         return None
     eps_a_declared = _declared_eps(m.a.attrs)
@@ -188,6 +193,23 @@ def diagnose_norm_epsilon(ctx: Context) -> Diagnosis | None:
         evidence["eps_a_declared"] = eps_a_declared
     if eps_b_declared is not None:
         evidence["eps_b_declared"] = eps_b_declared
+    return Diagnosis(code="norm_epsilon", layer=m.a.name, message=msg, evidence=evidence)
+
+
+def _declared_difference(ctx: Context) -> Diagnosis | None:
+    """The epsilons the two layers declare, when they differ by 10× or more."""
+    m = ctx.match
+    eps_a, eps_b = _declared_eps(m.a.attrs), _declared_eps(m.b.attrs)
+    if eps_a is None or eps_b is None or max(eps_a, eps_b) < 10 * max(min(eps_a, eps_b), 1e-300):
+        return None
+    msg = (
+        f"Normalisation epsilon differs ({m.a.op} / {m.b.op}): model A's layer declares eps {eps_a:.0e}, model B's "
+        f"{eps_b:.0e}. The values could not confirm it row by row (the layer's input is not a recorded tensor, "
+        "e.g. a residual x + y computed inline); the larger epsilon shrinks every row whose variance is near "
+        "it. Give B's layer the epsilon of A's (BERT/HF ports use 1e-12, torch LayerNorm 1e-5, Keras "
+        "LayerNormalization 1e-3)."
+    )
+    evidence = {"eps_a_declared": eps_a, "eps_b_declared": eps_b, "fitted": 0.0}
     return Diagnosis(code="norm_epsilon", layer=m.a.name, message=msg, evidence=evidence)
 
 

@@ -96,6 +96,12 @@ def test_a_layernorm_epsilon_changed_in_block_1_is_flagged_there(bert, inputs):
     )
     assert first.own_method == "replay" and first.own_err == pytest.approx(first.rel_err, rel=1e-2)
     assert all(d.ok for d in report.layers if d.index < first.index)
+    # the LayerNorm's input (a residual x + y) is recorded on neither side: the epsilons each
+    # layer declares name the cause
+    diag = next(d for d in report.diagnoses if d.layer == first.a_name)
+    assert diag.code == "norm_epsilon"
+    assert diag.evidence["eps_a_declared"] == pytest.approx(1e-12) and diag.evidence["eps_b_declared"] == pytest.approx(1e-2)
+    assert "declares eps 1e-12, model B's 1e-02" in diag.message
 
 
 def test_a_scaled_dense_kernel_in_block_1_is_flagged_there_with_its_weight(bert, inputs):
