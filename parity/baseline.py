@@ -79,11 +79,19 @@ def fresh_twin(model: Any) -> Any:
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
         return twin.eval()
-    keras = sys.modules.get("keras")
-    if keras is not None and isinstance(model, keras.Model):
-        twin = keras.models.clone_model(model)  # new layers, fresh initialisers
-        return twin
+    from .capture.keras import keras_module
     from .errors import ModelError
+
+    keras = keras_module(model)  # Keras 3, Keras 2 or tf_keras
+    if keras is not None and isinstance(model, keras.Model):
+        try:
+            return keras.models.clone_model(model)  # new layers, fresh initialisers
+        except Exception as exc:  # Keras 2 cannot clone a subclassed model
+            raise ModelError(
+                f"parity.drift could not build a fresh twin of {type(model).__name__} with "
+                f"{keras.__name__}.models.clone_model ({type(exc).__name__}: {exc}); pass baseline=(a0, b0) to "
+                "parity.diff instead, with a0 built from your model's code."
+            ) from exc
 
     raise ModelError(
         f"parity.drift can build a fresh twin of a torch.nn.Module or a keras.Model, not a {type(model).__name__}; "

@@ -334,3 +334,15 @@ def test_keras_2_saved_model_loads_as_the_live_model_on_request(convnet, tmp_pat
     (tmp_path / "graph_only").mkdir()
     with pytest.raises(parity.ModelError, match="no keras_metadata.pb.*without keras=True"):
         parity.load(tmp_path / "graph_only", keras=True)
+
+
+def test_drift_baselines_are_built_for_tf_keras_models_too(convnet):
+    from parity.baseline import fresh_twin, randomized_stats_twin
+
+    twin = tf_keras_twin(convnet)
+    fresh = fresh_twin(twin)
+    assert isinstance(fresh, tf_keras.Model) and [l.name for l in fresh.layers] == [l.name for l in twin.layers]
+    bn = next(l for l in fresh.layers if type(l).__name__ == "BatchNormalization")
+    np.testing.assert_array_equal(bn.moving_variance.numpy(), 1.0)  # fresh statistics, not the trained ones
+    rnd = next(l for l in randomized_stats_twin(twin).layers if type(l).__name__ == "BatchNormalization")
+    assert 0.005 <= rnd.moving_variance.numpy().min() and rnd.moving_variance.numpy().max() <= 0.05
