@@ -14,6 +14,7 @@ from .loading import load_model
 from .progress import steps
 from .replay import own_errors
 from .records import Alignment, InputsSummary, Report, Trace, UnmatchedLayer
+from .spill import Spill, parse_max_memory, release_trace, return_freed_memory, trace_nbytes
 from .tolerance import Tolerances
 
 __all__ = ["diff", "diff_traces", "assert_parity", "capture"]
@@ -62,6 +63,7 @@ def diff(
     baseline: tuple[Any, Any] | Report | None = None,
     drift_factor: float | None = None,
     seed: int = 0,
+    max_memory: int | str | None = None,
 ) -> Report:
     """Compare models ``a`` and ``b`` layer by layer on the same inputs.
 
@@ -77,7 +79,10 @@ def diff(
     bugs live.  ``baseline=(a0, b0)`` (or a Report of them) compares each
     layer's error with the baseline pair's on the same inputs and flags layers
     whose error grew more than ``drift_factor`` (default 10×) — bugs that
-    fresh weights hide; see :func:`parity.drift`.
+    fresh weights hide; see :func:`parity.drift`.  ``max_memory`` (bytes, or
+    ``"2GB"``; default a quarter of RAM) bounds the activations held in
+    memory: past it, a finished side's are spilled to memory-mapped files in a
+    temporary directory (removed afterwards); the report is the same.
 
     >>> report = parity.diff(torch_model, keras_model, x)   # doctest: +SKIP
     >>> report.first_divergence.a_name                        # doctest: +SKIP
@@ -86,20 +91,29 @@ def diff(
     tol = tolerances if isinstance(tolerances, Tolerances) else Tolerances.build(
         rtol=rtol, atol=atol, overrides=tolerances, min_argmax_agreement=min_argmax_agreement
     )
-    with steps(4, "parity diff") as bar:
+    budget = parse_max_memory(max_memory)
+    with steps(4, "parity diff") as bar, Spill() as spill:
         return _diff(a, b, inputs, bar, tol=tol, mapping=mapping, rtol=rtol, atol=atol, containers=containers,
-                     granularity=granularity, baseline=baseline, drift_factor=drift_factor, seed=seed)
+                     granularity=granularity, baseline=baseline, drift_factor=drift_factor, seed=seed,
+                     budget=budget, spill=spill)
 
 
-def _diff(a, b, inputs, bar, *, tol, mapping, rtol, atol, containers, granularity, baseline, drift_factor, seed):
+def _diff(a, b, inputs, bar, *, tol, mapping, rtol, atol, containers, granularity, baseline, drift_factor, seed,
+          budget=None, spill=None):
     bar.advance("loading the models")
     a, b = load_model(a), load_model(b)  # paths and "package.module:factory" specs
     backend_a, backend_b = backend_for(a, granularity=granularity), backend_for(b, granularity=granularity)
     inputs_a, inputs_b, summary = prepare_inputs(inputs, backend_a, backend_b, seed=seed)
     bar.advance("running model A")
     trace_a = backend_a.capture(inputs_a, containers=containers)
+    if spill is not None and budget is not None and trace_nbytes(trace_a) > budget:
+        trace_a = spill.trace(trace_a)  # A waits for B on disk, not in memory
+        return_freed_memory()
     bar.advance("running model B")
     trace_b = backend_b.capture(inputs_b, containers=containers)
+    if spill is not None and budget is not None and trace_nbytes(trace_a) + trace_nbytes(trace_b) > budget:
+        trace_b = spill.trace(trace_b)
+        return_freed_memory()
     bar.advance("aligning and comparing")
     replay = lambda alignment, layers: own_errors(backend_a, backend_b, inputs_a, alignment, layers)  # noqa: E731
     alignments: list[Alignment] = []
@@ -123,7 +137,7 @@ def _diff(a, b, inputs, bar, *, tol, mapping, rtol, atol, containers, granularit
         if not isinstance(baseline, Report):
             a0, b0 = baseline
             baseline = diff(a0, b0, inputs, mapping=mapping, tolerances=tol, containers=containers,
-                            granularity=granularity, seed=seed)
+                            granularity=granularity, seed=seed, max_memory=budget)
         report = apply_baseline(report, baseline, drift_factor or DRIFT_FACTOR)
     return _explain_first(report, alignments[0]) if alignments else report
 
@@ -187,6 +201,8 @@ def diff_traces(
     error is then estimated from the error growth, since nothing can be replayed)."""
     tol = tolerances or Tolerances.build(rtol=rtol, atol=atol)
     alignment = align(trace_a, trace_b, mapping)
+    release_trace(trace_a)  # alignment read spilled values: their pages leave the process again
+    release_trace(trace_b)
     compared = compare(alignment, tol)
     compared = _replay(alignment, compared) if _replay is not None else own_errors(None, None, None, alignment, compared)
     layers, diagnoses = diagnose(alignment, compared, _models)

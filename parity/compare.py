@@ -7,13 +7,12 @@ first, so indices (``max_abs_index``) are in A's layout.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from .detail import layer_detail
 from .metrics import compute_metrics, verdict
 from .records import Alignment, LayerDiff, Match
+from .spill import release
 from .tolerance import Tolerances
 
 __all__ = ["compare", "compare_match", "DETAILED_LAYERS"]
@@ -22,13 +21,16 @@ __all__ = ["compare", "compare_match", "DETAILED_LAYERS"]
 DETAILED_LAYERS = 8
 
 
-def compare_match(position: int, match: Match, tolerances: Tolerances) -> LayerDiff:
+def compare_match(position: int, match: Match, tolerances: Tolerances, *, detail_if_flagged: bool = False) -> LayerDiff:
+    """One pair's LayerDiff; with ``detail_if_flagged``, a flagged pair also gets its
+    :class:`~parity.records.LayerDetail` from the same view of B (transposed once, not twice)."""
     a, b = match.a, match.b
     assert a.value is not None and b.value is not None, "taps were captured without values"
-    value_b = match.transform.apply(b.value)
+    value_b = np.asarray(match.transform.apply(b.value))  # a view in A's layout: no copy
     rtol, atol = tolerances.for_layer(a.name, a.dtype, b.dtype)
-    metrics = compute_metrics(a.value, np.asarray(value_b), rtol, atol)
+    metrics = compute_metrics(a.value, value_b, rtol, atol)
     ok, reasons = verdict(metrics, rtol, atol, min_argmax_agreement=tolerances.min_argmax_agreement)
+    detail = layer_detail(np.asarray(a.value), value_b, a.layout) if detail_if_flagged and not ok else None
     return LayerDiff(
         index=position,
         a_name=a.name,
@@ -48,6 +50,7 @@ def compare_match(position: int, match: Match, tolerances: Tolerances) -> LayerD
         ok=ok,
         reasons=reasons,
         role=a.role,
+        detail=detail,
     )
 
 
@@ -56,12 +59,14 @@ def compare(alignment: Alignment, tolerances: Tolerances) -> tuple[LayerDiff, ..
     :data:`DETAILED_LAYERS` flagged layers and any flagged output carry a
     :class:`~parity.records.LayerDetail`."""
     ordered = sorted(alignment.matches, key=lambda m: m.a.index)
-    layers = [compare_match(i, m, tolerances) for i, m in enumerate(ordered)]
-    flagged = [i for i, d in enumerate(layers) if not d.ok]
-    chosen = set(flagged[:DETAILED_LAYERS]) | {i for i in flagged if layers[i].role == "output"}
-    for i in sorted(chosen):
-        match = ordered[i]
-        value_b = np.asarray(match.transform.apply(match.b.value))
-        detail = layer_detail(np.asarray(match.a.value), value_b, match.a.layout)
-        layers[i] = dataclasses.replace(layers[i], detail=detail)
+    layers = []
+    flagged = 0
+    for i, match in enumerate(ordered):
+        # the first DETAILED_LAYERS flagged layers and every flagged output get details
+        wants_detail = flagged < DETAILED_LAYERS or match.a.role == "output"
+        layer = compare_match(i, match, tolerances, detail_if_flagged=wants_detail)
+        flagged += not layer.ok
+        layers.append(layer)
+        release(match.a.value)  # a spilled pair's pages leave the process once compared
+        release(match.b.value)
     return tuple(layers)

@@ -178,3 +178,114 @@ def test_op_level_capture_records_functional_code_but_not_inside_leaf_modules():
     ]
     with pytest.raises(parity.ParityError, match="granularity must be 'modules' or 'ops'"):
         parity.capture(Functional(), x, granularity="everything")
+
+
+# --- recorded values held without copies, copied before an in-place write -----------------
+
+
+class InPlace(nn.Module):
+    """A residual block written the way torchvision writes it: every write in place."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 1, 1, bias=True)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(1, 1, 1, bias=False)
+        self.conv3 = nn.Conv2d(1, 1, 1, bias=False)
+        with torch.no_grad():
+            self.conv1.weight.fill_(2.0)
+            self.conv1.bias.fill_(-1.0)
+            self.conv2.weight.fill_(-3.0)
+            self.conv3.weight.fill_(0.5)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        y = self.relu(self.conv1(x))  # overwrites conv1's output
+        z = self.conv2(y)
+        z += y  # overwrites conv2's output
+        w = self.conv3(z)
+        torch.relu_(w)  # overwrites conv3's output
+        w.mul_(10.0)  # and again
+        return w
+
+
+@pytest.fixture(scope="module")
+def inplace_x():
+    return np.array([-1.0, 0.25, 0.5, 2.0], dtype=np.float32).reshape(1, 1, 2, 2)
+
+
+def test_outputs_overwritten_in_place_later_are_recorded_as_they_were(inplace_x):
+    """ReLU(inplace=True), ``+=`` and ``torch.relu_`` after a conv: each conv's tap is its own,
+    pre-write output, computed here by hand."""
+    x = inplace_x.reshape(-1).astype(np.float64)
+    conv1 = 2 * x - 1  # [-3, -0.5, 0, 3]
+    relu = np.maximum(conv1, 0)  # [0, 0, 0, 3]
+    conv2 = -3 * relu  # [0, 0, 0, -9]
+    conv3 = 0.5 * (conv2 + relu)  # [0, 0, 0, -3]
+    out = 10 * np.maximum(conv3, 0)
+    model = InPlace()
+    trace = parity.capture(model, inplace_x)
+    assert model.calls == 1  # each write was seen coming: no second pass was needed
+    got = {name: trace[name].value.reshape(-1).tolist() for name in ("conv1", "relu", "conv2", "conv3", "output")}
+    assert got == {
+        "conv1": conv1.tolist(),
+        "relu": relu.tolist(),
+        "conv2": conv2.tolist(),
+        "conv3": conv3.tolist(),
+        "output": out.tolist(),
+    }
+
+
+def test_op_level_capture_keeps_pre_write_values_too(inplace_x):
+    model = InPlace()
+    trace = parity.capture(model, inplace_x, granularity="ops")
+    assert model.calls == 1
+    assert trace["conv2"].value.reshape(-1).tolist() == [0.0, 0.0, 0.0, -9.0]
+    assert trace["conv3"].value.reshape(-1).tolist() == [0.0, 0.0, 0.0, -3.0]
+    add = next(t for t in trace.taps if t.op == "add_")  # z += y, recorded as the op
+    assert add.value.reshape(-1).tolist() == [0.0, 0.0, 0.0, -6.0]
+
+
+def test_taps_not_written_later_share_the_tensors_memory_instead_of_copying():
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.bn = nn.BatchNorm2d(8)
+            self.act = nn.ReLU()  # not in place
+
+        def forward(self, x):
+            return self.act(self.bn(self.conv(x)))
+
+    x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    trace = parity.capture(Plain().eval(), x)
+    # a view of the tensor torch allocated, not a copy parity made
+    assert not any(trace[name].value.flags.owndata for name in ("conv", "bn", "act"))
+    assert np.shares_memory(trace["act"].value, trace["output"].value)
+
+
+class SneakyWrite(nn.Module):
+    """Writes into a recorded output below torch's Python API, where no ``__torch_function__``
+    check sees it coming."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        y = self.conv(x)
+        torch.ops.aten.add_.Tensor(y, 100.0)  # below the Python API: no __torch_function__ call
+        return y * 1.0
+
+
+def test_a_write_the_checks_miss_is_caught_by_the_version_check_and_the_pass_rerun(inplace_x):
+    model = SneakyWrite()
+    trace = parity.capture(model, inplace_x)
+    assert model.calls == 2  # the first pass's conv value was spoiled: a second pass copied it
+    assert trace["conv"].value.reshape(-1).tolist() == inplace_x.reshape(-1).tolist()
+    assert trace["output"].value.reshape(-1).tolist() == (inplace_x.reshape(-1) + 100).tolist()

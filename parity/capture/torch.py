@@ -1,7 +1,12 @@
 """PyTorch ``nn.Module`` capture through forward hooks.
 
 Every leaf module (and, on request, every container) gets a forward hook that
-copies its outputs to NumPy.  With ``granularity="ops"`` the functional calls
+records its outputs as NumPy views of the tensors' own memory — no copy.  A
+recorded tensor that a later in-place op (``ReLU(inplace=True)``, ``x += y``,
+``torch.relu_``) is about to overwrite is copied just before that op runs; a
+version check at the end of the forward catches any write that slipped past
+(an in-place op inside C++), and the forward is then rerun copying every output.
+With ``granularity="ops"`` the functional calls
 made in a module's own ``forward`` (``x + y``, ``F.relu``, ``x.view(...)``,
 ``torch.cat``) are recorded too, through a ``TorchFunctionMode``, named by the
 module path, the op and its index there: ``layer1.0:add#0``, ``:reshape#0``
@@ -13,7 +18,9 @@ handed in while training is said so in its :class:`ModelInfo`.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import re
 import sys
 from collections import Counter
 from contextlib import contextmanager
@@ -77,16 +84,110 @@ def _default_layout(rank: int) -> str | None:
 
 
 def _to_numpy(t: Any) -> tuple[np.ndarray, str]:
+    """A copy of ``t`` as NumPy, and the dtype name the framework gives it."""
+    value, dtype, shared = _as_numpy(t)
+    return (value.copy() if shared else value), dtype
+
+
+def _as_numpy(t: Any) -> tuple[np.ndarray, str, bool]:
+    """``t`` as NumPy, its dtype name, and whether the array shares ``t``'s memory (a view)."""
     import torch
 
     t = t.detach()
     dtype = numpy_dtype_name(t.dtype)
     if t.dtype == torch.bfloat16:  # NumPy has no bfloat16: keep the name, widen the value
-        t = t.float()
-    if t.is_complex() or t.device.type != "cpu":
-        t = t.cpu()
-    # a copy: a later in-place op (ReLU(inplace=True)) must not change what was recorded
-    return t.numpy().copy(), dtype
+        return t.float().numpy(), dtype, False
+    if t.is_complex() or t.device.type != "cpu" or t.is_conj() or t.is_neg():
+        return t.resolve_conj().resolve_neg().cpu().numpy().copy(), dtype, False
+    view = t.numpy()
+    view.flags.writeable = False  # the model's own memory (maybe a parameter's): never written through a tap
+    return view, dtype, True
+
+
+#: Python-level calls that write into their first argument
+_INPLACE_DUNDERS = frozenset(
+    {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__", "__ipow__", "__iand__",
+     "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__", "__setitem__"}
+)
+_INPLACE_ARG: dict[Any, int | None] = {}  # function → position of its ``inplace`` parameter
+
+
+def _written_tensors(func: Any, args: tuple, kwargs: dict | None) -> tuple:
+    """The tensors ``func(*args, **kwargs)`` is about to write into (empty for a pure call)."""
+    out = kwargs.get("out") if kwargs else None
+    if out is not None:
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+    if not args:
+        return ()
+    name = getattr(func, "__name__", "") or ""
+    if name in _INPLACE_DUNDERS or (name.endswith("_") and not name.endswith("__")):
+        return (args[0],)
+    if kwargs and kwargs.get("inplace") is True:
+        return (args[0],)
+    try:
+        pos = _INPLACE_ARG[func]
+    except (KeyError, TypeError):
+        code = getattr(func, "__code__", None)
+        names = code.co_varnames[: code.co_argcount] if code is not None else ()
+        pos = names.index("inplace") if "inplace" in names else None
+        try:
+            _INPLACE_ARG[func] = pos
+        except TypeError:  # unhashable callables
+            pass
+    if pos is not None and len(args) > pos and args[pos] is True:
+        return (args[0],)
+    return ()
+
+
+def _storage_key(t: Any) -> int | None:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, AttributeError):  # tensors without storage
+        return None
+
+
+class _Keeper:
+    """Recorded tensors held by reference; each copied only when something is about to write into it.
+
+    ``watch`` notes a tap whose value is a view of a live tensor, with the tensor's
+    version counter; ``before_write`` copies the taps on a tensor's storage before an
+    in-place op changes it; ``spoiled`` lists the taps whose tensor changed all the same
+    (a write the in-place detection did not see) — their recorded values are wrong."""
+
+    def __init__(self, taps: list[Tap], copy_all: bool = False) -> None:
+        self.taps = taps
+        self.copy_all = copy_all
+        self.pending: dict[int, list[tuple[Any, int, int]]] = {}
+        self.bad: list[int] = []
+
+    def watch(self, t: Any, index: int) -> None:
+        key = _storage_key(t)
+        try:
+            version = t._version
+        except RuntimeError:  # inference tensors keep no version counter
+            key = None
+        if self.copy_all or key is None:
+            self._copy(index)
+        else:
+            self.pending.setdefault(key, []).append((t, version, index))
+
+    def before_write(self, tensors: tuple) -> None:
+        for t in tensors:
+            if not self.pending or not _is_tensor(t):
+                continue
+            for held, version, index in self.pending.pop(_storage_key(t), ()):
+                if held._version != version:
+                    self.bad.append(index)
+                else:
+                    self._copy(index)
+
+    def spoiled(self) -> list[int]:
+        changed = [i for entries in self.pending.values() for t, v, i in entries if t._version != v]
+        return sorted(self.bad + changed)
+
+    def _copy(self, index: int) -> None:
+        tap = self.taps[index]
+        self.taps[index] = dataclasses.replace(tap, value=np.array(tap.value, copy=True))
 
 
 #: calls that return no activation worth recording, or only reshuffle bookkeeping
@@ -186,12 +287,16 @@ class TorchBackend(Backend):
             if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 rank = module.weight.dim()  # (out, in/groups, *kernel): same rank as the input
                 shape = (None, int(module.in_channels)) + (None,) * (rank - 2)
+                layout = channels_first(rank)
+                if _input_transposed_to_channels_first(self.model, module, rank):
+                    # an ONNX graph from TF (tf2onnx) takes NHWC and transposes it itself
+                    shape, layout = (None,) * (rank - 1) + (int(module.in_channels),), channels_last(rank)
                 return (
                     InputSpec(
                         name=names[0],
                         shape=shape,
                         dtype=numpy_dtype_name(module.weight.dtype),
-                        layout=channels_first(rank),
+                        layout=layout,
                         source="inferred",
                     ),
                 )
@@ -202,6 +307,13 @@ class TorchBackend(Backend):
     # --- running it ------------------------------------------------------------------
 
     def capture(self, inputs: Inputs, *, containers: bool = False) -> Trace:
+        trace, spoiled = self._capture(inputs, containers, copy_all=False)
+        if spoiled:  # a write no in-place check saw changed recorded tensors: run again, copying all
+            trace, _ = self._capture(inputs, containers, copy_all=True)
+        return trace
+
+    def _capture(self, inputs: Inputs, containers: bool, copy_all: bool) -> tuple[Trace, list[int]]:
+        """One forward pass recording every tap, and the taps whose values a write spoiled."""
         import torch
 
         model = self.model
@@ -220,16 +332,21 @@ class TorchBackend(Backend):
             if is_leaf or containers:
                 names[module] = name
         taps: list[Tap] = []
+        constants = {_data_ptr(t) for t in (*model.parameters(), *model.buffers())} - {None, 0}
+        keeper = _Keeper(taps, copy_all)
         calls: Counter[str] = Counter()
         layouts: dict[tuple, tuple[str | None, int]] = {}
 
         def record(tensor_name: str, t: Any, op: str, role: str, in_layout, in_rank, attrs) -> None:
-            value, dtype = _to_numpy(t)
+            value, dtype, shared = _as_numpy(t)
             tap_attrs = dict(attrs)
             forced = tap_attrs.pop("_layout", False)
             layout = _module_layout(op, value.ndim, in_layout, in_rank) if role != "output" else None
             if forced is not False:  # op-level taps decide their layout themselves
                 layout = forced
+            perm = tap_attrs.get("perm")
+            if perm is not None and in_layout and len(in_layout) == len(perm) == value.ndim:
+                layout = "".join(in_layout[i] for i in perm)  # a Transpose module (onnx2torch)
             if role == "output":
                 known = layouts.get(_tensor_key(t))
                 layout = known[0] if known else _default_layout(value.ndim)
@@ -240,6 +357,8 @@ class TorchBackend(Backend):
             tap_attrs.pop("_in_shape", None)
             layouts[_tensor_key(t)] = (layout, value.ndim)
             append_tap(taps, tensor_name, op, value, layout, role=role, attrs=tap_attrs, dtype=dtype)
+            if shared:
+                keeper.watch(t, len(taps) - 1)
 
         def hook(module: Any, args: tuple, output: Any) -> None:
             name = names[module]
@@ -258,8 +377,12 @@ class TorchBackend(Backend):
             role = "container" if next(iter(module.children()), None) is not None else "layer"
             attrs = _module_attrs(module)
             attrs["_in_shape"] = in_shape
+            tensor_args = [a for a in args if _is_tensor(a)]
+            if len(tensor_args) > 1 and any(_data_ptr(a) in constants for a in tensor_args):
+                # x + bias, x * scale (onnx2torch's Add/Mul of an initializer): an affine step, not a merge
+                attrs["constant_operand"] = True
             for tensor_name, t in flatten_outputs(output, base, _is_tensor):
-                record(tensor_name, t, type(module).__name__, role, in_layout, in_rank, attrs)
+                record(tensor_name, t, _module_op(module), role, in_layout, in_rank, attrs)
 
         tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
         spec = self.input_spec()
@@ -268,17 +391,14 @@ class TorchBackend(Backend):
             layout = spec[i].layout if spec and i < len(spec) else _default_layout(t.dim())
             is_input[_tensor_key(t)] = layout
         handles = [m.register_forward_hook(hook) for m in names]
-        mode = None
         if granularity == "ops":
-            mode, op_handles = self._op_recorder(record, layouts, calls)
+            mode, op_handles = self._op_recorder(record, layouts, calls, keeper)
             handles += op_handles
+        else:
+            mode = _write_guard(keeper)
         try:
-            with _inference(model) as modes:
-                if mode is not None:
-                    with mode:
-                        out = self._call(model, inputs, tensors)
-                else:
-                    out = self._call(model, inputs, tensors)
+            with _inference(model) as modes, mode:
+                out = self._call(model, inputs, tensors)
         except Exception as exc:  # the user's model failed: say with what
             shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
             expected = ""
@@ -303,13 +423,16 @@ class TorchBackend(Backend):
                 f"torch model {type(model).__name__} was in training mode; parity ran it in eval() "
                 "(BatchNorm running statistics, no dropout) and restored the mode afterwards.",
             )
-        return Trace(
+        trace = Trace(
             taps=tuple(taps),
             model=self.info(),  # after the modes were restored: says whether it was training
             input_shapes=tuple(tuple(a.shape) for a in arrays),
             inputs_digest=digest_inputs(arrays),
             notes=notes,
         )
+        spoiled = keeper.spoiled()
+        keeper.pending.clear()  # the taps hold what they need; the keeper must not keep tensors alive
+        return trace, spoiled
 
 
     def run(self, inputs: Inputs) -> Any:
@@ -328,7 +451,7 @@ class TorchBackend(Backend):
             return model(**dict(zip(inputs.keys(), tensors)))
         return model(*tensors)
 
-    def _op_recorder(self, record, layouts: dict, calls: Counter) -> tuple[Any, list]:
+    def _op_recorder(self, record, layouts: dict, calls: Counter, keeper: _Keeper) -> tuple[Any, list]:
         """A TorchFunctionMode recording the ops each non-leaf module's forward calls itself."""
         from torch.overrides import TorchFunctionMode
 
@@ -349,6 +472,10 @@ class TorchBackend(Backend):
 
         class OpRecorder(TorchFunctionMode):
             def __torch_function__(self, func, types, args=(), kwargs=None):
+                if keeper.pending:
+                    written = _written_tensors(func, args, kwargs)
+                    if written:
+                        keeper.before_write(written)
                 out = func(*args, **(kwargs or {}))
                 if not stack or stack[-1][1]:
                     return out  # outside the model, or inside a leaf module: its hook records it
@@ -380,6 +507,36 @@ class TorchBackend(Backend):
                 return out
 
         return OpRecorder(), handles
+
+
+_WRITE_GUARD: Any = None
+
+
+def _write_guard(keeper: _Keeper) -> Any:
+    """A TorchFunctionMode that lets ``keeper`` copy recorded tensors an in-place call is about to
+    overwrite (``F.relu(x, inplace=True)``, ``x += y``, ``torch.relu_(x)``, ``out=x``).
+
+    The class is made once: a class made per capture would sit in a reference cycle holding the
+    keeper, and with it every recorded tensor, until the garbage collector ran."""
+    global _WRITE_GUARD
+    if _WRITE_GUARD is None:
+        from torch.overrides import TorchFunctionMode
+
+        class WriteGuard(TorchFunctionMode):
+            def __init__(self, keeper: _Keeper) -> None:
+                super().__init__()
+                self.keeper = keeper
+
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                keeper = self.keeper
+                if keeper.pending:
+                    written = _written_tensors(func, args, kwargs)
+                    if written:
+                        keeper.before_write(written)
+                return func(*args, **(kwargs or {}))
+
+        _WRITE_GUARD = WriteGuard
+    return _WRITE_GUARD(keeper)
 
 
 @contextmanager
@@ -431,9 +588,67 @@ def _module_attrs(module: Any) -> dict[str, Any]:
                 isinstance(val, tuple) and all(isinstance(v, (int, float)) for v in val)
             ):
                 attrs[key] = val
+    perm = getattr(module, "perm", None)  # onnx2torch's OnnxTranspose
+    if isinstance(perm, (list, tuple)) and perm and all(isinstance(i, int) for i in perm):
+        attrs["perm"] = tuple(perm)
     # BatchNorm statistics: the numbers a diagnosis of epsilon / statistics bugs needs
     for key in ("running_mean", "running_var"):
         val = getattr(module, key, None)
         if val is not None and hasattr(val, "detach"):
             attrs[key] = val.detach().cpu().double().numpy().copy()
     return attrs
+
+
+#: suffixes onnx2torch puts on its module classes for the variant it picked (opset, static shapes)
+_ONNX2TORCH_SUFFIX = re.compile(r"(WithKnownInputShape|StaticAxes|DynamicAxes|Static|Dynamic|V\d+(V\d+)?|\d+)$")
+
+
+def _module_op(module: Any) -> str:
+    """The op a module's taps are named by: its class name, except for onnx2torch's own
+    modules, which get the ONNX op they run (``OnnxBinaryMathOperation`` → ``Mul``/``Add``,
+    ``OnnxPadStatic`` → ``Pad``, ``OnnxGlobalAveragePoolWithKnownInputShape`` →
+    ``GlobalAveragePool``), so they align with the other side's layers."""
+    cls = type(module)
+    name = cls.__name__
+    if not cls.__module__.startswith("onnx2torch.") or not name.startswith("Onnx"):
+        return name
+    fn = getattr(module, "math_op_function", None)
+    if name == "OnnxBinaryMathOperation" and fn is not None:
+        return getattr(fn, "__name__", "BinaryMath").lstrip("_").replace("onnx_", "").capitalize()
+    return _ONNX2TORCH_SUFFIX.sub("", name[len("Onnx"):]) or name
+
+
+def _data_ptr(t: Any) -> int | None:
+    try:
+        return t.data_ptr()
+    except RuntimeError:  # tensors without storage
+        return None
+
+
+def _input_transposed_to_channels_first(model: Any, conv: Any, rank: int) -> bool:
+    """Whether an ``fx.GraphModule``'s single input reaches its first convolution ``conv``
+    through a channels-last → channels-first permutation (what onnx2torch makes of a
+    tf2onnx graph: ONNX keeps TF's NHWC input and transposes it before the first Conv)."""
+    graph = getattr(model, "graph", None)
+    if graph is None or not type(model).__module__.startswith("torch.fx"):
+        return False
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        return False
+    to_first = tuple([0, rank - 1] + list(range(1, rank - 1)))
+    node, permuted = placeholders[0], False
+    for _ in range(16):  # a few elementwise / pad / transpose steps at most
+        if len(node.users) != 1:
+            return False
+        node = next(iter(node.users))
+        if node.op != "call_module":
+            return False
+        module = model.get_submodule(node.target)
+        if module is conv or any(m is conv for m in module.modules()):
+            return permuted
+        perm = getattr(module, "perm", None)
+        if isinstance(perm, (list, tuple)):
+            if tuple(perm) != to_first or permuted:
+                return False
+            permuted = True
+    return False

@@ -1,0 +1,149 @@
+"""Bounded memory: a trace's values moved to memory-mapped files once they pass a budget.
+
+Model A must finish before model B starts, and alignment needs both traces, so
+the first side's activations wait for the second.  When they pass
+``max_memory`` they are written to ``.npy`` files in a private temporary
+directory and read back as read-only memory maps: the values are the same
+bytes, so the report is identical, but they live in the page cache (which the
+kernel can drop and reread) instead of the process's heap.  After a pair is
+compared, :func:`release` drops its pages from the process again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import mmap
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .records import Trace
+
+__all__ = ["parse_max_memory", "default_max_memory", "trace_nbytes", "Spill", "release", "release_trace",
+           "return_freed_memory"]
+
+#: share of physical memory the held activations may take before they are spilled
+DEFAULT_SHARE = 0.25
+#: taps smaller than this stay in memory: a file and a mapping each would cost more than they save
+_SMALL = 1 << 16
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def default_max_memory() -> int:
+    """A quarter of the machine's physical memory (4 GB where that cannot be read)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * DEFAULT_SHARE)
+    except (ValueError, OSError, AttributeError):
+        return 4 * 10**9
+
+
+def parse_max_memory(value: Any) -> int:
+    """``max_memory`` as bytes: an int, or a string such as ``"2GB"``, ``"512 MiB"``, ``"1e9"``;
+    ``None`` gives :func:`default_max_memory`."""
+    if value is None:
+        return default_max_memory()
+    if isinstance(value, bool):
+        raise InputError(f"max_memory must be a number of bytes or a size such as '2GB', got {value!r}.")
+    if isinstance(value, (int, float)) and value >= 0:
+        return int(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+        if m and m.group(2).lower() in _UNITS:
+            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    raise InputError(
+        f"max_memory must be a number of bytes or a size such as '2GB' or '512MiB', got {value!r}. "
+        "Give the memory the captured activations may take before parity spills them to disk."
+    )
+
+
+def trace_nbytes(trace: Trace) -> int:
+    """Bytes of the values a trace holds in memory (memory-mapped values not counted)."""
+    return sum(
+        int(t.value.nbytes) for t in trace.taps if t.value is not None and not isinstance(t.value, np.memmap)
+    )
+
+
+class Spill:
+    """A private temporary directory of spilled values, removed on :meth:`close` (or leaving a
+    ``with`` block).  The maps stay readable after removal on POSIX systems: an unlinked
+    file lives while it is mapped."""
+
+    def __init__(self) -> None:
+        self._dir: Path | None = None
+        self.count = 0
+        self.nbytes = 0
+
+    def __enter__(self) -> "Spill":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def trace(self, trace: Trace) -> Trace:
+        """``trace`` with every value larger than 64 KiB written to disk and memory-mapped back."""
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="parity-spill-"))
+        taps = []
+        for tap in trace.taps:
+            value = tap.value
+            if value is not None and not isinstance(value, np.memmap) and value.nbytes >= _SMALL:
+                path = self._dir / f"{self.count}.npy"
+                self.count += 1
+                np.save(path, value, allow_pickle=False)
+                self.nbytes += int(value.nbytes)
+                tap = dataclasses.replace(tap, value=np.load(path, mmap_mode="r", allow_pickle=False))
+            taps.append(tap)
+        return dataclasses.replace(trace, taps=tuple(taps))
+
+
+def release(value: Any) -> None:
+    """Drop the resident pages of a memory-mapped value (they are reread from the page cache on
+    the next access); in-memory values are left alone."""
+    base = value
+    while isinstance(base, np.ndarray) and not isinstance(base, np.memmap) and base.base is not None:
+        base = base.base
+    raw = getattr(base, "_mmap", None)
+    if raw is not None and hasattr(raw, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            raw.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
+
+
+def release_trace(trace: Trace) -> None:
+    """:func:`release` for every value of a trace (after a step that read them all, e.g. alignment)."""
+    for tap in trace.taps:
+        if isinstance(tap.value, np.memmap):
+            release(tap.value)
+
+
+def return_freed_memory() -> None:
+    """Hand memory freed by dropped activations back to the operating system.
+
+    glibc keeps freed heap memory for reuse (after large blocks are freed it raises its
+    mmap threshold, so later tensors come from the heap): without this, spilling a trace
+    would free nothing the process's RSS shows.  Elsewhere, a no-op."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # musl and other C libraries have no malloc_trim
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
