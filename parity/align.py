@@ -226,10 +226,22 @@ def _similarity(a: Tap, b: Tap, t: Transform) -> float:
 
 
 class _Pairing:
-    """Caches candidate transforms and scores for pairs of taps."""
+    """Caches candidate transforms and scores for pairs of taps.
 
-    def __init__(self) -> None:
+    ``folded_bn``: model B has no BatchNorm of its own (a converter folded them into the
+    convolutions, or wrote them as a multiply and an add), so a BatchNorm of A is of the
+    family of B's conv or affine op that computes it.  ``scope_ends``: ids of B's tensors that
+    are the last of their name scope (``conv_dw_7_bn/batchnorm/add_1``, not ``…/mul_1``), the
+    layer's output when a scope holds several ops."""
+
+    def __init__(self, folded_bn: bool = False, scope_ends: frozenset[int] = frozenset()) -> None:
         self._transforms: dict[tuple[int, int], list[Transform]] = {}
+        self.folded_bn = folded_bn
+        self.scope_ends = scope_ends
+
+    def same_family(self, a: Tap, b: Tap) -> bool:
+        fa, fb = tap_family(a), tap_family(b)
+        return fa == fb or (self.folded_bn and fa == "batchnorm" and fb in ("conv", "affine"))
 
     def transforms(self, a: Tap, b: Tap) -> list[Transform]:
         key = (id(a), id(b))
@@ -252,7 +264,11 @@ class _Pairing:
         fa, fb = tap_family(a), tap_family(b)
         if fa != fb and (fa in _MERGE_FAMILIES or fb in _MERGE_FAMILIES):
             return 0.0
-        return 1.0 + (1.0 if fa == fb else 0.0) + _similarity(a, b, ts[0])
+        # a pair across op families is possible (a converter's rewrite) but a poor bet: it must not
+        # win by making one more pair than a same-family alignment shifted by one
+        base = 2.0 if self.same_family(a, b) else 0.3
+        end = 0.25 if id(b) in self.scope_ends else 0.0
+        return base + end + _similarity(a, b, ts[0])
 
 
 def _resolve_name(name: str, table: Mapping[str, Tap], side: str, trace: Trace) -> Tap:
@@ -296,7 +312,15 @@ def _check_mapping(mapping: Mapping[str, str], ta: Trace, tb: Trace) -> list[tup
 
 def align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None = None) -> Alignment:
     """Match the taps of ``tb`` to those of ``ta``; see the module docstring for the order."""
-    pairing = _Pairing()
+    last_in_scope: dict[str, Tap] = {}
+    for t in tb.layers:
+        first = t.name.split(";")[0]
+        if "/" in first.strip("/"):
+            last_in_scope[first.rsplit("/", 1)[0]] = t  # taps are in execution order
+    pairing = _Pairing(
+        folded_bn=not any(op_family(t.op) == "batchnorm" for t in tb.layers),
+        scope_ends=frozenset(id(t) for t in last_in_scope.values()),
+    )
     matches: list[Match] = []
     used_a: set[int] = set()
     used_b: set[int] = set()
@@ -304,7 +328,7 @@ def align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None = None) -> Ali
     def add(a: Tap, b: Tap, how: str, transforms: list[Transform] | None = None, confidence: float | None = None) -> None:
         ts = transforms if transforms is not None else pairing.best(a, b)
         if confidence is None:
-            confidence = _confidence(how, a, b, ts[0])
+            confidence = _confidence(how, a, b, ts[0], pairing.same_family(a, b))
         matches.append(Match(a=a, b=b, transform=ts[0], how=how, confidence=round(confidence, 3)))
         used_a.add(id(a))
         used_b.add(id(b))
@@ -513,10 +537,9 @@ def _value_matches(free_a: list[Tap], free_b: list[Tap], pairing: _Pairing) -> l
     return out
 
 
-def _confidence(how: str, a: Tap, b: Tap, t: Transform) -> float:
+def _confidence(how: str, a: Tap, b: Tap, t: Transform, same_family: bool) -> float:
     """How sure a pairing made by ``how`` is (see the module docstring)."""
     sim = _similarity(a, b, t)
-    same_family = tap_family(a) == tap_family(b)
     if how in ("name", "scope", "output"):
         base = 0.95 if sim >= 1.0 or how == "scope" else 0.9  # names agree; values may not (a divergence)
     elif how == "order":

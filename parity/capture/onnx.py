@@ -436,6 +436,7 @@ class OnnxBackend(Backend):
         taps: list[Tap] = []
         layouts: dict[str, str | None] = dict(self._input_layouts())
         flat_from: dict[str, tuple[int, ...]] = {}
+        live = _live_values(self.model.graph, set(feed))
         for value_name, node in recorded:
             value = results.get(value_name)
             if not isinstance(value, np.ndarray):
@@ -449,6 +450,9 @@ class OnnxBackend(Backend):
                 attrs["flat_from"] = tuple(src_val.shape[1:]) if isinstance(src_val, np.ndarray) else ()
                 flat_from[value_name] = attrs["flat_from"]
             attrs.update(_torch_provenance(node))
+            if node.op_type in _BINARY_OPS and any(i and i not in live for i in node.input):
+                # x + bias, x * scale: an affine step of one layer, not a merge of two branches
+                attrs["constant_operand"] = True
             append_tap(taps, value_name, node.op_type, value.copy(), layout, attrs=attrs)
         _mark_module_outputs(taps)
         graph_outputs = list(self.model.graph.output)
@@ -499,3 +503,17 @@ class OnnxBackend(Backend):
                 return in_layout
             return "NCHW"
         return None
+
+
+#: element-wise ops that merge two tensors, or apply a constant (a bias, a scale) to one
+_BINARY_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min"})
+
+
+def _live_values(graph: Any, fed: set[str]) -> set[str]:
+    """The values that depend on a fed input (the rest are initializers and constants);
+    ONNX lists nodes in topological order."""
+    live = set(fed)
+    for node in graph.node:
+        if any(i in live for i in node.input):
+            live.update(node.output)
+    return live
