@@ -244,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(epochs=args.epochs, out=args.out or "reports/demo.json", console=shown)
         if args.command == "diff":
             from .api import diff
+            from .spill import parse_max_memory
+
+            parse_max_memory(args.max_memory)  # a malformed size is refused before any model loads
 
             report = diff(
                 _model(args.a, args.factory_a),
@@ -254,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 atol=args.atol,
                 seed=args.seed,
                 granularity="ops" if args.ops else "modules",
+                max_memory=args.max_memory,
             )
             console.print(report)
             _write_outputs(report, args, console)

@@ -34,3 +34,10 @@ def add_tolerance_options(add: Callable[..., Any], prefix: str = "") -> None:
         metavar="SEED",
         help="seed of the random inputs made when none are given (default 0)",
     )
+    add(
+        f"--{prefix}max-memory",
+        default=None,
+        metavar="SIZE",
+        help="activations held in memory before a finished model's are spilled to memory-mapped files "
+        "(e.g. 2GB, 512MiB; default: a quarter of RAM); the report is the same",
+    )

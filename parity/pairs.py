@@ -47,7 +47,8 @@ class PairSpec:
     seed: int = 0
     min_argmax_agreement: float | None = None
 
-    def run(self, *, rtol: float | None = None, atol: float | None = None, seed: int | None = None):
+    def run(self, *, rtol: float | None = None, atol: float | None = None, seed: int | None = None,
+            max_memory: int | str | None = None):
         """Load both models and the inputs, and compare them (options given here win)."""
         from .api import diff
         from .loading import load_inputs, load_mapping, load_model
@@ -64,6 +65,7 @@ class PairSpec:
             tolerances=self.tolerances or None,
             min_argmax_agreement=self.min_argmax_agreement,
             seed=self.seed if seed is None else seed,
+            max_memory=max_memory,
         )
 
 

@@ -43,6 +43,7 @@ class ParitySession:
         self.rtol = config.getoption("parity_rtol")
         self.atol = config.getoption("parity_atol")
         self.seed = config.getoption("parity_seed")
+        self.max_memory = config.getoption("parity_max_memory")
         report_dir = Path(config.getoption("parity_report_dir"))
         self.report_dir = report_dir if report_dir.is_absolute() else Path(config.rootpath) / report_dir
         self.outcomes: list[_Outcome] = []
@@ -52,7 +53,7 @@ class ParitySession:
             from .errors import ToleranceError
 
             raise ToleranceError("give both --parity-rtol and --parity-atol, or neither.")
-        return {"rtol": self.rtol, "atol": self.atol}
+        return {"rtol": self.rtol, "atol": self.atol, "max_memory": self.max_memory}
 
     def save(self, name: str, report: Any) -> list[str]:
         """Write the report for ``name`` into the report directory; return the paths."""

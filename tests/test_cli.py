@@ -98,3 +98,11 @@ def test_missing_inputs_file(pair_module, capsys):
     code = main(["diff", "cli_pair_module:torch_model", "cli_pair_module:keras_good", "--inputs", "nope.npy"])
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_diff_takes_a_memory_budget_and_refuses_a_bad_one(tmp_path, capsys):
+    from parity.cli import main
+
+    # a malformed size is a usage error (exit 2) naming the value, before any model is loaded
+    assert main(["diff", "nope.keras", "nope.onnx", "--max-memory", "lots"]) == 2
+    assert "'lots'" in capsys.readouterr().err
