@@ -15,7 +15,15 @@ In this order:
    shape compatibility under a layout transform, op family (Conv2d ≈ Conv2D)
    and how similar the values are on a fixed sample.  Layers present on one
    side only (Flatten, Permute, Dropout, ZeroPadding2D, ...) are skipped
-   without losing sync.
+   without losing sync.  What converters do to a graph is scored in: a pair
+   across op families scores far below a same-family pair (a shifted
+   alignment must not win by one more pair); when B has no BatchNorm, A's
+   BatchNorm is of the family of the conv or affine op that computes it; a
+   tensor that ends its name scope is the layer's output; an ``Add`` of a
+   constant is an affine step, not a merge; a TFLite fused tensor is the op it
+   ends with; a TF layer's output before its separate bias add is never paired.
+   Errors do not heal: a pair by order whose values are unrelated, right
+   before a pair that agrees, is two different tensors and is dropped.
 5. model outputs are paired by position.
 
 Every match records *how* it was made, the transform used (chosen by value where
@@ -171,14 +179,19 @@ def normalize_name(name: str) -> str:
 # --- value similarity on a fixed sample -------------------------------------------------
 
 _SAMPLE = 2048
+_RUN = 64  # consecutive elements per sampled run
 
 
 def _sample_index(shape: tuple[int, ...]) -> np.ndarray:
     n = int(np.prod(shape, dtype=np.int64)) if shape else 1
     if n <= _SAMPLE:
         return np.arange(n)
-    rng = np.random.default_rng(n)  # the same indices for every tensor of this shape
-    return np.sort(rng.choice(n, size=_SAMPLE, replace=False))
+    # the same indices for every tensor of this size, in runs: a spilled (memory-mapped) tensor
+    # is read a few pages at a time, not one page per sampled element
+    rng = np.random.default_rng(n)
+    runs = _SAMPLE // _RUN
+    starts = np.sort(rng.choice(n // _RUN, size=runs, replace=False)) * _RUN
+    return (starts[:, None] + np.arange(_RUN)[None, :]).ravel()
 
 
 def _sample_b(b: np.ndarray, t: Transform, a_shape: tuple[int, ...], flat_idx: np.ndarray) -> np.ndarray:
@@ -202,13 +215,34 @@ def _sample_b(b: np.ndarray, t: Transform, a_shape: tuple[int, ...], flat_idx: n
     return b.reshape((n, *t.flat_from))[(coords[0], *src)]
 
 
+#: samples taken during one alignment (each tensor is read once per transform): a spilled,
+#: memory-mapped tensor's pages are dropped from the process right after its sample is taken
+_SAMPLES: dict[tuple, np.ndarray] | None = None
+
+
+def _cached_sample(key: tuple, value: np.ndarray, take) -> np.ndarray:
+    cache = _SAMPLES
+    if cache is not None and key in cache:
+        return cache[key]
+    sample = np.asarray(take(value), dtype=np.float64)
+    if isinstance(value, np.memmap):
+        from .spill import release
+
+        release(value)
+    if cache is not None:
+        cache[key] = sample
+    return sample
+
+
 def _similarity(a: Tap, b: Tap, t: Transform) -> float:
     """0 (unrelated) … 3 (equal to ~1e-6): ``−log10(1 − cos)/2`` on a fixed sample."""
     if a.value is None or b.value is None or a.numel == 0:
         return 0.0
-    idx = _sample_index(a.shape)
-    va = a.value.reshape(-1)[idx].astype(np.float64)
-    vb = _sample_b(b.value, t, a.shape, idx).astype(np.float64)
+    va = _cached_sample(("a", id(a.value)), a.value, lambda v: v.reshape(-1)[_sample_index(a.shape)])
+    vb = _cached_sample(
+        ("b", id(b.value), t.kind, t.perm, t.flat_from, a.shape), b.value,
+        lambda v: _sample_b(v, t, a.shape, _sample_index(a.shape)),
+    )
     with np.errstate(all="ignore"):
         na, nb = np.sqrt(np.dot(va, va)), np.sqrt(np.dot(vb, vb))
         if not (np.isfinite(na) and np.isfinite(nb)):
@@ -312,6 +346,15 @@ def _check_mapping(mapping: Mapping[str, str], ta: Trace, tb: Trace) -> list[tup
 
 def align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None = None) -> Alignment:
     """Match the taps of ``tb`` to those of ``ta``; see the module docstring for the order."""
+    global _SAMPLES
+    outer, _SAMPLES = _SAMPLES, {}
+    try:
+        return _align(ta, tb, mapping)
+    finally:
+        _SAMPLES = outer
+
+
+def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment:
     last_in_scope: dict[str, Tap] = {}
     for t in tb.layers:
         first = t.name.split(";")[0]
@@ -499,7 +542,7 @@ def _value_matches(free_a: list[Tap], free_b: list[Tap], pairing: _Pairing) -> l
     def eligible(t: Tap) -> bool:
         return (
             t.value is not None and t.numel > 1 and t.op not in PASS_THROUGH_OPS and t.op not in ONE_SIDED_OPS
-            and bool(np.any(t.value))
+            and bool(np.any(_cached_sample(("a", id(t.value)), t.value, lambda v: v.reshape(-1)[_sample_index(t.shape)])))
         )
 
     cand_a = [t for t in free_a if eligible(t)]

@@ -104,15 +104,15 @@ def _diff(a, b, inputs, bar, *, tol, mapping, rtol, atol, containers, granularit
     a, b = load_model(a), load_model(b)  # paths and "package.module:factory" specs
     backend_a, backend_b = backend_for(a, granularity=granularity), backend_for(b, granularity=granularity)
     inputs_a, inputs_b, summary = prepare_inputs(inputs, backend_a, backend_b, seed=seed)
+    # past the budget, values go to memory-mapped files as they are recorded: A's wait for B on
+    # disk, and B's capture holds only what is left of the budget
     bar.advance("running model A")
-    trace_a = backend_a.capture(inputs_a, containers=containers)
-    if spill is not None and budget is not None and trace_nbytes(trace_a) > budget:
-        trace_a = spill.trace(trace_a)  # A waits for B on disk, not in memory
-        return_freed_memory()
+    with _spilling(spill, budget):
+        trace_a = backend_a.capture(inputs_a, containers=containers)
     bar.advance("running model B")
-    trace_b = backend_b.capture(inputs_b, containers=containers)
-    if spill is not None and budget is not None and trace_nbytes(trace_a) + trace_nbytes(trace_b) > budget:
-        trace_b = spill.trace(trace_b)
+    with _spilling(spill, None if budget is None else max(budget - trace_nbytes(trace_a), 0)):
+        trace_b = backend_b.capture(inputs_b, containers=containers)
+    if spill is not None and spill.count:
         return_freed_memory()
     bar.advance("aligning and comparing")
     replay = lambda alignment, layers: own_errors(backend_a, backend_b, inputs_a, alignment, layers)  # noqa: E731
@@ -140,6 +140,12 @@ def _diff(a, b, inputs, bar, *, tol, mapping, rtol, atol, containers, granularit
                             granularity=granularity, seed=seed, max_memory=budget)
         report = apply_baseline(report, baseline, drift_factor or DRIFT_FACTOR)
     return _explain_first(report, alignments[0]) if alignments else report
+
+
+def _spilling(spill: Spill | None, budget: int | None):
+    import contextlib
+
+    return spill.capturing(budget) if spill is not None and budget is not None else contextlib.nullcontext()
 
 
 def _explain_first(report: Report, alignment: Alignment) -> Report:

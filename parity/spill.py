@@ -17,8 +17,9 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -91,6 +92,35 @@ class Spill:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
+    def _write(self, value: np.ndarray) -> np.ndarray:
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="parity-spill-"))
+        path = self._dir / f"{self.count}.npy"
+        self.count += 1
+        np.save(path, value, allow_pickle=False)
+        self.nbytes += int(value.nbytes)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+
+    @contextmanager
+    def capturing(self, budget: int) -> Iterator[None]:
+        """Values recorded in this block stay in memory while they fit in ``budget`` bytes; the
+        rest go to disk as they are recorded (the model's own tensors are then freed as it runs)."""
+        from .capture.base import sink
+
+        held = 0
+
+        class _Sink:
+            def take(_, value: np.ndarray) -> np.ndarray:
+                nonlocal held
+                size = int(getattr(value, "nbytes", 0))
+                if isinstance(value, np.memmap) or size < _SMALL or held + size <= budget:
+                    held += size
+                    return value
+                return self._write(np.asarray(value))
+
+        with sink(_Sink()):
+            yield
+
     def trace(self, trace: Trace) -> Trace:
         """``trace`` with every value larger than 64 KiB written to disk and memory-mapped back."""
         if self._dir is None:
@@ -99,11 +129,7 @@ class Spill:
         for tap in trace.taps:
             value = tap.value
             if value is not None and not isinstance(value, np.memmap) and value.nbytes >= _SMALL:
-                path = self._dir / f"{self.count}.npy"
-                self.count += 1
-                np.save(path, value, allow_pickle=False)
-                self.nbytes += int(value.nbytes)
-                tap = dataclasses.replace(tap, value=np.load(path, mmap_mode="r", allow_pickle=False))
+                tap = dataclasses.replace(tap, value=self._write(value))
             taps.append(tap)
         return dataclasses.replace(trace, taps=tuple(taps))
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from typing import Any, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -65,6 +67,26 @@ class Backend(ABC):
         return None
 
 
+class TapSink(Protocol):
+    """Where a capture's values go once they pass a memory budget (see :mod:`parity.spill`)."""
+
+    def take(self, value: np.ndarray) -> np.ndarray:
+        """``value`` itself, or a read-only memory map of a copy written to disk."""
+
+
+_SINK: ContextVar[TapSink | None] = ContextVar("parity_tap_sink", default=None)
+
+
+@contextmanager
+def sink(target: TapSink | None) -> Iterator[None]:
+    """Send every value recorded by :func:`append_tap` in this block through ``target``."""
+    token = _SINK.set(target)
+    try:
+        yield
+    finally:
+        _SINK.reset(token)
+
+
 def append_tap(
     taps: list[Tap],
     name: str,
@@ -77,7 +99,13 @@ def append_tap(
     dtype: str | None = None,
 ) -> Tap:
     """Record ``value`` as the next tap of ``taps`` (its index is its position); ``dtype``
-    defaults to the array's own (give it when the framework's differs, e.g. bfloat16)."""
+    defaults to the array's own (give it when the framework's differs, e.g. bfloat16).
+
+    Inside :func:`sink`, the value may be written to disk at once and kept as a memory map:
+    a capture past its memory budget holds no more than the budget while the model runs."""
+    target = _SINK.get()
+    if target is not None:
+        value = target.take(value)
     tap = Tap(
         name=name,
         op=op,

@@ -356,8 +356,8 @@ class TorchBackend(Backend):
                 tap_attrs["flat_from"] = tuple(attrs.get("_in_shape", ()))[1:]
             tap_attrs.pop("_in_shape", None)
             layouts[_tensor_key(t)] = (layout, value.ndim)
-            append_tap(taps, tensor_name, op, value, layout, role=role, attrs=tap_attrs, dtype=dtype)
-            if shared:
+            tap = append_tap(taps, tensor_name, op, value, layout, role=role, attrs=tap_attrs, dtype=dtype)
+            if shared and tap.value is value:  # still the live tensor's memory (not spilled to disk)
                 keeper.watch(t, len(taps) - 1)
 
         def hook(module: Any, args: tuple, output: Any) -> None:
