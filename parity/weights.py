@@ -307,13 +307,23 @@ def layer_params(model: Any, name: str) -> _Layer:
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    """``‖b−a‖/‖a‖`` accumulated in float64 without float64 copies of the arrays (the
+    difference of two float32 values this close is exact)."""
     if a.shape != b.shape:
         return float("inf")
-    na = float(np.linalg.norm(a.ravel()))
-    err = float(np.linalg.norm((b - a).ravel()))
+    d = (b - a).ravel()
+    a = a.ravel()
+    with np.errstate(over="ignore", invalid="ignore"):
+        na = float(np.sqrt(np.einsum("i,i->", a, a, dtype=np.float64)))
+        err = float(np.sqrt(np.einsum("i,i->", d, d, dtype=np.float64)))
     if na == 0.0:
         return 0.0 if err == 0.0 else float("inf")
     return err / na
+
+
+def _float(x: np.ndarray) -> np.ndarray:
+    """A parameter as a floating array (float32/float64 as they are, anything else float64)."""
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
 
 
 def _tol(*dtypes: str) -> float:
@@ -541,17 +551,22 @@ def _compare_layer(ctx: _Ctx, rtol: float | None) -> list[ParamDiff]:
             results[role] = _one_sided(ctx, role, pa, pb)
             continue
         tol = rtol if rtol is not None else _tol(pa.dtype, pb.dtype)
-        a = pa.value.astype(np.float64, copy=False)
-        b_raw = pb.value.astype(np.float64, copy=False)
+        a, b_raw = _float(pa.value), _float(pb.value)
+        b, note = _expected_b(ctx, role, b_raw, a.shape)
+        if b is not None:
+            rel = _rel(a, b)
+            if rel <= tol:  # the common case, in the parameters' own precision
+                expected[role] = b
+                results[role] = _pd(ctx, role, "ok", rel, "")
+                continue
+        # what differs is looked at closely, in float64
+        a, b_raw = a.astype(np.float64, copy=False), b_raw.astype(np.float64, copy=False)
         b, note = _expected_b(ctx, role, b_raw, a.shape)
         if b is None:
             results[role] = _shape_or_alternative(ctx, role, a, b_raw, tol)
             continue
         expected[role] = b
         rel = _rel(a, b)
-        if rel <= tol:
-            results[role] = _pd(ctx, role, "ok", rel, "")
-            continue
         if role in ("bias", "beta") and not np.any(b) and np.any(a):
             results[role] = _pd(ctx, role, "missing", rel, (
                 f"{role if role == 'bias' else pa.name} missing: {_who(ctx, 'b')} has {pb.name} all zeros while "
@@ -762,7 +777,8 @@ def weight_parity(
     seen: set[tuple[str, str]] = set()
     cache: dict[tuple[int, str], _Layer | None] = {}
 
-    def read(model: Any, name: str) -> _Layer | None:
+    def read(side: str, name: str) -> _Layer | None:
+        model = model_a if side == "a" else model_b
         key = (id(model), name)
         if key not in cache:
             try:
@@ -771,28 +787,37 @@ def weight_parity(
                 cache[key] = None
         return cache[key]
 
-    for m in matches:
-        if m.a.role == "output" or m.b.role == "output" or m.how == "output":
-            continue
-        name_a, name_b = _base_name(m.a.name), _base_name(m.b.name)
-        if ":" in name_a or ":" in name_b or (name_a, name_b) in seen:
-            continue  # functional torch ops have no parameters of their own
-        seen.add((name_a, name_b))
-        la, lb = read(model_a, name_a), read(model_b, name_b)
-        if la is None or lb is None or not (la.params or lb.params):
-            continue
-        if la.kind != lb.kind and "generic" not in (la.kind, lb.kind):
-            continue  # a converter's fold (Conv+BatchNorm → one Conv): no one-to-one parameters
-        ctx = _Ctx(m, la, lb, name_a, name_b)
-        kernel = la.params.get("kernel")
-        if "dense" in (la.kind, lb.kind) and kernel is not None and kernel.value.ndim == 2:
-            in_features = kernel.value.shape[1]
-            flat_a = _flat_info(m.a, taps_a, in_features)
-            if flat_a is not None and sum(1 for d in flat_a[1] if d > 1) > 1:  # else every order is the same
-                ctx.flat_a = flat_a
-                ctx.flat_b = _flat_info(m.b, taps_b, in_features)
-        out.extend(_compare_layer(ctx, rtol))
+    from .capture.keras import layer_index_cache
+
+    with layer_index_cache():  # each Keras model's layers indexed once, not once per layer
+        for m in matches:
+            out.extend(_compare_match(m, read, seen, taps_a, taps_b, rtol))
     return tuple(out)
+
+
+def _compare_match(m: Match, read, seen: set, taps_a, taps_b, rtol: float | None) -> list[ParamDiff]:
+    """The parameters of one aligned pair of layers (nothing for outputs, functional ops, a pair
+    already compared or a converter's fold)."""
+    if m.a.role == "output" or m.b.role == "output" or m.how == "output":
+        return []
+    name_a, name_b = _base_name(m.a.name), _base_name(m.b.name)
+    if ":" in name_a or ":" in name_b or (name_a, name_b) in seen:
+        return []  # functional torch ops have no parameters of their own
+    seen.add((name_a, name_b))
+    la, lb = read("a", name_a), read("b", name_b)
+    if la is None or lb is None or not (la.params or lb.params):
+        return []
+    if la.kind != lb.kind and "generic" not in (la.kind, lb.kind):
+        return []  # a converter's fold (Conv+BatchNorm → one Conv): no one-to-one parameters
+    ctx = _Ctx(m, la, lb, name_a, name_b)
+    kernel = la.params.get("kernel")
+    if "dense" in (la.kind, lb.kind) and kernel is not None and kernel.value.ndim == 2:
+        in_features = kernel.value.shape[1]
+        flat_a = _flat_info(m.a, taps_a, in_features)
+        if flat_a is not None and sum(1 for d in flat_a[1] if d > 1) > 1:  # else every order is the same
+            ctx.flat_a = flat_a
+            ctx.flat_b = _flat_info(m.b, taps_b, in_features)
+    return _compare_layer(ctx, rtol)
 
 
 _ADVICE = {

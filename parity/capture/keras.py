@@ -20,6 +20,7 @@ import re
 import sys
 from collections import Counter
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -189,10 +190,33 @@ def tap_names(model: Any) -> dict[int, str]:
     return paths
 
 
+_INDEX_CACHE: ContextVar[dict[int, dict[str, list[Any]]] | None] = ContextVar("parity_keras_layer_index", default=None)
+
+
+@contextmanager
+def layer_index_cache() -> Iterator[None]:
+    """Within this block, :func:`layer_named` indexes each model's layers once (a caller looking
+    up every layer of a model — weight parity — would otherwise index it once per layer)."""
+    token = _INDEX_CACHE.set({})
+    try:
+        yield
+    finally:
+        _INDEX_CACHE.reset(token)
+
+
 def layer_named(model: Any, name: str) -> Any | None:
     """The layer of ``model`` whose taps are called ``name`` (see :func:`tap_names`), or ``None``."""
-    by_id = {id(layer): layer for layer in _sublayers(model)}
-    hits = [by_id[i] for i, n in tap_names(model).items() if n == name and i in by_id]
+    cache = _INDEX_CACHE.get()
+    index = cache.get(id(model)) if cache is not None else None
+    if index is None:
+        by_id = {id(layer): layer for layer in _sublayers(model)}
+        index = {}
+        for i, n in tap_names(model).items():
+            if i in by_id:
+                index.setdefault(n, []).append(by_id[i])
+        if cache is not None:
+            cache[id(model)] = index
+    hits = index.get(name, [])
     return hits[0] if len(hits) == 1 else None
 
 
