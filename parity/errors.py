@@ -17,6 +17,8 @@ __all__ = [
     "AlignmentError",
     "ReportFormatError",
     "ParityMismatch",
+    "ConversionError",
+    "ConverterNotInstalled",
 ]
 
 
@@ -64,3 +66,19 @@ class ParityMismatch(ParityError, AssertionError):
     def __init__(self, message: str, report: object = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class ConversionError(ParityError, RuntimeError):
+    """A converter (onnx2tf, tf2onnx, onnx2torch, …) failed, or wrote none of the files it should
+    have.  ``command`` is what ran, ``returncode`` its exit status (``None``: in-process, or it
+    timed out), ``log_tail`` the last lines of its log."""
+
+    def __init__(self, message: str, *, command=(), returncode: int | None = None, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.command = tuple(command)
+        self.returncode = returncode
+        self.log_tail = log_tail
+
+
+class ConverterNotInstalled(ParityError, ImportError):
+    """A converter (or a module it needs) is not installed; the message gives the install line."""

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import InputError, ParityError
+from ..errors import ConversionError, ConverterNotInstalled, InputError
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -68,24 +68,6 @@ ONNX2TF_INSTALL = (
 _ONNX2TF_MODULES = ("onnx2tf", "onnx", "onnx_graphsurgeon", "sng4onnx", "tensorflow", "psutil")
 #: onnx2tf's log lines that say nothing (TensorFlow start-up chatter)
 _NOISE = ("I0000", "W0000", "E0000", "WARNING: All log messages", "oneDNN", "cuda", "instructions")
-
-
-class ConversionError(ParityError, RuntimeError):
-    """A converter failed (or wrote none of the files it should have).
-
-    ``command`` is what ran, ``returncode`` its exit status (None: it timed out),
-    ``log_tail`` the last lines of its log."""
-
-    def __init__(self, message: str, *, command: Sequence[str] = (), returncode: int | None = None,
-                 log_tail: str = "") -> None:
-        super().__init__(message)
-        self.command = tuple(command)
-        self.returncode = returncode
-        self.log_tail = log_tail
-
-
-class ConverterNotInstalled(ParityError, ImportError):
-    """A converter (or a module it needs) is not installed; the message gives the install line."""
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ParityError
+from ..errors import ConversionError
 
 __all__ = [
     "ConversionError",
@@ -44,10 +44,6 @@ __all__ = [
 TF2ONNX_INSTALL = "pip install tf2onnx==1.17.0"
 ONNX2TORCH_INSTALL = "pip install --no-deps onnx2torch==1.5.15"
 DEFAULT_OPSET = 17
-
-
-class ConversionError(ParityError, RuntimeError):
-    """A converter is missing, or it failed on the model it was given."""
 
 
 def small_keras_mobilenet(
