@@ -1,5 +1,6 @@
 """Model pairs built in code: the seed's ConvNet, a MobileNet-v1 block, a ResNet basic block,
-their hand conversions to Keras (with knobs for the classic bugs), and offline training data.
+their hand conversions to Keras (with knobs for the classic bugs), offline training data, and
+helpers that run the real converters (torch → ONNX → onnx2tf; Keras → tf2onnx → onnx2torch).
 
 Used by the tests, ``parity demo`` and the benchmarks.  Importing this package imports no
 framework; each name loads its module (and torch / Keras) on first use.
@@ -27,6 +28,13 @@ _WHERE = {
     "MobileNetV1": "mobilenet_v1",
     "port_keras_mobilenet": "mobilenet_v1",
     "resnet50_pair": "resnet50",
+    # real converters (they must be installed; see README, "Converters tested")
+    "tiny_mobilenet": "onnx2tf_chain",
+    "export_onnx": "onnx2tf_chain",
+    "convert_onnx2tf": "onnx2tf_chain",
+    "small_keras_mobilenet": "tf2torch",
+    "keras_to_onnx": "tf2torch",
+    "onnx_to_torch": "tf2torch",
 }
 
 __all__ = sorted(_WHERE)
