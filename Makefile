@@ -11,7 +11,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 # this stack regardless (see README, "Converters tested"), so they come without deps.
 NO_DEPS_CONVERTERS := onnx2tf==1.29.24 onnx2torch==1.5.15 torchvision==0.29.1
 
-.PHONY: install keras2 test demo clean browser bench
+.PHONY: install keras2 test demo demo-chain clean browser bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -57,6 +57,10 @@ test: $(STAMP) $(KERAS2_STAMP) browser
 demo: $(STAMP)
 	$(VENV)/bin/parity demo
 
+# torch → ONNX → onnx2tf SavedModel → fp32/fp16 TFLite, one stage with an injected bug
+demo-chain: $(STAMP)
+	$(VENV)/bin/parity demo --chain
+
 # What parity costs on a Keras ResNet-50 and its PyTorch port, beside TorchLens and Polygraphy
 # (installed into the venv for this target only).  Several minutes on 2 cores.
 bench: $(STAMP)
@@ -64,4 +68,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) $(KERAS2_VENV) reports/*.json reports/*.html
+	rm -rf $(VENV) $(KERAS2_VENV) reports/*.json reports/*.html reports/chain-artifacts
