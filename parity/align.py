@@ -40,12 +40,11 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from difflib import get_close_matches
 from typing import Mapping
 
 import numpy as np
 
-from .errors import AlignmentError, MappingError
+from .errors import AlignmentError, MappingError, closest
 from .layout import candidate_transforms
 from .records import Alignment, Match, Tap, Trace, Transform, Unmatched
 
@@ -330,8 +329,7 @@ def _resolve_name(name: str, table: Mapping[str, Tap], side: str, trace: Trace) 
             f"mapping pattern {name!r} matches {len(hits)} tensors of {where}: {', '.join(hits[:5])}"
             f"{', …' if len(hits) > 5 else ''}. Make it match exactly one."
         )
-    close = get_close_matches(plain, list(table), n=5, cutoff=0.4)
-    hint = f" Closest names in model {side}: {', '.join(close)}." if close else ""
+    hint = closest(plain, table, label=f"Closest names in model {side}", cutoff=0.4)
     raise MappingError(
         f"mapping names {name!r} as a layer of {where}, which has no recorded tensor of that name "
         f"(or matching that pattern).{hint} List the model's names with `parity taps MODEL` or parity.capture(model, inputs).names."

@@ -235,12 +235,9 @@ class ChainReport:
         for r in self.matrix:
             if r.layer == layer:
                 return r
-        from difflib import get_close_matches
+        from .errors import MappingError, closest
 
-        from .errors import MappingError
-
-        close = get_close_matches(layer, [r.layer for r in self.matrix], n=5)
-        hint = f" Closest: {', '.join(close)}." if close else ""
+        hint = closest(layer, [r.layer for r in self.matrix])
         raise MappingError(f"stage 0 ({self.stages[0]}) has no layer {layer!r} in this chain.{hint}")
 
     def report(self, stage: str | int) -> Report:

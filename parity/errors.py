@@ -19,7 +19,16 @@ __all__ = [
     "ParityMismatch",
     "ConversionError",
     "ConverterNotInstalled",
+    "closest",
 ]
+
+
+def closest(name: str, names, *, label: str = "Closest", cutoff: float = 0.6) -> str:
+    """``" Closest: a, b."`` — the names nearest ``name`` for a not-found message, or ``""``."""
+    from difflib import get_close_matches
+
+    close = get_close_matches(name, list(names), n=5, cutoff=cutoff)
+    return f" {label}: {', '.join(close)}." if close else ""
 
 
 class ParityError(Exception):

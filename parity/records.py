@@ -117,14 +117,11 @@ class Trace:
         for tap in self.taps:
             if tap.name == name:
                 return tap
-        from difflib import get_close_matches
+        from .errors import MappingError, closest
 
-        from .errors import MappingError
-
-        close = get_close_matches(name, self.names, n=5)
-        hint = f" Closest names: {', '.join(close)}." if close else ""
         raise MappingError(
-            f"{self.model.name} ({self.model.framework}) has no recorded tensor named {name!r}.{hint}"
+            f"{self.model.name} ({self.model.framework}) has no recorded tensor named {name!r}."
+            + closest(name, self.names, label="Closest names")
         )
 
     @property
@@ -483,12 +480,9 @@ class Report:
         for d in self.layers:
             if d.a_name == a_name:
                 return d
-        from difflib import get_close_matches
+        from .errors import MappingError, closest
 
-        from .errors import MappingError
-
-        close = get_close_matches(a_name, [d.a_name for d in self.layers], n=5)
-        hint = f" Closest: {', '.join(close)}." if close else ""
+        hint = closest(a_name, [d.a_name for d in self.layers])
         raise MappingError(f"the report has no compared layer {a_name!r} of model A.{hint}")
 
     def __rich_console__(self, console, options):  # pragma: no cover - exercised via rich

@@ -118,7 +118,7 @@ def find_layer(model: Any, name: str) -> Any:
     Tap suffixes (``#k`` for repeated calls, ``[i]`` for output elements) are dropped.
     Raises :class:`~parity.errors.MappingError` when there is no such layer.
     """
-    from .errors import MappingError
+    from .errors import MappingError, closest
 
     model = _unwrap(model)
     base = _base_name(name)
@@ -127,12 +127,12 @@ def find_layer(model: Any, name: str) -> Any:
         try:
             return model.get_submodule(base)
         except AttributeError:
-            close = _close(base, [n for n, _ in model.named_modules()])
+            close = closest(base, [n for n, _ in model.named_modules()])
             raise MappingError(f"torch model {type(model).__name__} has no submodule {base!r}.{close}") from None
     if fw == "keras":
         found = _keras_resolve(model, base)
         if found is None:
-            close = _close(base, [layer.name for layer in _keras_bfs(model)])
+            close = closest(base, [layer.name for layer in _keras_bfs(model)])
             raise MappingError(f"Keras model {model.name!r} has no layer {base!r}.{close}")
         return found
     raise MappingError(f"cannot look up layers of a {type(model).__name__}: weight parity reads torch and Keras models only")
@@ -168,13 +168,6 @@ def _keras_resolve(model: Any, name: str) -> Any:
         if holder is not None:
             found = _keras_find(holder, child)
     return found
-
-
-def _close(name: str, names: list[str]) -> str:
-    from difflib import get_close_matches
-
-    close = get_close_matches(name, names, n=5)
-    return f" Closest: {', '.join(close)}." if close else ""
 
 
 def _torch_array(t: Any) -> tuple[np.ndarray, str]:

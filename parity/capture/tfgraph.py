@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import CaptureError, InputError, MappingError, ModelError
+from ..errors import CaptureError, InputError, MappingError, ModelError, closest
 from ..layout import CHANNELS_LAST
 from ..records import InputSpec, ModelInfo, Tap, Trace
 from .base import Backend, Inputs, append_tap, digest_inputs
@@ -283,8 +283,7 @@ class TFGraph:
         for what, names in (("input", self.inputs), ("output", self.outputs)):
             for tensor in names:
                 if _node_of(tensor) not in nodes:
-                    close = get_close_matches(_node_of(tensor), list(nodes), n=5)
-                    hint = f" Closest nodes: {', '.join(close)}." if close else ""
+                    hint = closest(_node_of(tensor), nodes, label="Closest nodes")
                     raise ModelError(
                         f"the graph {self.name!r} has no {what} tensor {tensor!r} (no node "
                         f"{_node_of(tensor)!r}).{hint} Name {what}s as 'op_name:0', with or without 'import/'."
