@@ -81,3 +81,20 @@ def test_per_layer_override_lets_a_known_difference_pass(pair, x):
     report = parity.diff(model, km, x, tolerances={"layer1.*": (0.5, 1e-3), "fc": (0.5, 1e-3), "output": (0.5, 1e-3)})
     assert report.ok
     assert report.layer("layer1.1").rtol == 0.5
+
+
+def test_a_passing_layer_with_different_declared_epsilons_gets_a_note():
+    from tests.helpers import make_trace
+
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype("float32")
+    a = make_trace([("ln", "LayerNorm", x, "NC", {"eps": 1e-12}), ("out", "output", x, "NC")])
+    b = make_trace([("ln", "LayerNormalization", x, "NC", {"epsilon": 1e-3}), ("out", "output", x, "NC")], framework="keras")
+    report = parity.diff_traces(a, b)
+    assert report.ok
+    assert report.notes == (
+        "ln (LayerNorm) passes, but the two sides declare different epsilons (A 1e-12, B 1e-03): rel err 0.0e+00 "
+        "of 1.0e-03 allowed here, more where a row's or channel's variance is near the larger epsilon. Give B's "
+        "layer A's epsilon.",
+    )
+    same = make_trace([("ln", "LayerNormalization", x, "NC", {"epsilon": 1e-12}), ("out", "output", x, "NC")], framework="keras")
+    assert parity.diff_traces(a, same).notes == ()

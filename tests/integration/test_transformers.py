@@ -140,3 +140,19 @@ def test_reverse_direction_tf_to_pytorch(bert, inputs):
         assert report.layer(f"bert/encoder/layer_._{i}/attention/output/dense").b_name == (
             f"encoder.layer.{i}.attention.output.dense"
         )
+
+
+def test_keras_default_layernorm_epsilon_within_tolerance_is_still_named(bert, inputs):
+    # Keras' LayerNormalization default (1e-3) instead of BERT's 1e-12 moves block 1 by ~5e-4:
+    # under float32's rtol, so the pair passes — and the report says what differs anyway
+    import parity
+
+    _, pt, tf_twin = bert
+    tf = tf_twin()
+    tf.bert.encoder.layer[1].attention.dense_output.LayerNorm.epsilon = 1e-3
+    report = parity.diff(pt, tf, inputs)
+    assert report.ok, str(report)
+    (note,) = [n for n in report.notes if "declare different epsilons" in n]
+    assert note.startswith("encoder.layer.1.attention.output.LayerNorm (LayerNorm) passes")
+    assert "(A 1e-12, B 1e-03)" in note
+    assert "declare different epsilons" in " ".join(str(report).split())
