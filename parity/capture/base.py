@@ -61,6 +61,17 @@ class Backend(ABC):
 
     # --- helpers shared by backends -------------------------------------------------
 
+    def _trace(self, taps: Sequence[Tap], arrays: Sequence[np.ndarray], notes: Sequence[str] = ()) -> Trace:
+        """The trace of one run on ``arrays``: its taps, what the model is (read now, after the
+        run), the input shapes and their digest."""
+        return Trace(
+            taps=tuple(taps),
+            model=self.info(),
+            input_shapes=tuple(tuple(a.shape) for a in arrays),
+            inputs_digest=digest_inputs(arrays),
+            notes=tuple(notes),
+        )
+
     @property
     def default_layout(self) -> str | None:
         """The layout this framework uses for 4-D image tensors by convention."""

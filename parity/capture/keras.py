@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import CaptureError
 from ..layout import CHANNELS_FIRST, CHANNELS_LAST
 from ..records import InputSpec, ModelInfo, Tap, Trace
-from .base import Backend, Inputs, append_tap, digest_inputs, flatten_outputs, numpy_dtype_name
+from .base import Backend, Inputs, append_tap, flatten_outputs, numpy_dtype_name
 
 _LAST_AXIS_LAYERS = {"Dense", "EinsumDense", "LayerNormalization", "Embedding", "RMSNormalization"}
 _ATTRS = (
@@ -492,13 +492,7 @@ class KerasBackend(Backend):
                 f"({', '.join(silent[:6])}{', …' if len(silent) > 6 else ''}): unused, or called inside a "
                 "tf.function / compiled step. Their tensors are not compared.",
             )
-        return Trace(
-            taps=tuple(taps),
-            model=self.info(),
-            input_shapes=tuple(tuple(a.shape) for a in arrays),
-            inputs_digest=digest_inputs(arrays),
-            notes=notes,
-        )
+        return self._trace(taps, arrays, notes)
 
     def run(self, inputs: Inputs) -> Any:
         """One call of the model in inference mode (``training=False`` where it takes it)."""

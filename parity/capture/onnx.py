@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import CaptureError, InputError, ModelError
 from ..records import InputSpec, ModelInfo, Tap, Trace
-from .base import Backend, Inputs, append_tap, digest_inputs
+from .base import Backend, Inputs, append_tap
 
 __all__ = ["OnnxBackend", "load_onnx"]
 
@@ -473,13 +473,7 @@ class OnnxBackend(Backend):
                 f"ONNX model {name!r} has {subgraphs} control-flow node(s) (If/Loop/Scan); values inside "
                 "their subgraphs are not recorded, only the nodes' outputs."
             )
-        return Trace(
-            taps=tuple(taps),
-            model=self.info(),
-            input_shapes=tuple(tuple(a.shape) for a in arrays),
-            inputs_digest=digest_inputs(arrays),
-            notes=tuple(notes),
-        )
+        return self._trace(taps, arrays, notes)
 
     @staticmethod
     def _layout(node: Any, value: np.ndarray, layouts: dict, results: dict, feed: dict) -> str | None:

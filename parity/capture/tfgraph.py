@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import CaptureError, InputError, MappingError, ModelError, closest
 from ..layout import CHANNELS_LAST
 from ..records import InputSpec, ModelInfo, Tap, Trace
-from .base import Backend, Inputs, append_tap, digest_inputs
+from .base import Backend, Inputs, append_tap
 
 __all__ = ["TFGraph", "TFGraphBackend", "resolve_tensor_name", "resolve_tensor_names"]
 
@@ -784,13 +784,7 @@ class TFGraphBackend(Backend):
                 f"TensorFlow graph {self.model.name!r}: recorded {len(recorded)} float tensors computed from the "
                 "inputs (constants, weights and Identity copies left out); choose others with select=[...]."
             )
-        return Trace(
-            taps=tuple(taps),
-            model=self.info(),
-            input_shapes=tuple(tuple(a.shape) for a in arrays),
-            inputs_digest=digest_inputs(arrays),
-            notes=tuple(notes),
-        )
+        return self._trace(taps, arrays, notes)
 
 
 def _parent(node_name: str) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import CaptureError, InputError, ModelError
 from ..layout import CHANNELS_LAST
 from ..records import InputSpec, ModelInfo, Tap, Trace
-from .base import Backend, Inputs, append_tap, digest_inputs, numpy_dtype_name
+from .base import Backend, Inputs, append_tap, numpy_dtype_name
 
 __all__ = ["TFLiteModel", "TFLiteBackend", "is_tflite"]
 
@@ -532,13 +532,7 @@ class TFLiteBackend(Backend):
                 f"{len(nonfinite)} tensor(s) of TFLite model {self.model.name!r} hold NaN or Inf; the first is "
                 f"{nonfinite[0]}."
             )
-        return Trace(
-            taps=tuple(taps),
-            model=self.info(),
-            input_shapes=tuple(tuple(a.shape) for a in given),
-            inputs_digest=digest_inputs(given),
-            notes=tuple(notes),
-        )
+        return self._trace(taps, given, notes)
 
     def _allocate(self, interp: Any, fed: list[np.ndarray], names: list[str]) -> tuple[Any, bool]:
         resized = False

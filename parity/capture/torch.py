@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import CaptureError
 from ..layout import channels_first, channels_last
 from ..records import InputSpec, ModelInfo, Tap, Trace
-from .base import Backend, Inputs, append_tap, digest_inputs, flatten_outputs, numpy_dtype_name
+from .base import Backend, Inputs, append_tap, flatten_outputs, numpy_dtype_name
 
 # Modules whose tensors are channel-first by definition.
 _CHANNEL_FIRST_PREFIXES = (
@@ -423,13 +423,7 @@ class TorchBackend(Backend):
                 f"torch model {type(model).__name__} was in training mode; parity ran it in eval() "
                 "(BatchNorm running statistics, no dropout) and restored the mode afterwards.",
             )
-        trace = Trace(
-            taps=tuple(taps),
-            model=self.info(),  # after the modes were restored: says whether it was training
-            input_shapes=tuple(tuple(a.shape) for a in arrays),
-            inputs_digest=digest_inputs(arrays),
-            notes=notes,
-        )
+        trace = self._trace(taps, arrays, notes)
         spoiled = keeper.spoiled()
         keeper.pending.clear()  # the taps hold what they need; the keeper must not keep tensors alive
         return trace, spoiled

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import CaptureError
 from ..records import InputSpec, ModelInfo, Tap, Trace
-from .base import Backend, Inputs, append_tap, digest_inputs, flatten_outputs, numpy_dtype_name
+from .base import Backend, Inputs, append_tap, flatten_outputs, numpy_dtype_name
 from .torch import _FLATTEN_OPS, _REORDER_OPS, _default_layout, _module_layout, _to_numpy
 
 __all__ = ["TorchScriptBackend", "ExportedProgramBackend"]
@@ -262,10 +262,7 @@ class TorchScriptBackend(Backend):
                 input_layouts[name] = (layout, tensors[position].dim())
         taps = _build_taps(events, granularity, input_layouts)
         _append_output_taps(taps, out, _layouts_of(events, taps))
-        return Trace(
-            taps=tuple(taps), model=self.info(), input_shapes=tuple(tuple(a.shape) for a in arrays),
-            inputs_digest=digest_inputs(arrays),
-        )
+        return self._trace(taps, arrays)
 
 
 # --- ExportedProgram --------------------------------------------------------------------
@@ -361,7 +358,4 @@ class ExportedProgramBackend(Backend):
         if isinstance(out, (list, tuple)) and len(out) == 1:
             out = out[0]
         _append_output_taps(taps, out, _layouts_of(events, taps))
-        return Trace(
-            taps=tuple(taps), model=self.info(), input_shapes=tuple(tuple(a.shape) for a in arrays),
-            inputs_digest=digest_inputs(arrays),
-        )
+        return self._trace(taps, arrays)
