@@ -251,31 +251,17 @@ def convert_cached(onnx_bytes: bytes, root: str | Path, *, keep_nchw: Sequence[s
     layout of the integration tests' artifact cache, so the two share conversions) and
     reused after; returns the paths of ``onnx``, ``saved_model``, ``tflite_fp32``, ``tflite_fp16``.
     The directory is built beside its final place and renamed into it when complete."""
-    import hashlib
+    from .cache import cached_dir, content_key
 
     flags = " ".join(onnx2tf_flags(keep_nchw=keep_nchw))
-    h = hashlib.sha256()
-    for part in (onnx_bytes, onnx2tf_version().encode(), flags.encode()):  # as tests/integration's content_key
-        h.update(len(part).to_bytes(8, "little"))
-        h.update(part)
-    key = h.hexdigest()[:20]
-    out = Path(root) / f"onnx2tf-{key}"
-    paths = {"onnx": out / "m.onnx", "saved_model": out / "saved_model",
-             "tflite_fp32": out / "m_float32.tflite", "tflite_fp16": out / "m_float16.tflite"}
-    if (out / ".complete").exists():
-        return paths
-    tmp = Path(root) / f".onnx2tf-{key}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+
+    def build(tmp: Path) -> None:
         (tmp / "m.onnx").write_bytes(onnx_bytes)
         convert_onnx2tf(tmp / "m.onnx", tmp, keep_nchw=keep_nchw)
-        (tmp / ".complete").touch()
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return paths
+
+    out = cached_dir(root, "onnx2tf", content_key(onnx_bytes, onnx2tf_version(), flags), build)
+    return {"onnx": out / "m.onnx", "saved_model": out / "saved_model",
+            "tflite_fp32": out / "m_float32.tflite", "tflite_fp16": out / "m_float16.tflite"}
 
 
 def _clean_log(text: str) -> str:

@@ -13,14 +13,16 @@ converter is a failure: CI must prove the integration, not skip it.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
-import shutil
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import pytest
+
+from parity.zoo.cache import cached_dir as _cached_dir
+from parity.zoo.cache import content_key  # noqa: F401  (the tests take it from here)
+
 
 def _torchvision_importable() -> None:
     """PyPI's torchvision is built against a CUDA torch, and beside this machine's
@@ -63,39 +65,10 @@ def require(module: str, install: str):
         pytest.skip(message)
 
 
-def content_key(*parts: bytes | str | Path) -> str:
-    """A hash of the parts (files are read by content, not by name)."""
-    h = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, Path):
-            part = part.read_bytes()
-        if isinstance(part, str):
-            part = part.encode()
-        h.update(len(part).to_bytes(8, "little"))
-        h.update(part)
-    return h.hexdigest()[:20]
-
-
 def cached_dir(kind: str, key: str, build: Callable[[Path], None]) -> Path:
-    """The directory ``CACHE/kind-key``, made by ``build(tmp_dir)`` the first time.
-
-    ``build`` writes into an empty temporary directory that is moved into place
-    only when it returns, so an interrupted conversion never leaves a half-made
-    artifact behind."""
-    out = CACHE / f"{kind}-{key}"
-    if (out / ".complete").exists():
-        return out
-    tmp = CACHE / f".{kind}-{key}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        build(tmp)
-        (tmp / ".complete").touch()
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    """The directory ``CACHE/kind-key``, made by ``build(tmp_dir)`` the first time (see
+    :func:`parity.zoo.cache.cached_dir`)."""
+    return _cached_dir(CACHE, kind, key, build)
 
 
 def match_rate(report) -> float:

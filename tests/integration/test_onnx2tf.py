@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from .conftest import cached_dir, content_key, match_rate, require
+from .conftest import CACHE, match_rate, require
 
 require("torch", "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu")
 require("tensorflow", "pip install tensorflow-cpu==2.21.0")
@@ -28,12 +28,12 @@ from parity.tolerance import DEFAULT_TOLERANCES  # noqa: E402
 from parity.zoo.onnx2tf_chain import (  # noqa: E402
     ONNX2TF_INSTALL,
     ConversionError,
+    convert_cached,
     convert_onnx2tf,
     export_onnx,
     missing_onnx2tf_modules,
     node_output,
     onnx2tf_flags,
-    onnx2tf_version,
     relu6_to_relu,
     scale_weight,
     tiny_mobilenet,
@@ -55,22 +55,10 @@ def _onnx2tf_ready() -> None:
 
 def _convert(kind: str, model) -> dict:
     """onnx2tf's outputs for ONNX ``model``, from the cache when it was converted before."""
-    data = model.SerializeToString()
-    key = content_key(data, onnx2tf_version(), " ".join(onnx2tf_flags()))
-
-    def build(tmp):
-        (tmp / "m.onnx").write_bytes(data)
-        convert_onnx2tf(tmp / "m.onnx", tmp)
-
     t0 = time.perf_counter()
-    out = cached_dir("onnx2tf", key, build)
+    out = convert_cached(model.SerializeToString(), CACHE)
     TIMINGS[kind] = time.perf_counter() - t0
-    return {
-        "onnx": out / "m.onnx",
-        "saved_model": out / "saved_model",
-        "tflite_fp32": out / "m_float32.tflite",
-        "tflite_fp16": out / "m_float16.tflite",
-    }
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -289,18 +277,11 @@ def test_keep_nchw_input_converts_with_an_nchw_signature(net):
     import tensorflow as tf
 
     model, x, proto = net
-    data = proto.SerializeToString()
-    flags = onnx2tf_flags(keep_nchw=["input"])
-    assert flags[-2:] == ["-k", "input"]
-
-    def build(tmp):
-        (tmp / "m.onnx").write_bytes(data)
-        convert_onnx2tf(tmp / "m.onnx", tmp, keep_nchw=["input"])
-
-    out = cached_dir("onnx2tf", content_key(data, onnx2tf_version(), " ".join(flags)), build)
-    signature = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"]
+    assert onnx2tf_flags(keep_nchw=["input"])[-2:] == ["-k", "input"]
+    out = convert_cached(proto.SerializeToString(), CACHE, keep_nchw=["input"])
+    signature = tf.saved_model.load(str(out["saved_model"])).signatures["serving_default"]
     assert tuple(signature.structured_input_signature[1]["input"].shape) == x.shape  # (2, 3, 32, 32): NCHW
-    report = parity.diff(model, out / "m_float32.tflite", x)
+    report = parity.diff(model, out["tflite_fp32"], x)
     assert report.ok, str(report)
     assert report.layer("block1.relu2").rel_err < 1e-5
 
