@@ -1,9 +1,10 @@
 """Bounded memory: a trace's values moved to memory-mapped files once they pass a budget.
 
 Model A must finish before model B starts, and alignment needs both traces, so
-the first side's activations wait for the second.  When they pass
-``max_memory`` they are written to ``.npy`` files in a private temporary
-directory and read back as read-only memory maps: the values are the same
+the first side's activations wait for the second.  Once the values recorded
+pass ``max_memory``, each further one is written, as it is recorded
+(:meth:`Spill.capturing`), to an ``.npy`` file in a private temporary
+directory and read back as a read-only memory map: the values are the same
 bytes, so the report is identical, but they live in the page cache (which the
 kernel can drop and reread) instead of the process's heap.  After a pair is
 compared, :func:`release` drops its pages from the process again.
@@ -11,7 +12,6 @@ compared, :func:`release` drops its pages from the process again.
 
 from __future__ import annotations
 
-import dataclasses
 import mmap
 import os
 import re
@@ -120,18 +120,6 @@ class Spill:
 
         with sink(_Sink()):
             yield
-
-    def trace(self, trace: Trace) -> Trace:
-        """``trace`` with every value larger than 64 KiB written to disk and memory-mapped back."""
-        if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="parity-spill-"))
-        taps = []
-        for tap in trace.taps:
-            value = tap.value
-            if value is not None and not isinstance(value, np.memmap) and value.nbytes >= _SMALL:
-                tap = dataclasses.replace(tap, value=self._write(value))
-            taps.append(tap)
-        return dataclasses.replace(trace, taps=tuple(taps))
 
 
 def release(value: Any) -> None:

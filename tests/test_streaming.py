@@ -119,14 +119,16 @@ def test_default_budget_is_a_quarter_of_physical_memory():
 
 
 def test_spilled_values_read_back_equal_and_release_keeps_them_readable(tmp_path):
-    from parity.records import ModelInfo, Tap, Trace
+    from parity.capture.base import append_tap
+    from parity.records import ModelInfo, Trace
 
     values = [np.arange(40_000, dtype=np.float32).reshape(4, 100, 100), np.ones(3, np.float32)]
-    taps = tuple(Tap(name=f"t{i}", op="x", index=i, shape=v.shape, dtype="float32", layout=None, value=v)
-                 for i, v in enumerate(values))
-    trace = Trace(taps=taps, model=ModelInfo(framework="torch", framework_version="0", name="m", kind="k"))
     with Spill() as sp:
-        out = sp.trace(trace)
+        taps: list = []
+        with sp.capturing(0):  # a budget of nothing: every value big enough to be worth a file is spilled
+            for i, v in enumerate(values):
+                append_tap(taps, f"t{i}", "x", v, None)
+        out = Trace(taps=tuple(taps), model=ModelInfo(framework="torch", framework_version="0", name="m", kind="k"))
         big, small = out.taps[0].value, out.taps[1].value
         assert isinstance(big, np.memmap) and not isinstance(small, np.memmap)  # 12 bytes stay in memory
         assert trace_nbytes(out) == small.nbytes
