@@ -145,16 +145,15 @@ def _diff(a, b, inputs, bar, *, tol, mapping, rtol, atol, containers, granularit
 def _declared_mismatches(alignment: Alignment, layers: tuple) -> list[str]:
     """Layers that pass although the two sides declare different epsilons (BERT's LayerNorm
     1e-12 against Keras' default 1e-3: 5e-4 here, maybe more with other inputs)."""
-    from .diagnose.bn import _declared_eps
+    from .diagnose.bn import differing_declared_eps
 
     passed = {d.a_name: d for d in layers if d.ok}
     out = []
     for m in alignment.matches:
         d = passed.get(m.a.name)
-        eps_a, eps_b = _declared_eps(m.a.attrs), _declared_eps(m.b.attrs)
-        if d is None or eps_a is None or eps_b is None:
-            continue
-        if max(eps_a, eps_b) >= 10 * max(min(eps_a, eps_b), 1e-300):
+        declared = differing_declared_eps(m) if d is not None else None
+        if declared is not None:
+            eps_a, eps_b = declared
             out.append(
                 f"{d.a_name} ({d.op}) passes, but the two sides declare different epsilons (A {eps_a:.0e}, B "
                 f"{eps_b:.0e}): rel err {d.rel_err:.1e} of {d.allowed_rel:.1e} allowed here, more where a row's or "

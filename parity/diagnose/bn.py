@@ -29,6 +29,14 @@ def _declared_eps(attrs) -> float | None:
     return None
 
 
+def differing_declared_eps(match: Match) -> tuple[float, float] | None:
+    """``(eps_a, eps_b)`` when both layers declare an epsilon and one is 10× the other or more."""
+    eps_a, eps_b = _declared_eps(match.a.attrs), _declared_eps(match.b.attrs)
+    if eps_a is None or eps_b is None or max(eps_a, eps_b) < 10 * max(min(eps_a, eps_b), 1e-300):
+        return None
+    return eps_a, eps_b
+
+
 def _variance(match: Match) -> np.ndarray | None:
     for attrs in (match.a.attrs, match.b.attrs):
         for key in ("running_var", "moving_variance"):

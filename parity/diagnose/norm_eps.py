@@ -24,7 +24,7 @@ import numpy as np
 from ..records import Diagnosis
 from .base import Context, detector
 from .base import channel_axis as _channel_axis
-from .bn import _declared_eps
+from .bn import _declared_eps, differing_declared_eps
 
 __all__ = ["diagnose_norm_epsilon"]
 
@@ -199,9 +199,10 @@ def _fitted_difference(ctx: Context) -> Diagnosis | None:
 def _declared_difference(ctx: Context) -> Diagnosis | None:
     """The epsilons the two layers declare, when they differ by 10× or more."""
     m = ctx.match
-    eps_a, eps_b = _declared_eps(m.a.attrs), _declared_eps(m.b.attrs)
-    if eps_a is None or eps_b is None or max(eps_a, eps_b) < 10 * max(min(eps_a, eps_b), 1e-300):
+    declared = differing_declared_eps(m)
+    if declared is None:
         return None
+    eps_a, eps_b = declared
     msg = (
         f"Normalisation epsilon differs ({m.a.op} / {m.b.op}): model A's layer declares eps {eps_a:.0e}, model B's "
         f"{eps_b:.0e}. The values could not confirm it row by row (the layer's input is not a recorded tensor, "
