@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import heapq
+import functools
 import re
 import sys
 from difflib import get_close_matches
@@ -317,6 +318,15 @@ class TFGraph:
         """The imported ``tf.Tensor`` of ``name`` (with or without ``import/``)."""
         return self.graph.get_tensor_by_name(f"{PREFIX}/{_tensor_name(_strip(name))}")
 
+    @functools.cached_property
+    def live_nodes(self) -> frozenset[str]:
+        """The nodes that depend on a graph input (the rest are weights and constants)."""
+        live = {_node_of(n) for n in self.inputs}
+        for node in _topological(self.graph_def.node):
+            if node.name not in live and any(_node_of(i) in live for i in node.input if not i.startswith("^")):
+                live.add(node.name)
+        return frozenset(live)
+
     def tensor_names(self) -> list[str]:
         """Every tensor of the graph, in topological order, without the ``import/`` prefix."""
         graph = self.graph
@@ -387,21 +397,12 @@ _BINARY_OPS = frozenset({"Add", "AddV2", "BiasAdd", "Sub", "Mul", "RealDiv", "Ma
 _LINEAR_OPS = frozenset({"Conv2D", "Conv3D", "DepthwiseConv2dNative", "MatMul", "BatchMatMulV2", "Conv2DBackpropInput"})
 
 
-def _only_bias_follows(op: Any, live: set[str]) -> bool:
+def _only_bias_follows(op: Any, live: frozenset[str]) -> bool:
     """Whether the only consumer of ``op``'s output adds (or multiplies by) a constant."""
     users = [c for out in op.outputs for c in out.consumers()]
     if len(users) != 1 or users[0].type not in ("Add", "AddV2", "BiasAdd"):
         return False
     return any(_node_of(_strip(t.name)) not in live for t in users[0].inputs)
-
-
-def _live_nodes(model: Any) -> set[str]:
-    """The graph's nodes that depend on a model input (the rest are weights and constants)."""
-    live = {_node_of(n) for n in model.inputs}
-    for node in _topological(model.graph_def.node):
-        if node.name not in live and any(_node_of(i) in live for i in node.input if not i.startswith("^")):
-            live.add(node.name)
-    return live
 
 
 def _topological(nodes: Iterable[Any]) -> list[Any]:
@@ -636,7 +637,7 @@ class TFGraphBackend(Backend):
             for pattern in self.select:
                 chosen.update(resolve_tensor_names(self.model, pattern))
             return [n for n in self.model.tensor_names() if n in chosen]
-        live = _live_nodes(self.model)
+        live = self.model.live_nodes
         out: list[str] = []
         for node in nodes:
             if node.name not in live:
@@ -749,7 +750,7 @@ class TFGraphBackend(Backend):
             extra = {"flat_from": flat_from[name]} if name in flat_from else {}
             return layouts.get(name, CHANNELS_LAST.get(value.ndim)), extra
 
-        live = _live_nodes(self.model)
+        live = self.model.live_nodes
         for name in recorded:
             value = values[name]
             op = graph.get_operation_by_name(f"{PREFIX}/{_node_of(name)}")
