@@ -38,6 +38,7 @@ unrelated, the shape fits several candidates).
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import re
 from typing import Mapping
@@ -603,13 +604,17 @@ def _folded(ta: Trace, tb: Trace, matches: list[Match], used_a: set[int], used_b
     fused ReLU), or an unmatched op of B right before it (onnx2tf's bias-less convolution
     before the ``Add`` that matched torch's BatchNorm)."""
     ordered = sorted(matches, key=lambda m: m.a.index)
-    b_layers = [t for t in tb.layers if id(t) not in used_b and t.role != "container"]
+    a_free = [t for t in ta.layers if id(t) not in used_a and t.role != "container"]
+    a_index = [t.index for t in a_free]
+    b_free = [t for t in tb.layers if id(t) not in used_b and t.role != "container"]
+    b_index = [t.index for t in b_free]
     out: set[int] = set()
     prev_a, prev_b = -1, -1
-    for m in ordered:
-        run = [t for t in ta.layers if prev_a < t.index < m.a.index and id(t) not in used_a and t.role != "container"]
+    for m in ordered:  # each run is a slice of the unmatched taps, both lists in index order
+        run = a_free[bisect.bisect_right(a_index, prev_a):bisect.bisect_left(a_index, m.a.index)]
         if run:
-            made_by = {op_family(b.op) for b in b_layers if prev_b < b.index < m.b.index}
+            before_b = b_free[bisect.bisect_right(b_index, prev_b):bisect.bisect_left(b_index, m.b.index)]
+            made_by = {op_family(b.op) for b in before_b}
             if op_family(m.b.op) != tap_family(m.a):
                 made_by.add(op_family(m.b.op))
             if any(op_family(r.op) in made_by for r in run):
