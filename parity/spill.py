@@ -107,19 +107,22 @@ class Spill:
         rest go to disk as they are recorded (the model's own tensors are then freed as it runs)."""
         from .capture.base import sink
 
-        held = 0
-
-        class _Sink:
-            def take(_, value: np.ndarray) -> np.ndarray:
-                nonlocal held
-                size = int(getattr(value, "nbytes", 0))
-                if isinstance(value, np.memmap) or size < _SMALL or held + size <= budget:
-                    held += size
-                    return value
-                return self._write(np.asarray(value))
-
-        with sink(_Sink()):
+        with sink(_Budget(self, budget)):
             yield
+
+
+class _Budget:
+    """The tap sink of :meth:`Spill.capturing`: keeps values until ``budget`` bytes are held."""
+
+    def __init__(self, spill: Spill, budget: int) -> None:
+        self.spill, self.budget, self.held = spill, budget, 0
+
+    def take(self, value: np.ndarray) -> np.ndarray:
+        size = int(getattr(value, "nbytes", 0))
+        if isinstance(value, np.memmap) or size < _SMALL or self.held + size <= self.budget:
+            self.held += size
+            return value
+        return self.spill._write(np.asarray(value))
 
 
 def release(value: Any) -> None:
