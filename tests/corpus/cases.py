@@ -1,0 +1,108 @@
+"""What a corpus case is, and how its outcome is judged.
+
+A :class:`Case` builds a pair — model A, its conversion B by a real converter, inputs — either
+faithful or with one injected :class:`Bug`.  :func:`judge` runs ``parity.diff`` on it and turns the
+report into a :class:`Row`: a faithful pair must be ``ok`` (a false divergence is the worst bug
+parity can have); a bug must be flagged at its layer (or a named fused neighbour), by a diagnosis
+other than ``unexplained`` where one applies.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+#: reasons an unmatched layer of A counts as accounted for, not missing
+ACCOUNTED = ("fused", "one-sided", "placeholder")
+
+
+@dataclass(frozen=True)
+class Bug:
+    """A bug injected into B (or into what the converter is fed)."""
+
+    name: str  # a stable id, e.g. "scaled-kernel"
+    layer: str  # model A's layer where parity must flag it
+    also: tuple[str, ...] = ()  # acceptable neighbours (the layer it is fused with)
+    diagnosis: str | None = None  # the code expected, where a detector applies
+
+
+@dataclass
+class Pair:
+    """What one build gives: the two models (live or paths), the inputs, options for ``parity.diff``."""
+
+    a: Any
+    b: Any
+    inputs: Any = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str  # "<source>/<model>/<route>", e.g. "timm/resnet18/onnx-dynamo"
+    source: str  # timm | transformers | keras-hub | keras.applications | nobuco
+    model: str
+    route: str  # e.g. "torch.onnx.export (dynamo)"
+    build: Callable[[Bug | None], Pair]  # None → the faithful pair
+    bugs: tuple[Bug, ...] = ()
+    sample: bool = False  # part of the deterministic subset `make test` runs
+
+
+@dataclass(frozen=True)
+class Row:
+    case: str
+    source: str
+    model: str
+    route: str
+    bug: str | None
+    layers: int  # layers of A that compute something (compared + accounted + unmatched)
+    compared: int
+    accounted: int
+    unmatched: int
+    max_rel_err: float  # over compared layers (faithful: the worst of them)
+    verdict: str  # "ok" | "diverges at <layer> (<codes>)" | "crash: <error>"
+    expected: str  # "ok" | the bug's layer
+    passed: bool
+    seconds: float
+    unmatched_names: tuple[str, ...] = ()
+
+    @property
+    def matched_share(self) -> float:
+        """Compared or accounted for, of the layers that compute something."""
+        return (self.compared + self.accounted) / self.layers if self.layers else 0.0
+
+
+def judge(case: Case, bug: Bug | None = None) -> Row:
+    """Build the pair, diff it, and say whether parity got it right."""
+    import parity
+
+    start = time.perf_counter()
+    expected = "ok" if bug is None else bug.layer
+    try:
+        pair = case.build(bug)
+        report = parity.diff(pair.a, pair.b, pair.inputs, **pair.options)
+    except Exception as exc:  # a crash is an outcome of its own: recorded, never hidden
+        detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        return Row(case.id, case.source, case.model, case.route, bug and bug.name, 0, 0, 0, 0,
+                   float("nan"), f"crash: {detail[:300]}", expected, False, time.perf_counter() - start)
+    compared = sum(1 for d in report.layers if d.role != "output")
+    accounted = sum(1 for u in report.unmatched_a if u.reason in ACCOUNTED)
+    missing = [u.name for u in report.unmatched_a if u.reason not in ACCOUNTED]
+    errs = [d.metrics.rel_err for d in report.layers]
+    first = report.first_divergence
+    if first is None:
+        verdict = "ok"
+    else:
+        codes = sorted({g.code for g in report.diagnoses if g.layer == first.a_name}) or ["-"]
+        verdict = f"diverges at {first.a_name} ({', '.join(codes)})"
+    if bug is None:
+        passed = report.ok
+    else:
+        passed = first is not None and first.a_name in (bug.layer, *bug.also)
+        if passed and bug.diagnosis is not None:
+            passed = any(g.code == bug.diagnosis for g in report.diagnoses if g.layer == first.a_name)
+    return Row(case.id, case.source, case.model, case.route, bug and bug.name,
+               compared + accounted + len(missing), compared, accounted, len(missing),
+               max(errs) if errs else float("nan"), verdict, expected, passed,
+               time.perf_counter() - start, tuple(missing))
