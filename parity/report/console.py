@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 from typing import Iterable, Iterator
 
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
@@ -225,10 +226,10 @@ def _layer_columns(report: Report, stacked: bool) -> list[Column]:
         for key, col in cols.items():
             col.cells.append(cells[key])
     a = cols["A"]
-    a.loose = b_loose = frozenset(loose)
-    a.floor = max((len(d.a_name) for d in report.layers), default=0)
+    a.loose = frozenset(loose)
+    a.floor = max((cell_len(d.a_name) for d in report.layers), default=0)
     if "B" in cols:
-        cols["B"].loose = b_loose
+        cols["B"].loose = a.loose
     return list(cols.values())
 
 
