@@ -75,12 +75,16 @@ def test_model_specs_name_the_missing_module_or_attribute():
 def test_a_missing_or_unsupported_model_file_is_refused_with_what_to_do(tmp_path):
     with pytest.raises(ParityError, match="does not exist. Give a path to a saved model or 'package.module:factory'"):
         load(tmp_path / "nope.keras")
-    (tmp_path / "weights.bin").write_bytes(b"\0")
-    with pytest.raises(ParityError, match="is not a file torch.load can read"):
-        load(tmp_path / "weights.bin")
     (tmp_path / "model.xyz").write_bytes(b"\0")
     with pytest.raises(ParityError, match=r"parity loads .keras/.h5 \(Keras\), .pt2 \(torch.export\)"):
         load(tmp_path / "model.xyz")
+
+
+def test_a_file_torch_cannot_read_is_refused(tmp_path):
+    pytest.importorskip("torch")
+    (tmp_path / "weights.bin").write_bytes(b"\0")
+    with pytest.raises(ParityError, match="is not a file torch.load can read"):
+        load(tmp_path / "weights.bin")
 
 
 def test_a_keras_file_loads_in_safe_mode_and_a_lambda_needs_an_opt_in(tmp_path):
