@@ -23,7 +23,7 @@ from typing import Sequence
 from .errors import InputError, InputShapeUnknown, ParityError
 from .loading import StateDictWithoutFactory, _looks_like_spec, load_inputs, load_mapping, load_model, require_files
 from .chain import add_chain_command, run_chain_command
-from .options import add_tolerance_options
+from .options import add_tolerance_options, add_verbose_option
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,10 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a layer is worse when its error over the allowed error grew more than this (default 2)",
     )
     for command in sub.choices.values():
-        command.add_argument(
-            "--verbose", action="store_true",
-            help="let TensorFlow's C++ and absl start-up logging through to stderr (hidden by default)",
-        )
+        add_verbose_option(command.add_argument)
     return parser
 
 
