@@ -45,7 +45,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import AlignmentError, MappingError, closest
+from .errors import AlignmentError, MappingError
 from .layout import candidate_transforms
 from .records import Alignment, Match, Tap, Trace, Transform, Unmatched
 
@@ -92,7 +92,7 @@ ONE_SIDED_OPS = frozenset(
         "Lambda",
         "TFOpLambda",
         # layout and shape plumbing that graph formats and converters add (ONNX, TF, TFLite)
-        "Transpose", "TRANSPOSE", "Reshape", "RESHAPE", "Squeeze", "SQUEEZE", "Unsqueeze", "ExpandDims",
+        "Transpose", "TRANSPOSE", "RESHAPE", "Squeeze", "SQUEEZE", "Unsqueeze", "ExpandDims",
         "EXPAND_DIMS", "Pad", "PAD", "Shape", "SHAPE", "StridedSlice", "STRIDED_SLICE", "Pack", "PACK",
         "Gather", "Cast", "CAST", "Slice", "SLICE", "ConcatV2",
         "permute", "transpose", "view", "reshape", "flatten", "squeeze", "unsqueeze", "contiguous",

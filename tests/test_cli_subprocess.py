@@ -80,6 +80,7 @@ def user_dir(tmp_path):
     return home
 
 
+@pytest.mark.slow
 @needs["torch"]
 def test_a_factory_in_the_working_directory_is_found_without_pythonpath(user_dir):
     done = run_parity(user_dir, "diff", "mymodels:torch_model", "mymodels:twin", "--shape", "2,4")
@@ -120,6 +121,7 @@ def test_a_missing_model_file_fails_before_the_other_model_is_loaded(user_dir):
     assert "frameworks imported: none" in done.stdout
 
 
+@pytest.mark.slow
 @needs["keras"]
 def test_a_keras_diff_keeps_tensorflow_logging_off_stderr(tmp_path):
     home = tmp_path / "project"

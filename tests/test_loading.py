@@ -87,6 +87,7 @@ def test_a_file_torch_cannot_read_is_refused(tmp_path):
         load(tmp_path / "weights.bin")
 
 
+@pytest.mark.slow
 def test_a_keras_file_loads_in_safe_mode_and_a_lambda_needs_an_opt_in(tmp_path):
     keras = pytest.importorskip("keras")
     inputs = keras.Input((3,))

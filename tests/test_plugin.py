@@ -61,6 +61,7 @@ def project(pytester):
     return pytester
 
 
+@pytest.mark.slow
 @needs_frameworks
 def test_pairs_become_items_that_pass_and_fail_with_the_report(project):
     result = project.runpytest_subprocess("--parity", "-p", "no:cacheprovider")
@@ -86,6 +87,7 @@ def test_pairs_become_items_that_pass_and_fail_with_the_report(project):
     result.stdout.fnmatch_lines(["    reports/buggy.json, reports/buggy.html"])
 
 
+@pytest.mark.slow
 @needs_frameworks
 def test_a_pair_can_be_named_on_the_command_line_and_other_files_run_without_pairs(project):
     project.makepyfile(test_other="def test_other():\n    pass\n")
@@ -153,6 +155,7 @@ def test_a_malformed_pair_table_fails_collection_naming_the_key_and_file(pyteste
     result.stderr.fnmatch_lines([f"*pyproject.toml: [[]tool.parity.pairs.broken[]]*{fragment}*"])
 
 
+@pytest.mark.slow
 @needs_frameworks
 def test_the_parity_fixture_fails_a_hand_written_test_with_the_report(project):
     project.makepyfile(
@@ -190,6 +193,7 @@ TORCH_PAIR = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
 def test_a_pair_factory_beside_the_config_is_found_without_pythonpath(tmp_path):
     """`pytest --parity` started like the console script (pytester's subprocess would put the
