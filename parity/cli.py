@@ -122,8 +122,7 @@ def _model(spec: str, factory: str | None, flag: str = "--factory"):
     except StateDictWithoutFactory as exc:
         raise StateDictWithoutFactory(
             exc.path, exc.keys,
-            how=f"{flag} package.module:Net (a class or function that returns the model, run from the directory "
-                "that holds package/ or module.py)",
+            how=f"{flag} package.module:Net (the model's class, or a function that returns the model)",
         ) from None
 
 
