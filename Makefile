@@ -11,7 +11,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 # this stack regardless (see README, "Converters tested"), so they come without deps.
 NO_DEPS_CONVERTERS := onnx2tf==1.29.24 onnx2torch==1.5.15 torchvision==0.29.1
 
-.PHONY: install keras2 test demo demo-chain clean browser bench
+.PHONY: install keras2 test check lint demo demo-chain clean browser bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -60,6 +60,17 @@ ONEDNN_TESTS := tests/test_mobilenet_pb.py tests/test_tf_keras.py tests/test_dif
 test: $(STAMP) $(KERAS2_STAMP) browser
 	TF_ENABLE_ONEDNN_OPTS=0 PARITY_REQUIRE_BROWSER=1 PARITY_REQUIRE_CONVERTERS=1 $(PY) -m pytest -q
 	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest -q $(ONEDNN_TESTS)
+
+# The inner loop: lint, types, and the tests that need neither TensorFlow, a converter nor a
+# browser (markers in pyproject.toml).  `make test` is the whole suite, and what CI runs.
+FAST := not slow and not converters and not browser
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check parity tests benchmarks conftest.py
+	$(VENV)/bin/mypy
+
+check: lint
+	$(PY) -m pytest -q -m "$(FAST)"
 
 demo: $(STAMP)
 	$(VENV)/bin/parity demo

@@ -46,7 +46,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import AlignmentError, MappingError, closest
+from .errors import AlignmentError, MappingError
 from .layout import candidate_transforms
 from .records import Alignment, Match, Tap, Trace, Transform, Unmatched
 
@@ -93,7 +93,7 @@ ONE_SIDED_OPS = frozenset(
         "Lambda",
         "TFOpLambda",
         # layout and shape plumbing that graph formats and converters add (ONNX, TF, TFLite)
-        "Transpose", "TRANSPOSE", "Reshape", "RESHAPE", "Squeeze", "SQUEEZE", "Unsqueeze", "ExpandDims",
+        "Transpose", "TRANSPOSE", "RESHAPE", "Squeeze", "SQUEEZE", "Unsqueeze", "ExpandDims",
         "EXPAND_DIMS", "Pad", "PAD", "Shape", "SHAPE", "StridedSlice", "STRIDED_SLICE", "Pack", "PACK",
         "Gather", "Cast", "CAST", "Slice", "SLICE", "ConcatV2",
         "permute", "transpose", "view", "reshape", "flatten", "squeeze", "unsqueeze", "contiguous",
@@ -306,7 +306,10 @@ class _Pairing:
         return base + end + _similarity(a, b, ts[0])
 
 
-def _resolve_name(name: str, table: Mapping[str, Tap], side: str, trace: Trace) -> Tap:
+def _resolve_name(
+    name: str, table: Mapping[str, Tap], side: str, trace: Trace, partner: Tap | None = None,
+    partner_trace: Trace | None = None,
+) -> Tap:
     """A mapping entry's tap: the exact name, the name without TF's ``import/`` prefix, a glob
     (``*/conv_dw_1_relu*/Relu6:0``) or a regex (``re:conv_dw_\\d+_relu``) matching exactly one tensor."""
     if name in table:
@@ -331,17 +334,56 @@ def _resolve_name(name: str, table: Mapping[str, Tap], side: str, trace: Trace) 
             f"mapping pattern {name!r} matches {len(hits)} tensors of {where}: {', '.join(hits[:5])}"
             f"{', …' if len(hits) > 5 else ''}. Make it match exactly one."
         )
-    hint = closest(plain, table, label=f"Closest names in model {side}", cutoff=0.4)
+    hint = _closest_taps_hint(plain, trace, side, partner, partner_trace)
     raise MappingError(
         f"mapping names {name!r} as a layer of {where}, which has no recorded tensor of that name "
         f"(or matching that pattern).{hint} List the model's names with `parity taps MODEL` or parity.capture(model, inputs).names."
     )
 
 
+def _closest_taps_hint(name: str, trace: Trace, side: str, partner: Tap | None, partner_trace: Trace | None) -> str:
+    """The taps of ``trace`` a mistyped mapping entry most likely meant: by spelling, and when
+    the entry's other side is known, by its op family and relative position too (a converter
+    renames layers, so the tensor meant is often spelled nothing like what was typed)."""
+    from difflib import SequenceMatcher
+
+    taps = [t for t in trace.taps if t.role != "input"]
+    if not taps:
+        return ""
+    spelled = {t.name: SequenceMatcher(None, name.lower(), t.name.lower()).ratio() for t in taps}
+    if partner is None or partner_trace is None:
+        ranked = sorted((t for t in taps if spelled[t.name] >= 0.4), key=lambda t: -spelled[t.name])[:3]
+        how = ""
+    else:
+        others = [t for t in partner_trace.taps if t.role != "input"]
+        where = others.index(partner) / max(1, len(others) - 1) if partner in others else 0.5
+        family = tap_family(partner)
+
+        def score(i: int, t: Tap) -> float:
+            # spelling leads (a near-exact name is what was meant), the op family outweighs a
+            # few letters, and the relative position breaks ties between similar names
+            position = 1.0 - abs(i / max(1, len(taps) - 1) - where)
+            return 5.0 * spelled[t.name] + (tap_family(t) == family) + 0.3 * position
+
+        ranked = [t for _, t in sorted(((-score(i, t), i), t) for i, t in enumerate(taps))[:3]]
+        how = f" (by name, op and position: {partner.name!r} is a {partner.op} in model {'B' if side == 'A' else 'A'})"
+    if not ranked:
+        return ""
+    return f" Closest names in model {side}{how}: " + ", ".join(f"{t.name} ({t.op}, #{t.index})" for t in ranked) + "."
+
+
 def _check_mapping(mapping: Mapping[str, str], ta: Trace, tb: Trace) -> list[tuple[Tap, Tap]]:
     by_a = {t.name: t for t in ta.taps}
     by_b = {t.name: t for t in tb.taps}
-    return [(_resolve_name(a, by_a, "A", ta), _resolve_name(b, by_b, "B", tb)) for a, b in mapping.items()]
+    pairs = []
+    for a, b in mapping.items():
+        try:
+            tap_b: Tap | None = _resolve_name(b, by_b, "B", tb)
+        except MappingError:
+            tap_b = None  # reported after A's name is checked, with A's tap to rank the hints by
+        tap_a = _resolve_name(a, by_a, "A", ta, tap_b, tb)
+        pairs.append((tap_a, tap_b if tap_b is not None else _resolve_name(b, by_b, "B", tb, tap_a, ta)))
+    return pairs
 
 
 def align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None = None) -> Alignment:

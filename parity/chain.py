@@ -887,9 +887,10 @@ def run_chain_command(args: Any, console: Any = None) -> int:
 
     console = console if console is not None else Console()
     try:
-        from .cli import _inputs
+        from .cli import _inputs, _require_files
 
         models = list(args.models)
+        _require_files(args, *models)  # a missing file fails before any stage loads
         if len(models) < 2:
             raise InputError(f"parity chain needs at least two models (a model and a conversion); got {len(models)}.")
         names = None

@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import InputError, ParityError
-from .loading import load_inputs, load_mapping, load_model
+from .errors import InputError, InputShapeUnknown, ParityError
+from .loading import StateDictWithoutFactory, _looks_like_spec, load_inputs, load_mapping, load_model, require_files
 from .chain import add_chain_command, run_chain_command
-from .options import add_tolerance_options
+from .options import add_tolerance_options, add_verbose_option
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--factor", type=float, default=2.0,
         help="a layer is worse when its error over the allowed error grew more than this (default 2)",
     )
+    for command in sub.choices.values():
+        add_verbose_option(command.add_argument)
     return parser
 
 
@@ -113,8 +115,44 @@ def _inputs(args) -> object:
     return load_inputs(args.inputs)
 
 
-def _model(spec: str, factory: str | None):
-    return load_model({"path": spec, "factory": factory} if factory else spec)
+def _model(spec: str, factory: str | None, flag: str = "--factory"):
+    """The model ``spec`` names; a state_dict without ``flag`` is refused naming that flag."""
+    try:
+        return load_model({"path": spec, "factory": factory} if factory else spec)
+    except StateDictWithoutFactory as exc:
+        raise StateDictWithoutFactory(
+            exc.path, exc.keys,
+            how=f"{flag} package.module:Net (the model's class, or a function that returns the model)",
+        ) from None
+
+
+def _require_files(args, *specs: str) -> None:
+    """Refuse a missing inputs, mapping or model file before any model (and its framework) loads."""
+    inputs = getattr(args, "inputs", None)
+    if inputs and not Path(inputs).exists() and not _looks_like_spec(inputs):
+        raise InputError(f"inputs file {inputs!r} does not exist; give a .npy or .npz file.")
+    mapping = getattr(args, "mapping", None)
+    if mapping and not Path(mapping).exists():
+        raise InputError(f"mapping file {mapping!r} does not exist.")
+    for spec in specs:
+        require_files(spec)
+
+
+def _no_shape(exc: InputShapeUnknown, models: Sequence[str]) -> InputError:
+    """What to do when no model declares its input shape, in the command line's terms."""
+    if len(models) == 1:
+        declared = exc.declared.get("A")
+        said = f"{models[0]} declares {declared}" if declared else f"{models[0]} declares no input shape"
+        return InputError(
+            f"parity cannot make a random batch for one model whose input shape is not complete: {said}. "
+            "Give the shape with --shape, e.g. --shape 1,3,224,224, or a batch with --inputs FILE.npy."
+        )
+    said = "; ".join(f"{side} ({models[0 if side == 'A' else 1]}) declares {shapes}"
+                     for side, shapes in exc.declared.items()) or "neither model declares its input shape"
+    return InputError(
+        f"parity cannot make a random batch: no model declares a complete input shape ({said}). "
+        "Give the shape in model A's layout with --shape, e.g. --shape 1,3,224,224, or a batch with --inputs FILE.npy."
+    )
 
 
 def _print_taps(trace, pattern: str | None, console) -> int:
@@ -160,11 +198,16 @@ def _align_command(args, console) -> int:
     from .align import align
     from .api import capture_pair
 
-    trace_a, trace_b = capture_pair(
-        _model(args.a, args.factory_a), _model(args.b, args.factory_b), _inputs(args),
-        granularity="ops" if args.ops else "modules", seed=args.seed,
-    )
-    alignment = align(trace_a, trace_b, load_mapping(args.mapping))
+    _require_files(args, args.a, args.b)
+    inputs, mapping = _inputs(args), load_mapping(args.mapping)
+    try:
+        trace_a, trace_b = capture_pair(
+            _model(args.a, args.factory_a, "--factory-a"), _model(args.b, args.factory_b, "--factory-b"), inputs,
+            granularity="ops" if args.ops else "modules", seed=args.seed,
+        )
+    except InputShapeUnknown as exc:
+        raise _no_shape(exc, [args.a, args.b]) from None
+    alignment = align(trace_a, trace_b, mapping)
     matches = [m for m in alignment.matches if m.a.role != "output"]
     table = Table(box=None, header_style="bold", pad_edge=False)
     for col in ("A layer", "B tensor", "how", "transform", "cosine"):
@@ -227,15 +270,15 @@ def _write_outputs(report, args, console) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.verbose:
+        from .quiet import quiet_tensorflow
+
+        quiet_tensorflow()  # parity's own program: TensorFlow's start-up chatter stays out of the verdict
     from rich.console import Console
 
     console = Console()
     try:
         if args.command == "demo":
-            import os
-
-            # the demo is our own program: keep TensorFlow's start-up chatter out of its story
-            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
             from .demo import run_chain_demo, run_demo
 
             shown = console if args.width is None else Console(width=args.width)
@@ -247,18 +290,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .spill import parse_max_memory
 
             parse_max_memory(args.max_memory)  # a malformed size is refused before any model loads
-
-            report = diff(
-                _model(args.a, args.factory_a),
-                _model(args.b, args.factory_b),
-                _inputs(args),
-                mapping=load_mapping(args.mapping),
-                rtol=args.rtol,
-                atol=args.atol,
-                seed=args.seed,
-                granularity="ops" if args.ops else "modules",
-                max_memory=args.max_memory,
-            )
+            _require_files(args, args.a, args.b)
+            inputs, mapping = _inputs(args), load_mapping(args.mapping)
+            try:
+                report = diff(
+                    _model(args.a, args.factory_a, "--factory-a"),
+                    _model(args.b, args.factory_b, "--factory-b"),
+                    inputs,
+                    mapping=mapping,
+                    rtol=args.rtol,
+                    atol=args.atol,
+                    seed=args.seed,
+                    granularity="ops" if args.ops else "modules",
+                    max_memory=args.max_memory,
+                )
+            except InputShapeUnknown as exc:
+                raise _no_shape(exc, [args.a, args.b]) from None
             console.print(report)
             _write_outputs(report, args, console)
             return 0 if report.ok else 1
@@ -276,7 +323,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "taps":
             from .api import capture
 
-            trace = capture(_model(args.model, args.factory), _inputs(args), granularity="ops" if args.ops else "modules")
+            _require_files(args, args.model)
+            inputs = _inputs(args)
+            try:
+                trace = capture(_model(args.model, args.factory), inputs, granularity="ops" if args.ops else "modules")
+            except InputShapeUnknown as exc:
+                raise _no_shape(exc, [args.model]) from None
             return _print_taps(trace, args.filter, console)
         if args.command == "chain":
             return run_chain_command(args, console)

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ParityError",
     "InputError",
+    "InputShapeUnknown",
     "ModelError",
     "MappingError",
     "ToleranceError",
@@ -37,6 +38,15 @@ class ParityError(Exception):
 
 class InputError(ParityError, ValueError):
     """The inputs given for a comparison are unusable (shape, dtype, NaN...)."""
+
+
+class InputShapeUnknown(InputError):
+    """No inputs were given, and no model declares a complete input shape to make a random
+    batch from.  ``declared`` maps each model (``"A"``, ``"B"``) to what it does declare."""
+
+    def __init__(self, message: str, declared: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.declared = dict(declared or {})
 
 
 class ModelError(ParityError, TypeError):

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .capture.base import Backend, digest_inputs
-from .errors import InputError
+from .errors import InputError, InputShapeUnknown
 from .layout import channels_first, channels_last, input_transform, permutation
 from .records import IDENTITY, InputSpec, InputsSummary, Transform
 
@@ -173,14 +173,14 @@ def random_inputs(
                 arr_b = np.ascontiguousarray(np.transpose(arr_b, permutation(layout_b, layout_a)))
             out.append(arr_b)
         return out
-    known = [spec for spec in (spec_a, spec_b) if spec]
-    said = "; ".join(
-        f"{'A' if spec is spec_a else 'B'} declares " + ", ".join(f"{s.name} {_fmt(s.shape)}" for s in spec)
-        for spec in known
-    ) or "neither model declares its input shape"
-    raise InputError(
+    declared = {side: ", ".join(f"{s.name} {_fmt(s.shape)}" for s in spec)
+                for side, spec in (("A", spec_a), ("B", spec_b)) if spec}
+    said = "; ".join(f"{side} declares {shapes}" for side, shapes in declared.items()) or (
+        "neither model declares its input shape")
+    raise InputShapeUnknown(
         f"inputs=None needs a model that declares a complete input shape, and {said}. "
-        "Pass inputs explicitly, e.g. parity.diff(a, b, np.random.rand(8, 3, 224, 224).astype('float32'))."
+        "Pass inputs explicitly, e.g. parity.diff(a, b, np.random.rand(8, 3, 224, 224).astype('float32')).",
+        declared,
     )
 
 

@@ -12,27 +12,74 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import InputError, ModelError
+from .errors import InputError, ModelError, closest
 
-__all__ = ["load_model", "load_inputs", "load_mapping", "load"]
+__all__ = ["load_model", "load_inputs", "load_mapping", "load", "require_files", "StateDictWithoutFactory"]
 
 
-def _resolve(spec: str, what: str) -> Any:
+def _resolve(spec: str, what: str, search: Sequence[str | Path] = ()) -> Any:
+    """The object ``"package.module:attr"`` names.  A module that is not importable from
+    ``sys.path`` is looked for in ``search`` and then the current directory, as ``python -m``
+    would find it; a directory that holds it is appended to ``sys.path`` (appended: it can
+    shadow nothing that was importable before)."""
     module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelError(f"cannot import {module_name!r} for {what} {spec!r}: {exc}") from exc
+    module = _import(module_name, spec, what, search)
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ModelError(f"{module_name!r} has no attribute {attr!r} ({what} {spec!r}).")
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            hint = closest(part, names, label="Did you mean", cutoff=0.5)
+            raise ModelError(f"{module_name!r} has no attribute {attr!r} ({what} {spec!r}).{hint}")
         obj = getattr(obj, part)
     return obj
+
+
+def _import(module_name: str, spec: str, what: str, search: Sequence[str | Path]) -> Any:
+    top = module_name.split(".")[0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (exc.name == module_name or module_name.startswith(exc.name + ".")):
+            raise ModelError(f"importing {module_name!r} for {what} {spec!r} failed: {exc}.") from exc
+        missing: Exception = exc
+    except ImportError as exc:
+        raise ModelError(f"cannot import {module_name!r} for {what} {spec!r}: {exc}") from exc
+    dirs = _search_dirs(search)
+    for directory in dirs:
+        if (directory / f"{top}.py").is_file() or (directory / top).is_dir():
+            if str(directory) not in sys.path:
+                sys.path.append(str(directory))
+            importlib.invalidate_caches()
+            try:
+                return importlib.import_module(module_name)
+            except ImportError as exc:
+                raise ModelError(
+                    f"importing {module_name!r} from {str(directory)!r} for {what} {spec!r} failed: {exc}."
+                ) from exc
+    nearby = sorted(
+        {p.stem for d in dirs if d.is_dir() for p in d.glob("*.py")}
+        | {p.name for d in dirs if d.is_dir() for p in d.iterdir() if (p / "__init__.py").is_file()}
+    )
+    hint = closest(top, nearby, label="Did you mean", cutoff=0.5)
+    raise ModelError(
+        f"cannot import {module_name!r} for {what} {spec!r}: {missing}. parity looked on sys.path and in "
+        f"{', '.join(repr(str(d)) for d in dirs)}.{hint} Run parity from the directory that holds "
+        f"{top}.py, or add that directory to PYTHONPATH (PYTHONPATH=/path/to/dir parity ...), "
+        "or install your project (pip install -e .)."
+    ) from missing
+
+
+def _search_dirs(search: Sequence[str | Path]) -> list[Path]:
+    dirs: list[Path] = []
+    for d in (*search, Path.cwd()):
+        resolved = Path(d).resolve()
+        if resolved not in dirs:
+            dirs.append(resolved)
+    return dirs
 
 
 def _is_model(obj: Any) -> bool:
@@ -69,14 +116,39 @@ def load_model(spec: Any, base_dir: str | Path | None = None) -> Any:
                 f"'signature'); got keys {sorted(spec)}."
             )
         options = {k: v for k, v in spec.items() if k != "path"}
-        return load(_under(spec["path"], base_dir), **options)
+        path = _under(spec["path"], base_dir)
+        if isinstance(options.get("factory"), str):
+            _require_file(path)  # before the factory's module (and its framework) is imported
+            options["factory"] = _resolve(options["factory"], "factory", _dirs(base_dir))
+        return load(path, **options)
     if not isinstance(spec, (str, Path)):
         return spec
     text = str(spec)
     if _looks_like_spec(text):
-        obj = _resolve(text, "model")
+        obj = _resolve(text, "model", _dirs(base_dir))
         return obj() if callable(obj) and not _is_model(obj) else obj
     return load(_under(text, base_dir))
+
+
+def require_files(spec: Any, base_dir: str | Path | None = None) -> None:
+    """Raise the :class:`ModelError` :func:`load_model` would for a model file that does not
+    exist, without loading anything: a typo then costs no framework import."""
+    if isinstance(spec, Mapping) and "path" in spec:
+        spec = spec["path"]
+    if isinstance(spec, (str, Path)) and not _looks_like_spec(str(spec)):
+        _require_file(_under(spec, base_dir))
+
+
+def _require_file(path: Path) -> None:
+    if not path.exists():
+        raise ModelError(
+            f"model file {str(path)!r} does not exist. Give a path to a saved model or "
+            "'package.module:factory'."
+        )
+
+
+def _dirs(base_dir: str | Path | None) -> list[str | Path]:
+    return [base_dir] if base_dir is not None else []
 
 
 def _under(path: Any, base_dir: str | Path | None) -> Path:
@@ -105,11 +177,7 @@ def load(path: str | Path, **options: Any) -> Any:
 
     Anything else raises a :class:`ModelError` that says what is supported."""
     path = Path(path)
-    if not path.exists():
-        raise ModelError(
-            f"model file {str(path)!r} does not exist. Give a path to a saved model or "
-            "'package.module:factory'."
-        )
+    _require_file(path)
     suffix = path.suffix.lower()
     if path.is_dir():
         if options.pop("keras", False):
@@ -226,6 +294,23 @@ def _load_with_tf_keras(path: Path, keras3_error: Exception, safe: bool, **optio
         ) from exc
 
 
+class StateDictWithoutFactory(ModelError):
+    """A ``.pth`` holds a state_dict and no factory was given to build the model it fits.
+    ``path`` and ``keys`` let a caller (the CLI) say how to give one in its own terms."""
+
+    def __init__(self, path: Path, keys: Sequence[str], how: str | None = None) -> None:
+        self.path, self.keys = path, list(keys)
+        shown = ", ".join(self.keys[:4]) + (", …" if len(self.keys) > 4 else "")
+        how = how or (
+            "parity.load(path, factory='package.module:Net'), "
+            "or in a pair table a = { path = \"...\", factory = \"package.module:Net\" }"
+        )
+        super().__init__(
+            f"{str(path)!r} is a state_dict ({len(self.keys)} tensors: {shown}): weights without the model's code. "
+            f"Give the class that builds the model: {how}."
+        )
+
+
 def _is_torchscript(path: Path) -> bool:
     import zipfile
 
@@ -264,12 +349,7 @@ def _load_torch_file(path: Path, *, factory: Any = None, weights_only: bool = Tr
         raise ModelError(f"{str(path)!r} holds a {type(state).__name__}, not a state_dict or a TorchScript module.")
     keys = list(state)
     if factory is None:
-        shown = ", ".join(keys[:4]) + (", …" if len(keys) > 4 else "")
-        raise ModelError(
-            f"{str(path)!r} is a state_dict ({len(keys)} tensors: {shown}): weights without the model's code. "
-            "Give the class that builds the model: parity.load(path, factory='package.module:Net'), "
-            "or in a pair table a = { path = \"...\", factory = \"package.module:Net\" }."
-        )
+        raise StateDictWithoutFactory(path, keys)
     build = _resolve(factory, "factory") if isinstance(factory, str) else factory
     model = build() if callable(build) else build
     if not _is_model(model):
@@ -309,7 +389,7 @@ def load_inputs(spec: Any, base_dir: str | Path | None = None) -> Any:
         return (rng.standard_normal(tuple(shapes)) * scale).astype(dtype)
     text = str(spec)
     if _looks_like_spec(text):
-        obj = _resolve(text, "inputs")
+        obj = _resolve(text, "inputs", _dirs(base_dir))
         return obj() if callable(obj) else obj
     path = Path(text)
     if base_dir is not None and not path.is_absolute():

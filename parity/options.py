@@ -41,3 +41,12 @@ def add_tolerance_options(add: Callable[..., Any], prefix: str = "") -> None:
         help="activations held in memory before a finished model's are spilled to memory-mapped files "
         "(e.g. 2GB, 512MiB; default: a quarter of RAM); the report is the same",
     )
+
+
+def add_verbose_option(add: Callable[..., Any], prefix: str = "") -> None:
+    add(
+        f"--{prefix}verbose",
+        action="store_true",
+        default=False,
+        help="let TensorFlow's C++ and absl start-up logging through to stderr (hidden by default)",
+    )

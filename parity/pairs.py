@@ -11,7 +11,9 @@ atol = 1e-6
 tolerances = { "layer4.*" = [1e-2, 1e-4] } # optional per-layer overrides
 ```
 
-Paths are relative to the file that declares them.  A malformed table raises
+Paths are relative to the file that declares them, and so are ``package.module`` specs
+that are not importable otherwise (the file's directory, then the current one, is searched
+for ``package/`` or ``module.py``).  A malformed table raises
 :class:`PairConfigError` naming the file, the pair and the key.
 """
 
@@ -51,15 +53,20 @@ class PairSpec:
             max_memory: int | str | None = None):
         """Load both models and the inputs, and compare them (options given here win)."""
         from .api import diff
-        from .loading import load_inputs, load_mapping, load_model
+        from .loading import load_inputs, load_mapping, load_model, require_files
 
         base = self.source.parent
         use_rtol, use_atol = (rtol, atol) if rtol is not None or atol is not None else (self.rtol, self.atol)
+        # the cheap parts first: a missing file fails before a model (and its framework) loads
+        mapping = load_mapping(self.mapping, base)
+        require_files(self.a, base)
+        require_files(self.b, base)
+        inputs = load_inputs(self.inputs, base)
         return diff(
             load_model(self.a, base),
             load_model(self.b, base),
-            load_inputs(self.inputs, base),
-            mapping=load_mapping(self.mapping, base),
+            inputs,
+            mapping=mapping,
             rtol=use_rtol,
             atol=use_atol,
             tolerances=self.tolerances or None,

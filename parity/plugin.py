@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from .options import add_tolerance_options
+from .options import add_tolerance_options, add_verbose_option
 
 _SKIP_REASON = "parity check: run with `pytest --parity`"
 
@@ -92,6 +92,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "@pytest.mark.parity",
     )
     add_tolerance_options(group.addoption, prefix="parity-")
+    add_verbose_option(group.addoption, prefix="parity-")
     group.addoption(
         "--parity-report-dir",
         default="reports",
@@ -100,7 +101,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    """With ``--parity`` (a run of parity's own checks), TensorFlow's start-up logging is kept
+    out of the terminal unless ``--parity-verbose``; before conftests, which may import it."""
+    _quiet(early_config.known_args_namespace)
+
+
+def _quiet(options: Any) -> None:
+    if getattr(options, "parity", False) and not getattr(options, "parity_verbose", False):
+        from .quiet import quiet_tensorflow
+
+        quiet_tensorflow()
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    _quiet(config.option)
     config.addinivalue_line("markers", "parity: a model-parity check; runs only with `pytest --parity`")
     config.stash[_SESSION] = ParitySession(config)
 

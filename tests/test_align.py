@@ -202,7 +202,8 @@ def test_mapping_values_may_be_tf_names_globs_or_regexes():
         assert {m.a.name: m.b.name for m in alignment.matches}["features.1"] == "net/conv1_relu/Relu6:0"
     with pytest.raises(MappingError, match=r"matches 2 tensors of model B .*net/conv1_relu/Relu6:0, net/conv2_relu/Relu6:0. Make it match exactly one"):
         align(a, b, {"features.1": "*/Relu6:0"})
-    with pytest.raises(MappingError, match=r"no recorded tensor of that name \(or matching that pattern\). Closest names in model B: net/conv1_relu/Relu6:0"):
+    with pytest.raises(MappingError, match=r"no recorded tensor of that name \(or matching that pattern\). Closest names in model B "
+                                           r"\(by name, op and position: 'features.1' is a ReLU6 in model A\): net/conv1_relu/Relu6:0 \(Relu6, #1\)"):
         align(a, b, {"features.1": "net/conv1_relu/Relu:0"})
     with pytest.raises(MappingError, match="not a valid regex"):
         align(a, b, {"features.1": "re:conv1_relu("})
@@ -324,3 +325,31 @@ def test_a_pair_by_name_whose_values_agree_is_confident_even_when_the_shape_fits
     differ = make_trace([("conv", "Conv2D", nchw_to_nhwc(noise), "NHWC")], framework="keras")
     m = next(m for m in align(a, differ).matches if m.a.name == "conv")
     assert m.how == "name" and m.transform.ambiguous and m.confidence == 0.8
+
+
+def test_a_mistyped_mapping_name_is_hinted_by_op_and_position_not_spelling_alone():
+    rng = np.random.default_rng(0)
+
+    def x(*shape):
+        return rng.standard_normal(shape).astype("float32")
+
+    a = make_trace([("conv1", "Conv2d", x(1, 4, 8, 8), "NCHW"), ("bn1", "BatchNorm2d", x(1, 4, 8, 8), "NCHW"),
+                    ("relu1", "ReLU", x(1, 4, 8, 8), "NCHW"), ("conv2", "Conv2d", x(1, 4, 8, 8), "NCHW"),
+                    ("relu2", "ReLU", x(1, 4, 8, 8), "NCHW"), ("fc", "Linear", x(1, 10), "NC"), ("out", "output", x(1, 10), "NC")])
+    b = make_trace([("model/conv2d/BiasAdd", "Conv2D", x(1, 8, 8, 4), "NHWC"),
+                    ("model/batch_normalization/FusedBatchNormV3", "FusedBatchNormV3", x(1, 8, 8, 4), "NHWC"),
+                    ("model/re_lu/Relu", "Relu", x(1, 8, 8, 4), "NHWC"), ("model/conv2d_1/BiasAdd", "Conv2D", x(1, 8, 8, 4), "NHWC"),
+                    ("model/re_lu_1/Relu", "Relu", x(1, 8, 8, 4), "NHWC"), ("model/dense/BiasAdd", "MatMul", x(1, 10), "NC"),
+                    ("out", "output", x(1, 10), "NC")], "tf-graph")
+    # spelled, 'model/conv2d_1/Relu' is nearest the conv's BiasAdd; A's relu2 is a ReLU, fifth of six
+    with pytest.raises(MappingError) as err:
+        align(a, b, {"relu2": "model/conv2d_1/Relu"})
+    assert (
+        "Closest names in model B (by name, op and position: 'relu2' is a ReLU in model A): "
+        "model/re_lu_1/Relu (Relu, #4), model/re_lu/Relu (Relu, #2), model/conv2d_1/BiasAdd (Conv2D, #3)."
+    ) in str(err.value)
+    # the A side of an entry is ranked against its B tensor the same way
+    with pytest.raises(MappingError) as err:
+        align(a, b, {"cnv2": "model/conv2d_1/BiasAdd"})
+    assert "Closest names in model A (by name, op and position: 'model/conv2d_1/BiasAdd' is a Conv2D in model B): " \
+           "conv2 (Conv2d, #3), conv1 (Conv2d, #0)" in str(err.value)

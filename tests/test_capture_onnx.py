@@ -20,6 +20,10 @@ from parity.errors import CaptureError, InputError, ModelError, ParityError  # n
 from parity.zoo.torch_models import BasicBlock, ConvNet, MobileNetBlock, randomize_bn  # noqa: E402
 
 
+# torch.onnx's dynamo exporter takes 5–20 s a model on two cores: the slow tier
+DYNAMO = [pytest.param(False, id="torchscript"), pytest.param(True, id="dynamo", marks=pytest.mark.slow)]
+
+
 def _export(model, x, path, *, dynamo: bool, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -94,7 +98,7 @@ def _intermediate_values(proto) -> dict[str, tuple]:
     return out
 
 
-@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("dynamo", DYNAMO)
 @pytest.mark.parametrize("name", list(_CASES))
 def test_every_intermediate_is_a_tap_and_outputs_match_torch(exported, name, dynamo):
     model, x, proto = exported(name, dynamo)
@@ -127,7 +131,7 @@ def test_every_intermediate_is_a_tap_and_outputs_match_torch(exported, name, dyn
     assert trace.inputs_digest
 
 
-@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("dynamo", DYNAMO)
 def test_residual_add_is_recorded(exported, dynamo):
     model, x, proto = exported("BasicBlock", dynamo)
     trace = OnnxBackend(proto).capture([x.numpy()])

@@ -106,3 +106,29 @@ def test_diff_takes_a_memory_budget_and_refuses_a_bad_one(tmp_path, capsys):
     # a malformed size is a usage error (exit 2) naming the value, before any model is loaded
     assert main(["diff", "nope.keras", "nope.onnx", "--max-memory", "lots"]) == 2
     assert "'lots'" in capsys.readouterr().err
+
+
+def test_a_state_dict_without_a_factory_names_the_cli_flag(pair_module, tmp_path, capsys):
+    import torch
+
+    torch.save(torch.nn.Linear(4, 2).state_dict(), tmp_path / "weights.pth")
+    weights = str(tmp_path / "weights.pth")
+    advice = ": weights without the model's code. Give the class that builds the model: {flag} package.module:Net"
+    assert main(["diff", weights, "cli_pair_module:torch_model"]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights!r} is a state_dict (2 tensors: weight, bias)" + advice.format(flag="--factory-a") in err
+    assert main(["diff", "cli_pair_module:torch_model", weights]) == 2
+    assert advice.format(flag="--factory-b") in capsys.readouterr().err
+    assert main(["taps", weights]) == 2
+    assert advice.format(flag="--factory") in capsys.readouterr().err
+
+
+def test_taps_without_a_shape_speaks_of_the_one_model_and_suggests_shape(pair_module, capsys):
+    assert main(["taps", "cli_pair_module:torch_model"]) == 2
+    assert (
+        "parity cannot make a random batch for one model whose input shape is not complete: "
+        "cli_pair_module:torch_model declares x (None, 1, None, None). Give the shape with --shape, e.g. --shape 1,3,224,224, "
+        "or a batch with --inputs FILE.npy."
+    ) in capsys.readouterr().err
+    assert main(["taps", "cli_pair_module:torch_model", "--shape", "1,1,28,28", "--filter", "layer1.1"]) == 0
+    assert "layer1.1" in capsys.readouterr().out

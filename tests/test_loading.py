@@ -75,14 +75,19 @@ def test_model_specs_name_the_missing_module_or_attribute():
 def test_a_missing_or_unsupported_model_file_is_refused_with_what_to_do(tmp_path):
     with pytest.raises(ParityError, match="does not exist. Give a path to a saved model or 'package.module:factory'"):
         load(tmp_path / "nope.keras")
-    (tmp_path / "weights.bin").write_bytes(b"\0")
-    with pytest.raises(ParityError, match="is not a file torch.load can read"):
-        load(tmp_path / "weights.bin")
     (tmp_path / "model.xyz").write_bytes(b"\0")
     with pytest.raises(ParityError, match=r"parity loads .keras/.h5 \(Keras\), .pt2 \(torch.export\)"):
         load(tmp_path / "model.xyz")
 
 
+def test_a_file_torch_cannot_read_is_refused(tmp_path):
+    pytest.importorskip("torch")
+    (tmp_path / "weights.bin").write_bytes(b"\0")
+    with pytest.raises(ParityError, match="is not a file torch.load can read"):
+        load(tmp_path / "weights.bin")
+
+
+@pytest.mark.slow
 def test_a_keras_file_loads_in_safe_mode_and_a_lambda_needs_an_opt_in(tmp_path):
     keras = pytest.importorskip("keras")
     inputs = keras.Input((3,))
@@ -115,3 +120,56 @@ def test_pair_tables_in_a_parity_toml(tmp_path):
     config.write_text("[pairs.x\n")
     with pytest.raises(PairConfigError, match="parity.toml: not valid TOML"):
         load_pairs(config)
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """A module ``usermodels_<n>.py`` in a directory that is not on sys.path; sys.path and
+    sys.modules are restored afterwards."""
+    import sys
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    name = f"usermodels_{tmp_path.name[-12:].replace('-', '_')}"
+    home = tmp_path / "project"
+    home.mkdir()
+    (home / f"{name}.py").write_text("def torch_model():\n    return 'built'\n\nmodel_table = {}\n")
+    yield name, home
+    sys.modules.pop(name, None)
+
+
+def test_a_factory_module_in_the_working_directory_is_found(user_module, monkeypatch):
+    name, home = user_module
+    monkeypatch.chdir(home)
+    assert load_model(f"{name}:torch_model") == "built"
+
+
+def test_a_pair_factory_is_found_beside_the_config_file(user_module, tmp_path, monkeypatch):
+    name, home = user_module
+    (home / "parity.toml").write_text(f'[pairs.p]\na = "{name}:torch_model"\nb = "{name}:torch_model"\n')
+    monkeypatch.chdir(tmp_path)  # not the config's directory
+    (spec,) = load_pairs(home / "parity.toml")
+    assert load_model(spec.a, spec.source.parent) == "built"
+
+
+def test_a_factory_typo_gets_did_you_mean(user_module, monkeypatch):
+    name, home = user_module
+    monkeypatch.chdir(home)
+    with pytest.raises(ParityError) as info:
+        load_model(f"{name}:torch_modle")
+    assert str(info.value) == (
+        f"{name!r} has no attribute 'torch_modle' (model '{name}:torch_modle'). Did you mean: torch_model."
+    )
+    with pytest.raises(ParityError, match=rf"No module named '{name}x'. parity looked on sys.path and in "
+                                          rf"'{home.resolve()}'. Did you mean: {name}. Run parity from the directory"):
+        load_model(f"{name}x:torch_model")
+
+
+def test_a_module_that_fails_to_import_is_not_reported_as_missing(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "needs_missing_dep.py").write_text("import not_installed_anywhere_xyz\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ParityError, match="importing 'needs_missing_dep' from .* failed: No module named 'not_installed_anywhere_xyz'"):
+        load_model("needs_missing_dep:f")
+    sys.modules.pop("needs_missing_dep", None)

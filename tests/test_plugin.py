@@ -61,6 +61,7 @@ def project(pytester):
     return pytester
 
 
+@pytest.mark.slow
 @needs_frameworks
 def test_pairs_become_items_that_pass_and_fail_with_the_report(project):
     result = project.runpytest_subprocess("--parity", "-p", "no:cacheprovider")
@@ -86,6 +87,7 @@ def test_pairs_become_items_that_pass_and_fail_with_the_report(project):
     result.stdout.fnmatch_lines(["    reports/buggy.json, reports/buggy.html"])
 
 
+@pytest.mark.slow
 @needs_frameworks
 def test_a_pair_can_be_named_on_the_command_line_and_other_files_run_without_pairs(project):
     project.makepyfile(test_other="def test_other():\n    pass\n")
@@ -153,6 +155,7 @@ def test_a_malformed_pair_table_fails_collection_naming_the_key_and_file(pyteste
     result.stderr.fnmatch_lines([f"*pyproject.toml: [[]tool.parity.pairs.broken[]]*{fragment}*"])
 
 
+@pytest.mark.slow
 @needs_frameworks
 def test_the_parity_fixture_fails_a_hand_written_test_with_the_report(project):
     project.makepyfile(
@@ -175,4 +178,49 @@ def test_the_parity_fixture_fails_a_hand_written_test_with_the_report(project):
 
 def test_tolerance_options_are_shared_with_the_cli(pytester):
     result = pytester.runpytest_subprocess("--help")
-    result.stdout.fnmatch_lines(["*--parity-rtol=RTOL*", "*--parity-atol=ATOL*", "*--parity-seed=SEED*", "*--parity-report-dir=DIR*"])
+    result.stdout.fnmatch_lines(["*--parity-rtol=RTOL*", "*--parity-atol=ATOL*", "*--parity-seed=SEED*", "*--parity-verbose*",
+                                 "*--parity-report-dir=DIR*"])
+
+
+TORCH_PAIR = textwrap.dedent(
+    """
+    import torch
+
+    def torch_model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).eval()
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
+def test_a_pair_factory_beside_the_config_is_found_without_pythonpath(tmp_path):
+    """`pytest --parity` started like the console script (pytester's subprocess would put the
+    directory on PYTHONPATH, and `python -m pytest` on sys.path): the pair's module is found in
+    the config file's directory."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import parity
+
+    home = tmp_path / "project"
+    home.mkdir()
+    (home / "mymodels.py").write_text(TORCH_PAIR)
+    (home / "pyproject.toml").write_text(
+        '[tool.parity.pairs.twin]\na = "mymodels:torch_model"\nb = "mymodels:torch_model"\n'
+        "inputs = { shape = [2, 4], seed = 0 }\n"
+    )
+    launcher = tmp_path / "bin" / "pytest_launcher.py"
+    launcher.parent.mkdir()
+    launcher.write_text("import sys\nimport pytest\n\nsys.exit(pytest.console_main())\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(Path(parity.__file__).resolve().parent.parent)  # parity itself, as installed
+    done = subprocess.run(
+        [sys.executable, str(launcher), "--parity", "-p", "no:cacheprovider"],
+        cwd=home, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout and "✓ twin: ✓ PARITY" in done.stdout

@@ -165,8 +165,8 @@ def diagnose_bn_statistics(ctx: Context) -> Diagnosis | None:
         evidence["batch_mean_median"] = float(np.median(batch_mean))
         evidence["batch_var_median"] = float(np.median(batch_var))
     lead = (
-        f"B's BatchNorm normalised with the wrong statistics: fitted per channel from each side's input and "
-        f"output, the mean and variance B effectively used match "
+        "B's BatchNorm normalised with the wrong statistics: fitted per channel from each side's input and "
+        "output, the mean and variance B effectively used match "
     )
     if kind == "missing":
         msg = (

@@ -54,7 +54,7 @@ def dense_params(layer: Any) -> tuple[np.ndarray, np.ndarray | None] | None:
         return None
     if isinstance(layer, (tuple, list)) and len(layer) == 2:
         kernel, bias = _array(layer[0]), _array(layer[1])
-    elif hasattr(layer, "weight") and hasattr(getattr(layer, "weight"), "detach"):  # torch nn.Linear: (out, in)
+    elif hasattr(layer, "weight") and hasattr(layer.weight, "detach"):  # torch nn.Linear: (out, in)
         weight = _array(layer.weight)
         kernel = None if weight is None else weight.T
         bias = _array(getattr(layer, "bias", None))

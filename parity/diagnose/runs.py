@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..records import Alignment, Diagnosis, LayerDiff, Report
+from ..records import Alignment, Diagnosis, Report
 from .base import channel_axis as _channel_axis
 from .base import rel_diff as _rel
 

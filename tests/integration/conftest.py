@@ -62,7 +62,7 @@ def require(module: str, install: str):
         message = f"{module} is not installed ({exc}); install it with: {install} (or run `make install`)"
         if os.environ.get("PARITY_REQUIRE_CONVERTERS") == "1":
             pytest.fail(message)
-        pytest.skip(message)
+        pytest.skip(message, allow_module_level=True)  # called at module level and in tests alike
 
 
 def cached_dir(kind: str, key: str, build: Callable[[Path], None]) -> Path:
