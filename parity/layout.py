@@ -120,11 +120,16 @@ def candidate_transforms(a: Tap, b: Tap) -> list[Transform]:
 
 
 def _squeeze_candidates(a: Tap, b: Tap) -> list[Transform]:
-    """Shapes that differ only by size-1 axes, e.g. a pooled ``(N, C, 1, 1)`` vs ``(N, C)``."""
+    """Shapes that differ only by size-1 axes, e.g. a pooled ``(N, C, 1, 1)`` vs ``(N, C)``;
+    or by the split of the last axis into heads (see :func:`merged_heads`)."""
     squeeze_a = tuple(d for d in a.shape[1:] if d != 1)
     squeeze_b = tuple(d for d in b.shape[1:] if d != 1)
     if a.shape[:1] != b.shape[:1] or squeeze_a != squeeze_b or len(squeeze_a) > 1:
-        return []  # only a single non-trivial axis is unambiguous under a reshape
+        heads = merged_heads(tuple(a.shape), tuple(b.shape))
+        if heads is None:
+            return []  # only a single non-trivial axis is unambiguous under a reshape
+        return [Transform(kind="reshape", label=f"reshape {tuple(b.shape[2:])}→{tuple(a.shape[2:])} (heads)",
+                          target_shape=tuple(a.shape))]
     return [
         Transform(
             kind="reshape",
@@ -132,6 +137,20 @@ def _squeeze_candidates(a: Tap, b: Tap) -> list[Transform]:
             target_shape=tuple(a.shape),
         )
     ]
+
+
+def merged_heads(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The split axes when one shape is the other with its last axis split in row-major order
+    behind the same batch and sequence axes — a projection's ``(B, T, heads, head_dim)``
+    (keras-hub's ``EinsumDense``) against ``(B, T, heads·head_dim)`` (a torch ``Linear``) —
+    else ``None``.  Only the last axis, and only behind two shared leading axes: a spatial
+    flatten ``(N, C, H, W)`` → ``(N, C·H·W)`` is not this (its order depends on the layout)."""
+    long, short = (a, b) if len(a) > len(b) else (b, a)
+    if len(short) != 3 or len(long) != 4 or long[:2] != short[:2] or short[2] != long[2] * long[3]:
+        return None
+    if long[2] == 1 or long[3] == 1:
+        return None  # a size-1 axis: the plain squeeze rule's case
+    return long[2:]
 
 
 def _mark(t: Transform, ambiguous: bool) -> Transform:
