@@ -258,6 +258,9 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
         + (f" ({matched_by})" if matched_by else ""),
         style="dim",
     )
+    bindings = getattr(report.inputs, "bindings", ())
+    if bindings and not all(b.endswith("(same name)") for b in bindings):
+        yield Text("inputs bound: " + "; ".join(bindings), style="dim")
     weak = weak_matches(report)
     if weak:
         yield Text(
