@@ -335,7 +335,7 @@ class KerasBackend(Backend):
 
     def _signature_spec(self) -> tuple[InputSpec, ...] | None:
         """What a subclassed model declares in ``input_signature`` (transformers' TF models: a
-        dict of ``tf.TensorSpec``; none is required).  Its image inputs are channels-first —
+        dict of ``tf.TensorSpec``; none is required; the names, ranks, dtypes and channel axis).  Its image inputs are channels-first —
         ``pixel_values`` of shape ``(None, num_channels, …)``, transposed inside the model — when
         axis 1 holds the channel count the model's config declares."""
         try:
@@ -352,10 +352,13 @@ class KerasBackend(Backend):
             shape = getattr(t, "shape", None)
             if shape is None or getattr(shape, "rank", None) is None:
                 continue
-            dims = tuple(None if d is None else int(d) for d in shape)
+            # a serving signature, not a constraint: its sizes come from the config (ResNet's 224,
+            # Hubert's 16000) and the model takes others; only the channel count is kept
+            dims = tuple(None for _ in shape)
             layout = self._default_layout(len(dims))
-            if len(dims) in (3, 4, 5) and channels is not None and dims[1] == channels:
+            if len(dims) in (3, 4, 5) and channels is not None and shape[1] == channels:
                 layout = CHANNELS_FIRST.get(len(dims))
+                dims = (None, int(channels)) + dims[2:]
             specs.append(InputSpec(name=str(name), shape=dims, dtype=numpy_dtype_name(t.dtype), layout=layout,
                                    required=False))
         return tuple(specs) or None
