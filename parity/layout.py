@@ -125,11 +125,13 @@ def _squeeze_candidates(a: Tap, b: Tap) -> list[Transform]:
     squeeze_a = tuple(d for d in a.shape[1:] if d != 1)
     squeeze_b = tuple(d for d in b.shape[1:] if d != 1)
     if a.shape[:1] != b.shape[:1] or squeeze_a != squeeze_b or len(squeeze_a) > 1:
-        heads = merged_heads(tuple(a.shape), tuple(b.shape))
-        if heads is None:
-            return []  # only a single non-trivial axis is unambiguous under a reshape
-        return [Transform(kind="reshape", label=f"reshape {tuple(b.shape[2:])}→{tuple(a.shape[2:])} (heads)",
-                          target_shape=tuple(a.shape))]
+        if merged_heads(tuple(a.shape), tuple(b.shape)) is not None:
+            return [Transform(kind="reshape", label=f"reshape {tuple(b.shape[2:])}→{tuple(a.shape[2:])} (heads)",
+                              target_shape=tuple(a.shape))]
+        if merged_rows(tuple(a.shape), tuple(b.shape)):
+            return [Transform(kind="reshape", label=f"reshape {tuple(b.shape[:-1])}→{tuple(a.shape[:-1])} (rows)",
+                              target_shape=tuple(a.shape))]
+        return []  # only a single non-trivial axis is unambiguous under a reshape
     return [
         Transform(
             kind="reshape",
@@ -151,6 +153,15 @@ def merged_heads(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | No
     if long[2] == 1 or long[3] == 1:
         return None  # a size-1 axis: the plain squeeze rule's case
     return long[2:]
+
+
+def merged_rows(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Whether one shape is ``(B·T, d)`` and the other ``(B, T, d)``: a layer that flattens batch
+    and sequence into rows before its Dense (transformers' PyTorch OPT) against one that does
+    not.  The rows keep their order (row-major), the features stay last."""
+    long, short = (a, b) if len(a) > len(b) else (b, a)
+    return len(long) == 3 and len(short) == 2 and long[0] * long[1] == short[0] and long[2] == short[1] \
+        and long[0] > 1 and long[1] > 1
 
 
 def _mark(t: Transform, ambiguous: bool) -> Transform:
