@@ -325,6 +325,8 @@ def _keras_kind(layer: Any, cls: str) -> str:
         return kind
     if cls == "EinsumDense" and _einsum_axes(str(getattr(layer, "equation", ""))) is not None:
         return "dense"
+    if cls == "TFConv1D":
+        return "dense"  # transformers' TF twin of its Conv1D: GPT-2's Dense, weight (in, out)
     if cls.endswith(("RMSNorm", "LayerNorm", "RMSNormalization", "LayerNormalization")):
         return "norm"  # keras-hub's LlamaLayerNorm, MistralLayerNormalization, Gemma's RMSNormalization
     return "generic"
@@ -338,6 +340,8 @@ def _keras_layer(layer: Any) -> _Layer:
         name = str(getattr(v, "name", "") or getattr(v, "path", "")).split("/")[-1].split(":")[0]
         value, dtype = _keras_array(v)
         role = _KERAS_ROLES.get(name, name) if kind != "generic" else name
+        if cls == "TFConv1D" and name == "weight":
+            role = "kernel"
         canonical = _einsum_canonical(layer, role, value) if cls == "EinsumDense" else _keras_canonical(kind, role, value)
         params[role] = _Param(name, canonical, dtype, tuple(value.shape))
     return _Layer("keras", kind, cls, params)
