@@ -57,7 +57,7 @@ def _dense_weights(layer) -> tuple[np.ndarray, np.ndarray | None] | None:
     return kernel.value.astype(np.float64), None if bias is None else bias.value.astype(np.float64).ravel()
 
 
-@detector("activation_approximation", {"dense"})
+@detector("activation_approximation", {"dense", "conv"})  # conv: transformers' Conv1D, GPT-2's dense layer
 def hidden_activation(ctx: Context) -> Diagnosis | None:
     act = _activation_before(ctx)
     prev = ctx.previous_values()
