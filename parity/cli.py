@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--map", "--mapping", dest="mapping", metavar="FILE",
         help=".toml/.json table of A layer name = B layer name (B names may be globs like '*/Relu6:0' or 're:…')",
     )
+    d.add_argument(
+        "--input-map", metavar="A=B,…",
+        help="bind A's named inputs to B's where names differ, e.g. input_ids=token_ids,attention_mask=padding_mask",
+    )
     d.add_argument("--factory-a", metavar="PKG.MOD:CLASS", help="builds model A when A is a state_dict file (.pth)")
     d.add_argument("--factory-b", metavar="PKG.MOD:CLASS", help="builds model B when B is a state_dict file (.pth)")
     d.add_argument("--json", dest="json_out", metavar="PATH", help="write the report as JSON here")
@@ -246,7 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .api import diff
             from .spill import parse_max_memory
 
+            from .inputs import parse_input_map
+
             parse_max_memory(args.max_memory)  # a malformed size is refused before any model loads
+            input_map = parse_input_map(args.input_map)  # so is a malformed --input-map
 
             report = diff(
                 _model(args.a, args.factory_a),
@@ -258,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seed=args.seed,
                 granularity="ops" if args.ops else "modules",
                 max_memory=args.max_memory,
+                input_map=input_map,
             )
             console.print(report)
             _write_outputs(report, args, console)

@@ -18,7 +18,7 @@ from .errors import InputError, closest
 from .layout import channels_first, channels_last, input_transform, permutation
 from .records import IDENTITY, InputSpec, InputsSummary, Transform
 
-__all__ = ["prepare_inputs", "normalize_inputs", "random_inputs", "bind_inputs", "input_role"]
+__all__ = ["prepare_inputs", "normalize_inputs", "random_inputs", "bind_inputs", "input_role", "parse_input_map"]
 
 DEFAULT_BATCH = 2
 
@@ -473,3 +473,19 @@ def _generated_what(norm: Any) -> str:
     if isinstance(norm, dict) and any(input_role(n)[1] == "token ids" for n in norm):
         return "token ids below the declared vocabulary size, full masks"
     return "standard normal"
+
+
+def parse_input_map(text: str | None) -> dict[str, str] | None:
+    """``"input_ids=token_ids,attention_mask=padding_mask"`` (the CLI's ``--input-map``) → a dict."""
+    if text is None:
+        return None
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        a, sep, b = part.partition("=")
+        if not sep or not a.strip() or not b.strip():
+            raise InputError(
+                f"--input-map {text!r}: {part!r} is not A_NAME=B_NAME; give e.g. "
+                "--input-map input_ids=token_ids,attention_mask=padding_mask."
+            )
+        out[a.strip()] = b.strip()
+    return out

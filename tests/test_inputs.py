@@ -227,3 +227,25 @@ def test_channels_first_pixel_values_a_model_declares_are_not_transposed():
     _, b_in, summary = prepare_inputs(x, backend_for(conv), backend_for(_ChannelsFirstSignature()))
     assert b_in["pixel_values"].shape == (2, 3, 32, 32)
     assert summary.conversions == ("identity",)
+
+
+def test_the_cli_input_map_is_parsed_and_a_malformed_one_refused():
+    from parity.inputs import parse_input_map
+
+    assert parse_input_map("input_ids=token_ids, attention_mask=padding_mask") == {
+        "input_ids": "token_ids", "attention_mask": "padding_mask"}
+    assert parse_input_map(None) is None
+    with pytest.raises(parity.InputError, match=r"'input_ids' is not A_NAME=B_NAME"):
+        parse_input_map("input_ids")
+
+
+def test_a_pair_table_takes_an_input_map_and_refuses_a_malformed_one(tmp_path):
+    from parity.pairs import PairConfigError, load_pairs
+
+    path = tmp_path / "parity.toml"
+    path.write_text('[pairs.lm]\na = "m:a"\nb = "m:b"\ninput_map = { input_ids = "token_ids" }\n')
+    (pair,) = load_pairs(path)
+    assert pair.input_map == {"input_ids": "token_ids"}
+    path.write_text('[pairs.lm]\na = "m:a"\nb = "m:b"\ninput_map = "input_ids=token_ids"\n')
+    with pytest.raises(PairConfigError, match="key 'input_map' must be an inline table of A input name = B input name"):
+        load_pairs(path)
