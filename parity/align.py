@@ -31,7 +31,8 @@ the shapes fit several layouts) and a confidence.  What stays unmatched is kept,
 with the reason.
 
 Confidence, from 0 to 1, says how sure the *pairing* is (not whether the values
-agree): 1 for the user's mapping; ≥ 0.9 where names or values single the pair out;
+agree): 1 for the user's mapping; ≥ 0.9 where names or values single the pair out
+(a shape that fits several layouts costs 0.1 unless the values agree under the one used);
 0.5–0.9 by order and shape; below 0.5 a weak guess (families differ, values
 unrelated, the shape fits several candidates).
 """
@@ -591,7 +592,7 @@ def _confidence(how: str, a: Tap, b: Tap, t: Transform, same_family: bool) -> fl
             base = 0.4
     else:
         base = 0.9
-    if t.ambiguous:
+    if t.ambiguous and sim < 1.0:  # values that agree under the transform used settle the layout
         base -= 0.1
     return float(min(max(base, 0.0), 1.0))
 

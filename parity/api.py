@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from typing import Any, Mapping
 
 from .align import align
@@ -146,6 +147,26 @@ def _diff(a, b, inputs, bar, *, tol, mapping, rtol, atol, containers, granularit
     return _explain_first(report, alignments[0]) if alignments else report
 
 
+def _inside_a_layer(alignment: Alignment, trace_a: Trace) -> dict[int, Any]:
+    """B's unmatched tensors that no layer of A can correspond to, by ``id``, each with the layer
+    of A it is computed inside: tensors B computes between the outputs of two compared layers
+    that are next to each other in A (nothing of A recorded between them) — the Sigmoid of
+    ONNX's decomposed SiLU, a reshape's plumbing."""
+    pairs = sorted((m for m in alignment.matches), key=lambda m: m.a.index)
+    a_index = sorted(t.index for t in trace_a.taps if t.role != "container")
+    stray_b = sorted((u.tap for u in alignment.unmatched_b if u.reason == "no-match"), key=lambda t: t.index)
+    out: dict[int, Any] = {}
+    for before, after in zip(pairs, pairs[1:]):
+        if not before.b.index < after.b.index:
+            continue
+        if bisect.bisect_right(a_index, before.a.index) != bisect.bisect_left(a_index, after.a.index):
+            continue  # A recorded something between the two: it may be the counterpart
+        for t in stray_b:
+            if before.b.index < t.index < after.b.index:
+                out[id(t)] = after.a
+    return out
+
+
 def _declared_mismatches(alignment: Alignment, layers: tuple) -> list[str]:
     """Layers that pass although the two sides declare different epsilons (BERT's LayerNorm
     1e-12 against Keras' default 1e-3: 5e-4 here, maybe more with other inputs)."""
@@ -236,8 +257,12 @@ def diff_traces(
     compared = compare(alignment, tol)
     compared = _replay(alignment, compared) if _replay is not None else own_errors(None, None, None, alignment, compared)
     layers, diagnoses = diagnose(alignment, compared, _models)
+    inside = _inside_a_layer(alignment, trace_a)
     unmatched = tuple(
-        UnmatchedLayer(side=u.side, name=u.tap.name, op=u.tap.op, shape=tuple(u.tap.shape), reason=u.reason)
+        UnmatchedLayer(
+            side=u.side, name=u.tap.name, op=u.tap.op, shape=tuple(u.tap.shape),
+            reason="inside" if id(u.tap) in inside else u.reason,
+        )
         for u in alignment.unmatched
     )
     if inputs is None:
@@ -258,6 +283,15 @@ def diff_traces(
             "frameworks declare."
         )
     notes.extend(_declared_mismatches(alignment, layers))
+    if inside:
+        within = [(u, inside[id(u.tap)]) for u in alignment.unmatched if id(u.tap) in inside]
+        notes.append(
+            f"{len(within)} tensor(s) of B are computed inside one layer of A, which records no tensor there, so "
+            "nothing of A can be compared with them: "
+            + ", ".join(f"{u.tap.name} ({u.tap.op}, inside {a.name} {a.op})" for u, a in within[:8])
+            + (", …" if len(within) > 8 else "")
+            + "."
+        )
     stray = [u for u in unmatched if u.reason == "no-match"]
     if stray:
         notes.append(

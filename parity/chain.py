@@ -746,34 +746,44 @@ def _shown_rows(report: ChainReport, limit: int = 40) -> list[ChainRow | tuple[i
 
 
 def _render(report: ChainReport, width: int = 200) -> Iterator[Any]:
-    from rich.table import Table
     from rich.text import Text
+
+    from .report.columns import Column, fitted_table, left_out_line
 
     head, *stage_lines = report.summary().splitlines()
     yield Text(head, style="bold green" if report.ok else "bold red")
-    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False, padding=(0, 1))
-    widest = max((len(r.layer) for r in report.matrix), default=5)
-    table.add_column("#", justify="right", style="dim", no_wrap=True)
-    table.add_column("layer", overflow="fold", min_width=min(widest, 24))
-    table.add_column("op", style="dim", overflow="ellipsis", max_width=18)
-    for i, name in enumerate(report.stages[1:], start=1):
-        header = name + (f"\n({report.precisions[i]})" if report.is_precision_stage(i) else "")
-        table.add_column(header, justify="right", no_wrap=True)
-    needed = 4 + min(widest, 24) + 12 + sum(max(len(n), 11) + 2 for n in report.stages[1:])
-    by_column = needed + 2 + max(13, *(len(n) for n in report.stages[1:])) <= width  # the ◀ marks say it too
-    if by_column:
-        table.add_column("introduced by", no_wrap=True)
+    # the layer names stay whole; "introduced by" (the ◀ marks say it too) goes first, then op
+    columns = [
+        Column("#", justify="right", style="dim"),
+        Column("layer", floor=max((len(r.layer) for r in report.matrix), default=5), give=1),
+        Column("op", style="dim", floor=8, give=2, drop=1),
+    ]
+    stage_columns = [
+        Column(name + (f"\n({report.precisions[i]})" if report.is_precision_stage(i) else ""), justify="right")
+        for i, name in enumerate(report.stages[1:], start=1)
+    ]
+    intro_column = Column("introduced by", drop=2)
+    columns += stage_columns + [intro_column]
     guilty = _guilty(report)
-    for row in _shown_rows(report):
+    loose = set()
+    for r, row in enumerate(_shown_rows(report)):
         if isinstance(row, tuple):
-            start, count = row
-            table.add_row("", Text(f"… {count} rows as above …", style="dim"),
-                          *[""] * (len(report.stages) + by_column))
+            _, count = row
+            for col in columns:
+                col.cells.append(Text(f"… {count} rows as above …", style="dim") if col is columns[1] else "")
+            loose.add(r)
             continue
-        cells = [Text(*_cell_text(c, (row.layer, c.stage) in guilty)) for c in row.cells]
-        intro = row.introduced_by
-        table.add_row(str(row.index), row.layer, row.op, *cells, *([Text(intro or "", style="bold red")] if by_column else []))
+        cells: list[Any] = [str(row.index), row.layer, row.op]
+        cells += [Text(*_cell_text(c, (row.layer, c.stage) in guilty)) for c in row.cells]
+        cells.append(Text(row.introduced_by or "", style="bold red"))
+        for col, cell in zip(columns, cells):
+            col.cells.append(cell)
+    columns[1].loose = frozenset(loose)
+    table, dropped = fitted_table(columns, width)
     yield table
+    left_out = left_out_line(dropped, width)
+    if left_out is not None:
+        yield left_out
     yield Text(_LEGEND, style="dim")
     for line, report_ok in zip(stage_lines, (r.ok for r in report.reports)):
         yield Text(line.strip(), style="green" if report_ok else "red")

@@ -311,3 +311,16 @@ def test_a_fused_tflite_tensor_pairs_with_the_activation_it_ends_with():
     al = align(a, b)
     assert {m.a.name: m.how for m in al.matches} == {"act": "order", "out": "output"}
     assert {u.tap.name: u.reason for u in al.unmatched if u.side == "a"} == {"pw": "fused", "bn": "fused"}
+
+
+def test_a_pair_by_name_whose_values_agree_is_confident_even_when_the_shape_fits_several_layouts():
+    cube = rng.standard_normal((2, 5, 5, 5)).astype("float32")
+    a = make_trace([("conv", "Conv2d", cube, "NCHW")])
+    agree = make_trace([("conv", "Conv2D", nchw_to_nhwc(cube), "NHWC")], framework="keras")
+    m = next(m for m in align(a, agree).matches if m.a.name == "conv")
+    assert m.how == "name" and m.transform.ambiguous and m.confidence == 0.95
+    # values that disagree leave the layout unsettled: the same pair by name is less sure
+    noise = rng.standard_normal(cube.shape).astype("float32")
+    differ = make_trace([("conv", "Conv2D", nchw_to_nhwc(noise), "NHWC")], framework="keras")
+    m = next(m for m in align(a, differ).matches if m.a.name == "conv")
+    assert m.how == "name" and m.transform.ambiguous and m.confidence == 0.8

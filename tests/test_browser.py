@@ -122,3 +122,67 @@ def test_a_hostile_layer_name_renders_as_text(browser, tmp_path):
     assert page.locator("#row-0 td.name").first.inner_text().startswith(EVIL)
     assert EVIL in page.locator("#divergence").inner_text()
     page.close()
+
+
+# --- a 1280-px window ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deep_report():
+    """A 25-block ResNet (156 compared tensors) by hand in Keras with Keras' BatchNorm epsilon."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("keras")
+    from parity.zoo import DeepResNet, randomize_bn, to_keras
+
+    torch.manual_seed(0)
+    model = randomize_bn(DeepResNet(25)).eval()
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype("float32")
+    return parity.diff(model, to_keras(model, bn_epsilon="keras-default"), x)
+
+
+@pytest.fixture(scope="module")
+def onnx_report(tmp_path_factory):
+    """torch → ONNX with a scaled conv weight: ONNX's long value names, estimated own errors."""
+    pytest.importorskip("onnxruntime")
+    from .test_report_widths import onnx_reports
+
+    return onnx_reports.__wrapped__(tmp_path_factory)[1]
+
+
+@pytest.mark.parametrize("which", ["deep", "onnx", "convnet"])
+def test_the_report_fits_a_1280_px_window(browser, which, request, tmp_path):
+    report = request.getfixturevalue({"deep": "deep_report", "onnx": "onnx_report", "convnet": "diverging_report"}[which])
+    page, events = open_page(browser, report.to_html(), tmp_path)
+    page.set_viewport_size({"width": 1280, "height": 800})
+    assert events["errors"] == []
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    wrap = page.locator(".table-wrap")
+    assert wrap.evaluate("e => e.scrollWidth <= e.clientWidth"), wrap.evaluate("e => [e.scrollWidth, e.clientWidth]")
+    # names wrap, badges do not: every badge and number is one line box
+    broken = page.evaluate(
+        """() => Array.from(document.querySelectorAll('#layer-table .tag, #layer-table .code'))
+                  .filter(e => e.getClientRects().length > 1).map(e => e.textContent)"""
+    )
+    assert broken == []
+    # evidence: a few labelled numbers, the rest folded
+    for diagnosis in page.locator("#diagnoses .diagnosis").all():
+        shown = diagnosis.locator("p.evidence .kv")
+        assert 1 <= shown.count() <= 4
+        folded = diagnosis.locator("details")
+        if folded.count():
+            assert folded.get_attribute("open") is None and folded.locator("tr").count() >= 1
+    # the x axis names layers where they fit: every one for short models, every k-th (and the
+    # first divergence) for long ones
+    ticks = [t.strip() for t in page.locator("#chart svg text").all_text_contents()]
+    names = [d.a_name for d in report.layers]
+    named = [n for n in names if n in ticks]
+    if len(names) <= 60:
+        assert named == names
+    else:
+        assert 30 <= len(named) <= 61 and report.first_divergence.a_name in named
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / f"html-1280-{which}.png"
+    page.screenshot(path=str(shot))  # the first screen, as a 1280×800 window shows it
+    assert shot.stat().st_size > 10_000
+    page.locator("#layers").screenshot(path=str(ARTIFACTS / f"html-1280-{which}-table.png"))
+    page.close()

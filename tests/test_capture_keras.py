@@ -3,6 +3,10 @@ layouts, repeated calls, restoration of the patched layers, errors."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -103,9 +107,42 @@ def test_patched_calls_are_restored_also_after_a_failure(sequential):
     assert parity.capture(sequential, X).names[0] == "conv"  # and it still works
 
 
+_CHANNELS_FIRST_MODEL = """
+import numpy as np, keras, parity
+inp = keras.Input((1, 6, 6))
+y = keras.layers.Conv2D(2, 3, data_format="channels_first", name="cf")(inp)
+y = keras.layers.BatchNormalization(axis=1, name="bn_cf")(y)
+model = keras.Model(inp, y)
+from parity.capture import backend_for
+print("input layout", backend_for(model).input_spec()[0].layout)
+try:
+    trace = parity.capture(model, np.zeros((2, 1, 6, 6), "float32"))
+    print("layouts", trace["cf"].layout, trace["bn_cf"].layout)
+except parity.CaptureError as exc:
+    print("CaptureError", exc)
+"""
+
+
+def _run_channels_first(onednn: str) -> str:
+    # TF reads TF_ENABLE_ONEDNN_OPTS once, at import: each setting needs a process of its own
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = subprocess.run([sys.executable, "-c", _CHANNELS_FIRST_MODEL], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout
+
+
 def test_channels_first_layers_say_so():
-    inp = keras.Input((1, 6, 6))
-    y = keras.layers.Conv2D(2, 3, data_format="channels_first", name="cf")(inp)
-    y = keras.layers.BatchNormalization(axis=1, name="bn_cf")(y)
-    trace = parity.capture(keras.Model(inp, y), np.zeros((2, 1, 6, 6), "float32"))
-    assert trace["cf"].layout == "NCHW" and trace["bn_cf"].layout == "NCHW"
+    # channels-first Conv2D runs on a CPU only through oneDNN, which TF enables by default only on
+    # CPUs with AVX-512-VNNI/AMX: the test enables it for itself
+    out = _run_channels_first("1")
+    assert "input layout NCHW" in out
+    assert "layouts NCHW NCHW" in out
+
+
+def test_channels_first_model_that_this_cpu_cannot_run_is_a_capture_error_saying_what_to_do():
+    out = _run_channels_first("0")
+    assert "input layout NCHW" in out  # the model's own layout, not Keras' channels-last default
+    assert "CaptureError" in out and "channels-first" in out and "cannot run them on this CPU" in out
+    assert "TF_ENABLE_ONEDNN_OPTS=1" in out and "before TensorFlow is imported" in out
+    assert "6) (NHWC)" not in out  # the input is not called channels-last

@@ -212,6 +212,35 @@ def test_rich_table_marks_introducing_stage_and_quantisation(bad, good):
     assert "≈" in text and "expected quantisation error" in text and "✗" not in text.split("✓ within")[0]
 
 
+@pytest.mark.parametrize("width", [80, 120])
+def test_the_matrix_keeps_every_layer_name_and_cell_in_narrow_terminals(bad, width):
+    import re
+
+    from rich.console import Console
+
+    from parity.chain import _cell_text, _guilty
+
+    buf = io.StringIO()
+    Console(file=buf, width=width, color_system=None).print(bad)
+    lines = buf.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= width
+    for row in bad.matrix:
+        (line,) = [x for x in lines if re.match(rf"^\s*{row.index} {re.escape(row.layer)}\s", x)]
+        cells = [_cell_text(c, (row.layer, c.stage) in _guilty(bad))[0] for c in row.cells]
+        assert re.search(r"\s+".join(re.escape(c) for c in cells), line), (cells, line)  # every stage, in order
+    if width == 80:
+        assert any(x.startswith("left out to fit 80 columns: op, introduced by") for x in lines)
+
+
+def test_keras_pairs_by_name_whose_values_agree_are_confident(good):
+    from parity.report.console import match_summary
+
+    keras = good.report("keras")
+    n = keras.coverage[0]
+    assert any(d.ambiguous for d in keras.layers)  # (2, 16, 16, 16): the shape fits NCHW and NHWC
+    assert match_summary(keras) == f"{n} by name; confidence ≥ 0.9 for {n} of {n}"
+
+
 def test_long_matrices_fold_rows_where_no_verdict_changes(bad, good):
     from parity.chain import _shown_rows
 

@@ -199,7 +199,9 @@ def test_torch_default_bn_epsilon_diverges_at_the_first_batchnorm(which, report_
     assert (first.op, first.b_op, first.how) == ("BatchNorm2d", "AddV2", "scope")
     assert first.rel_err == pytest.approx(1.92e-3, rel=0.05)
     assert report.layer("conv1").ok  # the convolution before it is exact
-    assert report.layer("conv1").rel_err == 0.0
+    # exact up to float32 rounding: torch's and TF's kernels sum the 27 products of a 3×3×3
+    # convolution in different orders (and differently on different CPUs), a few ulps apart
+    assert report.layer("conv1").rel_err < 1e-6
     # the first Relu6 tensor of the graph is the next flagged layer; all 27 fail
     failing = [d.a_name for d in report.layers if not d.ok]
     assert [n for n in failing if n in RELU6][0] == "conv1_relu"

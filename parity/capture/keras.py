@@ -328,14 +328,15 @@ class KerasBackend(Backend):
                     name=name,
                     shape=shape,
                     dtype=numpy_dtype_name(t.dtype),
-                    layout=self._default_layout(len(shape)),
+                    layout=self._input_layout(len(shape)),
                 )
             )
         return tuple(specs)
 
     def _signature_spec(self) -> tuple[InputSpec, ...] | None:
         """What a subclassed model declares in ``input_signature`` (transformers' TF models: a
-        dict of ``tf.TensorSpec``; none is required; the names, ranks, dtypes and channel axis).  Its image inputs are channels-first —
+        dict of ``tf.TensorSpec``; none is required; the names, ranks, dtypes and channel axis).
+        Its image inputs are channels-first —
         ``pixel_values`` of shape ``(None, num_channels, …)``, transposed inside the model — when
         axis 1 holds the channel count the model's config declares."""
         try:
@@ -362,6 +363,15 @@ class KerasBackend(Backend):
             specs.append(InputSpec(name=str(name), shape=dims, dtype=numpy_dtype_name(t.dtype), layout=layout,
                                    required=False))
         return tuple(specs) or None
+
+    def _input_layout(self, rank: int) -> str | None:
+        """The layout the model's first layer with a ``data_format`` declares (a model built
+        channels-first takes channels-first inputs), else Keras' image data format."""
+        if rank in CHANNELS_FIRST:
+            for layer in _sublayers(self.model):
+                if (layout := _channels_axis_layout(layer, rank)) is not None and getattr(layer, "data_format", None):
+                    return layout
+        return self._default_layout(rank)
 
     def capture(self, inputs: Inputs, *, containers: bool = False) -> Trace:
         model = self.model
@@ -490,6 +500,14 @@ class KerasBackend(Backend):
         except Exception as exc:
             if isinstance(exc, CaptureError):
                 raise
+            if "only supports the NHWC tensor format on the CPU" in str(exc):
+                raise CaptureError(
+                    f"Keras model {model.name!r} has channels-first (data_format=\"channels_first\") "
+                    "layers, and TensorFlow cannot run them on this CPU: without oneDNN, TF's CPU "
+                    "kernels take channels-last (NHWC) tensors only, and TF enables oneDNN by default "
+                    "only on CPUs with AVX-512-VNNI or AMX. Set TF_ENABLE_ONEDNN_OPTS=1 in the "
+                    "environment before TensorFlow is imported, or compare a channels-last build of the model."
+                ) from exc
             shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
             expected = ""
             if spec := self.input_spec():

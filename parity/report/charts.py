@@ -98,7 +98,17 @@ def error_chart(report: "Report", width: float = 12.0, height: float = 3.6) -> s
         )
     ax.set_yscale("log")
     ax.set_xlim(-0.5, len(layers) - 0.5)
-    ax.set_xlabel("layer of model A, in execution order")
+    ticks, step = _named_ticks(len(layers), width, first.index if first is not None else None)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([_tick_label(layers[i].a_name) for i in ticks], rotation=90, fontsize=_TICK_FONT)
+    for i, label in zip(ticks, ax.get_xticklabels()):
+        label.set_parse_math(False)  # layer names may hold "$"
+        if first is not None and i == first.index:
+            label.set_color(BAD_COLOR)
+    ax.set_xlabel(
+        "layer of model A, in execution order"
+        + (f" (one in {step} named; hover a point for any layer)" if step > 1 else "")
+    )
     ax.set_ylabel("relative error ‖b−a‖/‖a‖")
     ax.grid(True, which="major", axis="y", alpha=0.3)
     ax.legend(loc="lower right", frameon=False)
@@ -115,6 +125,28 @@ def error_chart(report: "Report", width: float = 12.0, height: float = 3.6) -> s
         return f'{match.group(0)}<title>{escape(titles[i])}</title>'
 
     return re.sub(r'<g id="pt-(\d+)"[^>]*>', titled, svg)
+
+
+#: tick labels' font size (points); a rotated label needs about its line height of the axis
+_TICK_FONT = 7.5
+_TICK_CHARS = 28
+
+
+def _named_ticks(n: int, width_in: float, first: int | None) -> tuple[list[int], int]:
+    """Which layers the x axis names: all when their rotated labels fit side by side, else every
+    ``step``-th (and the first divergence), and the step."""
+    room = int(width_in * 0.85 * 72 / (_TICK_FONT * 1.6))  # the axes' width over one label's line height
+    step = max(1, math.ceil(n / max(room, 1)))
+    ticks = set(range(0, n, step))
+    if first is not None and step > 1:
+        ticks -= {i for i in ticks if abs(i - first) < step and i != first}  # no label on top of its label
+        ticks.add(first)
+    return sorted(ticks), step
+
+
+def _tick_label(name: str, chars: int = _TICK_CHARS) -> str:
+    """A layer name for an axis or a legend: whole up to ``chars`` characters, else its informative end."""
+    return name if len(name) <= chars else "…" + name[-(chars - 1):]
 
 
 def heatmap_png(emap: "ErrorMap", title: str) -> str:
@@ -144,8 +176,10 @@ def histogram_svg(hist: "Histogram", a_label: str, b_label: str) -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 2.4))
     edges = list(hist.edges)
-    ax.stairs(hist.counts_a, edges, color=A_COLOR, linewidth=1.2, label=f"A: {a_label}")
-    ax.stairs(hist.counts_b, edges, color=B_COLOR, linewidth=1.2, linestyle="--", label=f"B: {b_label}")
+    # the legend keeps a long name's end (a TFLite fused tensor is named by all of its ops); the
+    # caption and the table have it whole
+    ax.stairs(hist.counts_a, edges, color=A_COLOR, linewidth=1.2, label=f"A: {_tick_label(a_label, 40)}")
+    ax.stairs(hist.counts_b, edges, color=B_COLOR, linewidth=1.2, linestyle="--", label=f"B: {_tick_label(b_label, 40)}")
     ax.set_xlabel("value")
     ax.set_ylabel("count")
     legend = ax.legend(loc="upper right", frameon=False, fontsize=7)

@@ -12,14 +12,16 @@ from __future__ import annotations
 import io
 from typing import Iterable, Iterator
 
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 from ..records import LayerDiff, ModelInfo, Report, tolerance_ratio
+from .columns import Column, fit_columns, fitted_table, left_out_line
 
-__all__ = ["render_report", "render_text", "render_failure_text", "verdict_line", "fmt_float", "fold_rows"]
+__all__ = ["render_report", "render_text", "render_failure_text", "verdict_line", "coverage_line", "fmt_float", "fold_rows"]
 
 #: models with more compared layers than this are folded around the first divergence
 FOLD_ABOVE = 30
@@ -39,22 +41,68 @@ def fmt_float(x: float | None) -> str:
     return f"{x:.1e}"
 
 
+def _outputs_phrase(outputs: list[LayerDiff], over: bool) -> str:
+    """``"the model output"`` / ``"2 of 3 model outputs"``: the outputs over (``over``) or within tolerance."""
+    if len(outputs) == 1:
+        return "the model output"
+    n = sum(1 for d in outputs if d.ok != over)
+    return f"{n} model outputs" if n == len(outputs) else f"{n} of {len(outputs)} model outputs"
+
+
 def verdict_line(report: Report) -> str:
+    """The one-line verdict.  Layers of A are counted as :func:`coverage_line` counts them;
+    the model outputs (compared as well) are counted apart and said so."""
     layers = report.layers
     if not layers:
         return "✗ NOTHING COMPARED: no layer of model A was matched in model B — this is not a pass"
+    inner = [d for d in layers if d.role != "output"]
+    outputs = [d for d in layers if d.role == "output"]
     d = report.first_divergence
     if d is None:
         worst = max(layers, key=lambda x: x.metrics.rel_err)
-        return (
-            f"✓ PARITY: {len(layers)} layers match within tolerance "
-            f"(max rel err {fmt_float(worst.metrics.rel_err)} at {worst.a_name})"
-        )
-    over = sum(1 for x in layers if not x.ok)
+        if not inner:
+            what = f"{_outputs_phrase(outputs, over=False)} (no layer besides) match"
+        elif outputs:
+            what = f"{len(inner)} layers and {_outputs_phrase(outputs, over=False)} match"
+        else:
+            what = f"{len(inner)} layers match"
+        return f"✓ PARITY: {what} within tolerance (max rel err {fmt_float(worst.metrics.rel_err)} at {worst.a_name})"
+    over = sum(1 for x in inner if not x.ok)
+    counts = f"{over} of {len(inner)} layers over tolerance"
+    if outputs:
+        if any(not x.ok for x in outputs):
+            counts += f", and {_outputs_phrase(outputs, over=True)}"
+        else:
+            counts += f"; {_outputs_phrase(outputs, over=False)} within it"
     return (
         f"✗ DIVERGES at {d.a_name} ({d.op} ↔ {d.b_op} {d.b_name}): rel err "
-        f"{fmt_float(d.metrics.rel_err)} > rtol {fmt_float(d.rtol)} — {over} of {len(layers)} layers over tolerance"
+        f"{fmt_float(d.metrics.rel_err)} > rtol {fmt_float(d.rtol)} — {counts}"
     )
+
+
+def coverage_line(report: Report) -> str:
+    """How many of A's layers were compared, what became of the others, how they were paired,
+    and the model outputs: ``"compared 10 of 14 layers of A (71%; the other 4 fused by the
+    converter) (5 by scope, 5 by value; confidence ≥ 0.9 for 10 of 10), and the model output"``."""
+    compared, total = report.coverage
+    text = f"compared {compared} of {total} layers of A"
+    rest = []
+    for reason, label in (("fused", "fused by the converter"), ("one-sided", "in A only"), ("no-match", "not compared")):
+        n = sum(1 for u in report.unmatched_a if u.reason == reason)
+        if n:
+            rest.append(f"{n} {label}")
+    if total:
+        share = f"{100 * compared / total:.0f}%"
+        if len(rest) == 1 and total - compared > 1:
+            rest = ["the other " + rest[0]]
+        text += f" ({'; '.join([share, ', '.join(rest)]) if rest else share})"
+    matched_by = match_summary(report)
+    if matched_by:
+        text += f" ({matched_by})"
+    outputs = len(report.outputs)
+    if outputs:
+        text += ", and the model output" if outputs == 1 else f", and {outputs} model outputs"
+    return text
 
 
 def _model_line(side: str, info: ModelInfo, shapes: Iterable[tuple[int, ...]]) -> Text:
@@ -102,69 +150,128 @@ def fold_rows(layers: tuple[LayerDiff, ...]) -> list[LayerDiff | tuple[int, int]
     return rows
 
 
-def _layer_table(report: Report) -> Table:
-    table = Table(
-        show_header=True, header_style="bold", expand=False, pad_edge=False, box=None, padding=(0, 1), collapse_padding=True
-    )
-    fixed = {"no_wrap": True}
-    own = any(d.own_err is not None for d in report.layers)
-    columns = [
-        ("#", {"justify": "right", "style": "dim", **fixed}),
-        ("A layer", {"overflow": "fold", "min_width": 8}),
-        ("B layer", {"overflow": "fold", "min_width": 8}),
-        ("op", {"overflow": "ellipsis", "max_width": 14, "min_width": 4}),
-        ("shape", fixed),
-        ("transform", fixed),
-        ("rel err", {"justify": "right", **fixed}),
-    ]
-    if own:
-        columns.append(("own err", {"justify": "right", **fixed}))
-    drift = any(d.drift is not None for d in report.layers)
-    if drift:
-        columns.append(("drift", {"justify": "right", **fixed}))
-    columns += [("max abs", {"justify": "right", **fixed}), ("cosine", {"justify": "right", **fixed}), ("", fixed)]
-    for col, kw in columns:
-        table.add_column(col, **kw)
+def _layer_columns(report: Report, stacked: bool) -> list[Column]:
+    """The layer table's columns, least important with the highest ``drop``; ``stacked`` puts
+    B's name under A's in one column (for narrow terminals)."""
     first = report.first_divergence
-    for row in fold_rows(report.layers):
+    own = any(d.own_err is not None for d in report.layers)
+    drift = any(d.drift is not None for d in report.layers)
+    rows = fold_rows(report.layers)
+    cols = {
+        "#": Column("#", justify="right", style="dim"),
+        # stacked, the column's B lines fold before anything else narrows (A's lines never do)
+        "A": Column("A layer\nB layer" if stacked else "A layer", floor=0, give=4 if stacked else 1),
+        "B": Column("B layer", floor=12, give=3),
+        # op names wrap before layer names do (never cut with "…"; "BatchNorm2d" stays on one line)
+        "op": Column("op", floor=11, give=5 if stacked else 2),
+        "shape": Column("shape", drop=2),
+        "transform": Column("transform", drop=4),
+        "rel err": Column("rel err", justify="right"),
+        "own err": Column("own err", justify="right"),
+        "drift": Column("drift", justify="right"),
+        "max abs": Column("max abs", justify="right", drop=3),
+        "cosine": Column("cosine", justify="right"),
+        "": Column(""),
+    }
+    if stacked:
+        del cols["B"]
+    if not own:
+        del cols["own err"]
+    if not drift:
+        del cols["drift"]
+    loose = set()
+    for r, row in enumerate(rows):
         if isinstance(row, tuple):
             count, failing = row
             what = "all ✓" if failing == 0 else f"{failing} ✗"
-            table.add_row("", Text(f"… {count} layers ({what}) …", style="dim"), *[""] * (len(columns) - 2))
+            for key, col in cols.items():
+                col.cells.append(Text(f"… {count} layers ({what}) …", style="dim") if key == "A" else "")
+            loose.add(r)
             continue
         d = row
         m = d.metrics
-        op = d.op  # B's op is in the detail below; the row stays one line
-        transform = d.transform + (" ?" if d.ambiguous else "")
         if m.nonfinite_mismatch:
             mark = Text("✗ NaN", style="bold red")
         else:
             mark = Text("✓", style="green") if d.ok else Text("✗", style="bold red")
         if d is first:
             mark.append(" ◀", style="bold red")
-        style = "bold" if d is first else ""
-        cells = [
-            str(d.index + 1),
-            Text(d.a_name, style=style),
-            Text(d.b_name),
-            Text(op),
-            "×".join(str(s) for s in d.shape),
-            Text(transform),
-            Text(fmt_float(m.rel_err), style=_err_style(d)),
-        ]
+        name = Text(d.a_name, style="bold" if d is first else "")
+        if stacked:
+            name.append(f"\n{d.b_name}", style="dim")
+        cells: dict[str, RenderableType] = {
+            "#": str(d.index + 1),
+            "A": name,
+            "B": Text(d.b_name),
+            "op": Text(d.op),  # B's op is in the detail below
+            "shape": "×".join(str(s) for s in d.shape),
+            "transform": Text(d.transform + (" ?" if d.ambiguous else "")),
+            "rel err": Text(fmt_float(m.rel_err), style=_err_style(d)),
+            "max abs": fmt_float(m.max_abs),
+            "cosine": f"{m.cosine:.4f}",
+            "": mark,
+        }
         if own:
             if d.own_err is None:
-                cells.append(Text("", style="dim"))
+                cells["own err"] = ""
             else:
                 suffix = "" if d.own_method == "replay" else "~"  # ~: estimated from the error growth
-                cells.append(Text(fmt_float(d.own_err) + suffix, style="bold red" if d.own_ok is False else "green"))
+                cells["own err"] = Text(fmt_float(d.own_err) + suffix, style="bold red" if d.own_ok is False else "green")
         if drift:
             grown = d.drift is not None and d.drift > 10 and not d.ok
-            cells.append(Text("" if d.drift is None else f"{d.drift:,.0f}×" if d.drift >= 10 else f"{d.drift:.2g}×",
-                              style="bold red" if grown else "dim"))
-        cells += [fmt_float(m.max_abs), f"{m.cosine:.4f}", mark]
-        table.add_row(*cells, style="on grey15" if d is first else None)
-    return table
+            cells["drift"] = Text(
+                "" if d.drift is None else f"{d.drift:,.0f}×" if d.drift >= 10 else f"{d.drift:.2g}×",
+                style="bold red" if grown else "dim",
+            )
+        for key, col in cols.items():
+            col.cells.append(cells[key])
+    a = cols["A"]
+    a.loose = frozenset(loose)
+    a.floor = max((cell_len(d.a_name) for d in report.layers), default=0)
+    if "B" in cols:
+        cols["B"].loose = a.loose
+    return list(cols.values())
+
+
+def _layer_table(report: Report, width: int = 100) -> tuple[Table, Text | None]:
+    """The layer table fitted to ``width``, and the line naming the columns left out (or None).
+
+    At their natural widths the columns are tried side by side, then with B's name under A's;
+    A's layer names are never cut (they wrap only when one is wider than the terminal)."""
+    side_by_side = _layer_columns(report, stacked=False)
+    shown, widths, _ = fit_columns(side_by_side, width)
+    whole = all(w >= c.natural for c, w in zip(shown, widths) if c.floor is not None)
+    columns = side_by_side if whole else _layer_columns(report, stacked=True)
+    table, dropped = fitted_table(columns, width)
+    for i, row in enumerate(fold_rows(report.layers)):
+        if not isinstance(row, tuple) and row is report.first_divergence:
+            table.rows[i].style = "on grey15"
+    return table, left_out_line(dropped, width)
+
+
+def own_err_legend(report: Report) -> str | None:
+    """What the own-error column's marks mean, for the marks the report uses (None without the column)."""
+    shown = [d for d in report.layers if d.own_err is not None]
+    if not shown:
+        return None
+    parts = ["own err: the error B's layer makes by itself, run alone on A's recorded input of it"]
+    if any(d.own_method == "growth" for d in shown):
+        parts.append(
+            "~ estimated instead as the growth of the error over the layer before (this layer cannot be run alone)"
+        )
+        if any(d.own_method == "growth" and d.own_err == 0 for d in shown):
+            parts.append("0~ no growth: the error is inherited")
+    blank = [d for d in report.layers if d.own_err is None]
+    why = [
+        what for what, any_ in (
+            ("within tolerance", any(d.ok for d in blank)),
+            ("a model output", any(d.role == "output" and not d.ok for d in blank)),
+            ("past the first flagged layers", any(d.role != "output" and not d.ok for d in blank)),
+        ) if any_
+    ]
+    if why:
+        parts.append(f"blank: not computed ({', '.join(why)})")
+    return " · ".join(parts)
 
 
 def divergence_detail(d: LayerDiff) -> list[RenderableType]:
@@ -250,12 +357,8 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
     yield _model_line("A", report.a, report.inputs.shapes_a)
     yield _model_line("B", report.b, report.inputs.shapes_b)
     conv = ", ".join(report.inputs.conversions) or "–"
-    compared, total = report.coverage
-    share = f" ({100 * compared / total:.0f}%)" if total else ""
-    matched_by = match_summary(report)
     yield Text(
-        f"inputs: {report.inputs.source}; converted for B: {conv} · compared {compared} of {total} layers of A{share}"
-        + (f" ({matched_by})" if matched_by else ""),
+        f"inputs: {report.inputs.source}; converted for B: {conv} · {coverage_line(report)}",
         style="dim",
     )
     bindings = getattr(report.inputs, "bindings", ())
@@ -271,7 +374,13 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
             style="yellow",
         )
     if report.layers:
-        yield _layer_table(report)
+        table, left_out = _layer_table(report, options.max_width)
+        yield table
+        if left_out is not None:
+            yield left_out
+        legend = own_err_legend(report)
+        if legend:
+            yield Text(legend, style="dim")
     d = report.first_divergence
     if d is not None:
         yield Text("")

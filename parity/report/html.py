@@ -11,11 +11,14 @@ by accident.  Identical reports give identical bytes.
 from __future__ import annotations
 
 import math
+import re
 from functools import lru_cache
 from pathlib import Path
 
 from ..records import LayerDiff, ModelInfo, Report
-from .console import FOLD_ABOVE, _fmt_evidence, fmt_float, largest_jump, match_summary, verdict_line, weak_matches
+from .console import (
+    FOLD_ABOVE, _fmt_evidence, coverage_line, fmt_float, largest_jump, own_err_legend, verdict_line, weak_matches,
+)
 
 __all__ = ["render_html", "render_compact_html", "fold_set"]
 
@@ -26,7 +29,7 @@ _AROUND = 10  # rows kept on each side of the first divergence when folding
 def _environment():
     import jinja2
 
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("parity.report", "templates"),
         autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
         trim_blocks=True,
@@ -34,6 +37,20 @@ def _environment():
         keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined,
     )
+    env.filters["breakable"] = breakable
+    return env
+
+
+def breakable(name: str):
+    """``name`` escaped, with a line-break opportunity (``<wbr>``) after each ``/ . _ ; : -``, so a
+    long layer name wraps at its separators rather than anywhere."""
+    from markupsafe import Markup, escape
+
+    # escaping makes only ``&…;`` entities, which hold none of these but ";" (at their end)
+    return Markup(_SEPARATORS.sub(r"\1<wbr>", str(escape(name))))
+
+
+_SEPARATORS = re.compile(r"([/._;:\-])(?=.)")
 
 
 def fold_set(layers: tuple[LayerDiff, ...]) -> set[int]:
@@ -84,8 +101,8 @@ def _context(report: Report, *, compact: bool) -> dict:
         "jump": _jump(report),
         "env": dict(report.environment),
         "tolerance": _tolerance(report),
-        "coverage": report.coverage,
-        "matching": match_summary(report),
+        "coverage": coverage_line(report),
+        "own_legend": own_err_legend(report),
         "weak": weak_matches(report),
         "fmt": fmt_float,
         "num": _num,

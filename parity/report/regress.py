@@ -68,9 +68,10 @@ class ReportComparison:
         return f"{head}: {verdicts}; " + (", ".join(parts) if parts else f"all {len(self.changes)} layers within {self.factor:g}× of before")
 
     def __rich_console__(self, console, options) -> Iterator:  # pragma: no cover - exercised via rich
-        from rich.table import Table
+        from rich.console import RenderableType
         from rich.text import Text
 
+        from .columns import Column, fitted_table, left_out_line
         from .console import fmt_float
 
         yield Text(self.summary(), style="bold red" if self.regressed else "bold green")
@@ -79,16 +80,30 @@ class ReportComparison:
         shown = [c for c in self.changes if c.status != "same"]
         if not shown:
             return
-        table = Table(box=None, header_style="bold", pad_edge=False)
-        for col in ("layer (A)", "op", "old rel err", "new rel err", "× allowed before → now", "change"):
-            table.add_column(col, no_wrap=col != "layer (A)")
         style = {"now fails": "red", "worse": "red", "better": "green", "now passes": "green", "new": "yellow", "gone": "yellow"}
+        columns = [
+            Column("layer (A)", floor=max(len(c.a_name) for c in shown), give=1),
+            Column("op", floor=8, give=2, drop=1),
+            Column("rel err\nbefore", justify="right"),
+            Column("rel err\nnow", justify="right"),
+            Column("× allowed\nbefore → now", justify="right"),
+            Column("change"),
+        ]
         for c in shown:
             ratio = f"{c.old_ratio:.3g} → {c.new_ratio:.3g}" if c.old_ratio is not None and c.new_ratio is not None else "–"
             growth = c.growth
             label = c.status + (f" ({growth:.3g}×)" if growth not in (None, 1.0) and c.status in ("worse", "better") else "")
-            table.add_row(c.a_name, c.op, fmt_float(c.old_err), fmt_float(c.new_err), ratio, Text(label, style=style[c.status]))
+            cells: tuple[RenderableType, ...] = (
+                Text(c.a_name), Text(c.op), fmt_float(c.old_err), fmt_float(c.new_err), ratio,
+                Text(label, style=style[c.status]),
+            )
+            for col, cell in zip(columns, cells):
+                col.cells.append(cell)
+        table, dropped = fitted_table(columns, options.max_width, gap=2)
         yield table
+        left_out = left_out_line(dropped, options.max_width)
+        if left_out is not None:
+            yield left_out
 
 
 def compare_reports(old: Report, new: Report, *, factor: float = 2.0, floor: float = 0.1) -> ReportComparison:

@@ -137,7 +137,11 @@ DESCRIPTIONS: dict[str, str] = {
     "UnmatchedLayer.name": "The layer's name.",
     "UnmatchedLayer.op": "The layer's op type.",
     "UnmatchedLayer.shape": "Its output shape.",
-    "UnmatchedLayer.reason": "'one-sided' (exists on one side by design) or 'no-match' (not covered).",
+    "UnmatchedLayer.reason": (
+        "'one-sided' (exists on one side by design), 'fused' (folded by the converter into a compared tensor "
+        "of B), 'inside' (a tensor of B computed inside one layer of A, which records nothing there) or "
+        "'no-match' (not covered)."
+    ),
 }
 
 _FLOAT = {"anyOf": [{"type": "number"}, {"enum": ["inf", "-inf", "nan"]}]}

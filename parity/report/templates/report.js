@@ -36,7 +36,7 @@
     var needle = filter.value.trim().toLowerCase();
     var flaggedOnly = onlyFlagged.checked;
     rows.forEach(function (row) {
-      var text = row.cells[1].textContent + " " + row.cells[2].textContent + " " + row.cells[3].textContent + " " + row.cells[4].textContent;
+      var text = row.cells[1].textContent + " " + row.cells[2].textContent;  // each side's name and op
       var hide = (needle && text.toLowerCase().indexOf(needle) < 0) || (flaggedOnly && row.getAttribute("data-flagged") !== "1");
       row.classList.toggle("hidden", !!hide);
       // a search or the flagged-only view looks through folded rows too
