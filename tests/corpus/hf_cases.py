@@ -169,7 +169,7 @@ ARCHS: dict[str, tuple[str, dict, str, str, str, str]] = {
                                           num_attention_heads=2),
                   "MobileViTModel", "TFMobileViTModel", "image",
                   "encoder.layer.3.transformer.layer.1.intermediate.dense"),
-    "cvt": ("CvtConfig", dict(embed_dim=[8, 16, 24], num_heads=[1, 2, 3], depth=[1, 1, 2], patch_sizes=[7, 3, 3],
+    "cvt": ("CvtConfig", dict(embed_dim=[8, 16, 24], num_heads=[1, 2, 3], depth=[1, 2, 3], patch_sizes=[7, 3, 3],
                               patch_stride=[4, 2, 2], patch_padding=[2, 1, 1], mlp_ratio=[2.0, 2.0, 2.0],
                               qkv_bias=[True, True, True], cls_token=[False, False, True],
                               drop_path_rate=[0.0, 0.0, 0.0], drop_rate=[0.0, 0.0, 0.0],
