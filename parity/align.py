@@ -125,9 +125,10 @@ _FAMILIES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("conv", r"^(lazy)?(conv(transpose)?[123]d|conv[123]d(transpose)?|depthwiseconv[12]d(native)?|separableconv[12]d|conv|convolution)$"),
         ("batchnorm", r"^(sync)?batchnorm(alization|[123]d)?$|^fusedbatchnorm(v[23])?$"),
         ("dense", r"^(lazy)?(linear|dense|einsumdense|gemm|matmul|fullyconnected|addmm)$"),
-        ("activation", r"^(relu6?|leakyrelu|prelu|elu|selu|celu|gelu|silu|swish|mish|sigmoid|tanh|hardswish|hardsigmoid|hardtanh|softplus|softmax|logsoftmax|activation|relu_?6|clip.*|logistic)$"),
+        ("activation", r"^(relu6?|leakyrelu|prelu|elu|selu|celu|gelu|silu|swish|mish|sigmoid|tanh|hardswish|hardsigmoid|hardtanh|softplus|softmax|logsoftmax|activation|relu_?6|clip.*|logistic|[a-z0-9]*(gelu|silu|swish)[a-z0-9]*|[a-z0-9]+activation)$"),
         ("pool", r"^(adaptive)?(max|avg|average|lp)pool(ing)?[123]d$|^global(average|max)pool(ing[123]d)?$|^(max|average)pool$|^(reduce)?mean$"),
-        ("norm", r"^(layernorm(alization)?|groupnorm(alization)?|rmsnorm(alization)?|instancenorm[123]d|unitnormalization)$"),
+        # a model's own norms too: transformers' LlamaRMSNorm, T5LayerNorm; keras-hub's LlamaLayerNorm
+        ("norm", r"^([a-z0-9]*(layernorm(alization)?|rmsnorm(alization)?)|groupnorm(alization)?|instancenorm[123]d|unitnormalization)$"),
         ("add", r"^(add|addv2|sum|add_)$"),
         ("flatten", r"^flatten$"),
         ("embedding", r"^embedding(bag)?$"),

@@ -41,11 +41,12 @@ def capture(
     return backend.capture(arrays, containers=containers)
 
 
-def capture_pair(a: Any, b: Any, inputs: Any = None, *, granularity: str = "modules", seed: int = 0) -> tuple[Trace, Trace]:
+def capture_pair(a: Any, b: Any, inputs: Any = None, *, granularity: str = "modules", seed: int = 0,
+                 input_map: Mapping[str, str] | None = None) -> tuple[Trace, Trace]:
     """Both models' traces on the same inputs (given in A's layout, converted for B)."""
     a, b = load_model(a), load_model(b)
     backend_a, backend_b = backend_for(a, granularity=granularity), backend_for(b, granularity=granularity)
-    inputs_a, inputs_b, _ = prepare_inputs(inputs, backend_a, backend_b, seed=seed)
+    inputs_a, inputs_b, _ = prepare_inputs(inputs, backend_a, backend_b, seed=seed, input_map=input_map)
     return backend_a.capture(inputs_a), backend_b.capture(inputs_b)
 
 
@@ -65,6 +66,7 @@ def diff(
     drift_factor: float | None = None,
     seed: int = 0,
     max_memory: int | str | None = None,
+    input_map: Mapping[str, str] | None = None,
 ) -> Report:
     """Compare models ``a`` and ``b`` layer by layer on the same inputs.
 
@@ -84,6 +86,8 @@ def diff(
     ``"2GB"``; default a quarter of RAM) bounds the activations held in
     memory: past it, a finished side's are spilled to memory-mapped files in a
     temporary directory (removed afterwards); the report is the same.
+    ``input_map={"input_ids": "token_ids", …}`` binds A's named inputs to B's where
+    the names differ and the evidence (dtype, rank, a 0/1 mask vs token ids) cannot.
 
     >>> report = parity.diff(torch_model, keras_model, x)   # doctest: +SKIP
     >>> report.first_divergence.a_name                        # doctest: +SKIP
@@ -96,15 +100,15 @@ def diff(
     with steps(4, "parity diff") as bar, Spill() as spill:
         return _diff(a, b, inputs, bar, tol=tol, mapping=mapping, rtol=rtol, atol=atol, containers=containers,
                      granularity=granularity, baseline=baseline, drift_factor=drift_factor, seed=seed,
-                     budget=budget, spill=spill)
+                     budget=budget, spill=spill, input_map=input_map)
 
 
 def _diff(a, b, inputs, bar, *, tol, mapping, rtol, atol, containers, granularity, baseline, drift_factor, seed,
-          budget=None, spill=None):
+          budget=None, spill=None, input_map=None):
     bar.advance("loading the models")
     a, b = load_model(a), load_model(b)  # paths and "package.module:factory" specs
     backend_a, backend_b = backend_for(a, granularity=granularity), backend_for(b, granularity=granularity)
-    inputs_a, inputs_b, summary = prepare_inputs(inputs, backend_a, backend_b, seed=seed)
+    inputs_a, inputs_b, summary = prepare_inputs(inputs, backend_a, backend_b, seed=seed, input_map=input_map)
     # past the budget, values go to memory-mapped files as they are recorded: A's wait for B on
     # disk, and B's capture holds only what is left of the budget
     bar.advance("running model A")
@@ -138,7 +142,7 @@ def _diff(a, b, inputs, bar, *, tol, mapping, rtol, atol, containers, granularit
         if not isinstance(baseline, Report):
             a0, b0 = baseline
             baseline = diff(a0, b0, inputs, mapping=mapping, tolerances=tol, containers=containers,
-                            granularity=granularity, seed=seed, max_memory=budget)
+                            granularity=granularity, seed=seed, max_memory=budget, input_map=input_map)
         report = apply_baseline(report, baseline, drift_factor or DRIFT_FACTOR)
     return _explain_first(report, alignments[0]) if alignments else report
 

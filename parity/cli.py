@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--map", "--mapping", dest="mapping", metavar="FILE",
         help=".toml/.json table of A layer name = B layer name (B names may be globs like '*/Relu6:0' or 're:…')",
     )
+    d.add_argument(
+        "--input-map", metavar="A=B,…",
+        help="bind A's named inputs to B's where names differ, e.g. input_ids=token_ids,attention_mask=padding_mask",
+    )
     d.add_argument("--factory-a", metavar="PKG.MOD:CLASS", help="builds model A when A is a state_dict file (.pth)")
     d.add_argument("--factory-b", metavar="PKG.MOD:CLASS", help="builds model B when B is a state_dict file (.pth)")
     d.add_argument("--json", dest="json_out", metavar="PATH", help="write the report as JSON here")
@@ -287,9 +291,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(epochs=args.epochs, out=args.out or "reports/demo.json", console=shown)
         if args.command == "diff":
             from .api import diff
+            from .inputs import parse_input_map
             from .spill import parse_max_memory
 
             parse_max_memory(args.max_memory)  # a malformed size is refused before any model loads
+            input_map = parse_input_map(args.input_map)  # so is a malformed --input-map
             _require_files(args, args.a, args.b)
             inputs, mapping = _inputs(args), load_mapping(args.mapping)
             try:
@@ -303,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     seed=args.seed,
                     granularity="ops" if args.ops else "modules",
                     max_memory=args.max_memory,
+                    input_map=input_map,
                 )
             except InputShapeUnknown as exc:
                 raise _no_shape(exc, [args.a, args.b]) from None

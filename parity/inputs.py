@@ -8,16 +8,17 @@ side declares its input shape.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .capture.base import Backend, digest_inputs
-from .errors import InputError, InputShapeUnknown
+from .errors import InputError, InputShapeUnknown, closest
 from .layout import channels_first, channels_last, input_transform, permutation
 from .records import IDENTITY, InputSpec, InputsSummary, Transform
 
-__all__ = ["prepare_inputs", "normalize_inputs", "random_inputs"]
+__all__ = ["prepare_inputs", "normalize_inputs", "random_inputs", "bind_inputs", "input_role", "parse_input_map"]
 
 DEFAULT_BATCH = 2
 
@@ -157,6 +158,9 @@ def random_inputs(
     fixed = [s.shape[0] for spec in (spec_a, spec_b) if spec for s in spec if s.shape and s.shape[0] is not None]
     if fixed:
         batch = int(fixed[0])
+    tokens = token_inputs(backend_a, backend_b, seed=seed, batch=batch)
+    if tokens is not None:
+        return tokens
 
     if spec_a and all(complete(s) for s in spec_a):
         shapes = [((batch,) + tuple(s.shape[1:]), s) for s in spec_a]
@@ -194,40 +198,54 @@ def _random(rng: np.random.Generator, shape: tuple, spec: InputSpec) -> np.ndarr
 
 
 def prepare_inputs(
-    inputs: Any, backend_a: Backend, backend_b: Backend, *, seed: int = 0
+    inputs: Any,
+    backend_a: Backend,
+    backend_b: Backend,
+    *,
+    seed: int = 0,
+    input_map: Mapping[str, str] | None = None,
 ) -> tuple[Any, Any, InputsSummary]:
-    """Validate ``inputs`` (model A's layout), convert them for B, and summarise both."""
+    """Validate ``inputs`` (model A's layout), bind each to B's input (by name, by
+    ``input_map``, or by unambiguous evidence — never silently by position), convert them
+    for B, and summarise both."""
     source = "given"
     if inputs is None:
         norm = random_inputs(backend_a, backend_b, seed=seed)
-        source = f"generated (standard normal, seed {seed})"
+        source = f"generated ({_generated_what(norm)}, seed {seed})"
     else:
         norm = normalize_inputs(inputs)
     spec_a, spec_b = backend_a.input_spec(), backend_b.input_spec()
     names = list(norm.keys()) if isinstance(norm, dict) else [None] * len(norm)
     arrays_a = _arrays(norm)
-    if spec_a and spec_a[0].source == "declared" and len(spec_a) != len(arrays_a):
+    needed = [s for s in spec_a or () if s.required]  # transformers' TF models need none of their signature
+    if needed and spec_a[0].source == "declared" and len(spec_a) != len(arrays_a):
         raise InputError(
             f"model A ({backend_a.info().name}) takes {len(spec_a)} inputs "
             f"({', '.join(s.name for s in spec_a)}); got {len(arrays_a)}."
         )
+    if isinstance(norm, dict):
+        binding = bind_inputs(norm, spec_b, input_map, backend_a=backend_a, backend_b=backend_b)
+        b_names = [binding[n][0] for n in names]
+        bound = tuple(f"{n} → {binding[n][0]} ({binding[n][1]})" for n in names)
+    else:
+        if input_map:
+            raise InputError(
+                f"input_map={dict(input_map)!r} names inputs, but the inputs were given by position "
+                f"({len(arrays_a)} array(s)). Give them as a dict by model A's input names."
+            )
+        b_names = [None] * len(arrays_a)
+        bound = tuple(f"input {i} → input {i} (by position)" for i in range(len(arrays_a))) if len(arrays_a) > 1 else ()
     converted: list[np.ndarray] = []
     labels: list[str] = []
-    for i, (name, arr) in enumerate(zip(names, arrays_a)):
+    for i, (name, b_name, arr) in enumerate(zip(names, b_names, arrays_a)):
         sa = _spec_for(spec_a, i, name)
         _check_a(arr, sa, backend_a, i)
         layout_a = sa.layout if sa and sa.layout else _conventional_layout(backend_a, arr.ndim)
-        t = _convert_for_b(arr, layout_a, _spec_for(spec_b, i, name), backend_b, i)
+        sb = _spec_named(spec_b, b_name) if b_name is not None else _spec_for(spec_b, i, None)
+        t = _convert_for_b(arr, layout_a, sb, backend_b, i)
         converted.append(np.ascontiguousarray(t.apply(arr)))
         labels.append(t.label + (" (ambiguous: equal dimensions)" if t.ambiguous else ""))
-    if isinstance(norm, dict):
-        b_names = [s.name for s in spec_b] if spec_b else []
-        keys = list(norm.keys())
-        if b_names and set(keys) != set(b_names) and len(b_names) == len(keys):
-            keys = b_names  # same order, the other side's names
-        inputs_b: Any = dict(zip(keys, converted))
-    else:
-        inputs_b = converted
+    inputs_b: Any = dict(zip(b_names, converted)) if isinstance(norm, dict) else converted
     summary = InputsSummary(
         shapes_a=tuple(tuple(a.shape) for a in arrays_a),
         shapes_b=tuple(tuple(a.shape) for a in converted),
@@ -235,5 +253,240 @@ def prepare_inputs(
         conversions=tuple(labels),
         source=source,
         digest=digest_inputs(arrays_a),
+        bindings=bound,
     )
     return norm, inputs_b, summary
+
+
+# --- binding A's named inputs to B's ------------------------------------------------------
+
+#: what an input is, read from its name: (role, pattern).  The first that matches wins.
+_ROLES = (
+    ("mask", re.compile(r"mask")),
+    ("segment ids", re.compile(r"token_?type|segment")),
+    ("position ids", re.compile(r"position")),
+    ("token ids", re.compile(r"(input|token)_?ids?$|^ids$|^tokens?$|^token_ids")),
+    ("pixels", re.compile(r"pixel|image")),
+    ("audio", re.compile(r"input_(values|features)|audio|wave")),
+)
+
+
+def input_role(name: str) -> tuple[bool, str | None]:
+    """``(decoder?, role)`` an input's name says: ``attention_mask`` → (False, "mask"),
+    ``decoder_token_ids`` → (True, "token ids"); the role is ``None`` when the name says nothing."""
+    low = name.lower()
+    decoder = low.startswith("decoder")
+    return decoder, next((role for role, pattern in _ROLES if pattern.search(low)), None)
+
+
+def _values_kind(arr: np.ndarray) -> str:
+    """``"0/1"`` (an integer or bool array holding only 0 and 1), ``"integers"``, or ``"floats"``."""
+    if arr.dtype == bool:
+        return "0/1"
+    if np.issubdtype(arr.dtype, np.integer):
+        return "0/1" if arr.size and int(arr.min()) >= 0 and int(arr.max()) <= 1 else "integers"
+    return "floats"
+
+
+def _describe(arr: np.ndarray) -> str:
+    kind = _values_kind(arr)
+    span = f", values {arr.min()}…{arr.max()}" if arr.size and kind != "floats" else ""
+    return f"{arr.dtype} {tuple(arr.shape)}{span}"
+
+
+def _fits(name_a: str, arr: np.ndarray, spec: InputSpec) -> str | None:
+    """Why A's input ``name_a`` can be B's ``spec`` (the evidence, for the report), or ``None``."""
+    kind = _values_kind(arr)
+    b_float = spec.dtype.startswith(("float", "bfloat", "half"))
+    if (kind == "floats") != b_float:
+        return None
+    if len(spec.shape) != arr.ndim:
+        return None
+    dec_a, role_a = input_role(name_a)
+    dec_b, role_b = input_role(spec.name)
+    if dec_a != dec_b:
+        return None
+    if role_a is not None and role_b is not None and role_a != role_b:
+        return None
+    role = role_a or role_b
+    if role == "mask" and kind != "0/1":
+        return None
+    if role in ("token ids", "segment ids", "position ids") and kind == "floats":
+        return None
+    if role is None:
+        return f"the only {kind} input of rank {arr.ndim}"
+    said = "both names say" if role_a and role_b else f"{'A' if role_a else 'B'}'s name says"
+    return f"by evidence: {said} {role}; values {kind}"
+
+
+def _perfect_matchings(candidates: dict[str, list[str]], limit: int = 2) -> list[dict[str, str]]:
+    """Up to ``limit`` one-to-one assignments of every key to one of its candidates."""
+    keys = sorted(candidates, key=lambda k: len(candidates[k]))
+    found: list[dict[str, str]] = []
+
+    def extend(i: int, taken: dict[str, str]) -> None:
+        if len(found) >= limit:
+            return
+        if i == len(keys):
+            found.append(dict(taken))
+            return
+        for c in candidates[keys[i]]:
+            if c not in taken.values():
+                taken[keys[i]] = c
+                extend(i + 1, taken)
+                del taken[keys[i]]
+
+    extend(0, {})
+    return found
+
+
+def _sides(norm: Mapping[str, np.ndarray], spec_b: Sequence[InputSpec]) -> str:
+    a = ", ".join(f"{n} ({_describe(v)})" for n, v in norm.items())
+    b = ", ".join(f"{s.name} ({s.dtype} {_fmt(s.shape)})" for s in spec_b)
+    return f"model A was given {a}; model B takes {b}"
+
+
+def bind_inputs(
+    norm: Mapping[str, np.ndarray],
+    spec_b: Sequence[InputSpec] | None,
+    input_map: Mapping[str, str] | None = None,
+    *,
+    backend_a: Backend | None = None,
+    backend_b: Backend | None = None,
+) -> dict[str, tuple[str, str]]:
+    """B's input name for each of A's named inputs, with how it was bound: ``"same name"``,
+    ``"input_map"``, or the evidence (``"by evidence: both names say mask; values 0/1"``).
+
+    A name B also has binds to it; the rest bind only where exactly one one-to-one
+    assignment fits dtype, rank and what names and values say (integer token ids vs a 0/1
+    mask).  Anything else raises :class:`InputError` listing both sides and asking for
+    ``input_map``."""
+    names_b = [s.name for s in spec_b] if spec_b else []
+    by_name = {s.name: s for s in spec_b or ()}
+    binding: dict[str, tuple[str, str]] = {}
+    for a, b in (input_map or {}).items():
+        if a not in norm:
+            raise InputError(
+                f"input_map names {a!r}, which is not one of model A's inputs ({', '.join(norm)})."
+                + closest(a, norm)
+            )
+        if names_b and b not in by_name:
+            raise InputError(
+                f"input_map binds {a!r} to {b!r}, which is not one of model B's inputs ({', '.join(names_b)})."
+                + closest(b, names_b)
+            )
+        binding[a] = (b, "input_map")
+    if not names_b:  # B declares no input names: it is called with A's
+        for a in norm:
+            binding.setdefault(a, (a, "same name"))
+        return binding
+    taken = {b for b, _ in binding.values()}
+    for a in norm:
+        if a not in binding and a in by_name and a not in taken:
+            binding[a] = (a, "same name")
+            taken.add(a)
+    rest_a = [a for a in norm if a not in binding]
+    rest_b = [s for s in spec_b or () if s.name not in taken]
+    if rest_a:
+        candidates = {a: [s.name for s in rest_b if _fits(a, norm[a], s)] for a in rest_a}
+        matchings = _perfect_matchings(candidates)
+        if len(matchings) != 1:
+            problem = (
+                "more than one way to bind them fits" if matchings
+                else "no one-to-one binding fits their dtypes, ranks, names and values"
+            )
+            raise InputError(
+                f"cannot tell which of model B's inputs each of model A's inputs {', '.join(rest_a)} is: {problem} "
+                f"({_sides(norm, spec_b or ())}). Name them, e.g. input_map="
+                + "{" + ", ".join(f"{a!r}: {b!r}" for a, b in zip(rest_a, [s.name for s in rest_b] + ["…"] * len(rest_a))) + "}"
+                + " (CLI: --input-map a=b,c=d; pair key input_map)."
+            )
+        (found,) = matchings
+        for a, b in found.items():
+            binding[a] = (b, _fits(a, norm[a], by_name[b]) or "by evidence")
+    missing = [s for s in spec_b or () if s.required and s.name not in {b for b, _ in binding.values()}]
+    if missing:
+        raise InputError(
+            f"model B needs input(s) {', '.join(s.name for s in missing)} that no input given for model A binds to "
+            f"({_sides(norm, spec_b or ())}). Give model A the same input (e.g. zeros for segment ids) and bind it, "
+            "or say which is which with input_map."
+        )
+    return binding
+
+
+def _spec_named(specs: tuple[InputSpec, ...] | None, name: str) -> InputSpec | None:
+    return next((s for s in specs or () if s.name == name), None)
+
+
+# --- inputs for token models ---------------------------------------------------------------
+
+#: the length of a generated token sequence
+TOKENS = 8
+
+
+def declared_vocabulary(backend: Backend) -> int | None:
+    """The vocabulary size a token model declares (transformers' ``config.vocab_size``,
+    keras-hub's ``vocabulary_size``), or ``None``."""
+    model = getattr(backend, "model", None)
+    for holder, attr in ((getattr(model, "config", None), "vocab_size"), (model, "vocabulary_size")):
+        value = getattr(holder, attr, None) if holder is not None else None
+        if isinstance(value, int) and value > 1:
+            return value
+    return None
+
+
+def _declared_names(backend: Backend) -> list[str]:
+    spec = backend.input_spec()
+    if spec:
+        return [s.name for s in spec]
+    names = getattr(backend, "_input_names", None)
+    return list(names()) if callable(names) else []
+
+
+def token_inputs(backend_a: Backend, backend_b: Backend, *, seed: int, batch: int) -> dict[str, np.ndarray] | None:
+    """Valid inputs for a token model: ids drawn below the declared vocabulary size, a full
+    mask, zero segment ids — named as model A takes them — or ``None`` when neither model
+    declares a vocabulary."""
+    vocab = declared_vocabulary(backend_a) or declared_vocabulary(backend_b)
+    if vocab is None:
+        return None
+    names = _declared_names(backend_a)
+    declared = {s.name: s for s in backend_a.input_spec() or ()}
+    config = getattr(getattr(backend_a, "model", None), "config", None)
+    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        decoder, role = input_role(name)
+        if decoder and not encoder_decoder and name not in declared:
+            continue  # an optional decoder input of a model without a decoder of its own
+        dtype = declared[name].dtype if name in declared and declared[name].dtype.startswith(("int", "uint")) else "int64"
+        if role == "token ids":
+            out[name] = rng.integers(0, vocab, (batch, TOKENS)).astype(dtype)
+        elif role == "mask" and re.search("attention|padding", name):
+            out[name] = np.ones((batch, TOKENS), dtype=dtype)
+        elif role == "segment ids" and name in declared and declared[name].required:
+            out[name] = np.zeros((batch, TOKENS), dtype=dtype)
+    return out if any(input_role(n)[1] == "token ids" for n in out) else None
+
+
+def _generated_what(norm: Any) -> str:
+    if isinstance(norm, dict) and any(input_role(n)[1] == "token ids" for n in norm):
+        return "token ids below the declared vocabulary size, full masks"
+    return "standard normal"
+
+
+def parse_input_map(text: str | None) -> dict[str, str] | None:
+    """``"input_ids=token_ids,attention_mask=padding_mask"`` (the CLI's ``--input-map``) → a dict."""
+    if text is None:
+        return None
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        a, sep, b = part.partition("=")
+        if not sep or not a.strip() or not b.strip():
+            raise InputError(
+                f"--input-map {text!r}: {part!r} is not A_NAME=B_NAME; give e.g. "
+                "--input-map input_ids=token_ids,attention_mask=padding_mask."
+            )
+        out[a.strip()] = b.strip()
+    return out

@@ -120,10 +120,17 @@ def candidate_transforms(a: Tap, b: Tap) -> list[Transform]:
 
 
 def _squeeze_candidates(a: Tap, b: Tap) -> list[Transform]:
-    """Shapes that differ only by size-1 axes, e.g. a pooled ``(N, C, 1, 1)`` vs ``(N, C)``."""
+    """Shapes that differ only by size-1 axes, e.g. a pooled ``(N, C, 1, 1)`` vs ``(N, C)``;
+    or by the split of the last axis into heads (see :func:`merged_heads`)."""
     squeeze_a = tuple(d for d in a.shape[1:] if d != 1)
     squeeze_b = tuple(d for d in b.shape[1:] if d != 1)
     if a.shape[:1] != b.shape[:1] or squeeze_a != squeeze_b or len(squeeze_a) > 1:
+        if merged_heads(tuple(a.shape), tuple(b.shape)) is not None:
+            return [Transform(kind="reshape", label=f"reshape {tuple(b.shape[2:])}→{tuple(a.shape[2:])} (heads)",
+                              target_shape=tuple(a.shape))]
+        if merged_rows(tuple(a.shape), tuple(b.shape)):
+            return [Transform(kind="reshape", label=f"reshape {tuple(b.shape[:-1])}→{tuple(a.shape[:-1])} (rows)",
+                              target_shape=tuple(a.shape))]
         return []  # only a single non-trivial axis is unambiguous under a reshape
     return [
         Transform(
@@ -132,6 +139,29 @@ def _squeeze_candidates(a: Tap, b: Tap) -> list[Transform]:
             target_shape=tuple(a.shape),
         )
     ]
+
+
+def merged_heads(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The split axes when one shape is the other with its last axis split in row-major order
+    behind the same batch and sequence axes — a projection's ``(B, T, heads, head_dim)``
+    (keras-hub's ``EinsumDense``) against ``(B, T, heads·head_dim)`` (a torch ``Linear``) —
+    else ``None``.  Only the last axis, and only behind two shared leading axes: a spatial
+    flatten ``(N, C, H, W)`` → ``(N, C·H·W)`` is not this (its order depends on the layout)."""
+    long, short = (a, b) if len(a) > len(b) else (b, a)
+    if len(short) != 3 or len(long) != 4 or long[:2] != short[:2] or short[2] != long[2] * long[3]:
+        return None
+    if long[2] == 1 or long[3] == 1:
+        return None  # a size-1 axis: the plain squeeze rule's case
+    return long[2:]
+
+
+def merged_rows(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Whether one shape is ``(B·T, d)`` and the other ``(B, T, d)``: a layer that flattens batch
+    and sequence into rows before its Dense (transformers' PyTorch OPT) against one that does
+    not.  The rows keep their order (row-major), the features stay last."""
+    long, short = (a, b) if len(a) > len(b) else (b, a)
+    return len(long) == 3 and len(short) == 2 and long[0] * long[1] == short[0] and long[2] == short[1] \
+        and long[0] > 1 and long[1] > 1
 
 
 def _mark(t: Transform, ambiguous: bool) -> Transform:

@@ -28,7 +28,7 @@ from .errors import ParityError
 
 __all__ = ["PairSpec", "PairConfigError", "find_pair_config", "load_pairs"]
 
-_KEYS = {"a", "b", "inputs", "mapping", "rtol", "atol", "tolerances", "seed", "min_argmax_agreement"}
+_KEYS = {"a", "b", "inputs", "mapping", "rtol", "atol", "tolerances", "seed", "min_argmax_agreement", "input_map"}
 
 
 class PairConfigError(ParityError, ValueError):
@@ -48,6 +48,8 @@ class PairSpec:
     tolerances: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
     min_argmax_agreement: float | None = None
+    #: A's input name = B's, where the names differ (see ``parity.diff(input_map=...)``)
+    input_map: Mapping[str, str] | None = None
 
     def run(self, *, rtol: float | None = None, atol: float | None = None, seed: int | None = None,
             max_memory: int | str | None = None):
@@ -73,6 +75,7 @@ class PairSpec:
             min_argmax_agreement=self.min_argmax_agreement,
             seed=self.seed if seed is None else seed,
             max_memory=max_memory,
+            input_map=self.input_map,
         )
 
 
@@ -150,6 +153,14 @@ def load_pairs(path: str | Path) -> list[PairSpec]:
         mapping = table.get("mapping")
         if mapping is not None and not isinstance(mapping, (str, dict)):
             raise PairConfigError(f"{where} key 'mapping' must be a file path or an inline table, got {mapping!r}.")
+        input_map = table.get("input_map")
+        if input_map is not None and not (
+            isinstance(input_map, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in input_map.items())
+        ):
+            raise PairConfigError(
+                f"{where} key 'input_map' must be an inline table of A input name = B input name, e.g. "
+                f'{{ input_ids = "token_ids" }}, got {input_map!r}.'
+            )
         tolerances = table.get("tolerances", {})
         if not isinstance(tolerances, dict):
             raise PairConfigError(f"{where} key 'tolerances' must be a table of layer name/glob = [rtol, atol].")
@@ -166,6 +177,7 @@ def load_pairs(path: str | Path) -> list[PairSpec]:
                 tolerances=tolerances,
                 seed=int(table.get("seed", 0)),
                 min_argmax_agreement=table.get("min_argmax_agreement"),
+                input_map=input_map,
             )
         )
     return pairs

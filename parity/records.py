@@ -50,6 +50,9 @@ class InputSpec:
     layout: str | None = None
     #: "declared" (the model says so) or "inferred" (guessed from the first layer)
     source: str = "declared"
+    #: whether the model cannot run without it (a functional model's input) or may be left out
+    #: (transformers' ``attention_mask``, ``token_type_ids``)
+    required: bool = True
 
 
 @dataclass(frozen=True)
@@ -404,6 +407,8 @@ class InputsSummary:
     #: "given" or "generated (seed 0)"
     source: str
     digest: str = ""
+    #: how each of A's inputs was bound to B's: "input_ids → token_ids (by evidence: …)"
+    bindings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

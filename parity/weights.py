@@ -194,11 +194,11 @@ def _torch_layer(module: Any) -> _Layer:
         kind = "convtranspose"
     elif isinstance(module, conv._ConvNd):
         kind = "depthwise" if module.groups > 1 and module.groups == module.in_channels else "conv"
-    elif isinstance(module, nn.Linear):
+    elif isinstance(module, nn.Linear) or _is_hf_conv1d(module):
         kind = "dense"
     elif isinstance(module, nn.modules.batchnorm._BatchNorm):
         kind = "batchnorm"
-    elif isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)) or cls == "RMSNorm":
+    elif isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)) or cls.endswith("RMSNorm"):
         kind = "norm"
     elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         kind = "embedding"
@@ -216,8 +216,17 @@ def _torch_layer(module: Any) -> _Layer:
     params: dict[str, _Param] = {}
     for n, t in own.items():
         value, dtype = _torch_array(t)
-        params[roles.get(n, n)] = _Param(n, value, dtype, tuple(value.shape))
+        raw = tuple(value.shape)
+        if n == "weight" and _is_hf_conv1d(module):
+            value = value.T  # transformers' Conv1D keeps its weight as (in, out)
+        params[roles.get(n, n)] = _Param(n, value, dtype, raw)
     return _Layer("torch", kind, cls, params)
+
+
+def _is_hf_conv1d(module: Any) -> bool:
+    """transformers' ``Conv1D`` (GPT-2's projections): a dense layer whose weight is ``(in, out)``."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None \
+        and tuple(module.weight.shape)[-1:] == (module.nf,)
 
 
 def _is_uninitialized(t: Any) -> bool:
@@ -277,15 +286,64 @@ def _keras_canonical(kind: str, role: str, value: np.ndarray) -> np.ndarray:
     return value
 
 
+def _einsum_axes(equation: str) -> tuple[str, str, str] | None:
+    """``"btd,dnh->btnh"`` → (input, kernel, output) subscripts, or ``None``."""
+    try:
+        ins, out = equation.replace(" ", "").split("->")
+        x, k = ins.split(",")
+    except ValueError:
+        return None
+    return x, k, out
+
+
+def _einsum_canonical(layer: Any, role: str, value: np.ndarray) -> np.ndarray:
+    """An ``EinsumDense`` parameter in a torch ``Linear``'s layout: the kernel ``(d, heads,
+    head_dim)`` of ``btd,dnh->btnh`` as ``(heads·head_dim, d)``, the output projection's
+    ``(heads, head_dim, d)`` of ``btnh,nhd->btd`` as ``(d, heads·head_dim)``, a bias ``(heads,
+    head_dim)`` flattened — the out features in the order the output holds them (row-major,
+    as a torch ``view(B, T, heads, head_dim)`` splits them)."""
+    axes = _einsum_axes(str(getattr(layer, "equation", "")))
+    if axes is None:
+        return value
+    x, k, out = axes
+    if role == "kernel" and value.ndim == len(k):
+        contracted = [c for c in k if c in x and c not in out]
+        produced = sorted((c for c in k if c in out), key=out.index)
+        if len(contracted) + len(produced) != len(k):
+            return value
+        perm = [k.index(c) for c in produced + contracted]
+        n_out = int(np.prod([value.shape[k.index(c)] for c in produced])) if produced else 1
+        return np.transpose(value, perm).reshape(n_out, -1)
+    if role == "bias":
+        return value.reshape(-1)
+    return value
+
+
+def _keras_kind(layer: Any, cls: str) -> str:
+    kind = _KERAS_KINDS.get(cls)
+    if kind is not None:
+        return kind
+    if cls == "EinsumDense" and _einsum_axes(str(getattr(layer, "equation", ""))) is not None:
+        return "dense"
+    if cls == "TFConv1D":
+        return "dense"  # transformers' TF twin of its Conv1D: GPT-2's Dense, weight (in, out)
+    if cls.endswith(("RMSNorm", "LayerNorm", "RMSNormalization", "LayerNormalization")):
+        return "norm"  # keras-hub's LlamaLayerNorm, MistralLayerNormalization, Gemma's RMSNormalization
+    return "generic"
+
+
 def _keras_layer(layer: Any) -> _Layer:
     cls = type(layer).__name__
-    kind = _KERAS_KINDS.get(cls, "generic")
+    kind = _keras_kind(layer, cls)
     params: dict[str, _Param] = {}
     for v in layer.weights:  # the layer's own variables (optimizer slots live on the optimizer)
         name = str(getattr(v, "name", "") or getattr(v, "path", "")).split("/")[-1].split(":")[0]
         value, dtype = _keras_array(v)
         role = _KERAS_ROLES.get(name, name) if kind != "generic" else name
-        params[role] = _Param(name, _keras_canonical(kind, role, value), dtype, tuple(value.shape))
+        if cls == "TFConv1D" and name == "weight":
+            role = "kernel"
+        canonical = _einsum_canonical(layer, role, value) if cls == "EinsumDense" else _keras_canonical(kind, role, value)
+        params[role] = _Param(name, canonical, dtype, tuple(value.shape))
     return _Layer("keras", kind, cls, params)
 
 

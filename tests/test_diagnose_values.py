@@ -69,8 +69,11 @@ def _contexts(trace_a, trace_b, extra=None):
 
 
 def _run(ctx, code):
-    (det,) = [d for d in DETECTORS if d.code == code]
-    return det.detect(ctx) if det.applies(ctx) else None
+    """What the detectors of ``code`` find (several may give one code: activation_approximation on an
+    activation layer, and on the Dense after an activation B computes inside)."""
+    dets = [d for d in DETECTORS if d.code == code]
+    assert dets, code
+    return next((found for d in dets if d.applies(ctx) and (found := d.detect(ctx)) is not None), None)
 
 
 # --- padding_asymmetry ----------------------------------------------------------------------

@@ -313,9 +313,9 @@ class KerasBackend(Backend):
         try:
             inputs = self.model.inputs
         except (AttributeError, ValueError):
-            return None
+            inputs = None
         if not inputs:
-            return None
+            return self._signature_spec()
         specs = []
         for i, t in enumerate(inputs):
             shape = tuple(None if d is None else int(d) for d in t.shape)
@@ -332,6 +332,37 @@ class KerasBackend(Backend):
                 )
             )
         return tuple(specs)
+
+    def _signature_spec(self) -> tuple[InputSpec, ...] | None:
+        """What a subclassed model declares in ``input_signature`` (transformers' TF models: a
+        dict of ``tf.TensorSpec``; none is required; the names, ranks, dtypes and channel axis).
+        Its image inputs are channels-first —
+        ``pixel_values`` of shape ``(None, num_channels, …)``, transposed inside the model — when
+        axis 1 holds the channel count the model's config declares."""
+        try:
+            signature = getattr(self.model, "input_signature", None)
+        except Exception:  # a property that cannot answer for this model
+            return None
+        if not isinstance(signature, dict) or not signature:
+            return None
+        config = getattr(self.model, "config", None)
+        config = getattr(config, "vision_config", config)
+        channels = getattr(config, "num_channels", None)
+        specs = []
+        for name, t in signature.items():
+            shape = getattr(t, "shape", None)
+            if shape is None or getattr(shape, "rank", None) is None:
+                continue
+            # a serving signature, not a constraint: its sizes come from the config (ResNet's 224,
+            # Hubert's 16000) and the model takes others; only the channel count is kept
+            dims = tuple(None for _ in shape)
+            layout = self._default_layout(len(dims))
+            if len(dims) in (3, 4, 5) and channels is not None and shape[1] == channels:
+                layout = CHANNELS_FIRST.get(len(dims))
+                dims = (None, int(channels)) + dims[2:]
+            specs.append(InputSpec(name=str(name), shape=dims, dtype=numpy_dtype_name(t.dtype), layout=layout,
+                                   required=False))
+        return tuple(specs) or None
 
     def _input_layout(self, rank: int) -> str | None:
         """The layout the model's first layer with a ``data_format`` declares (a model built

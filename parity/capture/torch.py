@@ -69,6 +69,10 @@ _LAST_AXIS = {"Linear", "LazyLinear", "Bilinear", "LayerNorm", "RMSNorm", "Embed
 
 
 def _module_layout(op: str, rank: int, in_layout: str | None, in_rank: int | None) -> str | None:
+    if op == "Conv1D" or op.endswith(("RMSNorm", "LayerNorm")):
+        # transformers' Conv1D is GPT-2's Linear (weight (in, out)), not torch's Conv1d; its
+        # LlamaRMSNorm, T5LayerNorm, ... normalise the last axis
+        return channels_last(rank)
     if op.startswith(_CHANNEL_FIRST_PREFIXES):
         return channels_first(rank)
     if op in _LAST_AXIS:

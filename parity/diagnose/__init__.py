@@ -29,7 +29,9 @@ detector("bn_epsilon", {"batchnorm"})(lambda ctx: diagnose_bn_epsilon(ctx.match,
 def ctx_needs_layers(match) -> bool:
     from ..align import op_family
 
-    return op_family(match.a.op) == "dense" or op_family(match.b.op) == "dense"
+    # transformers' Conv1D / TFConv1D are dense layers (GPT-2's), named like a convolution
+    hf_dense = match.a.op == "Conv1D" and match.a.layout == "NLC" or match.b.op == "TFConv1D"
+    return op_family(match.a.op) == "dense" or op_family(match.b.op) == "dense" or hf_dense
 
 
 @functools.cache

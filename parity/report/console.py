@@ -361,6 +361,9 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
         f"inputs: {report.inputs.source}; converted for B: {conv} · {coverage_line(report)}",
         style="dim",
     )
+    bindings = getattr(report.inputs, "bindings", ())
+    if bindings and not all(b.endswith("(same name)") for b in bindings):
+        yield Text("inputs bound: " + "; ".join(bindings), style="dim")
     weak = weak_matches(report)
     if weak:
         yield Text(
