@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 
 # Converters whose own pins would pull TF 2.19 / numpy 1.26 / a CUDA torch: they run on
 # this stack regardless (see README, "Converters tested"), so they come without deps.
-NO_DEPS_CONVERTERS := onnx2tf==1.29.24 onnx2torch==1.5.15 torchvision==0.29.1
+NO_DEPS_CONVERTERS := onnx2tf==1.29.24 onnx2torch==1.5.15 torchvision==0.29.1 timm==1.0.31
 
 .PHONY: install keras2 test demo demo-chain clean browser bench
 
