@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .align import align
+from .align import align, unsure_pairs
 from .capture import backend_for
 from .compare import compare
 from .diagnose import diagnose
@@ -230,6 +230,7 @@ def diff_traces(
     release_trace(trace_a)  # alignment read spilled values: their pages leave the process again
     release_trace(trace_b)
     compared = compare(alignment, tol)
+    alignment, compared = unsure_pairs(alignment, compared)
     compared = _replay(alignment, compared) if _replay is not None else own_errors(None, None, None, alignment, compared)
     layers, diagnoses = diagnose(alignment, compared, _models)
     unmatched = tuple(
