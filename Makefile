@@ -9,9 +9,9 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 
 # Converters whose own pins would pull TF 2.19 / numpy 1.26 / a CUDA torch: they run on
 # this stack regardless (see README, "Converters tested"), so they come without deps.
-NO_DEPS_CONVERTERS := onnx2tf==1.29.24 onnx2torch==1.5.15 torchvision==0.29.1
+NO_DEPS_CONVERTERS := onnx2tf==1.29.24 onnx2torch==1.5.15 torchvision==0.29.1 timm==1.0.31
 
-.PHONY: install keras2 test check lint demo demo-chain clean browser bench
+.PHONY: install keras2 test check lint demo demo-chain clean browser bench corpus
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -84,6 +84,11 @@ demo-chain: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) -m benchmarks.run
+
+# Real architectures through real converters, each pair in its own subprocess: reports/corpus.{md,html,json}.
+# Conversions are cached (~/.cache/parity/test-artifacts); the first run takes hours on 2 cores.
+corpus: $(STAMP)
+	$(PY) -m tests.corpus.run $(CORPUS_ARGS)
 
 clean:
 	rm -rf $(VENV) $(KERAS2_VENV) reports/*.json reports/*.html reports/chain-artifacts

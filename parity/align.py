@@ -50,7 +50,7 @@ from .errors import AlignmentError, MappingError
 from .layout import candidate_transforms
 from .records import Alignment, Match, Tap, Trace, Transform, Unmatched
 
-__all__ = ["align", "normalize_name", "op_family", "tap_family", "ONE_SIDED_OPS", "PASS_THROUGH_OPS"]
+__all__ = ["align", "unsure_pairs", "normalize_name", "op_family", "tap_family", "ONE_SIDED_OPS", "PASS_THROUGH_OPS"]
 
 #: ops that often exist on one side of a conversion only; unmatched, they are expected
 ONE_SIDED_OPS = frozenset(
@@ -483,8 +483,8 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
     )
     chain = _increasing_chain(anchors)
     # (nor is a layer's output before its separate bias add: only the sum is the layer's output)
-    free_a = [t for t in ta.layers if id(t) not in used_a and t.op not in PASS_THROUGH_OPS and not t.attrs.get("partial")]
-    free_b = [t for t in tb.layers if id(t) not in used_b and t.op not in PASS_THROUGH_OPS and not t.attrs.get("partial")]
+    free_a = [t for t in ta.layers if id(t) not in used_a and not _passes_through(t) and not t.attrs.get("partial")]
+    free_b = [t for t in tb.layers if id(t) not in used_b and not _passes_through(t) and not t.attrs.get("partial")]
     bounds = [(-1, -1), *chain, (len(ta.taps), len(tb.taps))]
     for (lo_a, lo_b), (hi_a, hi_b) in zip(bounds, bounds[1:]):
         seg_a = [t for t in free_a if lo_a < t.index < hi_a]
@@ -522,6 +522,8 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
             if id(t) in used or t.role == "container":
                 continue
             reason = "one-sided" if t.op in ONE_SIDED_OPS or t.attrs.get("partial") else "no-match"
+            if reason == "no-match" and t.attrs.get("passthrough"):
+                reason = "placeholder"  # an identity at inference (timm's DropPath): nothing to compare
             if reason == "no-match" and side == "a" and (id(t) in folded or _fused_into(t.name, matched_b)):
                 reason = "fused"
             unmatched.append(Unmatched(tap=t, side=side, reason=reason))
@@ -584,7 +586,7 @@ def _value_matches(free_a: list[Tap], free_b: list[Tap], pairing: _Pairing) -> l
 
     def eligible(t: Tap) -> bool:
         return (
-            t.value is not None and t.numel > 1 and t.op not in PASS_THROUGH_OPS and t.op not in ONE_SIDED_OPS
+            t.value is not None and t.numel > 1 and not _passes_through(t) and t.op not in ONE_SIDED_OPS
             and bool(np.any(_cached_sample(("a", id(t.value)), t.value, lambda v: v.reshape(-1)[_sample_index(t.shape)])))
         )
 
@@ -621,6 +623,62 @@ def _value_matches(free_a: list[Tap], free_b: list[Tap], pairing: _Pairing) -> l
             continue
         out.append((a, b, min(1.0, 0.9 + 0.1 * min(gap, 1.0))))
     return out
+
+
+def unsure_pairs(alignment: Alignment, layers: tuple) -> tuple[Alignment, tuple]:
+    """Pairs made by order or scope that the values contradict, taken out of the comparison.
+
+    Errors do not heal.  A pair whose values are unrelated (cos < 0.99 on the fixed sample),
+    paired only by execution order or name scope, while the next compared layers and every
+    model output agree, holds two different tensors — a misalignment, not a divergence.  Such a
+    pair becomes "not compared" on both sides with the reason ``unsure: …``.  A real bug keeps
+    its pair: its values stay related (a scaled kernel, a wrong epsilon, a swapped activation
+    move a tensor, they do not replace it), and it does not heal (the outputs differ)."""
+    import dataclasses
+
+    outputs = [d for d in layers if d.role == "output"]
+    if not outputs or not all(d.ok for d in outputs):
+        return alignment, layers
+    by_name = {m.a.name: m for m in alignment.matches}
+    inner = [d for d in layers if d.role != "output"]
+
+    def suspect(d) -> bool:
+        m = by_name.get(d.a_name)
+        return m is not None and m.how in ("order", "scope") and _similarity(m.a, m.b, m.transform) < 1.0
+
+    suspects = []
+    i = 0
+    while i < len(inner):
+        if inner[i].ok:
+            i += 1
+            continue
+        j = i
+        while j < len(inner) and not inner[j].ok:
+            j += 1  # inner[i:j]: a run of failing layers
+        # what follows the run agrees (it ended there), and so do the outputs: it healed
+        if all(suspect(d) for d in inner[i:j]):
+            suspects.extend(by_name[d.a_name] for d in inner[i:j])
+        i = j
+    dropped = {id(m) for m in suspects}
+    unmatched = list(alignment.unmatched)
+    gone = set()
+    for m in suspects:
+        d = next(x for x in inner if x.a_name == m.a.name)
+        why = (f"unsure: paired by {m.how} with {m.b.name}, but the values are unrelated (rel err "
+               f"{d.metrics.rel_err:.2g}) while the next layers and the model outputs agree")
+        unmatched.append(Unmatched(tap=m.a, side="a", reason=why))
+        unmatched.append(Unmatched(tap=m.b, side="b", reason=why.replace(f"with {m.b.name}", f"with A's {m.a.name}")))
+        gone.add(m.a.name)
+    matches = tuple(m for m in alignment.matches if id(m) not in dropped)
+    kept = [d for d in layers if d.a_name not in gone]
+    kept = tuple(dataclasses.replace(d, index=i) for i, d in enumerate(kept))
+    return Alignment(matches=matches, unmatched=tuple(unmatched)), kept
+
+
+def _passes_through(t: Tap) -> bool:
+    """An op whose output is its input at inference (Identity, eval-mode Dropout, a module the
+    capture saw return its input): it would steal the match of the real layer before it."""
+    return t.op in PASS_THROUGH_OPS or bool(t.attrs.get("passthrough"))
 
 
 def _confidence(how: str, a: Tap, b: Tap, t: Transform, same_family: bool) -> float:

@@ -207,9 +207,11 @@ class Unmatched:
 
     tap: Tap
     side: str  # "a" | "b"
-    #: "one-sided" (an op that exists on one side only: Flatten, Dropout, ...), "fused" (folded
-    #: by the converter into a tensor of B that was compared) or "no-match"; a report's
-    #: :class:`UnmatchedLayer` may also say "inside" (B's tensor computed inside one layer of A)
+    #: "one-sided" (an op that exists on one side only: Flatten, Dropout, ...), "placeholder" (an
+    #: identity at inference: timm's DropPath), "fused" (folded by the converter into a tensor of B
+    #: that was compared), "unsure: <why>" (a pairing the values contradict: not compared) or
+    #: "no-match"; a report's :class:`UnmatchedLayer` may also say "inside" (B's tensor computed
+    #: inside one layer of A)
     reason: str
 
 

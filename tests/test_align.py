@@ -353,3 +353,38 @@ def test_a_mistyped_mapping_name_is_hinted_by_op_and_position_not_spelling_alone
         align(a, b, {"cnv2": "model/conv2d_1/BiasAdd"})
     assert "Closest names in model A (by name, op and position: 'model/conv2d_1/BiasAdd' is a Conv2D in model B): " \
            "conv2 (Conv2d, #3), conv1 (Conv2d, #0)" in str(err.value)
+
+
+def _healing_traces(*, output_b):
+    """A pair whose middle tensors are unrelated (B's are other tensors of the same shapes) while
+    the layers after them — and the outputs, unless ``output_b`` says otherwise — agree."""
+    mid_a = [rng.standard_normal(Y.shape).astype("float32") for _ in range(2)]
+    mid_b = [rng.standard_normal(Y.shape).astype("float32") for _ in range(2)]  # not the same quantities
+    a = make_trace([("conv", "Conv2d", X, "NCHW"), ("relu", "ReLU", Y, "NCHW"), ("block.mid", "Conv2d", mid_a[0], "NCHW"),
+                    ("block.mid2", "Conv2d", mid_a[1], "NCHW"), ("fc", "Linear", OUT, "NC"), ("output", "output", OUT, "NC")])
+    b = make_trace([("c", "Conv2D", nchw_to_nhwc(X), "NHWC"), ("r", "ReLU", nchw_to_nhwc(Y), "NHWC"),
+                    ("m1", "Conv2D", nchw_to_nhwc(mid_b[0]), "NHWC"), ("m2", "Conv2D", nchw_to_nhwc(mid_b[1]), "NHWC"),
+                    ("d", "Dense", OUT, "NC"), ("output", "output", output_b, "NC")], framework="keras")
+    return a, b
+
+
+def test_a_pair_by_order_whose_values_are_unrelated_and_that_heals_is_not_compared_but_unsure():
+    from parity.api import diff_traces
+
+    report = diff_traces(*_healing_traces(output_b=OUT))
+    assert report.ok and report.first_divergence is None
+    assert "block.mid" not in [d.a_name for d in report.layers]
+    (mid,) = [u for u in report.unmatched_a if u.name == "block.mid"]
+    # (the pair right before an agreeing one was already dropped: errors do not heal)
+    assert mid.reason.startswith("unsure: paired by order with m1, but the values are unrelated (rel err 1.")
+    assert [u.name for u in report.unmatched_b if u.reason.startswith("unsure")] == ["m1"]
+    assert [d.index for d in report.layers] == list(range(len(report.layers)))
+
+
+def test_a_disagreeing_pair_is_kept_when_the_outputs_disagree_too():
+    from parity.api import diff_traces
+
+    report = diff_traces(*_healing_traces(output_b=OUT * 1.1))
+    assert not report.ok
+    assert report.first_divergence.a_name == "block.mid"
+    assert not [u for u in report.unmatched if u.reason.startswith("unsure")]

@@ -138,8 +138,9 @@ DESCRIPTIONS: dict[str, str] = {
     "UnmatchedLayer.op": "The layer's op type.",
     "UnmatchedLayer.shape": "Its output shape.",
     "UnmatchedLayer.reason": (
-        "'one-sided' (exists on one side by design), 'fused' (folded by the converter into a compared tensor "
-        "of B), 'inside' (a tensor of B computed inside one layer of A, which records nothing there) or "
+        "'one-sided' (exists on one side by design), 'placeholder' (an identity at inference), 'fused' (folded "
+        "by the converter into a compared tensor of B), 'inside' (a tensor of B computed inside one layer of A, "
+        "which records nothing there), 'unsure: …' (a pairing the values contradict: not compared) or "
         "'no-match' (not covered)."
     ),
 }

@@ -22,34 +22,11 @@ import pytest
 
 from parity.zoo.cache import cached_dir as _cached_dir
 from parity.zoo.cache import content_key  # noqa: F401  (the tests take it from here)
+from tests.corpus._torchvision import make_importable as make_torchvision_importable
 
 
-def _torchvision_importable() -> None:
-    """PyPI's torchvision is built against a CUDA torch, and beside this machine's
-    torch==2.13.0+cpu its compiled ops do not load: ``import torchvision`` then dies in
-    its meta registrations (``operator torchvision::nms does not exist``).  onnx2torch
-    imports torchvision unconditionally and transformers does whenever it is installed.
-    Declaring the two op schemas it looks up lets its pure-Python part import; its ops
-    (nms, roi_align) stay unusable, and none of these tests need them."""
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("torchvision") is None:
-        return
-    import torch
-
-    try:
-        torch.ops.torchvision.nms  # noqa: B018 - present when torchvision's own ops loaded
-        return
-    except (AttributeError, RuntimeError):
-        pass
-    global _TORCHVISION_SCHEMAS
-    _TORCHVISION_SCHEMAS = torch.library.Library("torchvision", "DEF")
-    _TORCHVISION_SCHEMAS.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _TORCHVISION_SCHEMAS.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-
-
-_TORCHVISION_SCHEMAS = None
-_torchvision_importable()
+# timm, onnx2torch and transformers import torchvision: make it importable beside the CPU torch
+make_torchvision_importable()
 
 CACHE = Path(os.environ.get("PARITY_TEST_CACHE", Path.home() / ".cache" / "parity" / "test-artifacts"))
 

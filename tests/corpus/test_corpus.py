@@ -1,0 +1,39 @@
+"""The corpus' deterministic sample under pytest: real timm architectures through real exporters.
+
+Each sample case's faithful pair must be ok (no false divergence) and its first injected bug
+found at its layer; a failure's message is the corpus row, so it says what parity reported.
+The full corpus (every family, both exporters, every bug) is ``make corpus``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.corpus.cases import judge
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+timm_models = pytest.importorskip("tests.corpus.timm_models")
+timm_onnx = pytest.importorskip("tests.corpus.timm_onnx")
+
+pytestmark = pytest.mark.converters
+
+
+def _sample():
+    try:
+        timm_models._timm()  # torchvision made importable first
+    except ImportError:
+        return []
+    out = []
+    for case in timm_onnx.cases([f for f in timm_models.FAMILIES if f.sample]):
+        if case.sample:
+            out.append(pytest.param(case, None, id=f"{case.id}/faithful"))
+            if case.bugs:
+                out.append(pytest.param(case, case.bugs[0], id=f"{case.id}/{case.bugs[0].name}"))
+    return out
+
+
+@pytest.mark.parametrize(("case", "bug"), _sample())
+def test_sample_pair(case, bug):
+    row = judge(case, bug)
+    assert row.passed, row
