@@ -448,8 +448,8 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
     )
     chain = _increasing_chain(anchors)
     # (nor is a layer's output before its separate bias add: only the sum is the layer's output)
-    free_a = [t for t in ta.layers if id(t) not in used_a and t.op not in PASS_THROUGH_OPS and not t.attrs.get("partial")]
-    free_b = [t for t in tb.layers if id(t) not in used_b and t.op not in PASS_THROUGH_OPS and not t.attrs.get("partial")
+    free_a = [t for t in ta.layers if id(t) not in used_a and not _passes_through(t) and not t.attrs.get("partial")]
+    free_b = [t for t in tb.layers if id(t) not in used_b and not _passes_through(t) and not t.attrs.get("partial")
               and id(t) not in module_scoped.named]
     bounds = [(-1, -1), *chain, (len(ta.taps), len(tb.taps))]
     for (lo_a, lo_b), (hi_a, hi_b) in zip(bounds, bounds[1:]):
@@ -490,6 +490,8 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
             if id(t) in used or t.role == "container":
                 continue
             reason = "one-sided" if t.op in ONE_SIDED_OPS or t.attrs.get("partial") else "no-match"
+            if reason == "no-match" and t.attrs.get("passthrough"):
+                reason = "placeholder"  # an identity at inference (timm's DropPath): nothing to compare
             if reason == "no-match" and side == "a" and (
                 id(t) in folded or _fused_into(t.name, matched_b) or t.name in fused_modules
             ):
@@ -637,7 +639,7 @@ def _value_matches(free_a: list[Tap], free_b: list[Tap], pairing: _Pairing) -> l
 
     def eligible(t: Tap) -> bool:
         return (
-            t.value is not None and t.numel > 1 and t.op not in PASS_THROUGH_OPS and t.op not in ONE_SIDED_OPS
+            t.value is not None and t.numel > 1 and not _passes_through(t) and t.op not in ONE_SIDED_OPS
             and not t.attrs.get("partial")
             and bool(np.any(_cached_sample(("a", id(t.value)), t.value, lambda v: v.reshape(-1)[_sample_index(t.shape)])))
         )
@@ -675,6 +677,12 @@ def _value_matches(free_a: list[Tap], free_b: list[Tap], pairing: _Pairing) -> l
             continue
         out.append((a, b, min(1.0, 0.9 + 0.1 * min(gap, 1.0))))
     return out
+
+
+def _passes_through(t: Tap) -> bool:
+    """An op whose output is its input at inference (Identity, eval-mode Dropout, a module the
+    capture saw return its input): it would steal the match of the real layer before it."""
+    return t.op in PASS_THROUGH_OPS or bool(t.attrs.get("passthrough"))
 
 
 def _confidence(how: str, a: Tap, b: Tap, t: Transform, same_family: bool) -> float:

@@ -71,7 +71,7 @@ _ALIASES = {
     "int8": "int8", "uint8": "int8", "int16": "int8", "quant": "int8", "quantized": "int8", "quantised": "int8",
 }
 #: cell statuses that mean the layer was not compared in that stage
-_BLANK = ("fused", "one-sided", "no-match", "absent")
+_BLANK = ("fused", "one-sided", "placeholder", "no-match", "absent")
 _DIFF_OPTIONS = ("tolerances", "min_argmax_agreement", "containers", "granularity", "seed", "mappings")
 
 
@@ -134,7 +134,7 @@ class ChainCell:
         """What the cell means, in words."""
         if not self.compared:
             return {"fused": "fused by the converter", "one-sided": "exists on one side only",
-                    "no-match": "no counterpart", "absent": "not compared"}[self.status]
+                    "placeholder": "an identity at inference", "no-match": "no counterpart", "absent": "not compared"}[self.status]
         if self.status == "ok":
             return "ok"
         if self.status == "quantisation":

@@ -204,8 +204,9 @@ class Unmatched:
 
     tap: Tap
     side: str  # "a" | "b"
-    #: "one-sided" (an op that exists on one side only: Flatten, Dropout, ...), "fused" (folded
-    #: by the converter into a tensor of B that was compared) or "no-match"
+    #: "one-sided" (an op that exists on one side only: Flatten, Dropout, ...), "placeholder" (an
+    #: identity at inference: timm's DropPath), "fused" (folded by the converter into a tensor of B
+    #: that was compared), "unsure: <why>" (a pairing the values contradict: not compared) or "no-match"
     reason: str
 
 

@@ -289,3 +289,48 @@ def test_a_write_the_checks_miss_is_caught_by_the_version_check_and_the_pass_rer
     assert model.calls == 2  # the first pass's conv value was spoiled: a second pass copied it
     assert trace["conv"].value.reshape(-1).tolist() == inplace_x.reshape(-1).tolist()
     assert trace["output"].value.reshape(-1).tolist() == (inplace_x.reshape(-1) + 100).tolist()
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d: normalises in its own forward, then runs its children."""
+
+    def __init__(self, c):
+        super().__init__(c)
+        self.drop = nn.Identity()
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        x = nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return self.act(self.drop(x))
+
+
+class ConvBnAct(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = BatchNormAct(4)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+def test_a_module_computing_with_its_own_parameters_is_tapped_before_its_children(x):
+    torch.manual_seed(0)
+    model = ConvBnAct().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    trace = parity.capture(model, x)
+    assert trace.names == ["conv", "bn", "bn.drop", "bn.act", "output"]
+    bn = trace["bn"]
+    assert (bn.op, bn.layout, bn.attrs["own_compute"]) == ("BatchNorm2d", "NCHW", True)
+    with torch.no_grad():
+        conv = model.conv(torch.from_numpy(x))
+        expected = nn.functional.batch_norm(conv, model.bn.running_mean, model.bn.running_var,
+                                            model.bn.weight, model.bn.bias, False, 0.0, model.bn.eps)
+    # the normalised tensor, before the in-place ReLU overwrote it
+    np.testing.assert_allclose(bn.value, expected.numpy(), rtol=1e-6, atol=1e-6)
+    assert (bn.value < 0).any() and not (trace["bn.act"].value < 0).any()
+    # Identity returned its input: a placeholder; the in-place ReLU returned its input too, but changed it
+    assert trace["bn.drop"].attrs.get("passthrough") is True
+    assert "passthrough" not in trace["bn.act"].attrs

@@ -325,12 +325,15 @@ class TorchBackend(Backend):
         else:
             arrays = list(inputs)
         names: dict[Any, str] = {}
+        owners: dict[Any, str] = {}  # modules that compute with their own parameters before their children run
         for name, module in model.named_modules():
             if module is model or module in names:
                 continue
             is_leaf = next(iter(module.children()), None) is None
             if is_leaf or containers:
                 names[module] = name
+            if not is_leaf and not containers and _computes_itself(module):
+                owners[module] = name
         taps: list[Tap] = []
         constants = {_data_ptr(t) for t in (*model.parameters(), *model.buffers())} - {None, 0}
         keeper = _Keeper(taps, copy_all)
@@ -378,6 +381,10 @@ class TorchBackend(Backend):
             attrs = _module_attrs(module)
             attrs["_in_shape"] = in_shape
             tensor_args = [a for a in args if _is_tensor(a)]
+            if first is not None and output is first and not getattr(module, "inplace", False):
+                # an identity at inference (nn.Identity, eval-mode Dropout, timm's DropPath): a
+                # placeholder, accounted for without a counterpart
+                attrs["passthrough"] = True
             if len(tensor_args) > 1 and any(_data_ptr(a) in constants for a in tensor_args):
                 # x + bias, x * scale (onnx2torch's Add/Mul of an initializer): an affine step, not a merge
                 attrs["constant_operand"] = True
@@ -391,6 +398,7 @@ class TorchBackend(Backend):
             layout = spec[i].layout if spec and i < len(spec) else _default_layout(t.dim())
             is_input[_tensor_key(t)] = layout
         handles = [m.register_forward_hook(hook) for m in names]
+        handles += self._owner_hooks(owners, record, layouts, calls)
         if granularity == "ops":
             mode, op_handles = self._op_recorder(record, layouts, calls, keeper)
             handles += op_handles
@@ -428,6 +436,60 @@ class TorchBackend(Backend):
         keeper.pending.clear()  # the taps hold what they need; the keeper must not keep tensors alive
         return trace, spoiled
 
+
+    @staticmethod
+    def _owner_hooks(owners: dict, record, layouts: dict, calls: Counter) -> list:
+        """Taps for modules that compute with their own parameters in their own forward and only
+        then hand the result to children (timm's ``BatchNormAct2d`` normalises itself, then runs
+        its ``drop`` and ``act`` children).  Leaf hooks never see that result: it is the input of
+        the first child called, so that is the module's tap, recorded before the child runs (an
+        in-place activation would overwrite it).  A module whose first child takes the module's
+        own input computes nothing of its own first, and gets no tap; one whose children never
+        run is tapped by its output."""
+        open_: list[list] = []  # [module, name, input keys, decided, first input] of the owners running now
+        handles = []
+
+        def tap(owner: Any, name: str, t: Any, in_first: Any) -> None:
+            k = calls[name]
+            calls[name] += 1
+            base = name if k == 0 else f"{name}#{k}"
+            in_layout = in_rank = None
+            attrs = _module_attrs(owner)
+            if in_first is not None:
+                known = layouts.get(_tensor_key(in_first))
+                in_rank = in_first.dim()
+                in_layout = known[0] if known and known[1] == in_rank else None
+                attrs["_in_shape"] = tuple(in_first.shape)
+            attrs["own_compute"] = True  # the module's own step, before its children: not its output
+            record(base, t, _torch_op(owner), "layer", in_layout, in_rank, attrs)
+
+        def enter(mod, args):
+            first = next((a for a in args if _is_tensor(a)), None)
+            for entry in open_:  # a module running inside an owner that has not been decided yet
+                if not entry[3] and mod is not entry[0]:
+                    entry[3] = True
+                    if first is not None and _is_tensor(first) and _tensor_key(first) not in entry[2]:
+                        tap(entry[0], entry[1], first, entry[4])
+            if mod in owners:
+                keys = {_tensor_key(a) for a in args if _is_tensor(a)}
+                open_.append([mod, owners[mod], keys, False, first])
+
+        def leave(mod, args, out):
+            if mod in owners and open_ and open_[-1][0] is mod:
+                entry = open_.pop()
+                if not entry[3] and _is_tensor(out):
+                    tap(mod, entry[1], out, entry[4])
+
+        if owners:
+            watched = set()
+            for owner in owners:
+                for m in owner.modules():
+                    if m not in watched:
+                        watched.add(m)
+                        handles.append(m.register_forward_pre_hook(enter))
+                        if m in owners:
+                            handles.append(m.register_forward_hook(leave, always_call=True))
+        return handles
 
     def run(self, inputs: Inputs) -> Any:
         """One plain forward pass in inference mode (the modules' modes restored after);
@@ -610,6 +672,26 @@ def _module_op(module: Any) -> str:
     if name == "OnnxBinaryMathOperation" and fn is not None:
         return getattr(fn, "__name__", "BinaryMath").lstrip("_").replace("onnx_", "").capitalize()
     return _ONNX2TORCH_SUFFIX.sub("", name[len("Onnx"):]) or name
+
+
+def _computes_itself(module: Any) -> bool:
+    """Whether a module with children holds parameters or buffers of its own (not its children's):
+    it computes something in its own forward — timm's ``BatchNormAct2d`` is a BatchNorm whose
+    children are only its dropout and activation."""
+    return any(True for _ in module.parameters(recurse=False)) or any(
+        b is not None for b in module._buffers.values()
+    )
+
+
+def _torch_op(module: Any) -> str:
+    """The op of a module's own computation: the first ``torch.nn`` class it derives from
+    (``BatchNormAct2d`` → ``BatchNorm2d``), else its class name."""
+    for cls in type(module).__mro__:
+        if cls.__module__ == "torch.nn.modules.module":
+            break  # nn.Module itself says nothing
+        if cls.__module__.startswith("torch.nn.modules"):
+            return cls.__name__
+    return _module_op(module)
 
 
 def _data_ptr(t: Any) -> int | None:

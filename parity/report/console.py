@@ -312,11 +312,14 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
             for reason, label, style in (
                 ("one-sided", "present on this side only (expected in conversions)", "dim"),
                 ("fused", "folded by the converter into a compared tensor of B (e.g. Conv+BatchNorm)", "dim"),
+                ("placeholder", "an identity at inference (Identity, eval-mode Dropout, DropPath): nothing to compare", "dim"),
                 ("no-match", "NOT COMPARED: no counterpart found", "yellow"),
+                ("unsure", "NOT COMPARED: the pairing found could not be justified by the values", "yellow"),
             ):
-                names = [u for u in unmatched if u.side == side and u.reason == reason]
+                names = [u for u in unmatched if u.side == side and (u.reason == reason or u.reason.startswith(reason + ":"))]
                 if names:
-                    shown = ", ".join(f"{u.name} ({u.op})" for u in names[:12])
+                    shown = ", ".join(f"{u.name} ({u.op}{u.reason[len(reason):] if reason == 'unsure' else ''})"
+                                      for u in names[:12])
                     more = f", … {len(names) - 12} more" if len(names) > 12 else ""
                     yield Text(f"unmatched in {side.upper()}, {label}: {shown}{more}", style=style)
 

@@ -135,7 +135,7 @@ DESCRIPTIONS: dict[str, str] = {
     "UnmatchedLayer.name": "The layer's name.",
     "UnmatchedLayer.op": "The layer's op type.",
     "UnmatchedLayer.shape": "Its output shape.",
-    "UnmatchedLayer.reason": "'one-sided' (exists on one side by design) or 'no-match' (not covered).",
+    "UnmatchedLayer.reason": "'one-sided' (exists on one side by design), 'placeholder' (an identity at inference), 'fused' (folded into a compared tensor), 'unsure: …' (a pairing the values contradict: not compared) or 'no-match' (not covered).",
 }
 
 _FLOAT = {"anyOf": [{"type": "number"}, {"enum": ["inf", "-inf", "nan"]}]}

@@ -66,6 +66,9 @@ class Row:
     passed: bool
     seconds: float
     unmatched_names: tuple[str, ...] = ()
+    unsure: int = 0  # layers of A left "not compared" because their pairing could not be justified
+    excluded: str | None = None  # why the pair could not be built (the converter failed): not parity's outcome
+    diagnoses: tuple[str, ...] = ()  # the codes given at the first divergence
 
     @property
     def matched_share(self) -> float:
@@ -81,6 +84,12 @@ def judge(case: Case, bug: Bug | None = None) -> Row:
     expected = "ok" if bug is None else bug.layer
     try:
         pair = case.build(bug)
+    except Exception as exc:  # the model or its conversion could not be made: excluded, with the reason
+        detail = traceback.format_exception_only(type(exc), exc)[-1].strip()[:300]
+        return Row(case.id, case.source, case.model, case.route, bug and bug.name, 0, 0, 0, 0,
+                   float("nan"), f"excluded: {detail}", expected, False, time.perf_counter() - start,
+                   excluded=detail)
+    try:
         report = parity.diff(pair.a, pair.b, pair.inputs, **pair.options)
     except Exception as exc:  # a crash is an outcome of its own: recorded, never hidden
         detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
@@ -89,13 +98,15 @@ def judge(case: Case, bug: Bug | None = None) -> Row:
     compared = sum(1 for d in report.layers if d.role != "output")
     accounted = sum(1 for u in report.unmatched_a if u.reason in ACCOUNTED)
     missing = [u.name for u in report.unmatched_a if u.reason not in ACCOUNTED]
+    unsure = sum(1 for u in report.unmatched_a if u.reason.startswith("unsure"))
     errs = [d.metrics.rel_err for d in report.layers]
     first = report.first_divergence
+    codes: list[str] = []
     if first is None:
-        verdict = "ok"
+        verdict = "ok" if report.ok else "not ok (no first divergence)"
     else:
-        codes = sorted({g.code for g in report.diagnoses if g.layer == first.a_name}) or ["-"]
-        verdict = f"diverges at {first.a_name} ({', '.join(codes)})"
+        codes = sorted({g.code for g in report.diagnoses if g.layer == first.a_name})
+        verdict = f"diverges at {first.a_name} ({', '.join(codes) or '-'})"
     if bug is None:
         passed = report.ok
     else:
@@ -105,4 +116,4 @@ def judge(case: Case, bug: Bug | None = None) -> Row:
     return Row(case.id, case.source, case.model, case.route, bug and bug.name,
                compared + accounted + len(missing), compared, accounted, len(missing),
                max(errs) if errs else float("nan"), verdict, expected, passed,
-               time.perf_counter() - start, tuple(missing))
+               time.perf_counter() - start, tuple(missing), unsure, None, tuple(codes))

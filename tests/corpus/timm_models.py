@@ -87,7 +87,6 @@ FAMILIES: tuple[Family, ...] = (
     Family("repvgg", "repvgg_a0"),
     Family("mobileone", "mobileone_s0"),
     Family("nfnet", "nf_regnet_b0"),
-    Family("vgg", "vgg11", kwargs=dict(num_classes=10)),
     Family("inception", "inception_v3", size=80),
     Family("convnext", "convnext_atto", sample=True),
     Family("convnextv2", "convnextv2_atto"),
