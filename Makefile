@@ -11,7 +11,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 # this stack regardless (see README, "Converters tested"), so they come without deps.
 NO_DEPS_CONVERTERS := onnx2tf==1.29.24 onnx2torch==1.5.15 torchvision==0.29.1 timm==1.0.31
 
-.PHONY: install keras2 test check lint demo demo-chain clean browser bench corpus
+.PHONY: install keras2 litert test check lint demo demo-chain clean browser bench corpus
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -44,6 +44,26 @@ $(KERAS2_STAMP): pyproject.toml
 	touch $(KERAS2_STAMP)
 
 keras2: $(KERAS2_STAMP)
+
+# litert-torch (PyTorch → .tflite) cannot share the main venv: its ai-edge-litert[model-utils]
+# pins downgrade typing_extensions and it pulls transformers 5.x.  tests/corpus/timm_litert.py
+# runs tests/corpus/litert_convert.py with this venv's python and reads the .tflite in the main
+# venv.  torch==2.13.0 first (the CPU build; litert-torch accepts torch <2.15), timm and
+# torchvision without deps (torchvision's pins want a CUDA torch).
+LITERT_VENV ?= .venv-litert
+LITERT_PY := $(LITERT_VENV)/bin/python
+LITERT_STAMP := $(LITERT_VENV)/.parity-installed
+
+$(LITERT_STAMP):
+	python3 -m venv $(LITERT_VENV)
+	$(LITERT_PY) -m pip install --quiet --upgrade pip
+	$(LITERT_PY) -m pip install --quiet torch==2.13.0
+	$(LITERT_PY) -m pip install --quiet litert-torch==0.10.0
+	$(LITERT_PY) -m pip install --quiet --no-deps timm==1.0.31 torchvision==0.29.1
+	$(LITERT_PY) -c "import torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
+	touch $(LITERT_STAMP)
+
+litert: $(LITERT_STAMP)
 
 # The HTML report is tested in a real headless Chromium (Debian's package).
 browser:
@@ -91,4 +111,4 @@ corpus: $(STAMP)
 	$(PY) -m tests.corpus.run $(CORPUS_ARGS)
 
 clean:
-	rm -rf $(VENV) $(KERAS2_VENV) reports/*.json reports/*.html reports/chain-artifacts
+	rm -rf $(VENV) $(KERAS2_VENV) $(LITERT_VENV) reports/*.json reports/*.html reports/chain-artifacts

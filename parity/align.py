@@ -455,6 +455,14 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
         if b is not None and pairing.transforms(a, b):
             add(a, b, "name")
 
+    # 3a. module paths: a converter that stamps model A's module paths into B's tensors
+    # (litert-torch) says which tensor ends which module call; only that tensor is the module's
+    # output (a hard-sigmoid's CONV_2D+RELU6 before its MUL by 1/6 is not).  Where such names are
+    # A's, they are the only evidence B's named tensors are paired on: not order, not values.
+    module_scoped = _module_pairs(ta, tb, used_a, used_b, pairing)
+    for a, b in module_scoped.pairs:
+        add(a, b, "name")
+
     # 3b. name scopes: graph formats name tensors by the layer that made them
     # (TF ``model_1/conv1_bn_1/batchnorm/add_1:0``, ONNX ``/layer1/layer1.0/conv1/Conv``);
     # the scope's last tensor is the layer's output.  A converter may have folded the layer
@@ -473,7 +481,8 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
 
     # 3c. value fingerprints: what exactly one tensor of B reproduces
     for a, b, confidence in _value_matches(
-        [t for t in ta.layers if id(t) not in used_a], [t for t in tb.layers if id(t) not in used_b], pairing
+        [t for t in ta.layers if id(t) not in used_a],
+        [t for t in tb.layers if id(t) not in used_b and id(t) not in module_scoped.named], pairing
     ):
         add(a, b, "value", confidence=confidence)
 
@@ -484,7 +493,8 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
     chain = _increasing_chain(anchors)
     # (nor is a layer's output before its separate bias add: only the sum is the layer's output)
     free_a = [t for t in ta.layers if id(t) not in used_a and not _passes_through(t) and not t.attrs.get("partial")]
-    free_b = [t for t in tb.layers if id(t) not in used_b and not _passes_through(t) and not t.attrs.get("partial")]
+    free_b = [t for t in tb.layers if id(t) not in used_b and not _passes_through(t) and not t.attrs.get("partial")
+              and id(t) not in module_scoped.named]
     bounds = [(-1, -1), *chain, (len(ta.taps), len(tb.taps))]
     for (lo_a, lo_b), (hi_a, hi_b) in zip(bounds, bounds[1:]):
         seg_a = [t for t in free_a if lo_a < t.index < hi_a]
@@ -515,6 +525,8 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
 
     matches.sort(key=lambda m: m.a.index)
     matched_b = [m.b.name for m in matches]
+    # A's layers a converter named as fused into a tensor of B that was compared (litert-torch)
+    fused_modules = {p for m in matches for p in m.b.attrs.get("fused_modules", ())}
     folded = _folded(ta, tb, matches, used_a, used_b)
     unmatched = []
     for side, trace, used in (("a", ta, used_a), ("b", tb, used_b)):
@@ -524,7 +536,9 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
             reason = "one-sided" if t.op in ONE_SIDED_OPS or t.attrs.get("partial") else "no-match"
             if reason == "no-match" and t.attrs.get("passthrough"):
                 reason = "placeholder"  # an identity at inference (timm's DropPath): nothing to compare
-            if reason == "no-match" and side == "a" and (id(t) in folded or _fused_into(t.name, matched_b)):
+            if reason == "no-match" and side == "a" and (
+                id(t) in folded or _fused_into(t.name, matched_b) or t.name in fused_modules
+            ):
                 reason = "fused"
             unmatched.append(Unmatched(tap=t, side=side, reason=reason))
     return Alignment(matches=tuple(matches), unmatched=tuple(unmatched))
@@ -532,6 +546,89 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
 
 #: how alike (−log10(1−cos)/2) a scope-named pair must be to anchor: cos ≥ 0.99
 _SCOPE_SIMILARITY = 1.0
+
+
+class _ModulePairs:
+    """What :func:`_module_pairs` found: the pairs, and the ids of B's taps that carry module
+    paths of A (paired by those names or not at all)."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[Tap, Tap]] = []
+        self.named: set[int] = set()
+
+
+#: of B's tensors that end a module call, the share whose module A recorded, for B's module
+#: paths to count as A's
+_MODULE_SHARE = 0.3
+#: an unsure module pairing is kept only when the values agree to this relative error
+_UNSURE_AGREEMENT = 1e-3
+
+
+def _module_pairs(ta: Trace, tb: Trace, used_a: set[int], used_b: set[int], pairing: "_Pairing") -> _ModulePairs:
+    """Pairs of A's module taps with the B tensors that end those module calls (B's
+    ``attrs["module_outputs"]``; ``attrs["module_own"]`` for an A tap of a module's own step
+    before its children, ``attrs["own_compute"]``).  A module called a different number of times
+    on the two sides is left unpaired (which call is which is unknown); a pairing B marks unsure
+    (``attrs["module_unsure"]``: the module's last step may have been fused forward) is kept only
+    where the values agree."""
+    found = _ModulePairs()
+    outputs: dict[str, Tap] = {}
+    own: dict[str, Tap] = {}
+    unsure: set[str] = set()
+    for b in tb.layers:
+        for key in b.attrs.get("module_outputs", ()):
+            outputs[key] = b
+        for key in b.attrs.get("module_own", ()):
+            own[key] = b
+        unsure.update(b.attrs.get("module_unsure", ()))
+    if not outputs:
+        return found
+    a_names = {t.name for t in ta.layers}
+    if sum(1 for k in outputs if k in a_names) < _MODULE_SHARE * len(outputs):
+        return found  # B's paths are not A's modules (another implementation of the model)
+    found.named = {id(b) for b in tb.layers if "module" in b.attrs}
+
+    def calls(names) -> dict[str, int]:
+        count: dict[str, int] = {}
+        for n in names:
+            base = n.split("#")[0]
+            count[base] = count.get(base, 0) + 1
+        return count
+
+    calls_a = calls(a_names)
+    calls_b = calls(set(outputs) | set(own))
+    for a in ta.layers:
+        if id(a) in used_a:
+            continue
+        table = own if a.attrs.get("own_compute") else outputs
+        b = table.get(a.name)
+        base = a.name.split("#")[0]
+        if b is None or id(b) in used_b or calls_a.get(base) != calls_b.get(base):
+            continue
+        ts = pairing.best(a, b)
+        if not ts:
+            continue
+        if a.name in unsure and not _agree(a, b, ts[0]):
+            continue
+        found.pairs.append((a, b))
+        used_b.add(id(b))
+    return found
+
+
+def _agree(a: Tap, b: Tap, t: Transform) -> bool:
+    """Whether ``b`` (brought into A's layout by ``t``) equals ``a`` to :data:`_UNSURE_AGREEMENT`
+    on the fixed sample (norms included: a tensor 6× another is not the same tensor)."""
+    if a.value is None or b.value is None:
+        return False
+    va = _cached_sample(("a", id(a.value)), a.value, lambda v: v.reshape(-1)[_sample_index(a.shape)])
+    vb = _cached_sample(
+        ("b", id(b.value), t.kind, t.perm, t.flat_from, a.shape), b.value,
+        lambda v: _sample_b(v, t, a.shape, _sample_index(a.shape)),
+    )
+    with np.errstate(all="ignore"):
+        na = float(np.sqrt(np.dot(va, va)))
+        err = float(np.sqrt(np.dot(va - vb, va - vb)))
+    return bool(np.isfinite(err) and err <= _UNSURE_AGREEMENT * max(na, 1e-12))
 
 
 def _scope_keys(name: str) -> set[str]:
@@ -587,6 +684,7 @@ def _value_matches(free_a: list[Tap], free_b: list[Tap], pairing: _Pairing) -> l
     def eligible(t: Tap) -> bool:
         return (
             t.value is not None and t.numel > 1 and not _passes_through(t) and t.op not in ONE_SIDED_OPS
+            and not t.attrs.get("partial")
             and bool(np.any(_cached_sample(("a", id(t.value)), t.value, lambda v: v.reshape(-1)[_sample_index(t.shape)])))
         )
 

@@ -242,3 +242,23 @@ def test_diff_keras_against_frozen_graph(mobilenet, graph):
     for a_name, b_name in matched.items():
         if a_name.endswith("_bn"):
             assert b_name.endswith("/batchnorm/add_1:0"), (a_name, b_name)
+
+
+def test_the_input_of_a_clip_written_as_minimum_and_maximum_is_partial():
+    # onnx2tf's hard-sigmoid: max(min(x·α + β, 1), 0). Where nothing is clipped the pre-clip AddV2
+    # equals the gate and value matching would pair it; only the Maximum is the layer's output
+    w = tf.constant(np.random.default_rng(0).standard_normal((4, 6)).astype("float32"))
+
+    @tf.function(input_signature=[tf.TensorSpec((2, 4), tf.float32, name="x")])
+    def gate(x):
+        pre = tf.matmul(x, w) * (1 / 6) + 0.5
+        return tf.maximum(tf.minimum(pre, 1.0), 0.0)
+
+    trace = TFGraphBackend(TFGraph.from_concrete_function(gate.get_concrete_function())).capture(
+        [np.random.default_rng(1).standard_normal((2, 4)).astype("float32")]
+    )
+    partial = {t.op for t in trace.layers if t.attrs.get("partial")}
+    whole = {t.op for t in trace.layers if not t.attrs.get("partial")}
+    assert {"AddV2", "Minimum"} <= partial and "Maximum" in whole
+    clip = next(t for t in trace.layers if t.op == "Maximum")
+    np.testing.assert_array_equal(clip.value, trace.outputs[0].value)

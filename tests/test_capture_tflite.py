@@ -208,3 +208,81 @@ def test_capture_error_on_interpreter_failure():
     # a flatbuffer header with nothing behind it: the interpreter refuses it
     with pytest.raises((CaptureError, ModelError)):
         TFLiteBackend(TFLiteModel(b"\x18\0\0\0TFL3" + b"\0" * 40)).capture([X])
+
+
+# --- litert-torch names and padding constants ------------------------------------------------
+
+_ROOT = "timm.models.mobilenetv3.MobileNetV3"
+_SE = (f"{_ROOT}/torch.nn.modules.container.Sequential_blocks/torch.nn.modules.container.Sequential_0/"
+       "timm.models._efficientnet_blocks.DepthwiseSeparableConv_0/timm.models._efficientnet_blocks.SqueezeExcite_se")
+_GATE = f"{_SE}/torch.nn.modules.activation.Hardsigmoid_gate"
+_EXPAND = f"{_SE}/torch.nn.modules.conv.Conv2d_conv_expand"
+
+
+def test_litert_torch_names_give_the_torch_module_paths():
+    from parity.capture.tflite import torch_module_paths
+
+    assert torch_module_paths(f"{_GATE};;{_EXPAND};2") == ["blocks.0.0.se.gate", "blocks.0.0.se.conv_expand"]
+    assert torch_module_paths(f"{_ROOT}/timm.layers.norm_act.BatchNormAct2d_bn1;") == ["bn1"]
+    assert torch_module_paths(f"{_ROOT};") == [""]  # an op of the root module's own forward
+    # TF-made names are not module paths
+    assert torch_module_paths("model_1/conv1_bn_1/batchnorm/add_1;model_1/conv1_1/convolution") is None
+    assert torch_module_paths("mobilenet_0.25_128/conv1_relu/Relu6") is None
+    assert torch_module_paths("serving_default_input:0") is None
+
+
+def test_litert_hard_sigmoid_output_is_the_last_op_of_its_fused_name():
+    # litert-torch lowers hard-sigmoid to CONV_2D+RELU6 (6·gate, ";1") then MUL by 1/6 (";2"), under one
+    # fused name: only the MUL is the gate's output; the CONV_2D is an intermediate, never paired
+    from parity.capture.tflite import _torch_module_scopes
+
+    pool = f"{_SE};"
+    reduce_ = f"{_SE}/torch.nn.modules.activation.ReLU_act1;;{_SE}/torch.nn.modules.conv.Conv2d_conv_reduce;"
+    scopes = _torch_module_scopes([
+        (pool, "MEAN"), (reduce_, "CONV_2D"), (f"{_GATE};;{_EXPAND};1", "CONV_2D"), (f"{_GATE};;{_EXPAND};2", "MUL"),
+        (f"{_SE};;{_GATE};;{_EXPAND};", "MUL"),
+    ])
+    conv6, gate, se = scopes[2], scopes[3], scopes[4]
+    assert conv6["partial"] and "module_outputs" not in conv6
+    assert gate["module_outputs"] == ("blocks.0.0.se.gate",) and "partial" not in gate
+    assert gate["fused_modules"] == ("blocks.0.0.se.conv_expand",)
+    assert "blocks.0.0.se" in se["module_outputs"] and scopes[1]["module_outputs"] == ("blocks.0.0.se.act1",)
+
+
+def test_litert_module_own_step_and_repeated_calls():
+    from parity.capture.tflite import _torch_module_scopes
+
+    bn = f"{_ROOT}/timm.layers.norm_act.BatchNormAct2d_bn1"
+    act = f"{bn}/torch.nn.modules.activation.Hardswish_act"
+    stem = f"{_ROOT}/torch.nn.modules.conv.Conv2d_conv_stem"
+    scopes = _torch_module_scopes([
+        (f"{stem};", "TRANSPOSE"), (f"{stem};1", "PAD"), (f"{bn};;{stem};2", "CONV_2D"), (f"{act};", "HARD_SWISH"),
+        (f"{_ROOT}/torch.nn.modules.activation.ReLU_act2;", "RELU"), (f"{act};1", "HARD_SWISH"),
+    ])
+    # the stem conv was fused into the BatchNorm's CONV_2D: its own ops only moved and padded the input
+    assert scopes[0]["partial"] and scopes[1]["partial"]
+    # BatchNormAct2d: its own step (before its act child) ends at the CONV_2D; the module at the act
+    assert scopes[2]["module_own"] == ("bn1",) and scopes[3]["module_outputs"] == ("bn1", "bn1.act")
+    # a module called again after another one ran: its second call is bn1#1, as torch names it
+    assert scopes[5]["module_outputs"] == ("bn1#1", "bn1.act#1")
+
+
+def test_minus_inf_padding_before_max_pool_is_not_a_defect():
+    # what litert-torch writes before a max-pool: PADV2 with a -inf constant (TF's converter would
+    # write -FLT_MAX, so a sentinel constant is converted and its bytes set to -inf in the flatbuffer)
+    sentinel = np.float32(-1234.5678)
+
+    @tf.function(input_signature=[tf.TensorSpec((1, 6, 6, 2), tf.float32)])
+    def pooled(x):
+        padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=sentinel)
+        return tf.nn.max_pool2d(padded, 3, 2, "VALID")
+
+    content = tf.lite.TFLiteConverter.from_concrete_functions([pooled.get_concrete_function()], pooled).convert()
+    assert content.count(sentinel.tobytes()) == 1
+    content = content.replace(sentinel.tobytes(), np.float32(-np.inf).tobytes())
+    x = np.random.default_rng(0).standard_normal((1, 6, 6, 2)).astype("float32")
+    trace = TFLiteBackend(content).capture([x])
+    pad = next(t for t in trace.taps if t.op.startswith("PAD"))
+    assert np.isneginf(pad.value).any() and pad.attrs["padding_constant"] and pad.attrs["partial"]
+    assert not any("NaN or Inf" in n for n in trace.notes)
+    assert np.isfinite(trace.outputs[0].value).all()

@@ -405,6 +405,20 @@ def _only_bias_follows(op: Any, live: frozenset[str]) -> bool:
     return any(_node_of(_strip(t.name)) not in live for t in users[0].inputs)
 
 
+#: ops that clamp a tensor elementwise (with a constant bound: one half of a clip)
+_CLAMP_OPS = frozenset({"Minimum", "Maximum", "ClipByValue"})
+
+
+def _only_a_clamp_follows(op: Any, live: frozenset[str]) -> bool:
+    """Whether the only consumer of ``op``'s output clamps it by a constant: ``op`` computes the
+    input of a clip a converter wrote as ``Minimum`` and ``Maximum`` (onnx2tf's hard-sigmoid
+    ``max(min(x·α + β, 1), 0)``), a value no model computes on its own."""
+    users = [c for out in op.outputs for c in out.consumers()]
+    if len(users) != 1 or users[0].type not in _CLAMP_OPS:
+        return False
+    return any(_node_of(_strip(t.name)) not in live for t in users[0].inputs)
+
+
 def _topological(nodes: Iterable[Any]) -> list[Any]:
     """GraphDef nodes in a topological order, as close to the file's order as possible.
 
@@ -762,6 +776,11 @@ class TFGraphBackend(Backend):
             if op.type in _LINEAR_OPS and _only_bias_follows(op, live):
                 # a layer split in two (onnx2tf's tf.nn.convolution + tf.math.add, a BiasAdd):
                 # this is the layer's output before its bias, no model computes it on its own
+                attrs["partial"] = True
+            elif _only_a_clamp_follows(op, live):
+                # the input of a clip written as Minimum/Maximum by a constant (or its first half):
+                # only the clip's result is a layer's output; its input may agree with that result
+                # wherever nothing is clipped, and would be paired with it by value
                 attrs["partial"] = True
             for key in _ATTRS:
                 if key in op.node_def.attr:

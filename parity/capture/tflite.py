@@ -19,6 +19,7 @@ The model is a :class:`TFLiteModel` (flatbuffer bytes and a display name) or raw
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -31,7 +32,7 @@ from ..layout import CHANNELS_LAST
 from ..records import InputSpec, ModelInfo, Tap, Trace
 from .base import Backend, Inputs, append_tap, numpy_dtype_name
 
-__all__ = ["TFLiteModel", "TFLiteBackend", "is_tflite"]
+__all__ = ["TFLiteModel", "TFLiteBackend", "is_tflite", "torch_module_paths"]
 
 #: the flatbuffer file identifier of a TFLite model, at bytes 4:8
 FILE_IDENTIFIER = b"TFL3"
@@ -503,8 +504,21 @@ class TFLiteBackend(Backend):
             shapes[idx] = tuple(value.shape)
             attrs.update(tensor_index=idx, op_index=op_index)
             if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
-                nonfinite.append(f"{name} ({op_name})")
+                if op_name in _PAD_OPS and _finite_input(interp, first_in):
+                    # max-pool's -inf padding (litert-torch writes PADV2 with -inf before
+                    # MAX_POOL_2D): a padding constant, not a defect; a layer of its own on no side
+                    attrs.update(padding_constant=True, partial=True)
+                else:
+                    nonfinite.append(f"{name} ({op_name})")
             append_tap(taps, name, op_name, value, layout, attrs=attrs, dtype=dtype)
+        scoped = _torch_module_scopes([(t.name, t.op) for t in taps])
+        for tap, extra in zip(taps, scoped):
+            tap.attrs.update(extra)  # the tap's own attrs dict, made by append_tap
+        if scoped:
+            notes.append(
+                f"TFLite model {self.model.name!r} names its tensors by PyTorch module paths (litert-torch); "
+                "parity pairs them with model A's modules of those names."
+            )
 
         outs = interp.get_output_details()
         for i, d in enumerate(outs):
@@ -564,6 +578,151 @@ class TFLiteBackend(Backend):
             return _dequantize(np.asarray(raw), q), "float32", attrs
         value = np.array(raw, copy=True)
         return value, numpy_dtype_name(value.dtype), attrs
+
+
+#: ops that pad a tensor with a constant
+_PAD_OPS = frozenset({"PAD", "PADV2", "MIRROR_PAD"})
+#: ops that only move or pad values: a module that ran nothing else computed nothing of its own
+_PLUMBING_OPS = _PAD_OPS | {"TRANSPOSE", "RESHAPE", "SQUEEZE", "EXPAND_DIMS"}
+
+
+def _finite_input(interp: Any, index: int | None) -> bool:
+    """Whether the tensor ``index`` (a pad's operand) holds finite values only."""
+    if index is None:
+        return False
+    try:
+        value = interp.get_tensor(index)
+    except ValueError:
+        return False
+    return value.dtype.kind != "f" or bool(np.all(np.isfinite(value)))
+
+
+# --- litert-torch's tensor names ------------------------------------------------------------
+
+#: a dotted Python qualified name (the root segment of a litert-torch location)
+_QUALNAME = re.compile(r"^_*[A-Za-z]\w*(\.\w+)+$")
+#: a non-root segment: ``torch.nn.modules.conv.Conv2d_conv_stem`` → class ``Conv2d``, attribute ``conv_stem``
+_SEGMENT = re.compile(r"^(?:\w+\.)+(_*[A-Za-z][A-Za-z0-9]*)_(\w+)$")
+
+
+def torch_module_paths(name: str) -> list[str] | None:
+    """The PyTorch module paths litert-torch stamped into a TFLite tensor name, the op's own
+    module first, then the modules of the ops fused into it; ``None`` for other names.
+
+    litert-torch names a tensor by the locations of the ops that made it, joined by ``;``, each a
+    ``/``-path of ``<qualified class>_<attribute>`` segments under the root module's class, with a
+    counter at the end for the ops of one location:
+    ``timm.models.mobilenetv3.MobileNetV3/torch.nn.modules.container.Sequential_blocks/…/torch.nn.modules.activation.Hardsigmoid_gate;;…/torch.nn.modules.conv.Conv2d_conv_expand;2``
+    → ``["blocks.0.0.se.gate", "blocks.0.0.se.conv_expand"]``; the root module itself is ``""``.
+    """
+    paths: list[str] = []
+    for part in name.split(";"):
+        if not part or part.isdigit():
+            continue
+        segments = part.split("/")
+        if not _QUALNAME.match(segments[0]):
+            return None
+        attrs = []
+        for segment in segments[1:]:
+            m = _SEGMENT.match(segment)
+            if m is None:
+                return None
+            attrs.append(m.group(2))
+        path = ".".join(attrs)
+        if path not in paths:
+            paths.append(path)
+    return paths or None
+
+
+def _ancestors(path: str) -> list[str]:
+    """``a.b.c`` → ``["a", "a.b", "a.b.c"]`` (the root ``""`` has none)."""
+    parts = path.split(".") if path else []
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _torch_module_scopes(taps: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """What each tap is, in model A's terms, when the names are litert-torch's (else ``[]``).
+
+    Per tap: ``module`` (the module whose forward ran its op), ``fused_modules`` (the modules
+    of ops fused into it), ``module_outputs`` (the module calls — ``path`` or ``path#k`` for the
+    k-th call — whose output it is: the last op under that module in a run of its ops; a pad is
+    never an output), ``module_own`` (the module call whose own computation, before its first
+    child ran, it ends: timm's ``BatchNormAct2d`` normalising before its ``act``), and
+    ``module_unsure`` (of those, the calls whose modules also appear fused into a later op of
+    another module: their last step may have been folded forward, so the tensor may stop short
+    of the module's output).  A tap that ends no module call is a module's intermediate:
+    ``partial`` (never paired)."""
+    parsed = [torch_module_paths(name) for name, _ in taps]
+    if sum(p is not None for p in parsed) < max(1, len(taps) // 2):
+        return []
+    out: list[dict[str, Any]] = [{} for _ in taps]
+    calls: dict[str, int] = {}
+    # path → [call number, last output tap, last own tap, children seen, computed anything]
+    open_runs: dict[str, list] = {}
+
+    def close(path: str) -> None:
+        k, last, own, _, computed = open_runs.pop(path)
+        key = path if k == 0 else f"{path}#{k}"
+        if not computed:  # only moved or padded its input (its op was fused into another module's)
+            return
+        if last is not None:
+            out[last].setdefault("module_outputs", []).append(key)
+        if own is not None:
+            out[own].setdefault("module_own", []).append(key)
+
+    for i, ((_, op), paths) in enumerate(zip(taps, parsed)):
+        if paths is None:
+            continue
+        loc = paths[0]
+        out[i]["module"] = loc
+        if len(paths) > 1:
+            out[i]["fused_modules"] = tuple(paths[1:])
+        here = set(_ancestors(loc))
+        for path in [p for p in open_runs if p not in here]:
+            close(path)
+        for path in _ancestors(loc):
+            if path not in open_runs:
+                open_runs[path] = [calls.get(path, 0), None, None, False, False]
+                calls[path] = calls.get(path, 0) + 1
+            run = open_runs[path]
+            run[4] = run[4] or op not in _PLUMBING_OPS
+            if op not in _PAD_OPS:
+                run[1] = i
+                if path == loc and not run[3]:
+                    run[2] = i
+            if path != loc:
+                run[3] = True  # a child of ``path`` ran: ``path``'s own computation is over
+    for path in list(open_runs):
+        close(path)
+
+    # a module whose op shows up fused into a later op of a module outside it may have had its
+    # last step folded into that op: what is recorded as its output is unsure
+    later_fused: dict[str, set[str]] = {}  # fused module → the modules of the later ops it went into
+
+    def _under(path: str, root: str) -> bool:
+        return path == root or path.startswith(root + ".") or root == ""
+
+    for i in range(len(taps) - 1, -1, -1):
+        extra = out[i]
+        for key in ("module_outputs", "module_own"):
+            unsure = [
+                k for k in extra.get(key, ())
+                if any(_under(f, k.split("#")[0]) and not all(_under(loc, k.split("#")[0]) for loc in locs)
+                       for f, locs in later_fused.items())
+            ]
+            if unsure:
+                extra.setdefault("module_unsure", []).extend(unsure)
+        loc = extra.get("module")
+        for fused in extra.get("fused_modules", ()):
+            if loc is not None and not _under(fused, loc) and not _under(loc, fused):
+                later_fused.setdefault(fused, set()).add(loc)
+    for extra in out:
+        if "module" in extra and not extra.get("module_outputs") and not extra.get("module_own"):
+            extra["partial"] = True
+        for key in ("module_outputs", "module_own", "module_unsure"):
+            if key in extra:
+                extra[key] = tuple(dict.fromkeys(extra[key]))
+    return out
 
 
 def _delegate_hides_tensors(ops: list[dict]) -> bool:

@@ -245,19 +245,22 @@ def convert_onnx2tf(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def convert_cached(onnx_bytes: bytes, root: str | Path, *, keep_nchw: Sequence[str] = ()) -> dict[str, Path]:
+def convert_cached(
+    onnx_bytes: bytes, root: str | Path, *, keep_nchw: Sequence[str] = (), timeout: float = 600.0
+) -> dict[str, Path]:
     """onnx2tf's outputs for the ONNX model ``onnx_bytes``, converted once into
     ``root/onnx2tf-<hash>`` (the hash covers the bytes, onnx2tf's version and its flags; the
     layout of the integration tests' artifact cache, so the two share conversions) and
     reused after; returns the paths of ``onnx``, ``saved_model``, ``tflite_fp32``, ``tflite_fp16``.
-    The directory is built beside its final place and renamed into it when complete."""
+    The directory is built beside its final place and renamed into it when complete;
+    ``timeout`` bounds the conversion (seconds)."""
     from .cache import cached_dir, content_key
 
     flags = " ".join(onnx2tf_flags(keep_nchw=keep_nchw))
 
     def build(tmp: Path) -> None:
         (tmp / "m.onnx").write_bytes(onnx_bytes)
-        convert_onnx2tf(tmp / "m.onnx", tmp, keep_nchw=keep_nchw)
+        convert_onnx2tf(tmp / "m.onnx", tmp, keep_nchw=keep_nchw, timeout=timeout)
 
     out = cached_dir(root, "onnx2tf", content_key(onnx_bytes, onnx2tf_version(), flags), build)
     return {"onnx": out / "m.onnx", "saved_model": out / "saved_model",

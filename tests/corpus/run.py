@@ -30,6 +30,10 @@ from tests.corpus.cases import Bug, Case, Row
 #: source → the module whose ``cases()`` lists its cases (and ``case(id)`` finds one)
 SOURCES = {
     "timm": "tests.corpus.timm_onnx",
+    "timm-litert": "tests.corpus.timm_litert",
+    "timm-onnx2tf": "tests.corpus.timm_onnx2tf",
+    "transformers": "tests.corpus.hf_cases",
+    "keras-hub": "tests.corpus.kerashub_cases",
 }
 
 REPORTS = Path("reports")
@@ -38,7 +42,11 @@ REPORTS = Path("reports")
 def all_cases(sources=None, *, with_bugs: bool = True) -> list[Case]:
     out = []
     for source in sources or SOURCES:
-        out.extend(importlib.import_module(SOURCES[source]).cases(with_bugs=with_bugs))
+        module = importlib.import_module(SOURCES[source])
+        if hasattr(module, "cases"):
+            out.extend(module.cases(with_bugs=with_bugs))
+        else:  # a module that lists its cases (CASES): their bugs cost nothing to list
+            out.extend(c if with_bugs else dataclasses.replace(c, bugs=()) for c in module.CASES)
     return out
 
 
@@ -47,7 +55,7 @@ def find_case(case_id: str) -> Case:
     module = importlib.import_module(SOURCES[source])
     if hasattr(module, "case"):
         return module.case(case_id)
-    for c in module.cases():
+    for c in module.cases() if hasattr(module, "cases") else module.CASES:
         if c.id == case_id:
             return c
     raise KeyError(case_id)
