@@ -276,9 +276,9 @@ class _Pairing:
         self.folded_pairs = folded_pairs
 
     def same_family(self, a: Tap, b: Tap) -> bool:
-        if self.folded_conv(a, b):
-            return False
         fa, fb = tap_family(a), tap_family(b)
+        if fa == "conv" and self.folded_conv(a, b):
+            return False
         return fa == fb or (self.folded_bn and fa == "batchnorm" and fb in ("conv", "affine"))
 
     def folded_conv(self, a: Tap, b: Tap) -> bool:
@@ -307,7 +307,7 @@ class _Pairing:
         fa, fb = tap_family(a), tap_family(b)
         if fa != fb and (fa in _MERGE_FAMILIES or fb in _MERGE_FAMILIES):
             return 0.0
-        if self.folded_conv(a, b):
+        if fa == "conv" and self.folded_conv(a, b):
             return 0.0
         # a pair across op families is possible (a converter's rewrite) but a poor bet: it must not
         # win by making one more pair than a same-family alignment shifted by one
@@ -570,7 +570,12 @@ def _folded_conv_taps(ta: Trace, tb: Trace) -> tuple[frozenset[int], frozenset[i
                 and t.op not in PASS_THROUGH_OPS]
 
     layers_a, layers_b = computing(ta), computing(tb)
-    return marked(layers_a, feeds_bn), marked(layers_b, bare)
+    folded_b = set(marked(layers_b, bare))
+    plain = [t for t in tb.layers if t.role != "container"]
+    for t, nxt in zip(plain, plain[1:]):  # and the Transpose/Reshape copies of such a conv's tensor
+        if id(t) in folded_b and nxt.op in ONE_SIDED_OPS and nxt.numel == t.numel:
+            folded_b.add(id(nxt))
+    return marked(layers_a, feeds_bn), frozenset(folded_b)
 
 
 def _fused_into(name: str, b_names: list[str]) -> bool:

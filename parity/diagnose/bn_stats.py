@@ -101,11 +101,12 @@ def diagnose_bn_statistics(ctx: Context) -> Diagnosis | None:
         return None
     axis = _channel_axis(m.a.layout, a.ndim)
     stats = _stats(m.a.attrs)
-    folded = ctx.folded_input() if ctx.b_family == "conv" else None
+    folded = ctx.folded_input()
     if folded is not None:
-        # B's convolution computes A's Conv2D and this BatchNorm in one (folded): its input is the
-        # conv's input, not a recorded tensor.  Taking the conv part as A's (A's conv output stands
-        # for both sides' BatchNorm input) leaves the statistics B's folded kernel and bias encode.
+        # B computes A's Conv2D and this BatchNorm in one folded convolution (tf2onnx: a conv with
+        # the scale folded in, then an Add of the shift): its input is the conv's input, not a
+        # recorded tensor.  Taking the conv part as A's (A's conv output stands for both sides'
+        # BatchNorm input) leaves the statistics B's folded kernel and shift encode.
         prev = (folded, folded)
     else:
         prev = ctx.previous_values()
