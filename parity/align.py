@@ -270,14 +270,23 @@ class _Pairing:
     are the last of their name scope (``conv_dw_7_bn/batchnorm/add_1``, not ``…/mul_1``), the
     layer's output when a scope holds several ops."""
 
-    def __init__(self, folded_bn: bool = False, scope_ends: frozenset[int] = frozenset()) -> None:
+    def __init__(self, folded_bn: bool = False, scope_ends: frozenset[int] = frozenset(),
+                 folded_pairs: tuple[frozenset[int], frozenset[int]] = (frozenset(), frozenset())) -> None:
         self._transforms: dict[tuple[int, int], list[Transform]] = {}
         self.folded_bn = folded_bn
         self.scope_ends = scope_ends
+        self.folded_pairs = folded_pairs
 
     def same_family(self, a: Tap, b: Tap) -> bool:
         fa, fb = tap_family(a), tap_family(b)
+        if fa == "conv" and self.folded_conv(a, b):
+            return False
         return fa == fb or (self.folded_bn and fa == "batchnorm" and fb in ("conv", "affine"))
+
+    def folded_conv(self, a: Tap, b: Tap) -> bool:
+        """A's conv feeds a BatchNorm that B folded into this conv of B: B's tensor is not A's conv
+        (see :func:`_folded_conv_taps`)."""
+        return id(a) in self.folded_pairs[0] and id(b) in self.folded_pairs[1]
 
     def transforms(self, a: Tap, b: Tap) -> list[Transform]:
         key = (id(a), id(b))
@@ -299,6 +308,8 @@ class _Pairing:
             return 0.0
         fa, fb = tap_family(a), tap_family(b)
         if fa != fb and (fa in _MERGE_FAMILIES or fb in _MERGE_FAMILIES):
+            return 0.0
+        if fa == "conv" and self.folded_conv(a, b):
             return 0.0
         # a pair across op families is possible (a converter's rewrite) but a poor bet: it must not
         # win by making one more pair than a same-family alignment shifted by one
@@ -403,9 +414,11 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
         first = t.name.split(";")[0]
         if "/" in first.strip("/"):
             last_in_scope[first.rsplit("/", 1)[0]] = t  # taps are in execution order
+    folded_bn = not any(op_family(t.op) == "batchnorm" for t in tb.layers)
     pairing = _Pairing(
-        folded_bn=not any(op_family(t.op) == "batchnorm" for t in tb.layers),
+        folded_bn=folded_bn,
         scope_ends=frozenset(id(t) for t in last_in_scope.values()),
+        folded_pairs=_folded_conv_taps(ta, tb) if folded_bn else (frozenset(), frozenset()),
     )
     matches: list[Match] = []
     used_a: set[int] = set()
@@ -449,10 +462,14 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
             seen.setdefault(normalize_name(t.name), []).append(t)
         return {k: v[0] for k, v in seen.items() if len(v) == 1}
 
+    # A name shared across op families (Keras' Dense ``predictions`` before its softmax, and the
+    # ONNX graph output ``predictions`` after it) is the same tensor only if the values say so.
     norm_b = unique_by_norm(layers_b)
     for key, a in unique_by_norm(layers_a).items():
         b = norm_b.get(key)
         if b is not None and pairing.transforms(a, b):
+            if not pairing.same_family(a, b) and _similarity(a, b, pairing.best(a, b)[0]) < _SCOPE_SIMILARITY:
+                continue
             add(a, b, "name")
 
     # 3a. module paths: a converter that stamps model A's module paths into B's tensors
@@ -505,11 +522,21 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
     # 4b. errors do not heal: a pair made by order whose values are unrelated (cos < 0.99), when
     # the next pair of A agrees by value, holds two different tensors — a converter's split or
     # fused intermediate (onnx2tf's bias-less convolution half), not a divergence
+    # — provided the error does heal: the next few pairs agree too.  The next pair of A may sit on a
+    # parallel branch (torchvision's ``downsample`` runs after the ``bn2`` it is added to), so its
+    # agreeing alone says nothing; a real error shows again right where the branches merge.
     by_a = sorted(matches, key=lambda m: m.a.index)
-    for m, nxt in zip(by_a, by_a[1:]):
+    mispaired = [
+        k for k, (m, nxt) in enumerate(zip(by_a, by_a[1:]))
         if m.how == "order" and _similarity(m.a, m.b, m.transform) < 1.0 <= _VALUE_SIMILARITY <= _similarity(
             nxt.a, nxt.b, nxt.transform
-        ):
+        )
+    ]
+    dropped = set(mispaired)
+    for k in mispaired:
+        later = [m for i, m in enumerate(by_a[k + 1:], start=k + 1) if i not in dropped][:_HEAL_WINDOW]
+        if all(_similarity(m.a, m.b, m.transform) >= 1.0 for m in later):
+            m = by_a[k]
             matches.remove(m)
             used_a.discard(id(m.a))
             used_b.discard(id(m.b))
@@ -543,6 +570,9 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
             unmatched.append(Unmatched(tap=t, side=side, reason=reason))
     return Alignment(matches=tuple(matches), unmatched=tuple(unmatched))
 
+
+#: a pair by order with unrelated values is a mispairing when this many pairs after it all agree
+_HEAL_WINDOW = 4
 
 #: how alike (−log10(1−cos)/2) a scope-named pair must be to anchor: cos ≥ 0.99
 _SCOPE_SIMILARITY = 1.0
@@ -650,6 +680,45 @@ def _scope_keys(name: str) -> set[str]:
             keys.add(normalize_name("_".join(segments[i:j])))
     keys.discard("")
     return keys
+
+
+def _folded_conv_taps(ta: Trace, tb: Trace) -> tuple[frozenset[int], frozenset[int]]:
+    """Where B has no BatchNorm: A's convolutions whose next layer is a BatchNorm of the same
+    size, and B's convolutions whose next layer is not a multiply by a constant (or a BatchNorm)
+    of the same size.  A converter that folds a BatchNorm into the conv before it (the torch ONNX
+    exporters; tf2onnx folds its scale and keeps the shift as an ``Add``) leaves such a conv of B
+    holding the BatchNorm's output, or its output before the shift, so A's conv has no tensor of
+    its own there: pairing the two would compare a raw convolution with a normalised one (a
+    divergence that is not one), and on a wrong BatchNorm it would point at the conv.  (A
+    depthwise conv's BatchNorm stays ``Mul`` + ``Add`` in tf2onnx: that conv is A's conv.)"""
+
+    def marked(layers: list[Tap], nxt_ok) -> frozenset[int]:
+        out = set()
+        for t, nxt in zip(layers, layers[1:] + [None]):
+            if op_family(t.op) == "conv" and nxt_ok(t, nxt):
+                out.add(id(t))
+        return frozenset(out)
+
+    def feeds_bn(t: Tap, nxt: Tap | None) -> bool:
+        return nxt is not None and op_family(nxt.op) == "batchnorm" and nxt.numel == t.numel
+
+    def bare(t: Tap, nxt: Tap | None) -> bool:  # no multiply by a constant after it: the scale is inside
+        if nxt is None or nxt.numel != t.numel:
+            return True
+        scales = op_family(nxt.op) in ("mul", "multiply") and bool(nxt.attrs.get("constant_operand"))
+        return not (scales or op_family(nxt.op) == "batchnorm")
+
+    def computing(trace: Trace) -> list[Tap]:  # layout plumbing (B's Transpose to NHWC and back) skipped
+        return [t for t in trace.layers if t.role != "container" and t.op not in ONE_SIDED_OPS
+                and t.op not in PASS_THROUGH_OPS]
+
+    layers_a, layers_b = computing(ta), computing(tb)
+    folded_b = set(marked(layers_b, bare))
+    plain = [t for t in tb.layers if t.role != "container"]
+    for t, nxt in zip(plain, plain[1:]):  # and the Transpose/Reshape copies of such a conv's tensor
+        if id(t) in folded_b and nxt.op in ONE_SIDED_OPS and nxt.numel == t.numel:
+            folded_b.add(id(nxt))
+    return marked(layers_a, feeds_bn), frozenset(folded_b)
 
 
 def _fused_into(name: str, b_names: list[str]) -> bool:

@@ -428,3 +428,52 @@ def test_module_paths_pair_a_diverging_gate_and_drop_an_unsure_pairing_whose_val
     pairs = {m.a.name: m.b.name for m in al.matches if m.how != "output"}
     assert pairs == {"se.gate": "g;;e;2"}
     assert "se.act2" in {u.tap.name for u in al.unmatched if u.side == "a"}
+
+
+def test_a_conv_whose_batchnorm_b_folded_in_stays_unpaired_when_the_batchnorm_is_wrong():
+    # tf2onnx folds Conv2D + BatchNorm into one Conv; with the BatchNorm's statistics lost, no value
+    # agrees, and B's Conv must still pair with A's BatchNorm (it computes it), never with A's raw conv
+    bn = X * 0.5 + 2.0
+    wrong = X * 0.9 + 0.05  # statistics 0 / 1: closer to the raw conv than to the right BatchNorm
+    a = make_trace([("conv", "Conv2D", X, "NCHW"), ("bn", "BatchNormalization", bn, "NCHW"),
+                    ("relu", "ReLU", np.maximum(bn, 0), "NCHW"), ("out", "output", np.maximum(bn, 0).mean(axis=(2, 3)), "NC")],
+                   framework="keras")
+    b = make_trace([("Conv__12:0", "Conv", wrong, "NCHW"), ("m/relu_1/Relu:0", "Relu", np.maximum(wrong, 0), "NCHW"),
+                    ("o", "output", np.maximum(wrong, 0).mean(axis=(2, 3)), "NC")], framework="onnx")
+    al = align(a, b)
+    assert {m.a.name: m.b.name for m in al.matches if m.how == "order"} == {"bn": "Conv__12:0", "relu": "m/relu_1/Relu:0"}
+    assert {u.tap.name: u.reason for u in al.unmatched if u.side == "a"} == {"conv": "fused"}
+    # a depthwise conv's BatchNorm kept as Mul + Add: there B's conv is A's conv
+    b2 = make_trace([("dw:0", "Conv", X * 1.1, "NCHW"), ("bn/mul_1:0", "Mul", X * 0.55, "NCHW", {"constant_operand": True}),
+                     ("bn/add_1:0", "Add", wrong, "NCHW", {"constant_operand": True}),
+                     ("o", "output", np.maximum(wrong, 0).mean(axis=(2, 3)), "NC")], framework="onnx")
+    assert {m.a.name: m.b.name for m in align(a, b2).matches}["conv"] == "dw:0"
+
+
+def test_a_name_shared_across_op_families_pairs_only_when_the_values_agree():
+    # Keras records a Dense with a softmax as the logits ``predictions`` and ``predictions:activation``;
+    # tf2onnx names the graph output after the layer: ``predictions`` holds the softmax
+    logits = rng.standard_normal((2, 10)).astype("float32")
+    soft = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    a = make_trace([("gap", "GlobalAveragePooling2D", X.mean(axis=(2, 3)), "NC"), ("predictions", "Dense", logits, "NC"),
+                    ("predictions:activation", "softmax", soft, "NC"), ("output", "output", soft, "NC")], framework="keras")
+    b = make_trace([("m/gap_1/Mean:0", "ReduceMean", X.mean(axis=(2, 3)), "NC"), ("m/predictions_1/MatMul:0", "MatMul", logits, "NC"),
+                    ("predictions", "Softmax", soft, "NC"), ("out", "output", soft, "NC")], framework="onnx")
+    pairs = {m.a.name: m.b.name for m in align(a, b).matches}
+    assert pairs["predictions"] == "m/predictions_1/MatMul:0"
+    assert pairs["predictions:activation"] == "predictions"
+
+
+def test_a_wrong_layer_before_an_agreeing_parallel_branch_stays_paired():
+    # torchvision's BasicBlock runs its downsample conv after bn2: the downsample agreeing says
+    # nothing about bn2; the sum (and the ReLU after it) disagree again, so bn2's error did not heal
+    bn2, bn2_wrong = X * 0.5 + 0.1, X * 0.2 + 0.4
+    ds = X[:, ::-1] * 0.3
+    a = make_trace([("bn2", "BatchNorm2d", bn2, "NCHW"), ("down", "Conv2d", ds, "NCHW"),
+                    ("relu", "ReLU", np.maximum(bn2 + ds, 0), "NCHW"), ("out", "output", np.maximum(bn2 + ds, 0).mean(axis=(2, 3)), "NC")])
+    b = make_trace([("batch_normalization_7", "BatchNormalization", nchw_to_nhwc(bn2_wrong), "NHWC"),
+                    ("conv2d_9", "Conv2D", nchw_to_nhwc(ds), "NHWC"),
+                    ("re_lu_5", "ReLU", nchw_to_nhwc(np.maximum(bn2_wrong + ds, 0)), "NHWC"),
+                    ("o", "output", np.maximum(bn2_wrong + ds, 0).mean(axis=(2, 3)), "NC")], framework="keras")
+    pairs = {m.a.name: m.b.name for m in align(a, b).matches}
+    assert pairs["bn2"] == "batch_normalization_7"

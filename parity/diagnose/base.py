@@ -68,6 +68,20 @@ class Context:
             return None
         return np.asarray(p.a.value), np.asarray(p.transform.apply(p.b.value))
 
+    def folded_input(self) -> np.ndarray | None:
+        """A's layer right before this one when a converter folded it into B's tensor of this
+        pair (unmatched, "fused", same shape: the Conv2D before a BatchNorm that B computes in one
+        convolution), as A recorded it; None when there is none."""
+        before = [u.tap for u in self.alignment.unmatched
+                  if u.side == "a" and u.reason == "fused" and u.tap.index < self.match.a.index]
+        if not before:
+            return None
+        tap = max(before, key=lambda t: t.index)
+        p = self.previous
+        if (p is not None and p.a.index > tap.index) or tap.value is None or tap.shape != self.match.a.shape:
+            return None
+        return np.asarray(tap.value)
+
 
 @dataclass(frozen=True)
 class Detector:

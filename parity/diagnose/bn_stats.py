@@ -3,7 +3,8 @@
 At inference a BatchNorm is, per channel, an affine map of its input:
 ``y = K·x + T`` with ``K = γ/sqrt(var + eps)`` and ``T = β − K·mean``.  Fitting
 that map per channel on each side (A's output against A's input, B's output
-against B's input — the input is the previous matched pair) gives
+against B's input — the input is the previous matched pair, or, where B computes the conv
+before the BatchNorm and the BatchNorm in one folded convolution, A's conv output for both) gives
 
 - from A and A's recorded running statistics: ``γ = K_a·sqrt(var_a + eps)``
   and ``β = T_a + K_a·mean_a``;
@@ -100,7 +101,15 @@ def diagnose_bn_statistics(ctx: Context) -> Diagnosis | None:
         return None
     axis = _channel_axis(m.a.layout, a.ndim)
     stats = _stats(m.a.attrs)
-    prev = ctx.previous_values()
+    folded = ctx.folded_input()
+    if folded is not None:
+        # B computes A's Conv2D and this BatchNorm in one folded convolution (tf2onnx: a conv with
+        # the scale folded in, then an Add of the shift): its input is the conv's input, not a
+        # recorded tensor.  Taking the conv part as A's (A's conv output stands for both sides'
+        # BatchNorm input) leaves the statistics B's folded kernel and shift encode.
+        prev = (folded, folded)
+    else:
+        prev = ctx.previous_values()
     if axis is None or stats is None or prev is None:
         return None
     x_a, x_b = prev

@@ -47,6 +47,9 @@ class Case:
     build: Callable[[Bug | None], Pair]  # None → the faithful pair
     bugs: tuple[Bug, ...] = ()
     sample: bool = False  # part of the deterministic subset `make test` runs
+    #: for a pair that can only be built and diffed in another process (nobuco needs the Keras 2
+    #: venv): judges the variant there and returns its Row; ``build`` is then not called here
+    judge_elsewhere: Callable[[Bug | None], "Row"] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,11 @@ class Row:
     excluded: str | None = None  # why the pair could not be built (the converter failed): not parity's outcome
     diagnoses: tuple[str, ...] = ()  # the codes given at the first divergence
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Row":
+        """A row from ``dataclasses.asdict(row)`` (e.g. read back as JSON from another process)."""
+        return cls(**{**d, "unmatched_names": tuple(d.get("unmatched_names", ()))})
+
     @property
     def matched_share(self) -> float:
         """Compared or accounted for, of the layers that compute something."""
@@ -78,6 +86,8 @@ class Row:
 
 def judge(case: Case, bug: Bug | None = None) -> Row:
     """Build the pair, diff it, and say whether parity got it right."""
+    if case.judge_elsewhere is not None:
+        return case.judge_elsewhere(bug)
     import parity
 
     start = time.perf_counter()

@@ -34,6 +34,8 @@ SOURCES = {
     "timm-onnx2tf": "tests.corpus.timm_onnx2tf",
     "transformers": "tests.corpus.hf_cases",
     "keras-hub": "tests.corpus.kerashub_cases",
+    "keras.applications": "tests.corpus.kerasapp_cases",
+    "nobuco": "tests.corpus.nobuco_cases",
 }
 
 REPORTS = Path("reports")
