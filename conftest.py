@@ -45,8 +45,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _file_marker(path: Path) -> str | None:
-    if TESTS / "integration" in path.parents or path == TESTS / "integration":
-        return "converters"
+    for tier in ("integration", "corpus"):  # real converters, real architectures
+        if TESTS / tier in path.parents or path == TESTS / tier:
+            return "converters"
     if path.parent == TESTS and path.name == "test_browser.py":
         return "browser"
     if path.parent == TESTS and path.name in SLOW_FILES:
