@@ -236,15 +236,21 @@ def _cached_sample(key: tuple, value: np.ndarray, take) -> np.ndarray:
     return sample
 
 
-def _similarity(a: Tap, b: Tap, t: Transform) -> float:
-    """0 (unrelated) … 3 (equal to ~1e-6): ``−log10(1 − cos)/2`` on a fixed sample."""
-    if a.value is None or b.value is None or a.numel == 0:
-        return 0.0
+def _samples(a: Tap, b: Tap, t: Transform) -> tuple[np.ndarray, np.ndarray]:
+    """The same fixed sample of elements of A and of B (B under ``t``), cached."""
     va = _cached_sample(("a", id(a.value)), a.value, lambda v: v.reshape(-1)[_sample_index(a.shape)])
     vb = _cached_sample(
         ("b", id(b.value), t.kind, t.perm, t.flat_from, a.shape), b.value,
         lambda v: _sample_b(v, t, a.shape, _sample_index(a.shape)),
     )
+    return va, vb
+
+
+def _similarity(a: Tap, b: Tap, t: Transform) -> float:
+    """0 (unrelated) … 3 (equal to ~1e-6): ``−log10(1 − cos)/2`` on a fixed sample."""
+    if a.value is None or b.value is None or a.numel == 0:
+        return 0.0
+    va, vb = _samples(a, b, t)
     with np.errstate(all="ignore"):
         na, nb = np.sqrt(np.dot(va, va)), np.sqrt(np.dot(vb, vb))
         if not (np.isfinite(na) and np.isfinite(nb)):
@@ -793,14 +799,16 @@ def _value_matches(free_a: list[Tap], free_b: list[Tap], pairing: _Pairing) -> l
 
 
 def unsure_pairs(alignment: Alignment, layers: tuple) -> tuple[Alignment, tuple]:
-    """Pairs made by order or scope that the values contradict, taken out of the comparison.
+    """Pairs that the values contradict, taken out of the comparison.
 
     Errors do not heal.  A pair whose values are unrelated (cos < 0.99 on the fixed sample),
     paired only by execution order or name scope, while the next compared layers and every
     model output agree, holds two different tensors — a misalignment, not a divergence.  Such a
     pair becomes "not compared" on both sides with the reason ``unsure: …``.  A real bug keeps
     its pair: its values stay related (a scaled kernel, a wrong epsilon, a swapped activation
-    move a tensor, they do not replace it), and it does not heal (the outputs differ)."""
+    move a tensor, they do not replace it), and it does not heal (the outputs differ).  A pair
+    by name or scope whose values agree in direction is unsure only when B is exactly A scaled
+    (:func:`_rescaled`) and the run heals."""
     import dataclasses
 
     outputs = [d for d in layers if d.role == "output"]
@@ -811,7 +819,11 @@ def unsure_pairs(alignment: Alignment, layers: tuple) -> tuple[Alignment, tuple]
 
     def suspect(d) -> bool:
         m = by_name.get(d.a_name)
-        return m is not None and m.how in ("order", "scope") and _similarity(m.a, m.b, m.transform) < 1.0
+        if m is None:
+            return False
+        if m.how in ("order", "scope") and _similarity(m.a, m.b, m.transform) < 1.0:
+            return True
+        return m.how in ("name", "scope") and _rescaled(m) is not None
 
     suspects = []
     i = 0
@@ -831,8 +843,13 @@ def unsure_pairs(alignment: Alignment, layers: tuple) -> tuple[Alignment, tuple]
     gone = set()
     for m in suspects:
         d = next(x for x in inner if x.a_name == m.a.name)
-        why = (f"unsure: paired by {m.how} with {m.b.name}, but the values are unrelated (rel err "
-               f"{d.metrics.rel_err:.2g}) while the next layers and the model outputs agree")
+        if (scale := _rescaled(m)) is not None:
+            why = (f"unsure: paired by {m.how} with {m.b.name}, but B is A × {scale:.4g} (cos 1.000000) "
+                   "while the next layers and the model outputs agree: not the same quantity (one side "
+                   "applies a scale outside this layer)")
+        else:
+            why = (f"unsure: paired by {m.how} with {m.b.name}, but the values are unrelated (rel err "
+                   f"{d.metrics.rel_err:.2g}) while the next layers and the model outputs agree")
         unmatched.append(Unmatched(tap=m.a, side="a", reason=why))
         unmatched.append(Unmatched(tap=m.b, side="b", reason=why.replace(f"with {m.b.name}", f"with A's {m.a.name}")))
         gone.add(m.a.name)
@@ -840,6 +857,22 @@ def unsure_pairs(alignment: Alignment, layers: tuple) -> tuple[Alignment, tuple]
     kept = [d for d in layers if d.a_name not in gone]
     kept = tuple(dataclasses.replace(d, index=i) for i, d in enumerate(kept))
     return Alignment(matches=matches, unmatched=tuple(unmatched)), kept
+
+
+def _rescaled(m: Match) -> float | None:
+    """``s`` where B is A × s exactly (up to float32 rounding) with s clearly not 1, else None.
+
+    A pair by name whose values are one tensor scaled, in a run that heals while the outputs
+    agree, is two different quantities under one name: transformers' XGLM scales its token
+    embeddings by √d inside the PyTorch module and outside it in TF.  A real bug does not look
+    like this: a tensor B scales by mistake stays scaled downstream, and the outputs differ."""
+    if m.a.value is None or m.b.value is None or m.a.numel == 0 or _similarity(m.a, m.b, m.transform) < 2.5:
+        return None
+    va, vb = _samples(m.a, m.b, m.transform)
+    with np.errstate(all="ignore"):
+        na = float(np.dot(va, va))
+        scale = float(np.dot(va, vb)) / na if na else 1.0
+    return scale if np.isfinite(scale) and abs(scale - 1.0) > 1e-2 else None
 
 
 def _passes_through(t: Tap) -> bool:

@@ -477,3 +477,36 @@ def test_a_wrong_layer_before_an_agreeing_parallel_branch_stays_paired():
                     ("o", "output", np.maximum(bn2_wrong + ds, 0).mean(axis=(2, 3)), "NC")], framework="keras")
     pairs = {m.a.name: m.b.name for m in align(a, b).matches}
     assert pairs["bn2"] == "batch_normalization_7"
+
+
+def _rescaled_embedding_traces(*, output_b):
+    """A pair by name whose first tensors differ by a constant factor — transformers' XGLM scales
+    its token embeddings by √d inside the PyTorch module and outside it in TF — while the next
+    layer and, unless ``output_b`` says otherwise, the outputs agree."""
+    emb = rng.standard_normal((2, 7, 16)).astype("float32")
+    hid = np.tanh(emb)
+    out = hid.mean(axis=1)
+    a = make_trace([("embed_tokens", "Embedding", emb * 4.0, "NTC"), ("layers.0", "Linear", hid, "NTC"),
+                    ("output", "output", out, "NC")])
+    b = make_trace([("embed_tokens", "Embedding", emb, "NTC"), ("layers.0", "Dense", hid, "NTC"),
+                    ("output", "output", out if output_b is None else output_b, "NC")], framework="keras")
+    return a, b
+
+
+def test_a_pair_by_name_that_is_a_scaled_copy_and_heals_is_unsure_not_a_divergence():
+    from parity.api import diff_traces
+
+    report = diff_traces(*_rescaled_embedding_traces(output_b=None))
+    assert report.ok and [d.a_name for d in report.layers] == ["layers.0", "output"]
+    (emb,) = [u for u in report.unmatched_a if u.name == "embed_tokens"]
+    assert emb.reason.startswith("unsure: paired by name with embed_tokens, but B is A × 0.25 (cos 1.000000)")
+    assert "not the same quantity" in emb.reason
+
+
+def test_a_scaled_pair_by_name_is_kept_and_flagged_when_the_outputs_disagree():
+    from parity.api import diff_traces
+
+    a, b = _rescaled_embedding_traces(output_b=np.ones((2, 16), "float32"))
+    report = diff_traces(a, b)
+    assert not report.ok and report.layer("embed_tokens").metrics.rel_err == pytest.approx(0.75, rel=1e-3)
+    assert not [u for u in report.unmatched if u.reason.startswith("unsure")]
