@@ -134,8 +134,9 @@ def _diff(a, b, inputs, bar, *, tol, mapping, rtol, atol, containers, granularit
         trace_a, trace_b, mapping=mapping, tolerances=tol, inputs=summary, rtol=rtol, atol=atol,
         _replay=replay_and_keep, _explain=False, _models=(a, b),
     )
-    if not report.ok and type(backend_a).__name__ == "TorchBackend":
-        # a model that amplifies rounding: judge each flagged layer no tighter than its float32 noise floor
+    if not report.ok and type(backend_a).__name__ == "TorchBackend" and rtol is None and atol is None:
+        # a model that amplifies rounding: judge each flagged layer no tighter than its float32
+        # noise floor (the per-dtype defaults only: a tolerance the user gave is theirs)
         base = tol if isinstance(tol, Tolerances) else Tolerances.build(rtol=rtol, atol=atol)
         raised, note = _noise_floor_tolerances(a, inputs_a, trace_a, report, base)
         if raised is not None:
@@ -293,6 +294,23 @@ def _model_level_diagnoses(report, alignment, backend_a, backend_b, inputs_a, in
     return report
 
 
+def _same_params(models: tuple | None):
+    """Whether a pair's two layers hold equal parameters (weight parity on the live models), or
+    None where the models are not at hand."""
+    if models is None:
+        return None
+    from .weights import weight_parity
+
+    def same(match) -> bool:
+        try:
+            params = weight_parity(models[0], models[1], [match])
+        except Exception:  # models weight parity cannot read (graph formats): no evidence
+            return False
+        return bool(params) and all(p.status == "ok" for p in params)
+
+    return same
+
+
 def diff_traces(
     trace_a: Trace,
     trace_b: Trace,
@@ -313,7 +331,7 @@ def diff_traces(
     release_trace(trace_a)  # alignment read spilled values: their pages leave the process again
     release_trace(trace_b)
     compared = compare(alignment, tol)
-    alignment, compared = unsure_pairs(alignment, compared)
+    alignment, compared = unsure_pairs(alignment, compared, _same_params(_models))
     compared = _replay(alignment, compared) if _replay is not None else own_errors(None, None, None, alignment, compared)
     layers, diagnoses = diagnose(alignment, compared, _models)
     inside = _inside_a_layer(alignment, trace_a)

@@ -327,6 +327,8 @@ def _keras_kind(layer: Any, cls: str) -> str:
         return "dense"
     if cls == "TFConv1D":
         return "dense"  # transformers' TF twin of its Conv1D: GPT-2's Dense, weight (in, out)
+    if cls.endswith(("Embedding", "Embeddings")) and len(layer.weights) == 1:
+        return "embedding"  # transformers' TFSharedEmbeddings, TF*ScaledWordEmbedding: one (vocab, d) table
     if cls.endswith(("RMSNorm", "LayerNorm", "RMSNormalization", "LayerNormalization")):
         return "norm"  # keras-hub's LlamaLayerNorm, MistralLayerNormalization, Gemma's RMSNormalization
     return "generic"
@@ -342,6 +344,8 @@ def _keras_layer(layer: Any) -> _Layer:
         role = _KERAS_ROLES.get(name, name) if kind != "generic" else name
         if cls == "TFConv1D" and name == "weight":
             role = "kernel"
+        elif kind == "embedding" and name == "weight":
+            role = "embeddings"
         canonical = _einsum_canonical(layer, role, value) if cls == "EinsumDense" else _keras_canonical(kind, role, value)
         params[role] = _Param(name, canonical, dtype, tuple(value.shape))
     return _Layer("keras", kind, cls, params)
