@@ -26,6 +26,14 @@ from .chain import add_chain_command, run_chain_command
 from .options import add_tolerance_options, add_verbose_option
 
 
+#: every kind of model a command loads (parity.loading), for --help
+_MODEL_FORMATS = (
+    "package.module:factory (a live torch or Keras model), or a file: .keras/.h5 (Keras), .pt "
+    "(TorchScript), .pt2 (ExportedProgram), .pth/.bin (state_dict, with --factory-a/-b), .onnx, "
+    ".tflite, .pb/.pbtxt (frozen GraphDef), or a SavedModel directory"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="parity",
@@ -43,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--width", type=int, default=None, help="terminal width for the report")
 
     d = sub.add_parser("diff", help="compare model A with model B")
-    d.add_argument("a", help="model A: package.module:factory, or a .keras/.h5/.pt2 file")
-    d.add_argument("b", help="model B: package.module:factory, or a .keras/.h5/.pt2 file")
+    d.add_argument("a", help=f"model A: {_MODEL_FORMATS}")
+    d.add_argument("b", help="model B: the same kinds as A")
     _add_input_options(d)
     d.add_argument(
         "--map", "--mapping", dest="mapping", metavar="FILE",

@@ -132,3 +132,12 @@ def test_taps_without_a_shape_speaks_of_the_one_model_and_suggests_shape(pair_mo
     ) in capsys.readouterr().err
     assert main(["taps", "cli_pair_module:torch_model", "--shape", "1,1,28,28", "--filter", "layer1.1"]) == 0
     assert "layer1.1" in capsys.readouterr().out
+
+
+def test_diff_help_names_every_format_a_model_loads_from(capsys):
+    with pytest.raises(SystemExit):
+        main(["diff", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for kind in ("package.module:factory", ".keras/.h5", ".pt (TorchScript)", ".pt2 (ExportedProgram)",
+                 ".pth/.bin (state_dict", ".onnx", ".tflite", ".pb/.pbtxt", "SavedModel directory"):
+        assert kind in out
