@@ -24,26 +24,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from tests.corpus.cases import Case, Pair, judge  # noqa: E402
 from tests.corpus.nobuco_cases import MODELS, Model, bug_named  # noqa: E402
+from tests.corpus._torchvision import make_importable  # noqa: E402
 
 SEED = 0
 BATCH = 2
-
-
-def _torchvision_importable() -> None:
-    """nobuco imports torchvision, whose PyPI wheel (built for a CUDA torch) dies beside
-    torch==2.13.0+cpu in its meta registrations; declaring the two op schemas it looks up lets
-    its pure-Python part (the model definitions used here) load."""
-    import torch
-
-    try:
-        torch.ops.torchvision.nms  # noqa: B018 - present when torchvision's own ops loaded
-        return
-    except (AttributeError, RuntimeError):
-        pass
-    lib = torch.library.Library("torchvision", "DEF")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    globals()["_TORCHVISION_SCHEMAS"] = lib
 
 
 def build_torch(model: Model):
@@ -116,7 +100,7 @@ def convert(net, x):
 
 
 def main(argv: list[str]) -> int:
-    _torchvision_importable()
+    make_importable()  # nobuco imports torchvision
     model = next(m for m in MODELS if m.name == argv[0])
     variants = argv[1:] or ["none"]
     net = build_torch(model)
