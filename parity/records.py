@@ -383,6 +383,38 @@ def tolerance_ratio(m: Metrics, rtol: float, atol: float) -> float:
 
 
 @dataclass(frozen=True)
+class Param:
+    """One parameter of a layer, read from a live model as NumPy in the canonical layout
+    (PyTorch's: conv ``(O, I/g, *k)``, dense ``(out, in)``, depthwise ``(C·M, 1, *k)``)."""
+
+    #: the framework's own name ("weight", "moving_variance", ...)
+    name: str
+    value: np.ndarray
+    #: the framework's dtype name (a bfloat16 parameter is read as float32 but says bfloat16)
+    dtype: str
+    #: the shape as the framework stores it
+    raw_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LayerParams:
+    """The parameters of one layer, by role, as a backend reads them (see
+    :meth:`parity.capture.base.Backend.layer_params`): what weight parity and the detectors get
+    instead of the live layer."""
+
+    #: "torch" | "keras"
+    framework: str
+    #: conv, depthwise, convtranspose, dense, batchnorm, norm, embedding, generic
+    kind: str
+    #: the layer's class name
+    cls: str
+    #: by role (kernel, bias, gamma, beta, mean, var, embeddings), or by own name for "generic"
+    params: Mapping[str, Param]
+    #: what else the layer declares that the detectors read (epsilon, activation, units, ...)
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ParamDiff:
     """One parameter of an aligned layer, compared under the layout transform the pair implies."""
 

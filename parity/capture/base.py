@@ -4,6 +4,21 @@ A backend wraps one live model.  It knows its framework and nothing else:
 it reports what the model is (:meth:`Backend.info`), what inputs it declares
 (:meth:`Backend.input_spec`), and runs it once on NumPy inputs recording
 every intermediate tensor (:meth:`Backend.capture`).
+
+It is also the only door to the live model for the rest of parity.  A backend of
+a layer-by-layer framework (PyTorch, Keras) offers what replay, weight parity, the
+detectors, drift and the float64 reference need, in NumPy: the input a named layer
+received (:meth:`Backend.layer_inputs`), one layer called alone
+(:meth:`Backend.call_layer`), a layer's parameters as a frozen record in a canonical
+layout (:meth:`Backend.layer_params`), a twin (:meth:`Backend.twin`: fresh
+initialisation, randomised statistics, a float64 copy) and the precision the model
+computes in (:meth:`Backend.precision`).  Graph formats say what they cannot do
+(``False`` / ``None`` / ``{}``, the defaults here), and callers ask instead of
+checking class names.  Loading a file asks each backend class which suffixes it
+takes (:attr:`Backend.suffixes`, :meth:`Backend.load`).
+
+Adding a backend is one module with a subclass of :class:`Backend` and its line in
+``parity/capture/__init__.py``'s registry.
 """
 
 from __future__ import annotations
@@ -16,7 +31,7 @@ from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from ..records import InputSpec, ModelInfo, Tap, Trace
+from ..records import InputSpec, LayerParams, ModelInfo, Tap, Trace
 
 #: the inputs as a backend receives them: positional arrays or arrays by input name
 Inputs = Sequence[np.ndarray] | Mapping[str, np.ndarray]
@@ -27,6 +42,8 @@ class Backend(ABC):
 
     #: short framework name used in records and reports ("torch", "keras")
     framework: str = ""
+    #: the file suffixes :meth:`load` reads (lower case, with the dot), in the order tried
+    suffixes: tuple[str, ...] = ()
 
     def __init__(self, model: Any, **options: Any) -> None:
         self.model = model
@@ -58,6 +75,57 @@ class Backend(ABC):
         output with ``role="output"`` named ``"output"`` (``"output[i]"`` /
         ``"output[key]"`` for several).  Leaf layers only unless ``containers``.
         """
+
+    # --- loading --------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: Any, **options: Any) -> Any:
+        """The model saved at ``path`` (one of :attr:`suffixes`), as this backend wraps it.
+
+        Raises :class:`~parity.errors.ModelError` for a file it cannot read."""
+        raise NotImplementedError(f"{cls.__name__} loads no files")
+
+    # --- the live model, layer by layer (graph formats: the defaults, "cannot") -------
+
+    def can_call(self, name: str) -> bool:
+        """Whether the layer ``name`` (a tap name of this model) can be called on its own
+        by :meth:`call_layer`, and its input recorded by :meth:`layer_inputs`."""
+        return False
+
+    def layer_inputs(self, inputs: Inputs, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Run the model once on ``inputs``, keeping the first (single) tensor input each
+        named layer received, by name; layers that cannot be called alone are left out."""
+        return {}
+
+    def call_layer(self, name: str, x: np.ndarray) -> np.ndarray:
+        """The output of layer ``name`` called alone on ``x`` (in this model's layout), in
+        inference mode; for a layer with a fused activation, the output its tap records."""
+        raise NotImplementedError(f"{type(self).__name__} cannot call one layer alone")
+
+    def layer_params(self, name: str) -> LayerParams | None:
+        """The parameters of layer ``name`` (a tap name) in the canonical layout, or ``None``
+        when this backend cannot read parameters (graph formats).  Raises
+        :class:`~parity.errors.MappingError` when the model has no such layer."""
+        return None
+
+    @property
+    def reads_params(self) -> bool:
+        """Whether :meth:`layer_params` can read this model's parameters."""
+        return False
+
+    def twin(self, kind: str, *, seed: int = 0) -> "Backend | None":
+        """A backend of a copy of this model: ``"fresh"`` (freshly initialised parameters
+        and statistics), ``"randomized_stats"`` (fresh, with random normalisation statistics)
+        or ``"float64"`` (the same weights, computing in float64).  ``None`` when this
+        backend cannot make that twin; :class:`~parity.errors.ModelError` when it should
+        and the model refuses."""
+        return None
+
+    def precision(self) -> tuple[str, str] | None:
+        """The precision the model computes in, read from the model itself (a TFLite
+        flatbuffer's tensor types), and how it was found: ``("int8", "detected: …")``;
+        ``None`` when the model does not say (its recorded dtypes then decide)."""
+        return None
 
     # --- helpers shared by backends -------------------------------------------------
 
