@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 from typing import Any, Mapping
 
-import numpy as np
-
-from .align import align, unsure_pairs
+from . import pipeline
 from .capture import backend_for
-from .compare import compare
-from .diagnose import diagnose
 from .errors import ParityMismatch
 from .inputs import prepare_inputs, random_inputs, normalize_inputs
 from .loading import load_model
+from .pipeline import DiffOptions
 from .progress import steps
-from .replay import own_errors
-from .records import Alignment, InputsSummary, Report, Trace, UnmatchedLayer
-from .spill import Spill, parse_max_memory, release_trace, return_freed_memory, trace_nbytes
+from .records import InputsSummary, Report, Trace
+from .spill import Spill, return_freed_memory, trace_nbytes
 from .tolerance import Tolerances
 
-__all__ = ["diff", "diff_traces", "assert_parity", "capture"]
+__all__ = ["diff", "diff_with", "diff_traces", "assert_parity", "capture", "DiffOptions"]
 
 
 def capture(
@@ -96,219 +91,49 @@ def diff(
     >>> report.first_divergence.a_name                        # doctest: +SKIP
     'layer1.1'
     """
-    tol = tolerances if isinstance(tolerances, Tolerances) else Tolerances.build(
-        rtol=rtol, atol=atol, overrides=tolerances, min_argmax_agreement=min_argmax_agreement
+    options = DiffOptions.build(
+        mapping=mapping, rtol=rtol, atol=atol, tolerances=tolerances, min_argmax_agreement=min_argmax_agreement,
+        containers=containers, granularity=granularity, baseline=baseline, drift_factor=drift_factor, seed=seed,
+        max_memory=max_memory, input_map=input_map,
     )
-    budget = parse_max_memory(max_memory)
+    return diff_with(a, b, inputs, options)
+
+
+def diff_with(a: Any, b: Any, inputs: Any, options: DiffOptions) -> Report:
+    """:func:`diff` with its options as one :class:`~parity.pipeline.DiffOptions` record."""
     with steps(4, "parity diff") as bar, Spill() as spill:
-        return _diff(a, b, inputs, bar, tol=tol, mapping=mapping, rtol=rtol, atol=atol, containers=containers,
-                     granularity=granularity, baseline=baseline, drift_factor=drift_factor, seed=seed,
-                     budget=budget, spill=spill, input_map=input_map)
-
-
-def _diff(a, b, inputs, bar, *, tol, mapping, rtol, atol, containers, granularity, baseline, drift_factor, seed,
-          budget=None, spill=None, input_map=None):
-    bar.advance("loading the models")
-    a, b = load_model(a), load_model(b)  # paths and "package.module:factory" specs
-    backend_a, backend_b = backend_for(a, granularity=granularity), backend_for(b, granularity=granularity)
-    inputs_a, inputs_b, summary = prepare_inputs(inputs, backend_a, backend_b, seed=seed, input_map=input_map)
-    # past the budget, values go to memory-mapped files as they are recorded: A's wait for B on
-    # disk, and B's capture holds only what is left of the budget
-    bar.advance("running model A")
-    with _spilling(spill, budget):
-        trace_a = backend_a.capture(inputs_a, containers=containers)
-    bar.advance("running model B")
-    with _spilling(spill, None if budget is None else max(budget - trace_nbytes(trace_a), 0)):
-        trace_b = backend_b.capture(inputs_b, containers=containers)
-    if spill is not None and spill.count:
-        return_freed_memory()
-    bar.advance("aligning and comparing")
-    replay = lambda alignment, layers: own_errors(backend_a, backend_b, inputs_a, alignment, layers)  # noqa: E731
-    alignments: list[Alignment] = []
-
-    def replay_and_keep(alignment: Alignment, layers: tuple) -> tuple:
-        alignments.append(alignment)
-        return replay(alignment, layers)
-
-    report = diff_traces(
-        trace_a, trace_b, mapping=mapping, tolerances=tol, inputs=summary, rtol=rtol, atol=atol,
-        _replay=replay_and_keep, _explain=False, _models=(a, b),
-    )
-    if not report.ok and type(backend_a).__name__ == "TorchBackend" and rtol is None and atol is None:
-        # a model that amplifies rounding: judge each flagged layer no tighter than its float32
-        # noise floor (the per-dtype defaults only: a tolerance the user gave is theirs)
-        base = tol if isinstance(tol, Tolerances) else Tolerances.build(rtol=rtol, atol=atol)
-        raised, note = _noise_floor_tolerances(a, inputs_a, trace_a, report, base)
-        if raised is not None:
-            alignments.clear()
-            report = diff_traces(
-                trace_a, trace_b, mapping=mapping, tolerances=raised, inputs=summary,
-                _replay=replay_and_keep, _explain=False, _models=(a, b),
-            )
-            report = dataclasses.replace(report, notes=(*report.notes, note))
-    live = ("TorchBackend", "KerasBackend")
-    if alignments and type(backend_a).__name__ in live and type(backend_b).__name__ in live:
-        report = _weight_parity(report, a, b, alignments[0])
-    if not report.ok and alignments:
-        report = _model_level_diagnoses(report, alignments[0], backend_a, backend_b, inputs_a, inputs_b, (trace_a, trace_b))
-    if baseline is not None:
-        from .baseline import DRIFT_FACTOR, apply_baseline
-
-        if not isinstance(baseline, Report):
+        bar.advance("loading the models")
+        a, b = load_model(a), load_model(b)  # paths and "package.module:factory" specs
+        backend_a = backend_for(a, granularity=options.granularity)
+        backend_b = backend_for(b, granularity=options.granularity)
+        inputs_a, inputs_b, summary = prepare_inputs(inputs, backend_a, backend_b, seed=options.seed,
+                                                     input_map=options.input_map)
+        # past the budget, values go to memory-mapped files as they are recorded: A's wait for B on
+        # disk, and B's capture holds only what is left of the budget
+        budget = options.max_memory
+        bar.advance("running model A")
+        with _spilling(spill, budget):
+            trace_a = backend_a.capture(inputs_a, containers=options.containers)
+        bar.advance("running model B")
+        with _spilling(spill, None if budget is None else max(budget - trace_nbytes(trace_a), 0)):
+            trace_b = backend_b.capture(inputs_b, containers=options.containers)
+        if spill.count:
+            return_freed_memory()
+        bar.advance("aligning and comparing")
+        baseline = options.baseline
+        if baseline is not None and not isinstance(baseline, Report):
             a0, b0 = baseline
-            baseline = diff(a0, b0, inputs, mapping=mapping, tolerances=tol, containers=containers,
-                            granularity=granularity, seed=seed, max_memory=budget, input_map=input_map)
-        report = apply_baseline(report, baseline, drift_factor or DRIFT_FACTOR)
-    return _explain_first(report, alignments[0]) if alignments else report
+            baseline = diff_with(a0, b0, inputs, dataclasses.replace(options, baseline=None))
+        return pipeline.run(
+            pipeline.Side(trace_a, backend_a, inputs_a), pipeline.Side(trace_b, backend_b, inputs_b),
+            options, summary, baseline,
+        )
 
 
-def _inside_a_layer(alignment: Alignment, trace_a: Trace) -> dict[int, Any]:
-    """B's unmatched tensors that no layer of A can correspond to, by ``id``, each with the layer
-    of A it is computed inside: tensors B computes between the outputs of two compared layers
-    that are next to each other in A (nothing of A recorded between them) — the Sigmoid of
-    ONNX's decomposed SiLU, a reshape's plumbing."""
-    pairs = sorted((m for m in alignment.matches), key=lambda m: m.a.index)
-    a_index = sorted(t.index for t in trace_a.taps if t.role != "container")
-    stray_b = sorted((u.tap for u in alignment.unmatched_b if u.reason == "no-match"), key=lambda t: t.index)
-    out: dict[int, Any] = {}
-    for before, after in zip(pairs, pairs[1:]):
-        if not before.b.index < after.b.index:
-            continue
-        if bisect.bisect_right(a_index, before.a.index) != bisect.bisect_left(a_index, after.a.index):
-            continue  # A recorded something between the two: it may be the counterpart
-        for t in stray_b:
-            if before.b.index < t.index < after.b.index:
-                out[id(t)] = after.a
-    return out
-
-
-#: a layer's error vs B may reach this multiple of A's own float32 rounding error (B rounds too)
-NOISE_FLOOR_FACTOR = 4.0
-
-
-def _noise_floor_tolerances(model: Any, inputs: Any, trace_a: Trace, report: Report, tol: Tolerances):
-    """Tolerances raised, for the flagged layers only, to :data:`NOISE_FLOOR_FACTOR` × how far A's
-    own float32 tensor is from a float64 twin's on the same inputs — the precision float32 can
-    give that layer in this model (a deep random-weight net with large activations amplifies
-    rounding past any fixed rtol).  ``(None, None)`` when no flagged layer is that ill-conditioned."""
-    import copy
-
-    flagged = [d for d in report.layers if not d.ok and d.dtype == "float32"]
-    if not flagged or isinstance(inputs, Mapping) or not all(getattr(x, "dtype", None) == np.float32 for x in inputs):
-        return None, None
-    try:
-        twin = copy.deepcopy(model).double()
-        trace64 = backend_for(twin).capture([np.asarray(x, dtype=np.float64) for x in inputs])
-    except Exception:  # a model that does not run in float64: keep the tolerances given
-        return None, None
-    by_name = {t.name: t for t in trace64.taps}
-    overrides, worst = {}, 0.0
-    for d in flagged:
-        t32, t64 = trace_a[d.a_name] if d.a_name in trace_a.names else None, by_name.get(d.a_name)
-        if t32 is None or t64 is None or t32.shape != t64.shape:
-            continue
-        v64 = np.asarray(t64.value, dtype=np.float64)
-        norm = float(np.linalg.norm(v64))
-        if not norm:
-            continue
-        floor = float(np.linalg.norm(np.asarray(t32.value, dtype=np.float64) - v64)) / norm
-        rtol, atol = tol.for_layer(d.a_name, "float32", "float32")
-        if NOISE_FLOOR_FACTOR * floor > rtol:
-            overrides[d.a_name] = (NOISE_FLOOR_FACTOR * floor, atol)
-            worst = max(worst, floor)
-    if not overrides:
-        return None, None
-    raised = dataclasses.replace(tol, overrides=(*overrides.items(), *tol.overrides))
-    note = (f"{len(overrides)} layer(s) judged at their float32 noise floor: model A in float32 differs from its "
-            f"float64 twin by up to {worst:.1e} there (the model amplifies rounding), so an error of "
-            f"{NOISE_FLOOR_FACTOR:g}× that is float32 arithmetic, not a conversion bug: "
-            + ", ".join(list(overrides)[:5]) + (", …" if len(overrides) > 5 else ""))
-    return raised, note
-
-
-def _declared_mismatches(alignment: Alignment, layers: tuple) -> list[str]:
-    """Layers that pass although the two sides declare different epsilons (BERT's LayerNorm
-    1e-12 against Keras' default 1e-3: 5e-4 here, maybe more with other inputs)."""
-    from .diagnose.bn import differing_declared_eps
-
-    passed = {d.a_name: d for d in layers if d.ok}
-    out = []
-    for m in alignment.matches:
-        d = passed.get(m.a.name)
-        declared = differing_declared_eps(m) if d is not None else None
-        if declared is not None:
-            eps_a, eps_b = declared
-            out.append(
-                f"{d.a_name} ({d.op}) passes, but the two sides declare different epsilons (A {eps_a:.0e}, B "
-                f"{eps_b:.0e}): rel err {d.rel_err:.1e} of {d.allowed_rel:.1e} allowed here, more where a row's or "
-                "channel's variance is near the larger epsilon. Give B's layer A's epsilon."
-            )
-    return out
-
-
-def _spilling(spill: Spill | None, budget: int | None):
+def _spilling(spill: Spill, budget: int | None):
     import contextlib
 
-    return spill.capturing(budget) if spill is not None and budget is not None else contextlib.nullcontext()
-
-
-def _explain_first(report: Report, alignment: Alignment) -> Report:
-    """The first divergence always gets a diagnosis: a known cause, or ``unexplained`` with
-    where the error sits."""
-    first = report.first_divergence
-    if first is None or first.diagnoses:
-        return report
-    from .diagnose.fallback import context_for, unexplained
-    from .diagnose.runs import attach
-
-    ctx = context_for(alignment, report.layers, first)
-    return attach(report, unexplained(ctx)) if ctx is not None else report
-
-
-def _weight_parity(report: Report, a: Any, b: Any, alignment: Alignment) -> Report:
-    """Parameters of aligned layers compared before any activation, and the diagnoses they support."""
-    import dataclasses
-
-    from .diagnose.runs import attach
-    from .weights import weight_diagnoses, weight_parity
-
-    params = weight_parity(a, b, alignment)
-    report = dataclasses.replace(report, params=params)
-    present = {(d.code, d.layer) for d in report.diagnoses}
-    for diagnosis in weight_diagnoses(params):
-        if (diagnosis.code, diagnosis.layer) not in present:
-            report = attach(report, diagnosis)
-    return report
-
-
-def _model_level_diagnoses(report, alignment, backend_a, backend_b, inputs_a, inputs_b, traces) -> Report:
-    """Diagnoses that rerun the models: nondeterminism, input preprocessing."""
-    from .diagnose.runs import attach, input_preprocessing, nondeterminism
-
-    for found in (
-        nondeterminism(backend_a, backend_b, inputs_a, inputs_b, traces, alignment),
-        input_preprocessing(backend_a, backend_b, inputs_a, inputs_b, report, alignment),
-    ):
-        if found is not None:
-            report = attach(report, found)
-    return report
-
-
-def _same_params(models: tuple | None):
-    """Whether a pair's two layers hold equal parameters (weight parity on the live models), or
-    None where the models are not at hand."""
-    if models is None:
-        return None
-    from .weights import weight_parity
-
-    def same(match) -> bool:
-        try:
-            params = weight_parity(models[0], models[1], [match])
-        except Exception:  # models weight parity cannot read (graph formats): no evidence
-            return False
-        return bool(params) and all(p.status == "ok" for p in params)
-
-    return same
+    return spill.capturing(budget) if budget is not None else contextlib.nullcontext()
 
 
 def diff_traces(
@@ -320,96 +145,12 @@ def diff_traces(
     inputs: InputsSummary | None = None,
     rtol: float | None = None,
     atol: float | None = None,
-    _replay: Any = None,
-    _explain: bool = True,
-    _models: tuple | None = None,
 ) -> Report:
     """Align and compare two recorded traces (the models are not needed; a layer's own
     error is then estimated from the error growth, since nothing can be replayed)."""
-    tol = tolerances or Tolerances.build(rtol=rtol, atol=atol)
-    alignment = align(trace_a, trace_b, mapping)
-    release_trace(trace_a)  # alignment read spilled values: their pages leave the process again
-    release_trace(trace_b)
-    compared = compare(alignment, tol)
-    alignment, compared = unsure_pairs(alignment, compared, _same_params(_models))
-    compared = _replay(alignment, compared) if _replay is not None else own_errors(None, None, None, alignment, compared)
-    layers, diagnoses = diagnose(alignment, compared, _models)
-    inside = _inside_a_layer(alignment, trace_a)
-    unmatched = tuple(
-        UnmatchedLayer(
-            side=u.side, name=u.tap.name, op=u.tap.op, shape=tuple(u.tap.shape),
-            reason="inside" if id(u.tap) in inside else u.reason,
-        )
-        for u in alignment.unmatched
-    )
-    if inputs is None:
-        inputs = InputsSummary(
-            shapes_a=trace_a.input_shapes,
-            shapes_b=trace_b.input_shapes,
-            dtypes=(),
-            conversions=(),
-            source="recorded traces",
-            digest=trace_a.inputs_digest,
-        )
-    notes = list(trace_a.notes) + list(trace_b.notes)
-    ambiguous = [d.a_name for d in layers if d.ambiguous]
-    if ambiguous:
-        notes.append(
-            f"{len(ambiguous)} pair(s) have shapes that fit more than one layout ({', '.join(ambiguous[:5])}"
-            f"{', …' if len(ambiguous) > 5 else ''}); the transform used follows the layouts the "
-            "frameworks declare."
-        )
-    notes.extend(_declared_mismatches(alignment, layers))
-    if inside:
-        within = [(u, inside[id(u.tap)]) for u in alignment.unmatched if id(u.tap) in inside]
-        notes.append(
-            f"{len(within)} tensor(s) of B are computed inside one layer of A, which records no tensor there, so "
-            "nothing of A can be compared with them: "
-            + ", ".join(f"{u.tap.name} ({u.tap.op}, inside {a.name} {a.op})" for u, a in within[:8])
-            + (", …" if len(within) > 8 else "")
-            + "."
-        )
-    stray = [u for u in unmatched if u.reason == "no-match"]
-    if stray:
-        notes.append(
-            f"{len(stray)} layer(s) found no counterpart and were not compared: "
-            + ", ".join(f"{u.side.upper()}:{u.name}" for u in stray[:8])
-            + (", …" if len(stray) > 8 else "")
-            + ". Give a mapping to compare them."
-        )
-    report = Report(
-        a=trace_a.model,
-        b=trace_b.model,
-        layers=layers,
-        unmatched=unmatched,
-        inputs=inputs,
-        rtol=rtol,
-        atol=atol,
-        notes=tuple(notes),
-        diagnoses=diagnoses,
-        environment=environment(trace_a.model, trace_b.model),
-    )
-    return _explain_first(report, alignment) if _explain else report
-
-
-def environment(*models: Any) -> dict[str, str]:
-    """Versions of what computed a report (no timestamps or host names: identical runs give identical JSON)."""
-    import platform
-
-    import numpy
-
-    from . import __version__
-
-    env = {
-        "parity": __version__,
-        "python": platform.python_version(),
-        "numpy": numpy.__version__,
-        "platform": f"{platform.system()} {platform.machine()}",
-    }
-    for model in models:
-        if model.framework and model.framework_version:
-            env[model.framework] = model.framework_version
-    return env
+    options = DiffOptions.build(where="parity.diff_traces", mapping=mapping, rtol=rtol, atol=atol,
+                                tolerances=tolerances)
+    return pipeline.run(pipeline.Side(trace_a), pipeline.Side(trace_b), options, inputs)
 
 
 def assert_parity(a: Any, b: Any, inputs: Any = None, **options: Any) -> Report:

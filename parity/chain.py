@@ -428,11 +428,11 @@ def chain(
         hint = " (per-stage mappings go in mappings=[…] or Stage(mapping=…))" if "mapping" in unknown else ""
         raise TypeError(f"chain() got unexpected keyword argument(s) {', '.join(unknown)}{hint}; "
                         f"it accepts {', '.join(_DIFF_OPTIONS)}.")
-    from .api import _explain_first, _weight_parity, diff_traces
+    from . import pipeline
     from .capture import backend_for
     from .inputs import prepare_inputs
     from .loading import load_model
-    from .replay import own_errors
+    from .pipeline import DiffOptions
 
     specs = [_as_stage(s, i) for i, s in enumerate(stages)]
     if len(specs) < 2:
@@ -455,9 +455,11 @@ def chain(
     trace0 = backends[0].capture(inputs0, containers=containers)
     traces: list[Trace] = [trace0]
     summaries: list[InputsSummary | None] = [first_summary]
+    stage_inputs: list[Any] = [inputs0]
     for backend in backends[1:]:
         _, inputs_i, summary = prepare_inputs(inputs0, backends[0], backend, seed=seed)
         summaries.append(dataclasses.replace(summary, source=first_summary.source))
+        stage_inputs.append(inputs_i)
         traces.append(backend.capture(inputs_i, containers=containers))
     # precisions: a hint first, else what the model (or its recorded dtypes) says
     precisions, sources = [], []
@@ -472,25 +474,14 @@ def chain(
             sources.append(how)
     reports: list[Report] = []
     notes: list[str] = []
+    base = DiffOptions(granularity=granularity, containers=containers, seed=seed)
     for i in range(1, len(specs)):
-        tol, stage_rtol, stage_atol = _stage_tolerances(precisions[i], rtol, atol, overrides, min_argmax)
-        backend = backends[i]
-        alignments: list = []
-
-        def replay(alignment, layers, _b=backend, _keep=alignments):
-            _keep.append(alignment)
-            return own_errors(backends[0], _b, inputs0, alignment, layers)
-
-        report = diff_traces(
-            trace0, traces[i], mapping=specs[i].mapping or mappings[i], tolerances=tol, inputs=summaries[i],
-            rtol=stage_rtol, atol=stage_atol, _replay=replay, _explain=False, _models=(models[0], models[i]),
-        )
-        live = ("TorchBackend", "KerasBackend")
-        if alignments and type(backends[0]).__name__ in live and type(backend).__name__ in live:
-            report = _weight_parity(report, models[0], models[i], alignments[0])
-        if alignments:
-            report = _explain_first(report, alignments[0])
-        reports.append(report)
+        tol, _, _ = _stage_tolerances(precisions[i], rtol, atol, overrides, min_argmax)
+        options = dataclasses.replace(base, tolerances=tol, mapping=specs[i].mapping or mappings[i])
+        reports.append(pipeline.run(
+            pipeline.Side(trace0, backends[0], inputs0), pipeline.Side(traces[i], backends[i], stage_inputs[i]),
+            options, summaries[i],
+        ))
     matrix = _matrix(trace0, reports, stage_names, precisions)
     for i in range(1, len(specs)):
         if precisions[i] in PRECISION_TOLERANCES and sources[i] != "given":

@@ -14,6 +14,7 @@ __all__ = [
     "ModelError",
     "MappingError",
     "ToleranceError",
+    "OptionsError",
     "CaptureError",
     "AlignmentError",
     "ReportFormatError",
@@ -62,6 +63,11 @@ class MappingError(ParityError, LookupError):
 
 class ToleranceError(ParityError, ValueError):
     """A tolerance was given in a form parity refuses (e.g. rtol without atol)."""
+
+
+class OptionsError(ParityError, TypeError):
+    """A comparison was given an option it does not take (a misspelt keyword), or an option's
+    value is not one it accepts."""
 
 
 class CaptureError(ParityError, RuntimeError):

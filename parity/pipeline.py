@@ -1,0 +1,377 @@
+"""One comparison, stage by stage: the pipeline every entry point runs.
+
+:func:`parity.diff`, :func:`parity.diff_traces`, :func:`parity.chain` and
+:func:`parity.search` all end here, with the two traces, whatever they know of
+the live models (a :class:`Side` each) and one :class:`DiffOptions` record:
+
+1. **align** the two traces (:mod:`parity.align`);
+2. **compare** every pair under its tolerance (:mod:`parity.compare`);
+3. **noise floor**: where model A can run as a float64 twin and the user gave no
+   tolerance of their own, a flagged float32 layer is judged no tighter than
+   :data:`NOISE_FLOOR_FACTOR` × how far A's own float32 tensor is from its float64
+   twin's (a deep random-weight net amplifies rounding past any fixed rtol);
+4. **unsure pairs**: pairs the values contradict become "not compared"
+   (:func:`parity.align.unsure_pairs`);
+5. **own error** of the first flagged layers, by isolated replay where both sides
+   can call a layer alone, else from the error growth (:mod:`parity.replay`);
+6. **diagnose** the flagged layers (:mod:`parity.diagnose`);
+7. **weight parity** where both backends read parameters (:mod:`parity.weights`);
+8. **model-level diagnoses** that rerun the models (nondeterminism, preprocessing);
+9. the **baseline** pair's drift, when one is given (:mod:`parity.baseline`);
+10. **explain** the first divergence (a known cause, or ``unexplained`` with where
+    the error sits).
+
+Every stage asks the backends what they can do (:class:`parity.capture.base.Backend`);
+none names a framework.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from .align import align, unsure_pairs
+from .compare import compare
+from .diagnose import diagnose
+from .errors import OptionsError
+from .records import Alignment, InputsSummary, Report, Trace, UnmatchedLayer
+from .replay import own_errors
+from .spill import release_trace
+from .tolerance import Tolerances
+
+__all__ = ["DiffOptions", "Side", "run", "NOISE_FLOOR_FACTOR", "environment"]
+
+#: a layer's error vs B may reach this multiple of A's own float32 rounding error (B rounds too)
+NOISE_FLOOR_FACTOR = 4.0
+_GRANULARITIES = ("modules", "ops")
+
+
+@dataclass(frozen=True)
+class DiffOptions:
+    """Everything that decides one comparison besides the two models and their inputs.
+
+    Built once by :meth:`build` from the keyword arguments :func:`parity.diff` takes
+    (the CLI, the pair tables, the plugin, :func:`parity.chain`, :func:`parity.search`
+    and :func:`parity.drift` build it the same way), validated there, and passed
+    whole: no stage receives a loose option.
+    """
+
+    tolerances: Tolerances = dataclasses.field(default_factory=Tolerances)
+    mapping: Mapping[str, str] | None = None
+    granularity: str = "modules"
+    containers: bool = False
+    seed: int = 0
+    #: activations held in memory before a finished side's are spilled (bytes), or None
+    max_memory: int | None = None
+    #: a pair ``(a0, b0)`` or a :class:`Report` of it, whose errors each layer's are held against
+    baseline: Any = None
+    drift_factor: float | None = None
+    input_map: Mapping[str, str] | None = None
+
+    #: the keyword arguments :meth:`build` takes (and :func:`parity.diff` with it)
+    KEYWORDS = ("mapping", "rtol", "atol", "tolerances", "min_argmax_agreement", "containers", "granularity",
+                "baseline", "drift_factor", "seed", "max_memory", "input_map")
+
+    @classmethod
+    def build(cls, *, where: str = "parity.diff", **options: Any) -> "DiffOptions":
+        """The record of ``options`` (the keywords of :func:`parity.diff`), validated.
+
+        An unknown keyword is an :class:`~parity.errors.OptionsError` naming the ones
+        accepted (``where`` says whose keywords they were)."""
+        unknown = sorted(set(options) - set(cls.KEYWORDS))
+        if unknown:
+            raise OptionsError(
+                f"{where}() got unexpected keyword argument(s) {', '.join(unknown)}; it accepts "
+                f"{', '.join(cls.KEYWORDS)}."
+            )
+        tol = options.get("tolerances")
+        rtol, atol, min_argmax = options.get("rtol"), options.get("atol"), options.get("min_argmax_agreement")
+        if isinstance(tol, Tolerances):
+            if rtol is not None or atol is not None or min_argmax is not None:
+                tol = Tolerances.build(
+                    rtol=rtol if rtol is not None else tol.rtol, atol=atol if atol is not None else tol.atol,
+                    overrides=dict(tol.overrides),
+                    min_argmax_agreement=min_argmax if min_argmax is not None else tol.min_argmax_agreement,
+                )
+        else:
+            tol = Tolerances.build(rtol=rtol, atol=atol, overrides=tol, min_argmax_agreement=min_argmax)
+        granularity = options.get("granularity", "modules")
+        if granularity not in _GRANULARITIES:
+            raise OptionsError(f"granularity must be one of {', '.join(_GRANULARITIES)}, got {granularity!r}.")
+        from .spill import parse_max_memory
+
+        return cls(
+            tolerances=tol,
+            mapping=options.get("mapping"),
+            granularity=granularity,
+            containers=bool(options.get("containers", False)),
+            seed=int(options.get("seed", 0) or 0),
+            max_memory=parse_max_memory(options.get("max_memory")),
+            baseline=options.get("baseline"),
+            drift_factor=options.get("drift_factor"),
+            input_map=options.get("input_map"),
+        )
+
+    @property
+    def user_tolerance(self) -> bool:
+        """Whether a global rtol/atol was given (a tolerance the user gave is theirs: the
+        noise floor never loosens it)."""
+        return self.tolerances.rtol is not None
+
+
+@dataclass(frozen=True)
+class Side:
+    """One model of a comparison as the pipeline knows it: its trace, and — when the live
+    model is at hand — its backend and the inputs it was run on (in its own layout)."""
+
+    trace: Trace
+    backend: Any = None
+    inputs: Any = None
+
+
+def run(a: Side, b: Side, options: DiffOptions, inputs: InputsSummary | None = None,
+        baseline: Report | None = None) -> Report:
+    """The report of ``a`` against ``b``: every stage of the module docstring, in order.
+    ``baseline`` is the baseline pair's report (the caller ran it), or None."""
+    tol = options.tolerances
+    alignment = align(a.trace, b.trace, options.mapping)
+    release_trace(a.trace)  # alignment read spilled values: their pages leave the process again
+    release_trace(b.trace)
+    compared = compare(alignment, tol)
+    notes: list[str] = []
+    if not options.user_tolerance and not all(d.ok for d in compared):
+        raised, note = noise_floor_tolerances(a, compared, tol)
+        if raised is not None:
+            compared = compare(alignment, raised)
+            notes.append(note)
+    alignment, compared = unsure_pairs(alignment, compared, same_params(a.backend, b.backend))
+    compared = own_errors(a.backend, b.backend, a.inputs, alignment, compared)
+    both = a.backend is not None and b.backend is not None
+    layers, diagnoses = diagnose(alignment, compared, (a.backend, b.backend) if both else None)
+    report = _assemble(a.trace, b.trace, alignment, layers, diagnoses, inputs, tol, notes)
+    if both:
+        if a.backend.reads_params and b.backend.reads_params:
+            report = _weight_parity(report, a.backend, b.backend, alignment)
+        if not report.ok and a.inputs is not None and b.inputs is not None:
+            report = _model_level_diagnoses(report, alignment, a, b)
+    if baseline is not None:
+        from .baseline import DRIFT_FACTOR, apply_baseline
+
+        report = apply_baseline(report, baseline, options.drift_factor or DRIFT_FACTOR)
+    return explain_first(report, alignment)
+
+
+# --- the stages -------------------------------------------------------------------------
+
+
+def noise_floor_tolerances(a: Side, layers: tuple, tol: Tolerances) -> tuple[Tolerances | None, str | None]:
+    """Tolerances raised, for the flagged float32 layers only, to :data:`NOISE_FLOOR_FACTOR` ×
+    how far A's own float32 tensor is from a float64 twin's on the same inputs — the precision
+    float32 can give that layer in this model.  ``(None, None)`` when model A has no float64
+    twin, its inputs are not float32 arrays, or no flagged layer is that ill-conditioned."""
+    flagged = [d for d in layers if not d.ok and d.dtype == "float32"]
+    inputs = a.inputs
+    if not flagged or a.backend is None or inputs is None or isinstance(inputs, Mapping):
+        return None, None
+    if not all(getattr(x, "dtype", None) == np.float32 for x in inputs):
+        return None, None
+    try:
+        twin = a.backend.twin("float64")
+        if twin is None:
+            return None, None
+        trace64 = twin.capture([np.asarray(x, dtype=np.float64) for x in inputs])
+    except Exception:  # noqa: BLE001 - a model that does not run in float64: keep the tolerances given
+        return None, None
+    by_name = {t.name: t for t in trace64.taps}
+    overrides, worst = {}, 0.0
+    for d in flagged:
+        t32 = a.trace[d.a_name] if d.a_name in a.trace.names else None
+        t64 = by_name.get(d.a_name)
+        if t32 is None or t64 is None or t32.shape != t64.shape:
+            continue
+        v64 = np.asarray(t64.value, dtype=np.float64)
+        norm = float(np.linalg.norm(v64))
+        if not norm:
+            continue
+        floor = float(np.linalg.norm(np.asarray(t32.value, dtype=np.float64) - v64)) / norm
+        rtol, atol = tol.for_layer(d.a_name, "float32", "float32")
+        if NOISE_FLOOR_FACTOR * floor > rtol:
+            overrides[d.a_name] = (NOISE_FLOOR_FACTOR * floor, atol)
+            worst = max(worst, floor)
+    if not overrides:
+        return None, None
+    raised = dataclasses.replace(tol, overrides=(*overrides.items(), *tol.overrides))
+    note = (f"{len(overrides)} layer(s) judged at their float32 noise floor: model A in float32 differs from its "
+            f"float64 twin by up to {worst:.1e} there (the model amplifies rounding), so an error of "
+            f"{NOISE_FLOOR_FACTOR:g}× that is float32 arithmetic, not a conversion bug: "
+            + ", ".join(list(overrides)[:5]) + (", …" if len(overrides) > 5 else ""))
+    return raised, note
+
+
+def same_params(backend_a: Any, backend_b: Any):
+    """Whether a pair's two layers hold equal parameters (weight parity through the backends),
+    or None where the backends cannot read parameters."""
+    if backend_a is None or backend_b is None or not (backend_a.reads_params and backend_b.reads_params):
+        return None
+    from .weights import weight_parity
+
+    def same(match) -> bool:
+        try:
+            params = weight_parity(backend_a, backend_b, [match])
+        except Exception:  # noqa: BLE001 - a layer weight parity cannot read: no evidence
+            return False
+        return bool(params) and all(p.status == "ok" for p in params)
+
+    return same
+
+
+def inside_a_layer(alignment: Alignment, trace_a: Trace) -> dict[int, Any]:
+    """B's unmatched tensors that no layer of A can correspond to, by ``id``, each with the layer
+    of A it is computed inside: tensors B computes between the outputs of two compared layers
+    that are next to each other in A (nothing of A recorded between them) — the Sigmoid of
+    ONNX's decomposed SiLU, a reshape's plumbing."""
+    pairs = sorted((m for m in alignment.matches), key=lambda m: m.a.index)
+    a_index = sorted(t.index for t in trace_a.taps if t.role != "container")
+    stray_b = sorted((u.tap for u in alignment.unmatched_b if u.reason == "no-match"), key=lambda t: t.index)
+    out: dict[int, Any] = {}
+    for before, after in zip(pairs, pairs[1:]):
+        if not before.b.index < after.b.index:
+            continue
+        if bisect.bisect_right(a_index, before.a.index) != bisect.bisect_left(a_index, after.a.index):
+            continue  # A recorded something between the two: it may be the counterpart
+        for t in stray_b:
+            if before.b.index < t.index < after.b.index:
+                out[id(t)] = after.a
+    return out
+
+
+def declared_mismatches(alignment: Alignment, layers: tuple) -> list[str]:
+    """Layers that pass although the two sides declare different epsilons (BERT's LayerNorm
+    1e-12 against Keras' default 1e-3: 5e-4 here, maybe more with other inputs)."""
+    from .diagnose.bn import differing_declared_eps
+
+    passed = {d.a_name: d for d in layers if d.ok}
+    out = []
+    for m in alignment.matches:
+        d = passed.get(m.a.name)
+        declared = differing_declared_eps(m) if d is not None else None
+        if declared is not None:
+            eps_a, eps_b = declared
+            out.append(
+                f"{d.a_name} ({d.op}) passes, but the two sides declare different epsilons (A {eps_a:.0e}, B "
+                f"{eps_b:.0e}): rel err {d.rel_err:.1e} of {d.allowed_rel:.1e} allowed here, more where a row's or "
+                "channel's variance is near the larger epsilon. Give B's layer A's epsilon."
+            )
+    return out
+
+
+def _assemble(trace_a: Trace, trace_b: Trace, alignment: Alignment, layers: tuple, diagnoses: tuple,
+              inputs: InputsSummary | None, tol: Tolerances, notes: list[str]) -> Report:
+    inside = inside_a_layer(alignment, trace_a)
+    unmatched = tuple(
+        UnmatchedLayer(
+            side=u.side, name=u.tap.name, op=u.tap.op, shape=tuple(u.tap.shape),
+            reason="inside" if id(u.tap) in inside else u.reason,
+        )
+        for u in alignment.unmatched
+    )
+    if inputs is None:
+        inputs = InputsSummary(
+            shapes_a=trace_a.input_shapes, shapes_b=trace_b.input_shapes, dtypes=(), conversions=(),
+            source="recorded traces", digest=trace_a.inputs_digest,
+        )
+    notes = [*trace_a.notes, *trace_b.notes, *notes]
+    ambiguous = [d.a_name for d in layers if d.ambiguous]
+    if ambiguous:
+        notes.append(
+            f"{len(ambiguous)} pair(s) have shapes that fit more than one layout ({', '.join(ambiguous[:5])}"
+            f"{', …' if len(ambiguous) > 5 else ''}); the transform used follows the layouts the "
+            "frameworks declare."
+        )
+    notes.extend(declared_mismatches(alignment, layers))
+    if inside:
+        within = [(u, inside[id(u.tap)]) for u in alignment.unmatched if id(u.tap) in inside]
+        notes.append(
+            f"{len(within)} tensor(s) of B are computed inside one layer of A, which records no tensor there, so "
+            "nothing of A can be compared with them: "
+            + ", ".join(f"{u.tap.name} ({u.tap.op}, inside {a.name} {a.op})" for u, a in within[:8])
+            + (", …" if len(within) > 8 else "")
+            + "."
+        )
+    stray = [u for u in unmatched if u.reason == "no-match"]
+    if stray:
+        notes.append(
+            f"{len(stray)} layer(s) found no counterpart and were not compared: "
+            + ", ".join(f"{u.side.upper()}:{u.name}" for u in stray[:8])
+            + (", …" if len(stray) > 8 else "")
+            + ". Give a mapping to compare them."
+        )
+    return Report(
+        a=trace_a.model, b=trace_b.model, layers=layers, unmatched=unmatched, inputs=inputs,
+        rtol=tol.rtol, atol=tol.atol, notes=tuple(notes), diagnoses=diagnoses,
+        environment=environment(trace_a.model, trace_b.model),
+    )
+
+
+def _weight_parity(report: Report, backend_a: Any, backend_b: Any, alignment: Alignment) -> Report:
+    """Parameters of aligned layers compared before any activation, and the diagnoses they support."""
+    from .diagnose.runs import attach
+    from .weights import weight_diagnoses, weight_parity
+
+    params = weight_parity(backend_a, backend_b, alignment)
+    report = dataclasses.replace(report, params=params)
+    present = {(d.code, d.layer) for d in report.diagnoses}
+    for diagnosis in weight_diagnoses(params):
+        if (diagnosis.code, diagnosis.layer) not in present:
+            report = attach(report, diagnosis)
+    return report
+
+
+def _model_level_diagnoses(report: Report, alignment: Alignment, a: Side, b: Side) -> Report:
+    """Diagnoses that rerun the models: nondeterminism, input preprocessing."""
+    from .diagnose.runs import attach, input_preprocessing, nondeterminism
+
+    for found in (
+        nondeterminism(a.backend, b.backend, a.inputs, b.inputs, (a.trace, b.trace), alignment),
+        input_preprocessing(a.backend, b.backend, a.inputs, b.inputs, report, alignment),
+    ):
+        if found is not None:
+            report = attach(report, found)
+    return report
+
+
+def explain_first(report: Report, alignment: Alignment) -> Report:
+    """The first divergence always gets a diagnosis: a known cause, or ``unexplained`` with
+    where the error sits."""
+    first = report.first_divergence
+    if first is None or first.diagnoses:
+        return report
+    from .diagnose.fallback import context_for, unexplained
+    from .diagnose.runs import attach
+
+    ctx = context_for(alignment, report.layers, first)
+    return attach(report, unexplained(ctx)) if ctx is not None else report
+
+
+def environment(*models: Any) -> dict[str, str]:
+    """Versions of what computed a report (no timestamps or host names: identical runs give identical JSON)."""
+    import platform
+
+    import numpy
+
+    from . import __version__
+
+    env = {
+        "parity": __version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "platform": f"{platform.system()} {platform.machine()}",
+    }
+    for model in models:
+        if model.framework and model.framework_version:
+            env[model.framework] = model.framework_version
+    return env
