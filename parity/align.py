@@ -42,227 +42,18 @@ from __future__ import annotations
 import bisect
 import fnmatch
 import re
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 
 from .errors import AlignmentError, MappingError
 from .layout import candidate_transforms
+from .ops import MERGE_FAMILIES, ONE_SIDED_OPS, PASS_THROUGH_OPS, normalize_name, op_family, tap_family
 from .records import Alignment, Match, Tap, Trace, Transform, Unmatched
+from .similarity import cached_sample, sample_b, sample_cache, sample_index, similarity
+from .unsure import unsure_pairs
 
 __all__ = ["align", "unsure_pairs", "normalize_name", "op_family", "tap_family", "ONE_SIDED_OPS", "PASS_THROUGH_OPS"]
-
-#: ops that often exist on one side of a conversion only; unmatched, they are expected
-ONE_SIDED_OPS = frozenset(
-    {
-        "Flatten",
-        "Unflatten",
-        "Permute",
-        "Reshape",
-        "ZeroPadding1D",
-        "ZeroPadding2D",
-        "ZeroPadding3D",
-        "ZeroPad1d",
-        "ZeroPad2d",
-        "ZeroPad3d",
-        "ConstantPad2d",
-        "Cropping2D",
-        "InputLayer",
-        "Identity",
-        "Dropout",
-        "Dropout1d",
-        "Dropout2d",
-        "Dropout3d",
-        "AlphaDropout",
-        "SpatialDropout1D",
-        "SpatialDropout2D",
-        "SpatialDropout3D",
-        "GaussianNoise",
-        "GaussianDropout",
-        "ActivityRegularization",
-        # Keras merge layers and lambdas: the torch side does these with functionals
-        # (x + y, torch.cat), which module-level capture does not see
-        "Add",
-        "Subtract",
-        "Multiply",
-        "Average",
-        "Maximum",
-        "Minimum",
-        "Concatenate",
-        "Dot",
-        "Lambda",
-        "TFOpLambda",
-        # layout and shape plumbing that graph formats and converters add (ONNX, TF, TFLite)
-        "Transpose", "TRANSPOSE", "RESHAPE", "Squeeze", "SQUEEZE", "Unsqueeze", "ExpandDims",
-        "EXPAND_DIMS", "Pad", "PAD", "Shape", "SHAPE", "StridedSlice", "STRIDED_SLICE", "Pack", "PACK",
-        "Gather", "Cast", "CAST", "Slice", "SLICE", "ConcatV2",
-        "permute", "transpose", "view", "reshape", "flatten", "squeeze", "unsqueeze", "contiguous",
-    }
-)
-#: ops whose output equals their input at inference: never matched by order (they would
-#: steal the match of the real layer before them), only by mapping or name
-PASS_THROUGH_OPS = frozenset(
-    {
-        "Identity",
-        "Dropout",
-        "Dropout1d",
-        "Dropout2d",
-        "Dropout3d",
-        "AlphaDropout",
-        "SpatialDropout1D",
-        "SpatialDropout2D",
-        "SpatialDropout3D",
-        "GaussianNoise",
-        "GaussianDropout",
-        "ActivityRegularization",
-        "InputLayer",
-    }
-)
-
-_FAMILIES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (family, re.compile(pattern, re.IGNORECASE))
-    for family, pattern in (
-        ("conv", r"^(lazy)?(conv(transpose)?[123]d|conv[123]d(transpose)?|depthwiseconv[12]d(native)?|separableconv[12]d|conv|convolution)$"),
-        ("batchnorm", r"^(sync)?batchnorm(alization|[123]d)?$|^fusedbatchnorm(v[23])?$"),
-        ("dense", r"^(lazy)?(linear|dense|einsumdense|gemm|matmul|fullyconnected|addmm)$"),
-        ("activation", r"^(relu6?|leakyrelu|prelu|elu|selu|celu|gelu|silu|swish|mish|sigmoid|tanh|hardswish|hardsigmoid|hardtanh|softplus|softmax|logsoftmax|activation|relu_?6|clip.*|logistic|[a-z0-9]*(gelu|silu|swish)[a-z0-9]*|[a-z0-9]+activation)$"),
-        ("pool", r"^(adaptive)?(max|avg|average|lp)pool(ing)?[123]d$|^global(average|max)pool(ing[123]d)?$|^(max|average)pool$|^(reduce)?mean$"),
-        # a model's own norms too: transformers' LlamaRMSNorm, T5LayerNorm; keras-hub's LlamaLayerNorm
-        ("norm", r"^([a-z0-9]*(layernorm(alization)?|rmsnorm(alization)?)|groupnorm(alization)?|instancenorm[123]d|unitnormalization)$"),
-        ("add", r"^(add|addv2|sum|add_)$"),
-        ("flatten", r"^flatten$"),
-        ("embedding", r"^embedding(bag)?$"),
-        ("pad", r"^(zeropad(ding)?[123]d|constantpad[123]d|reflectionpad[123]d)$"),
-        ("upsample", r"^(upsample|upsampling[123]d|upsamplingnearest2d|upsamplingbilinear2d|resizing)$"),
-        ("concat", r"^(concatenate|cat|concat|concatenation|concatv2)$"),
-        ("attention", r"^(multiheadattention|attention)$"),
-    )
-)
-
-
-def op_family(op: str) -> str:
-    """The family an op belongs to across frameworks and formats (``Conv2d``, ``Conv2D``,
-    ONNX ``Conv``, TFLite ``CONV_2D`` → ``conv``)."""
-    plain = op.replace("_", "") if op.isupper() or "_" in op.strip("_") else op
-    for family, pattern in _FAMILIES:
-        if pattern.match(plain) or pattern.match(op):
-            return family
-    return op.lower()
-
-
-def tap_family(t: Tap) -> str:
-    """The family of what a tap's *value* is: its op's family, except that an ``Add`` of a
-    constant (a bias) is not a merge of two branches ("affine"), and a tensor a converter fused
-    several ops into is named by the last op applied (TFLite's
-    ``model/relu_1/Relu;model/add/Add;model/conv/convolution`` is an activation's output)."""
-    family = op_family(t.op)
-    if family in _MERGE_FAMILIES and t.attrs.get("constant_operand"):
-        return "affine"
-    if ";" in t.name:
-        last_op = re.sub(r":\d+$", "", t.name.split(";")[0]).rsplit("/", 1)[-1]
-        applied = op_family(last_op)
-        if applied in ("activation", "add", "batchnorm", "pool"):
-            return applied
-    return family
-
-
-#: families that combine several tensors: such an op is paired only with its own family
-#: (else a residual ``Add`` steals the match of the layer before it)
-_MERGE_FAMILIES = frozenset({"add", "concat", "subtract", "sub", "multiply", "mul", "average", "maximum", "minimum", "dot"})
-
-
-def normalize_name(name: str) -> str:
-    """A name reduced to what survives conversions: ``layer1.0/conv1:0`` → ``layer1_0_conv1``."""
-    name = re.sub(r":\d+$", "", name)
-    name = re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
-    return name
-
-
-# --- value similarity on a fixed sample -------------------------------------------------
-
-_SAMPLE = 2048
-_RUN = 64  # consecutive elements per sampled run
-
-
-def _sample_index(shape: tuple[int, ...]) -> np.ndarray:
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if n <= _SAMPLE:
-        return np.arange(n)
-    # the same indices for every tensor of this size, in runs: a spilled (memory-mapped) tensor
-    # is read a few pages at a time, not one page per sampled element
-    rng = np.random.default_rng(n)
-    runs = _SAMPLE // _RUN
-    starts = np.sort(rng.choice(n // _RUN, size=runs, replace=False)) * _RUN
-    return (starts[:, None] + np.arange(_RUN)[None, :]).ravel()
-
-
-def _sample_b(b: np.ndarray, t: Transform, a_shape: tuple[int, ...], flat_idx: np.ndarray) -> np.ndarray:
-    """``t.apply(b).ravel()[flat_idx]`` without transforming the whole tensor."""
-    if t.kind in ("identity", "reshape"):
-        return b.reshape(-1)[flat_idx]
-    coords = np.unravel_index(flat_idx, a_shape)
-    if t.kind == "permute":
-        assert t.perm is not None
-        src = [None] * len(t.perm)
-        for k, axis in enumerate(t.perm):
-            src[axis] = coords[k]
-        return b[tuple(src)]
-    assert t.perm is not None and t.flat_from is not None
-    n = b.shape[0]
-    moved = tuple(t.flat_from[i - 1] for i in t.perm[1:])  # inner shape after the permutation
-    inner = np.unravel_index(coords[1], moved)
-    src = [None] * len(t.flat_from)
-    for k, axis in enumerate(t.perm[1:]):
-        src[axis - 1] = inner[k]
-    return b.reshape((n, *t.flat_from))[(coords[0], *src)]
-
-
-#: samples taken during one alignment (each tensor is read once per transform): a spilled,
-#: memory-mapped tensor's pages are dropped from the process right after its sample is taken
-_SAMPLES: dict[tuple, np.ndarray] | None = None
-
-
-def _cached_sample(key: tuple, value: np.ndarray, take) -> np.ndarray:
-    cache = _SAMPLES
-    if cache is not None and key in cache:
-        return cache[key]
-    sample = np.asarray(take(value), dtype=np.float64)
-    if isinstance(value, np.memmap):
-        from .spill import release
-
-        release(value)
-    if cache is not None:
-        cache[key] = sample
-    return sample
-
-
-def _samples(a: Tap, b: Tap, t: Transform) -> tuple[np.ndarray, np.ndarray]:
-    """The same fixed sample of elements of A and of B (B under ``t``), cached."""
-    va = _cached_sample(("a", id(a.value)), a.value, lambda v: v.reshape(-1)[_sample_index(a.shape)])
-    vb = _cached_sample(
-        ("b", id(b.value), t.kind, t.perm, t.flat_from, a.shape), b.value,
-        lambda v: _sample_b(v, t, a.shape, _sample_index(a.shape)),
-    )
-    return va, vb
-
-
-def _similarity(a: Tap, b: Tap, t: Transform) -> float:
-    """0 (unrelated) … 3 (equal to ~1e-6): ``−log10(1 − cos)/2`` on a fixed sample."""
-    if a.value is None or b.value is None or a.numel == 0:
-        return 0.0
-    va, vb = _samples(a, b, t)
-    with np.errstate(all="ignore"):
-        na, nb = np.sqrt(np.dot(va, va)), np.sqrt(np.dot(vb, vb))
-        if not (np.isfinite(na) and np.isfinite(nb)):
-            return 0.0
-        if na == 0 and nb == 0:
-            return 3.0
-        if na == 0 or nb == 0:
-            return 0.0
-        d = va / na - vb / nb
-        one_minus_cos = float(np.dot(d, d) / 2.0)
-    return float(np.clip(-np.log10(max(one_minus_cos, 1e-12)) / 2.0, 0.0, 3.0))
-
 
 # --- the alignment ------------------------------------------------------------------------
 
@@ -305,7 +96,7 @@ class _Pairing:
         (a 8×8×8 tensor fits several layouts; its values say which)."""
         ts = self.transforms(a, b)
         if len(ts) > 1 and a.value is not None and b.value is not None:
-            ts = sorted(ts, key=lambda t: -_similarity(a, b, t))
+            ts = sorted(ts, key=lambda t: -similarity(a, b, t))
         return ts
 
     def score(self, a: Tap, b: Tap) -> float:
@@ -313,7 +104,7 @@ class _Pairing:
         if not ts:
             return 0.0
         fa, fb = tap_family(a), tap_family(b)
-        if fa != fb and (fa in _MERGE_FAMILIES or fb in _MERGE_FAMILIES):
+        if fa != fb and (fa in MERGE_FAMILIES or fb in MERGE_FAMILIES):
             return 0.0
         if fa == "conv" and self.folded_conv(a, b):
             return 0.0
@@ -321,7 +112,7 @@ class _Pairing:
         # win by making one more pair than a same-family alignment shifted by one
         base = 2.0 if self.same_family(a, b) else 0.3
         end = 0.25 if id(b) in self.scope_ends else 0.0
-        return base + end + _similarity(a, b, ts[0])
+        return base + end + similarity(a, b, ts[0])
 
 
 def _resolve_name(
@@ -406,12 +197,8 @@ def _check_mapping(mapping: Mapping[str, str], ta: Trace, tb: Trace) -> list[tup
 
 def align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None = None) -> Alignment:
     """Match the taps of ``tb`` to those of ``ta``; see the module docstring for the order."""
-    global _SAMPLES
-    outer, _SAMPLES = _SAMPLES, {}
-    try:
+    with sample_cache():
         return _align(ta, tb, mapping)
-    finally:
-        _SAMPLES = outer
 
 
 def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment:
@@ -474,7 +261,7 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
     for key, a in unique_by_norm(layers_a).items():
         b = norm_b.get(key)
         if b is not None and pairing.transforms(a, b):
-            if not pairing.same_family(a, b) and _similarity(a, b, pairing.best(a, b)[0]) < _SCOPE_SIMILARITY:
+            if not pairing.same_family(a, b) and similarity(a, b, pairing.best(a, b)[0]) < _SCOPE_SIMILARITY:
                 continue
             add(a, b, "name")
 
@@ -499,7 +286,7 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
         candidates = [b for b in scoped.get(key, []) if id(b) not in used_b and pairing.transforms(a, b)]
         if candidates:
             b = max(candidates, key=lambda t: t.index)
-            if _similarity(a, b, pairing.transforms(a, b)[0]) >= _SCOPE_SIMILARITY:
+            if similarity(a, b, pairing.transforms(a, b)[0]) >= _SCOPE_SIMILARITY:
                 add(a, b, "scope")
 
     # 3c. value fingerprints: what exactly one tensor of B reproduces
@@ -534,14 +321,14 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
     by_a = sorted(matches, key=lambda m: m.a.index)
     mispaired = [
         k for k, (m, nxt) in enumerate(zip(by_a, by_a[1:]))
-        if m.how == "order" and _similarity(m.a, m.b, m.transform) < 1.0 <= _VALUE_SIMILARITY <= _similarity(
+        if m.how == "order" and similarity(m.a, m.b, m.transform) < 1.0 <= _VALUE_SIMILARITY <= similarity(
             nxt.a, nxt.b, nxt.transform
         )
     ]
     dropped = set(mispaired)
     for k in mispaired:
         later = [m for i, m in enumerate(by_a[k + 1:], start=k + 1) if i not in dropped][:_HEAL_WINDOW]
-        if all(_similarity(m.a, m.b, m.transform) >= 1.0 for m in later):
+        if all(similarity(m.a, m.b, m.transform) >= 1.0 for m in later):
             m = by_a[k]
             matches.remove(m)
             used_a.discard(id(m.a))
@@ -656,10 +443,10 @@ def _agree(a: Tap, b: Tap, t: Transform) -> bool:
     on the fixed sample (norms included: a tensor 6× another is not the same tensor)."""
     if a.value is None or b.value is None:
         return False
-    va = _cached_sample(("a", id(a.value)), a.value, lambda v: v.reshape(-1)[_sample_index(a.shape)])
-    vb = _cached_sample(
+    va = cached_sample(("a", id(a.value)), a.value, lambda v: v.reshape(-1)[sample_index(a.shape)])
+    vb = cached_sample(
         ("b", id(b.value), t.kind, t.perm, t.flat_from, a.shape), b.value,
-        lambda v: _sample_b(v, t, a.shape, _sample_index(a.shape)),
+        lambda v: sample_b(v, t, a.shape, sample_index(a.shape)),
     )
     with np.errstate(all="ignore"):
         na = float(np.sqrt(np.dot(va, va)))
@@ -760,7 +547,7 @@ def _value_matches(free_a: list[Tap], free_b: list[Tap], pairing: _Pairing) -> l
         return (
             t.value is not None and t.numel > 1 and not _passes_through(t) and t.op not in ONE_SIDED_OPS
             and not t.attrs.get("partial")
-            and bool(np.any(_cached_sample(("a", id(t.value)), t.value, lambda v: v.reshape(-1)[_sample_index(t.shape)])))
+            and bool(np.any(cached_sample(("a", id(t.value)), t.value, lambda v: v.reshape(-1)[sample_index(t.shape)])))
         )
 
     cand_a = [t for t in free_a if eligible(t)]
@@ -776,7 +563,7 @@ def _value_matches(free_a: list[Tap], free_b: list[Tap], pairing: _Pairing) -> l
             ts = pairing.best(a, b)
             if not ts:
                 continue
-            sim = _similarity(a, b, ts[0])
+            sim = similarity(a, b, ts[0])
             sims[(id(a), id(b))] = sim
             best_a.setdefault(id(a), []).append((sim, b))
             best_b.setdefault(id(b), []).append(sim)
@@ -798,100 +585,6 @@ def _value_matches(free_a: list[Tap], free_b: list[Tap], pairing: _Pairing) -> l
     return out
 
 
-def unsure_pairs(
-    alignment: Alignment, layers: tuple, same_params: Callable[[Match], bool] | None = None
-) -> tuple[Alignment, tuple]:
-    """Pairs that the values contradict, taken out of the comparison.
-
-    Errors do not heal.  A pair whose values are unrelated (cos < 0.99 on the fixed sample),
-    paired only by execution order or name scope, while the next compared layers and every
-    model output agree, holds two different tensors — a misalignment, not a divergence.  Such a
-    pair becomes "not compared" on both sides with the reason ``unsure: …``.  A real bug keeps
-    its pair: its values stay related (a scaled kernel, a wrong epsilon, a swapped activation
-    move a tensor, they do not replace it), and it does not heal (the outputs differ).  A pair
-    by name or scope whose values agree in direction is unsure only when B is exactly A scaled
-    (:func:`_rescaled`), the layer right after it agrees to rounding (1e-5, where a real scaled
-    kernel damped by a residual and a LayerNorm leaves ~1e-4; the outputs may differ through a
-    later bug of their own), and
-    ``same_params`` (weight parity on the live models) says the two layers' parameters are equal."""
-    import dataclasses
-
-    outputs = [d for d in layers if d.role == "output"]
-    outputs_agree = bool(outputs) and all(d.ok for d in outputs)
-    by_name = {m.a.name: m for m in alignment.matches}
-    inner = [d for d in layers if d.role != "output"]
-
-    def suspect(d, healed_exactly: bool) -> bool:
-        m = by_name.get(d.a_name)
-        if m is None:
-            return False
-        if outputs_agree and m.how in ("order", "scope") and _similarity(m.a, m.b, m.transform) < 1.0:
-            return True
-        # a scaled copy only when what follows agrees to rounding: a real scaled kernel that a
-        # residual and a LayerNorm damp below tolerance still leaves ~1e-4 downstream
-        # ... and only where the two layers' parameters are known to be equal: a kernel scaled by
-        # mistake whose effect a LayerNorm normalises away (ALBERT) heals to rounding too
-        return (healed_exactly and m.how in ("name", "scope") and same_params is not None
-                and _rescaled(m) is not None and same_params(m))
-
-    suspects = []
-    i = 0
-    while i < len(inner):
-        if inner[i].ok:
-            i += 1
-            continue
-        j = i
-        while j < len(inner) and not inner[j].ok:
-            j += 1  # inner[i:j]: a run of failing layers
-        # what follows the run agrees (it ended there), and so do the outputs: it healed
-        # (a scaled copy with equal weights needs no help from the outputs — a later bug of its
-        # own may move them — but the layer right after it must agree to rounding)
-        healed_exactly = j < len(inner) and inner[j].metrics.rel_err <= _HEALED_EXACTLY
-        if all(suspect(d, healed_exactly) for d in inner[i:j]):
-            suspects.extend(by_name[d.a_name] for d in inner[i:j])
-        i = j
-    dropped = {id(m) for m in suspects}
-    unmatched = list(alignment.unmatched)
-    gone = set()
-    for m in suspects:
-        d = next(x for x in inner if x.a_name == m.a.name)
-        if (scale := _rescaled(m)) is not None:
-            why = (f"unsure: paired by {m.how} with {m.b.name}, but B is A × {scale:.4g} (cos 1.000000) "
-                   "while the next layers and the model outputs agree: not the same quantity (one side "
-                   "applies a scale outside this layer)")
-        else:
-            why = (f"unsure: paired by {m.how} with {m.b.name}, but the values are unrelated (rel err "
-                   f"{d.metrics.rel_err:.2g}) while the next layers and the model outputs agree")
-        unmatched.append(Unmatched(tap=m.a, side="a", reason=why))
-        unmatched.append(Unmatched(tap=m.b, side="b", reason=why.replace(f"with {m.b.name}", f"with A's {m.a.name}")))
-        gone.add(m.a.name)
-    matches = tuple(m for m in alignment.matches if id(m) not in dropped)
-    kept = [d for d in layers if d.a_name not in gone]
-    kept = tuple(dataclasses.replace(d, index=i) for i, d in enumerate(kept))
-    return Alignment(matches=matches, unmatched=tuple(unmatched)), kept
-
-
-#: the relative error below which the layer after a run and the outputs agree "to rounding"
-#: (faithful float32 conversions measure 1e-7 … 1e-5)
-_HEALED_EXACTLY = 1e-5
-
-
-def _rescaled(m: Match) -> float | None:
-    """``s`` where B is A × s exactly (up to float32 rounding) with s clearly not 1, else None.
-
-    A pair by name whose values are one tensor scaled, in a run that heals while the outputs
-    agree, is two different quantities under one name: transformers' XGLM scales its token
-    embeddings by √d inside the PyTorch module and outside it in TF.  A real bug does not look
-    like this: a tensor B scales by mistake stays scaled downstream, and the outputs differ."""
-    if m.a.value is None or m.b.value is None or m.a.numel == 0 or _similarity(m.a, m.b, m.transform) < 2.5:
-        return None
-    va, vb = _samples(m.a, m.b, m.transform)
-    with np.errstate(all="ignore"):
-        na = float(np.dot(va, va))
-        scale = float(np.dot(va, vb)) / na if na else 1.0
-    return scale if np.isfinite(scale) and abs(scale - 1.0) > 1e-2 else None
-
-
 def _passes_through(t: Tap) -> bool:
     """An op whose output is its input at inference (Identity, eval-mode Dropout, a module the
     capture saw return its input): it would steal the match of the real layer before it."""
@@ -900,7 +593,7 @@ def _passes_through(t: Tap) -> bool:
 
 def _confidence(how: str, a: Tap, b: Tap, t: Transform, same_family: bool) -> float:
     """How sure a pairing made by ``how`` is (see the module docstring)."""
-    sim = _similarity(a, b, t)
+    sim = similarity(a, b, t)
     if how in ("name", "scope", "output"):
         base = 0.95 if sim >= 1.0 or how == "scope" else 0.9  # names agree; values may not (a divergence)
     elif how == "order":
