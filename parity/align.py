@@ -326,6 +326,8 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
         )
     ]
     dropped = set(mispaired)
+    unsure: dict[int, str] = {}  # id of a tap whose pair was dropped → why, unless it is accounted for
+    partner: dict[int, int] = {}  # B's tap of a dropped pair → A's (B's is unsure only when A's is)
     for k in mispaired:
         later = [m for i, m in enumerate(by_a[k + 1:], start=k + 1) if i not in dropped][:_HEAL_WINDOW]
         if all(similarity(m.a, m.b, m.transform) >= 1.0 for m in later):
@@ -333,6 +335,11 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
             matches.remove(m)
             used_a.discard(id(m.a))
             used_b.discard(id(m.b))
+            why = (f"unsure: paired by order with {{}}, but the values are unrelated while the next "
+                   f"{len(later)} pairs agree")
+            unsure[id(m.a)] = why.format(m.b.name)
+            unsure[id(m.b)] = why.format(f"A's {m.a.name}")
+            partner[id(m.b)] = id(m.a)
 
     if not matches:
         raise AlignmentError(
@@ -349,6 +356,7 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
     fused_modules = {p for m in matches for p in m.b.attrs.get("fused_modules", ())}
     folded = _folded(ta, tb, matches, used_a, used_b)
     unmatched = []
+    unsure_a: set[int] = set()
     for side, trace, used in (("a", ta, used_a), ("b", tb, used_b)):
         for t in trace.taps:
             if id(t) in used or t.role == "container":
@@ -360,6 +368,10 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
                 id(t) in folded or _fused_into(t.name, matched_b) or t.name in fused_modules
             ):
                 reason = "fused"
+            if reason == "no-match" and id(t) in unsure and (side == "a" or partner[id(t)] in unsure_a):
+                reason = unsure[id(t)]
+                if side == "a":
+                    unsure_a.add(id(t))
             unmatched.append(Unmatched(tap=t, side=side, reason=reason))
     return Alignment(matches=tuple(matches), unmatched=tuple(unmatched))
 

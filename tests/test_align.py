@@ -536,3 +536,19 @@ def test_a_scaled_pair_by_name_whose_effect_only_fades_below_tolerance_is_still_
     alignment, layers = _unsure(*_rescaled_embedding_traces(output_b=None, after_b=1 + 2e-4), lambda m: True)
     assert not next(d for d in layers if d.a_name == "embed_tokens").ok
     assert not [u for u in alignment.unmatched if u.reason.startswith("unsure")]
+
+
+def test_a_pair_dropped_while_aligning_because_errors_do_not_heal_says_why():
+    # B's tensor paired by order with A's conv holds other values, and the pair after it agrees:
+    # the pair is dropped; nothing of B's family folded A's conv, so it is "unsure", not "fused"
+    mid_a, mid_b = (rng.standard_normal(Y.shape).astype("float32") for _ in range(2))
+    a = make_trace([("conv", "Conv2d", X, "NCHW"), ("relu", "ReLU", Y, "NCHW"), ("block.mid", "Conv2d", mid_a, "NCHW"),
+                    ("fc", "Linear", OUT, "NC"), ("output", "output", OUT, "NC")])
+    b = make_trace([("c", "Conv2D", nchw_to_nhwc(X), "NHWC"), ("r", "ReLU", nchw_to_nhwc(Y), "NHWC"),
+                    ("m1", "Sigmoid", nchw_to_nhwc(mid_b), "NHWC"), ("d", "Dense", OUT, "NC"),
+                    ("output", "output", OUT, "NC")], framework="keras")
+    al = align(a, b)
+    assert "block.mid" not in [m.a.name for m in al.matches]
+    reasons = {(u.side, u.tap.name): u.reason for u in al.unmatched}
+    assert reasons[("a", "block.mid")] == "unsure: paired by order with m1, but the values are unrelated while the next 2 pairs agree"
+    assert reasons[("b", "m1")] == "unsure: paired by order with A's block.mid, but the values are unrelated while the next 2 pairs agree"
