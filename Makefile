@@ -11,7 +11,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 # this stack regardless (see README, "Converters tested"), so they come without deps.
 NO_DEPS_CONVERTERS := onnx2tf==1.29.24 onnx2torch==1.5.15 torchvision==0.29.1 timm==1.0.31
 
-.PHONY: install keras2 litert test check lint demo demo-chain clean browser bench corpus
+.PHONY: install keras2 litert test check lint demo demo-chain clean browser bench corpus corpus-readme
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -107,8 +107,13 @@ bench: $(STAMP)
 
 # Real architectures through real converters, each pair in its own subprocess: reports/corpus.{md,html,json}.
 # Conversions are cached (~/.cache/parity/test-artifacts); the first run takes hours on 2 cores.
+# CORPUS_ARGS="--source timm --merge" adds one source to the last run; `make corpus-readme` then
+# writes README.md's "Converters tested" table from reports/corpus.json.
 corpus: $(STAMP)
 	$(PY) -m tests.corpus.run $(CORPUS_ARGS)
+
+corpus-readme:
+	$(PY) -m tests.corpus.readme reports/corpus.json --readme README.md
 
 clean:
 	rm -rf $(VENV) $(KERAS2_VENV) $(LITERT_VENV) reports/*.json reports/*.html reports/chain-artifacts

@@ -9,6 +9,7 @@ other than ``unexplained`` where one applies.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -72,11 +73,15 @@ class Row:
     unsure: int = 0  # layers of A left "not compared" because their pairing could not be justified
     excluded: str | None = None  # why the pair could not be built (the converter failed): not parity's outcome
     diagnoses: tuple[str, ...] = ()  # the codes given at the first divergence
+    measured: str = ""  # the commit (and date) the row was measured at, stamped by the runner
 
     @classmethod
     def from_dict(cls, d: dict) -> "Row":
         """A row from ``dataclasses.asdict(row)`` (e.g. read back as JSON from another process)."""
-        return cls(**{**d, "unmatched_names": tuple(d.get("unmatched_names", ()))})
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        return cls(**{**d, "unmatched_names": tuple(d.get("unmatched_names", ())),
+                      "diagnoses": tuple(d.get("diagnoses", ()))})
 
     @property
     def matched_share(self) -> float:

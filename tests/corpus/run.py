@@ -82,10 +82,34 @@ def _child(case_id: str, bug_name: str | None, out: str) -> None:
 
 
 def _row_from(d: dict) -> Row:
-    d = dict(d)
-    d["unmatched_names"] = tuple(d.get("unmatched_names", ()))
-    d["diagnoses"] = tuple(d.get("diagnoses", ()))
-    return Row(**d)
+    return Row.from_dict(d)
+
+
+def measured_at() -> str:
+    """``"<short commit>[+changes] <date>"``: what a row was measured with."""
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = "+changes" if git("status", "--porcelain", "--untracked-files=no", "parity", "tests") else ""
+    return f"{commit}{dirty} {time.strftime('%Y-%m-%d')}"
+
+
+def earlier_rows(reports: Path) -> list[Row]:
+    """The rows of the last run written to ``reports`` (none if there is none)."""
+    path = reports / "corpus.json"
+    if not path.exists():
+        return []
+    return [Row.from_dict(d) for d in json.loads(path.read_text()).get("rows", [])]
+
+
+def merged(old: list[Row], new: list[Row]) -> list[Row]:
+    """``old`` with every pair that ``new`` judged again replaced by its new row."""
+    redone = {(r.case, r.bug) for r in new}
+    return [r for r in old if (r.case, r.bug) not in redone] + new
 
 
 def run_one(case: Case, bug: Bug | None, timeout: float) -> Row:
@@ -291,6 +315,9 @@ def main(argv=None) -> int:
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--bug", default=None, help=argparse.SUPPRESS)
     p.add_argument("--reports", default=str(REPORTS), help="where corpus.{md,html,json} go (default reports/)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows of the last run in --reports that this run does not judge again "
+                        "(build the whole corpus up source by source); each row says what it was measured at")
     args = p.parse_args(argv)
     if args.child:
         _child(args.child, args.bug, args.out)
@@ -300,10 +327,12 @@ def main(argv=None) -> int:
         todo = [(c, b) for c, b in todo if b is None]
     print(f"{len(todo)} pairs", flush=True)
     rows: list[Row] = []
+    stamp = measured_at()
+    kept = earlier_rows(Path(args.reports)) if args.merge else []
 
     def one(item):
         case, bug = item
-        row = run_one(case, bug, args.timeout)
+        row = dataclasses.replace(run_one(case, bug, args.timeout), measured=stamp)
         mark = "ok " if row.passed else ("EXC" if row.excluded else "BAD")
         print(f"{mark} {case.id:45s} {bug.name if bug else 'faithful':20s} {_pct(row):>5s} "
               f"{row.seconds:6.1f}s  {row.verdict[:110]}", flush=True)
@@ -312,8 +341,8 @@ def main(argv=None) -> int:
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for row in pool.map(one, todo):
             rows.append(row)
-            write_reports(rows, Path(args.reports))  # a partial run still leaves its reports
-    s = write_reports(rows, Path(args.reports))
+            write_reports(merged(kept, rows), Path(args.reports))  # a partial run still leaves its reports
+    s = write_reports(merged(kept, rows), Path(args.reports))
     print(json.dumps({k: v for k, v in s.items() if k != "routes"}, indent=1))
     return 0
 
