@@ -201,6 +201,16 @@ def align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None = None) -> Ali
         return _align(ta, tb, mapping)
 
 
+def _output_pairs(outs_a: list[Tap], outs_b: list[Tap]) -> list[tuple[Tap, Tap]]:
+    """The model outputs paired: by name when both sides give the same set of names
+    (``output[last_hidden_state]``), else by position."""
+    names_a, names_b = [t.name for t in outs_a], [t.name for t in outs_b]
+    if len(set(names_a)) == len(names_a) and set(names_a) == set(names_b):
+        by_name = {t.name: t for t in outs_b}
+        return [(a, by_name[a.name]) for a in outs_a]
+    return list(zip(outs_a, outs_b))
+
+
 def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment:
     last_in_scope: dict[str, Tap] = {}
     for t in tb.layers:
@@ -236,14 +246,19 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
             )
         add(a, b, "mapping", pairing.best(a, b), 1.0)
 
-    # 2. model outputs, by position
+    # 2. model outputs: by name where both sides name them alike (dict outputs), else by position
     outs_a, outs_b = ta.outputs, tb.outputs
-    for a, b in zip(outs_a, outs_b):
+    for a, b in _output_pairs(outs_a, outs_b):
         if id(a) in used_a or id(b) in used_b:
             continue
         ts = pairing.transforms(a, b)
         if ts:
             add(a, b, "output")
+        elif tuple(a.shape) == tuple(b.shape):
+            # the layouts the frameworks declare by convention cannot both hold (no permutation
+            # fits the shapes), and the shapes are equal: a model that hands its output back in
+            # the other framework's layout (transformers' TF vision models return NCHW)
+            add(a, b, "output", [Transform(kind="identity", label="identity (shapes equal; the declared layouts do not fit)")])
 
     layers_a = [t for t in ta.layers if id(t) not in used_a]
     layers_b = [t for t in tb.layers if id(t) not in used_b]

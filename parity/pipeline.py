@@ -43,7 +43,7 @@ from .replay import own_errors
 from .spill import release_trace
 from .tolerance import Tolerances
 
-__all__ = ["DiffOptions", "Side", "run", "NOISE_FLOOR_FACTOR", "environment"]
+__all__ = ["DiffOptions", "Side", "run", "NOISE_FLOOR_FACTOR", "environment", "inside_a_layer", "inside_b_layer"]
 
 #: a layer's error vs B may reach this multiple of A's own float32 rounding error (B rounds too)
 NOISE_FLOOR_FACTOR = 4.0
@@ -249,6 +249,29 @@ def inside_a_layer(alignment: Alignment, trace_a: Trace) -> dict[int, Any]:
     return out
 
 
+def inside_b_layer(alignment: Alignment, trace_b: Trace) -> dict[int, Any]:
+    """A's unmatched layers that B computes inside one of its own layers without recording a
+    tensor there, by ``id``, each with B's tap of that layer: layers of A between the outputs of
+    two compared layers that are next to each other in B (nothing of B recorded between them),
+    or before the first compared layer when B records nothing before it — an activation a Keras
+    layer applies inside its ``call`` (transformers' TF ResNet, BERT's intermediate GELU), an
+    embedding lookup inside TF's embeddings layer."""
+    pairs = sorted((m for m in alignment.matches if m.a.role != "output"), key=lambda m: m.a.index)
+    b_index = sorted(t.index for t in trace_b.taps if t.role != "container")
+    stray_a = sorted((u.tap for u in alignment.unmatched_a if u.reason == "no-match"), key=lambda t: t.index)
+    out: dict[int, Any] = {}
+    for before, after in zip([None, *pairs], pairs):
+        lo_a, lo_b = (before.a.index, before.b.index) if before is not None else (-1, -1)
+        if not lo_b < after.b.index:
+            continue
+        if bisect.bisect_right(b_index, lo_b) != bisect.bisect_left(b_index, after.b.index):
+            continue  # B recorded something between the two: it may be the counterpart
+        for t in stray_a:
+            if lo_a < t.index < after.a.index:
+                out[id(t)] = after.b
+    return out
+
+
 def declared_mismatches(alignment: Alignment, layers: tuple) -> list[str]:
     """Layers that pass although the two sides declare different epsilons (BERT's LayerNorm
     1e-12 against Keras' default 1e-3: 5e-4 here, maybe more with other inputs)."""
@@ -272,10 +295,12 @@ def declared_mismatches(alignment: Alignment, layers: tuple) -> list[str]:
 def _assemble(trace_a: Trace, trace_b: Trace, alignment: Alignment, layers: tuple, diagnoses: tuple,
               inputs: InputsSummary | None, tol: Tolerances, notes: list[str]) -> Report:
     inside = inside_a_layer(alignment, trace_a)
+    inside_b = inside_b_layer(alignment, trace_b)
+    inside_any = {**inside, **inside_b}
     unmatched = tuple(
         UnmatchedLayer(
             side=u.side, name=u.tap.name, op=u.tap.op, shape=tuple(u.tap.shape),
-            reason="inside" if id(u.tap) in inside else u.reason,
+            reason="inside" if id(u.tap) in inside_any else u.reason,
         )
         for u in alignment.unmatched
     )
@@ -300,6 +325,15 @@ def _assemble(trace_a: Trace, trace_b: Trace, alignment: Alignment, layers: tupl
             "nothing of A can be compared with them: "
             + ", ".join(f"{u.tap.name} ({u.tap.op}, inside {a.name} {a.op})" for u, a in within[:8])
             + (", …" if len(within) > 8 else "")
+            + "."
+        )
+    if inside_b:
+        within_b = [(u, inside_b[id(u.tap)]) for u in alignment.unmatched if id(u.tap) in inside_b]
+        notes.append(
+            f"{len(within_b)} layer(s) of A are computed inside one layer of B, which records no tensor there, so "
+            "nothing of B can be compared with them (the layer of B that holds them is compared): "
+            + ", ".join(f"{u.tap.name} ({u.tap.op}, inside {b.name} {b.op})" for u, b in within_b[:8])
+            + (", …" if len(within_b) > 8 else "")
             + "."
         )
     stray = [u for u in unmatched if u.reason == "no-match"]

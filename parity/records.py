@@ -210,8 +210,9 @@ class Unmatched:
     #: "one-sided" (an op that exists on one side only: Flatten, Dropout, ...), "placeholder" (an
     #: identity at inference: timm's DropPath), "fused" (folded by the converter into a tensor of B
     #: that was compared), "unsure: <why>" (a pairing the values contradict: not compared) or
-    #: "no-match"; a report's :class:`UnmatchedLayer` may also say "inside" (B's tensor computed
-    #: inside one layer of A)
+    #: "no-match"; a report's :class:`UnmatchedLayer` may also say "inside" (computed inside one
+    #: layer of the other model, which records no tensor there: B's step inside a layer of A, or
+    #: A's layer that B computes inside one of its own)
     reason: str
 
 

@@ -552,3 +552,45 @@ def test_a_pair_dropped_while_aligning_because_errors_do_not_heal_says_why():
     reasons = {(u.side, u.tap.name): u.reason for u in al.unmatched}
     assert reasons[("a", "block.mid")] == "unsure: paired by order with m1, but the values are unrelated while the next 2 pairs agree"
     assert reasons[("b", "m1")] == "unsure: paired by order with A's block.mid, but the values are unrelated while the next 2 pairs agree"
+
+
+def test_named_model_outputs_pair_by_name_and_an_output_handed_back_channels_first_is_compared():
+    # transformers' TF ResNet returns last_hidden_state (2, 32, 1, 1) channels-first, like torch,
+    # while a Keras tensor of rank 4 is NHWC by convention: no permutation fits, the shapes are
+    # equal, so the outputs are compared as they are; and dict outputs pair by their names
+    hidden = rng.standard_normal((2, 32, 1, 1)).astype("float32")
+    pooled = rng.standard_normal((2, 32, 1, 1)).astype("float32")
+    a = make_trace([("conv", "Conv2d", X, "NCHW"), ("output[last_hidden_state]", "output", hidden, "NCHW"),
+                    ("output[pooler_output]", "output", pooled, "NCHW")])
+    b = make_trace([("c", "Conv2D", nchw_to_nhwc(X), "NHWC"), ("output[pooler_output]", "output", pooled, "NHWC"),
+                    ("output[last_hidden_state]", "output", hidden, "NHWC")], framework="keras")
+    al = align(a, b)
+    outs = {m.a.name: (m.b.name, m.how, m.transform.label) for m in al.matches if m.how == "output"}
+    assert outs == {
+        "output[last_hidden_state]": ("output[last_hidden_state]", "output", "identity (shapes equal; the declared layouts do not fit)"),
+        "output[pooler_output]": ("output[pooler_output]", "output", "identity (shapes equal; the declared layouts do not fit)"),
+    }
+    assert not [u for u in al.unmatched if u.tap.role == "output"]
+
+
+def test_layers_of_a_that_b_computes_inside_one_of_its_layers_are_accounted_for_not_missing():
+    # transformers' TF ResNet applies the ReLU inside its conv layer's call: B records the
+    # normalisation and then the next convolution, nothing in between; A's ReLU module is computed
+    # inside B's layer (not "no-match"), and so are the embeddings before B's first recorded tensor
+    from parity.api import diff_traces
+
+    emb = rng.standard_normal(X.shape).astype("float32")
+    bn = X * 0.5 + 0.1
+    relu = np.maximum(bn, 0)
+    nxt = relu * 2.0
+    a = make_trace([("embed", "Embedding", emb, "NCHW"), ("norm", "BatchNorm2d", bn, "NCHW"), ("act", "ReLU", relu, "NCHW"),
+                    ("next", "Conv2d", nxt, "NCHW"), ("output", "output", nxt.mean(axis=(2, 3)), "NC")])
+    b = make_trace([("m/norm", "BatchNormalization", nchw_to_nhwc(bn), "NHWC"),
+                    ("m/next", "Conv2D", nchw_to_nhwc(nxt), "NHWC"),
+                    ("output", "output", nxt.mean(axis=(2, 3)), "NC")], framework="keras")
+    report = diff_traces(a, b)
+    assert report.ok
+    assert {u.name: u.reason for u in report.unmatched_a} == {"embed": "inside", "act": "inside"}
+    assert ("2 layer(s) of A are computed inside one layer of B, which records no tensor there, so nothing of B can be "
+            "compared with them (the layer of B that holds them is compared): embed (Embedding, inside m/norm "
+            "BatchNormalization), act (ReLU, inside m/next Conv2D).") in report.notes

@@ -15,8 +15,10 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-#: reasons an unmatched layer of A counts as accounted for, not missing
-ACCOUNTED = ("fused", "one-sided", "placeholder")
+#: reasons an unmatched layer of A counts as accounted for, not missing: folded into a compared
+#: tensor of B, a step that exists on one side only, an identity at inference, or computed inside
+#: one layer of B that records no tensor for it (the layer of B that holds it is compared)
+ACCOUNTED = ("fused", "one-sided", "placeholder", "inside")
 
 
 @dataclass(frozen=True)
