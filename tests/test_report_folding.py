@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from parity.report.folding import FOLD_ABOVE, PAGE, TERMINAL, Folding, runs
+from parity.report.folding import FOLD_ABOVE, MATRIX, PAGE, TERMINAL, Folding, runs
 
 
 def rows(n, bad=(), outputs=()):
@@ -39,3 +39,11 @@ def test_runs_give_each_fold_once_in_order():
     assert runs(3, {0, 1, 2}) == [0, 1, 2]
     assert runs(3, set()) == [range(0, 3)]
     assert runs(0, set()) == []
+
+
+def test_the_chain_matrix_keeps_a_row_around_each_change():
+    # the chain view's rule on a matrix of 50 rows whose verdict changes at rows 20 and 33
+    assert not MATRIX.folds(40) and MATRIX.folds(41)
+    keep = MATRIX.frame(50) | {i + k for i in (20, 33) for k in (-MATRIX.around, 0, MATRIX.around)}
+    folds = [(x.start, len(x)) for x in runs(50, keep) if isinstance(x, range)]
+    assert folds == [(3, 16), (22, 10), (35, 12)]

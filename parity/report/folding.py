@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 from ..records import LayerDiff
 
-__all__ = ["FOLD_ABOVE", "Folding", "TERMINAL", "PAGE", "runs"]
+__all__ = ["FOLD_ABOVE", "Folding", "TERMINAL", "PAGE", "MATRIX", "runs"]
 
 #: tables with more rows than this fold; shorter ones show every row
 FOLD_ABOVE = 30
@@ -67,6 +67,9 @@ class Folding:
 TERMINAL = Folding(head=3, tail=3, around=4)
 #: the HTML page's folding: folded rows are one click away, so more context
 PAGE = Folding(head=5, tail=5, around=10)
+#: the chain matrix's folding: it keeps a row of context around each row where a stage's verdict
+#: changes (``MATRIX.frame(n) | those rows ± around``), so it folds later and keeps less around each
+MATRIX = Folding(head=3, tail=3, around=1, above=40)
 
 
 def runs(n: int, keep: Iterable[int]) -> list[int | range]:
