@@ -4,7 +4,7 @@
 
 Every timed figure is the median of ``--repeats`` runs after one warm-up run (the best run
 and all samples are in the JSON).  (a)–(e) run round-robin — each round runs all five once —
-so load from other processes on a shared machine falls on every measure of a round alike.  The pair is :func:`parity.zoo.resnet50.resnet50_pair` (Keras'
+so load from other processes on a shared machine falls on every measure of a round alike.  The pair is :func:`parity._zoo.resnet50.resnet50_pair` (Keras'
 v1 layout, trained-like BatchNorm statistics), saved once to a scratch directory so the
 subprocess measurements load the very same weights.
 
@@ -220,7 +220,7 @@ def child(mode: str, workdir: Path, repeats: int) -> None:
 def _load_torch(workdir: Path) -> Any:
     import torch
 
-    from parity.zoo.resnet50 import ResNet50
+    from parity._zoo.resnet50 import ResNet50
 
     meta = json.loads((workdir / "meta.json").read_text())
     tm = ResNet50(num_classes=meta["classes"])
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     from parity.align import align
     from parity.compare import compare
     from parity.tolerance import Tolerances
-    from parity.zoo.resnet50 import resnet50_pair
+    from parity._zoo.resnet50 import resnet50_pair
 
     console = Console(width=max(Console().width, 150))
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}

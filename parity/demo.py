@@ -34,7 +34,7 @@ def run_demo(*, epochs: int = 3, out: str | Path = "reports/demo.json", console:
         import keras  # noqa: F401  (imported here so the status line covers its start-up)
 
         from . import diff
-        from .zoo import ConvNet, load_digits_28, to_keras, train_convnet
+        from ._zoo import ConvNet, load_digits_28, to_keras, train_convnet
 
     x_train, y_train, x_test, y_test = load_digits_28(seed=0)
     console.print(
@@ -131,7 +131,7 @@ def run_chain_demo(
     stage broke which layer.  Converted files are kept in ``work_dir`` (default: beside
     ``out``, in ``chain-artifacts/``) and reused.  Without onnx2tf it says what to install and
     returns 0."""
-    from .zoo.onnx2tf_chain import ONNX2TF_INSTALL, missing_onnx2tf_modules
+    from ._zoo.onnx2tf_chain import ONNX2TF_INSTALL, missing_onnx2tf_modules
 
     console = console or Console()
     t0 = time.perf_counter()
@@ -154,7 +154,7 @@ def run_chain_demo(
         import tensorflow  # noqa: F401  (imported here so the status line covers its start-up)
 
         from . import chain
-        from .zoo.onnx2tf_chain import (
+        from ._zoo.onnx2tf_chain import (
             convert_cached,
             export_onnx,
             relu6_to_relu,

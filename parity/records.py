@@ -12,7 +12,7 @@ report can be re-rendered without the models.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Protocol
 
 import numpy as np
 
@@ -35,6 +35,8 @@ __all__ = [
     "InputsSummary",
     "UnmatchedLayer",
     "Report",
+    "ReportRenderer",
+    "set_report_renderer",
     "tolerance_ratio",
     "REPORT_RECORDS",
 ]
@@ -460,6 +462,41 @@ class UnmatchedLayer:
 SCHEMA_VERSION = 1
 
 
+class ReportRenderer(Protocol):
+    """What turns a :class:`Report` into text, a page or JSON.
+
+    The records are the bottom layer: :mod:`parity.report` depends on them, never the other
+    way round, so a Report's rendering methods go through the renderer that
+    :mod:`parity.report` installs with :func:`set_report_renderer` when it is imported
+    (``import parity`` imports it)."""
+
+    def rich(self, report: Report, console: Any, options: Any) -> Iterator[Any]: ...
+    def summary(self, report: Report) -> str: ...
+    def text(self, report: Report) -> str: ...
+    def to_dict(self, report: Report) -> dict: ...
+    def to_json(self, report: Report, path: Any) -> str: ...
+    def to_html(self, report: Report, path: Any) -> str: ...
+    def compact_html(self, report: Report) -> str: ...
+    def to_model_explorer(self, report: Report, path: Any, *, side: str, graph_id: str) -> dict: ...
+
+
+_renderer: ReportRenderer | None = None
+
+
+def set_report_renderer(renderer: ReportRenderer) -> None:
+    """Make ``renderer`` render every :class:`Report` (``parity.report`` does this on import)."""
+    global _renderer
+    _renderer = renderer
+
+
+def _rendering() -> ReportRenderer:
+    if _renderer is None:
+        raise RuntimeError(
+            "no renderer is installed for parity reports; importing parity (or parity.report) installs it"
+        )
+    return _renderer
+
+
 @dataclass(frozen=True)
 class Report:
     """The answer to "do these two models compute the same thing?".
@@ -527,48 +564,32 @@ class Report:
         raise MappingError(f"the report has no compared layer {a_name!r} of model A.{hint}")
 
     def __rich_console__(self, console, options):  # pragma: no cover - exercised via rich
-        from .report.console import render_report
-
-        yield from render_report(self, console, options)
+        yield from _rendering().rich(self, console, options)
 
     def summary(self) -> str:
         """The one-line verdict."""
-        from .report.console import verdict_line
-
-        return verdict_line(self)
+        return _rendering().summary(self)
 
     def to_dict(self) -> dict:
-        from .report.jsonio import report_to_dict
-
-        return report_to_dict(self)
+        return _rendering().to_dict(self)
 
     def to_json(self, path=None) -> str:
         """The report as versioned JSON; written to ``path`` when given."""
-        from .report.jsonio import report_to_json
-
-        return report_to_json(self, path)
+        return _rendering().to_json(self, path)
 
     def to_html(self, path=None) -> str:
         """A self-contained HTML page (works offline); written to ``path`` when given."""
-        from .report.html import render_html
-
-        return render_html(self, path)
+        return _rendering().to_html(self, path)
 
     def _repr_html_(self) -> str:
-        from .report.html import render_compact_html
-
-        return render_compact_html(self)
+        return _rendering().compact_html(self)
 
     def to_model_explorer(self, path, *, side: str = "b", graph_id: str = "main") -> dict:
         """Per-node error data that Model Explorer overlays on one model's graph; see :mod:`parity.report.explorer`."""
-        from .report.explorer import to_model_explorer
-
-        return to_model_explorer(self, path, side=side, graph_id=graph_id)
+        return _rendering().to_model_explorer(self, path, side=side, graph_id=graph_id)
 
     def __str__(self) -> str:
-        from .report.console import render_text
-
-        return render_text(self)
+        return _rendering().text(self)
 
 
 #: the records a saved report is made of, the report first (JSON decoding and the JSON Schema)

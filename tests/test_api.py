@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
 
 import parity  # noqa: E402
-from parity.zoo import ConvNet, randomize_bn, to_keras  # noqa: E402
+from parity._zoo import ConvNet, randomize_bn, to_keras  # noqa: E402
 
 
 @pytest.fixture(scope="module")

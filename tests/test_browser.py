@@ -43,7 +43,7 @@ def browser():
 def diverging_report():
     torch = pytest.importorskip("torch")
     pytest.importorskip("keras")
-    from parity.zoo import ConvNet, randomize_bn, to_keras
+    from parity._zoo import ConvNet, randomize_bn, to_keras
 
     torch.manual_seed(0)
     model = randomize_bn(ConvNet().eval(), seed=1)
@@ -132,7 +132,7 @@ def deep_report():
     """A 25-block ResNet (156 compared tensors) by hand in Keras with Keras' BatchNorm epsilon."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("keras")
-    from parity.zoo import DeepResNet, randomize_bn, to_keras
+    from parity._zoo import DeepResNet, randomize_bn, to_keras
 
     torch.manual_seed(0)
     model = randomize_bn(DeepResNet(25)).eval()

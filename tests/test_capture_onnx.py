@@ -17,7 +17,7 @@ from onnx import TensorProto, helper  # noqa: E402
 
 from parity.capture.onnx import OnnxBackend, load_onnx  # noqa: E402
 from parity.errors import CaptureError, InputError, ModelError, ParityError  # noqa: E402
-from parity.zoo.torch_models import BasicBlock, ConvNet, MobileNetBlock, randomize_bn  # noqa: E402
+from parity._zoo.torch_models import BasicBlock, ConvNet, MobileNetBlock, randomize_bn  # noqa: E402
 
 
 # torch.onnx's dynamo exporter takes 5–20 s a model on two cores: the slow tier

@@ -141,7 +141,7 @@ def test_bfloat16_values_keep_their_dtype_name():
 
 
 def test_op_level_capture_names_the_residual_add_and_the_flatten():
-    from parity.zoo import BasicBlock, ConvNet
+    from parity._zoo import BasicBlock, ConvNet
 
     block = BasicBlock(4).eval()
     x = np.random.default_rng(0).standard_normal((2, 4, 6, 6)).astype("float32")

@@ -11,7 +11,7 @@ from parity.loading import load, load_model
 
 torch = pytest.importorskip("torch")
 
-from parity.zoo import BasicBlock, ConvNet, DeepResNet, randomize_bn  # noqa: E402
+from parity._zoo import BasicBlock, ConvNet, DeepResNet, randomize_bn  # noqa: E402
 
 X = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype("float32")
 
@@ -57,7 +57,7 @@ def test_op_level_taps_of_a_saved_program_name_the_residual_add(model, saved, na
 
 def test_a_saved_program_vs_keras_finds_the_batchnorm_epsilon(model, saved):
     pytest.importorskip("keras")
-    from parity.zoo import to_keras
+    from parity._zoo import to_keras
 
     report = parity.diff(saved / "exported.pt2", to_keras(model, bn_epsilon="keras-default"), X)
     assert report.first_divergence.a_name == "stem_bn"
@@ -70,7 +70,7 @@ def test_a_state_dict_needs_the_factory_that_builds_the_model(model, saved):
         load(saved / "weights.pth")
     rebuilt = load(saved / "weights.pth", factory=lambda: DeepResNet(2))
     assert parity.diff(model, rebuilt, X).ok
-    table = load_model({"path": "convnet.pth", "factory": "parity.zoo:ConvNet"}, base_dir=saved)
+    table = load_model({"path": "convnet.pth", "factory": "parity._zoo:ConvNet"}, base_dir=saved)
     assert isinstance(table, ConvNet) and not table.training
     with pytest.raises(parity.ParityError, match=r"does not fit BasicBlock: missing conv1.weight.*unexpected stem.weight"):
         load(saved / "weights.pth", factory=lambda: BasicBlock(16))

@@ -25,7 +25,7 @@ import parity  # noqa: E402
 import parity.chain as chain_module  # noqa: E402
 from parity.chain import ChainBreak, ChainReport, Stage, add_chain_command, run_chain_command  # noqa: E402
 from parity.errors import InputError, ToleranceError  # noqa: E402
-from parity.zoo import DeepResNet, randomize_bn, to_keras  # noqa: E402
+from parity._zoo import DeepResNet, randomize_bn, to_keras  # noqa: E402
 
 X = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype("float32")
 NAMES = ["torch", "onnx", "keras", "tflite32", "tflite16"]

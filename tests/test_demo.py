@@ -41,15 +41,14 @@ def test_demo_flags_batchnorm_only_when_trained(tmp_path):
 
 
 def _artifact_cache():
-    import os
-    from pathlib import Path
+    from tests.artifacts import CACHE
 
-    return Path(os.environ.get("PARITY_TEST_CACHE", Path.home() / ".cache" / "parity" / "test-artifacts"))
+    return CACHE
 
 
 def test_chain_demo_names_the_stage_and_layer_of_the_injected_bug(tmp_path):
     from parity.demo import run_chain_demo
-    from parity.zoo.onnx2tf_chain import ONNX2TF_INSTALL, missing_onnx2tf_modules
+    from parity._zoo.onnx2tf_chain import ONNX2TF_INSTALL, missing_onnx2tf_modules
 
     if missing_onnx2tf_modules():
         pytest.skip(f"onnx2tf cannot run ({', '.join(missing_onnx2tf_modules())} missing): {ONNX2TF_INSTALL}")
@@ -78,7 +77,7 @@ def test_chain_demo_names_the_stage_and_layer_of_the_injected_bug(tmp_path):
 
 
 def test_chain_demo_without_onnx2tf_says_what_to_install(tmp_path, monkeypatch):
-    import parity.zoo.onnx2tf_chain as o2t
+    import parity._zoo.onnx2tf_chain as o2t
     from parity.demo import run_chain_demo
 
     monkeypatch.setattr(o2t, "missing_onnx2tf_modules", lambda: ["onnx2tf"])
@@ -92,7 +91,7 @@ def test_chain_demo_without_onnx2tf_says_what_to_install(tmp_path, monkeypatch):
 
 
 def test_cli_demo_chain_option_runs_the_chain_demo(tmp_path, monkeypatch, capsys):
-    import parity.zoo.onnx2tf_chain as o2t
+    import parity._zoo.onnx2tf_chain as o2t
     from parity.cli import main
 
     monkeypatch.setattr(o2t, "missing_onnx2tf_modules", lambda: ["onnx2tf", "sng4onnx"])

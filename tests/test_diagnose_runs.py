@@ -11,7 +11,7 @@ import parity
 torch = pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
 
-from parity.zoo import ConvNet, randomize_bn, to_keras  # noqa: E402
+from parity._zoo import ConvNet, randomize_bn, to_keras  # noqa: E402
 
 X = np.random.default_rng(0).uniform(0, 255, (2, 1, 28, 28)).astype("float32")
 

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
 
 import parity  # noqa: E402
-from parity.zoo import ConvNet, randomize_bn, to_keras  # noqa: E402
+from parity._zoo import ConvNet, randomize_bn, to_keras  # noqa: E402
 
 OURS = {"bn_statistics", "norm_epsilon", "dtype_precision", "unexplained"}
 

@@ -19,7 +19,7 @@ from parity.compare import compare  # noqa: E402
 from parity.diagnose import DETECTORS, Context  # noqa: E402
 from parity.diagnose import activation, dense, spatial  # noqa: E402,F401 - registers the detectors
 from parity.tolerance import Tolerances  # noqa: E402
-from parity.zoo import ConvNet, MobileNetBlock, randomize_bn, to_keras  # noqa: E402
+from parity._zoo import ConvNet, MobileNetBlock, randomize_bn, to_keras  # noqa: E402
 
 from .helpers import make_trace, nchw_to_nhwc  # noqa: E402
 

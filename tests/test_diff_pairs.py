@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
 
 import parity  # noqa: E402
-from parity.zoo import BasicBlock, ConvNet, MobileNetBlock, randomize_bn, to_keras  # noqa: E402
+from parity._zoo import BasicBlock, ConvNet, MobileNetBlock, randomize_bn, to_keras  # noqa: E402
 
 
 def _seeded(cls, *args, **kwargs):
@@ -86,7 +86,7 @@ def test_dense_weights_not_reordered_after_channels_last_flatten(convnet_trained
 
 
 def test_nested_sequential_keras_model_aligns(convnet_trained_like, digits_batch):
-    from parity.zoo import to_keras_convnet_sequential
+    from parity._zoo import to_keras_convnet_sequential
 
     km = to_keras_convnet_sequential(convnet_trained_like, bn_epsilon="keras-default", flatten="permute")
     report = parity.diff(convnet_trained_like, km, digits_batch)
@@ -152,7 +152,7 @@ def test_resnet_basic_block_passes(digits_batch):
 
 @pytest.fixture(scope="module")
 def deep_resnet():
-    from parity.zoo import DeepResNet, calibrate_bn
+    from parity._zoo import DeepResNet, calibrate_bn
 
     model = _seeded(DeepResNet, 25)  # 51 convolutions, as deep as ResNet-50
     calib = torch.from_numpy(np.random.default_rng(1).standard_normal((16, 3, 32, 32)).astype("float32"))

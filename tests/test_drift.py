@@ -10,7 +10,7 @@ import parity
 torch = pytest.importorskip("torch")
 pytest.importorskip("keras")
 
-from parity.zoo import ConvNet, randomize_bn, to_keras  # noqa: E402
+from parity._zoo import ConvNet, randomize_bn, to_keras  # noqa: E402
 
 X = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype("float32")
 

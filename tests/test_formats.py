@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from parity.zoo import DeepResNet, randomize_bn  # noqa: E402
+from parity._zoo import DeepResNet, randomize_bn  # noqa: E402
 
 X = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype("float32")
 
@@ -76,7 +76,7 @@ def test_a_bug_injected_into_the_onnx_graph_is_found_at_its_layer(resnet, onnx_f
 def keras_pair(tmp_path_factory):
     keras = pytest.importorskip("keras")
     tf = pytest.importorskip("tensorflow")
-    from parity.zoo import to_keras
+    from parity._zoo import to_keras
 
     torch.manual_seed(1)
     source = randomize_bn(DeepResNet(1).eval(), seed=2)

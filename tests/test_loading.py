@@ -68,8 +68,8 @@ def test_a_mapping_comes_from_an_inline_table_a_toml_or_a_json_file(tmp_path):
 def test_model_specs_name_the_missing_module_or_attribute():
     with pytest.raises(ParityError, match="cannot import 'no_such_module_xyz'"):
         load_model("no_such_module_xyz:Net")
-    with pytest.raises(ParityError, match="'parity.zoo' has no attribute 'NoNet'"):
-        load_model("parity.zoo:NoNet")
+    with pytest.raises(ParityError, match="'parity._zoo' has no attribute 'NoNet'"):
+        load_model("parity._zoo:NoNet")
 
 
 def test_a_missing_or_unsupported_model_file_is_refused_with_what_to_do(tmp_path):

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from parity.metrics import compute_metrics, verdict
+from parity.metrics import compute_metrics, relative_error, verdict
 
 
 def test_known_scaling_and_positions():
@@ -241,3 +241,22 @@ def test_float32_squares_that_would_underflow_or_overflow_are_redone_in_float64(
         m = compute_metrics(a, b, 1e-3, 0.0)
         assert math.isfinite(m.rel_err) and m.rel_err == pytest.approx(ref["rel_err"], rel=1e-5)
         assert m.norm_a == pytest.approx(np.linalg.norm(a.astype(np.float64)), rel=1e-6)
+
+
+def test_relative_error_is_the_norm_ratio_and_agrees_with_compute_metrics():
+    assert relative_error(np.array([3.0, 4.0]), np.array([3.0, 4.5])) == pytest.approx(0.1, rel=1e-12)
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((3, 7, 5)).astype(np.float32)
+    b = (a * (1 + 1e-6 * rng.standard_normal(a.shape))).astype(np.float32)
+    ref = np.linalg.norm(b.astype(np.float64) - a) / np.linalg.norm(a.astype(np.float64))
+    assert 1e-7 < relative_error(a, b) == pytest.approx(ref, rel=1e-6)
+    assert relative_error(a, b) == pytest.approx(compute_metrics(a, b, 1e-3, 1e-5).rel_err, rel=1e-6)
+
+
+def test_relative_error_of_zeros_and_of_different_shapes():
+    zeros = np.zeros((2, 3), np.float32)
+    assert relative_error(zeros, zeros) == 0.0
+    assert relative_error(zeros, zeros + 1e-3) == math.inf  # a is zero, b is not: never "close"
+    assert relative_error(zeros, np.zeros((3, 2), np.float32)) == math.inf  # cannot be the same tensor
+    big = np.full(10, 1e25, np.float32)  # squares beyond float32's range are summed in float64
+    assert relative_error(big, big * np.float32(1.001)) == pytest.approx(1e-3, rel=1e-4)

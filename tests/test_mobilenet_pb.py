@@ -3,7 +3,7 @@ ported to PyTorch, and the port is checked against the graph's ``Relu6:0`` tenso
 
 The Keras ``MobileNet(alpha=0.25)`` at 128×128 gets trained-like BatchNorm statistics
 (variances 0.01…0.5, so the epsilon matters), is frozen to a GraphDef ``.pb``, and its
-weights are ported to :class:`parity.zoo.MobileNetV1`.  The correct port agrees with the
+weights are ported to :class:`parity._zoo.MobileNetV1`.  The correct port agrees with the
 graph to float32 round-off; the port that keeps torch's default BatchNorm epsilon (1e-5
 instead of Keras' 1e-3) is flagged at the first BatchNorm.
 """
@@ -21,7 +21,7 @@ keras = pytest.importorskip("keras")
 
 import parity  # noqa: E402
 from parity.cli import main  # noqa: E402
-from parity.zoo import MobileNetV1, port_keras_mobilenet  # noqa: E402
+from parity._zoo import MobileNetV1, port_keras_mobilenet  # noqa: E402
 
 SCOPE = "mobilenet_0.25_128_1"  # the Keras model's name scope in the traced graph
 RELU6 = ["conv1_relu"] + [f"conv_{kind}_{i}_relu" for i in range(1, 14) for kind in ("dw", "pw")]

@@ -20,7 +20,7 @@ needs_frameworks = pytest.mark.skipif(
 PAIRS_MODULE = textwrap.dedent(
     """
     import torch
-    from parity.zoo import ConvNet, randomize_bn, to_keras
+    from parity._zoo import ConvNet, randomize_bn, to_keras
 
     torch.manual_seed(0)
     _torch = randomize_bn(ConvNet().eval(), seed=1)

@@ -13,7 +13,7 @@ import parity
 torch = pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
 
-from parity.zoo import DeepResNet, randomize_bn, to_keras  # noqa: E402
+from parity._zoo import DeepResNet, randomize_bn, to_keras  # noqa: E402
 
 X = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype("float32")
 

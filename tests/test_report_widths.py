@@ -32,7 +32,7 @@ class SiluNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from parity.zoo.torch_models import MobileNetBlock
+        from parity._zoo.torch_models import MobileNetBlock
 
         self.features = nn.Sequential(
             nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.SiLU(),
@@ -53,7 +53,7 @@ def onnx_reports(tmp_path_factory):
     pytest.importorskip("onnxruntime")
     from onnx import numpy_helper
 
-    from parity.zoo import randomize_bn
+    from parity._zoo import randomize_bn
 
     torch.manual_seed(0)
     model = randomize_bn(SiluNet()).eval()
@@ -75,7 +75,7 @@ def onnx_reports(tmp_path_factory):
 def keras_reports():
     """The seed's ConvNet by hand in Keras: faithful, and with Keras' BatchNorm epsilon."""
     pytest.importorskip("keras")
-    from parity.zoo import ConvNet, randomize_bn, to_keras
+    from parity._zoo import ConvNet, randomize_bn, to_keras
 
     torch.manual_seed(0)
     model = randomize_bn(ConvNet().eval(), seed=1)

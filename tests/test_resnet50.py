@@ -1,6 +1,6 @@
 """The TF→PyTorch ResNet-50 scenario: ``keras.applications.ResNet50`` (v1: conv biases, stride
 on the first 1×1 convolution, BatchNorm epsilon 1.001e-5) ported to PyTorch by
-:func:`parity.zoo.resnet50.port_keras_resnet50`, with trained-like BatchNorm statistics.
+:func:`parity._zoo.resnet50.port_keras_resnet50`, with trained-like BatchNorm statistics.
 
 At 64×64, batch 1 (ResNet-50's 176 modules, all of them; ~15 s here) the correct port agrees with Keras
 layer for layer, every torch module is compared, and the worst relative error is float32
@@ -18,8 +18,8 @@ pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 import parity  # noqa: E402
-from parity.zoo import resnet50_pair  # noqa: E402
-from parity.zoo.resnet50 import KERAS_BN_EPS, ResNet50, port_keras_resnet50  # noqa: E402
+from parity._zoo import resnet50_pair  # noqa: E402
+from parity._zoo.resnet50 import KERAS_BN_EPS, ResNet50, port_keras_resnet50  # noqa: E402
 
 SIZE = 64
 BUGGY_BN = "conv3_block2_2_bn"

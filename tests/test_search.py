@@ -15,7 +15,7 @@ from hypothesis import Phase, given, settings  # noqa: E402
 
 import parity  # noqa: E402
 from parity.search import InputRecipe, PATTERNS, SearchResult, inputs_strategy, search  # noqa: E402
-from parity.zoo import ConvNet, randomize_bn, to_keras  # noqa: E402
+from parity._zoo import ConvNet, randomize_bn, to_keras  # noqa: E402
 
 SHAPE = (2, 3, 16, 16)
 

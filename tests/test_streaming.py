@@ -16,7 +16,7 @@ from parity.spill import Spill, default_max_memory, parse_max_memory, release, t
 torch = pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
 
-from parity.zoo import ConvNet, randomize_bn, to_keras  # noqa: E402
+from parity._zoo import ConvNet, randomize_bn, to_keras  # noqa: E402
 
 
 @pytest.fixture(scope="module")

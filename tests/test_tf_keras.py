@@ -15,8 +15,8 @@ tf_keras = pytest.importorskip("tf_keras")
 import parity  # noqa: E402
 from parity.capture.keras import KerasBackend, keras_module  # noqa: E402
 from parity.weights import find_layer  # noqa: E402
-from parity.zoo import ConvNet, randomize_bn  # noqa: E402
-from parity.zoo.keras_twins import _convnet_layers  # noqa: E402
+from parity._zoo import ConvNet, randomize_bn  # noqa: E402
+from parity._zoo.keras_twins import _convnet_layers  # noqa: E402
 
 X = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
 

@@ -17,7 +17,7 @@ import parity  # noqa: E402
 from parity.align import align  # noqa: E402
 from parity.errors import MappingError  # noqa: E402
 from parity.weights import find_layer, weight_diagnoses, weight_parity  # noqa: E402
-from parity.zoo import (  # noqa: E402
+from parity._zoo import (  # noqa: E402
     BasicBlock,
     ConvNet,
     DeepResNet,

@@ -20,12 +20,12 @@ from rich.text import Text
 
 from ..records import LayerDiff, ModelInfo, Report, tolerance_ratio
 from .columns import Column, fit_columns, fitted_table, left_out_line
+from .folding import FOLD_ABOVE, TERMINAL, runs
 
-__all__ = ["render_report", "render_text", "render_failure_text", "verdict_line", "coverage_line", "fmt_float", "fold_rows"]
-
-#: models with more compared layers than this are folded around the first divergence
-FOLD_ABOVE = 30
-_KEEP_HEAD, _KEEP_TAIL, _KEEP_AROUND = 3, 3, 4
+__all__ = [
+    "render_report", "render_text", "render_failure_text", "verdict_line", "coverage_line", "fmt_float",
+    "fmt_evidence", "fold_rows", "FOLD_ABOVE",
+]
 
 
 def fmt_float(x: float | None) -> str:
@@ -126,28 +126,12 @@ def _err_style(d: LayerDiff) -> str:
 
 
 def fold_rows(layers: tuple[LayerDiff, ...]) -> list[LayerDiff | tuple[int, int]]:
-    """The rows to show: all of them for short models; otherwise the head, the tail and the
-    neighbourhood of the first divergence, with ``(count, failing)`` markers for folded runs."""
-    n = len(layers)
-    if n <= FOLD_ABOVE:
-        return list(layers)
-    keep = set(range(min(_KEEP_HEAD, n))) | set(range(max(n - _KEEP_TAIL, 0), n))
-    first = next((i for i, d in enumerate(layers) if not d.ok), None)
-    if first is not None:
-        keep |= set(range(max(first - _KEEP_AROUND, 0), min(first + _KEEP_AROUND + 1, n)))
-    rows: list[LayerDiff | tuple[int, int]] = []
-    run: list[LayerDiff] = []
-    for i, d in enumerate(layers):
-        if i in keep:
-            if run:
-                rows.append((len(run), sum(1 for x in run if not x.ok)))
-                run = []
-            rows.append(d)
-        else:
-            run.append(d)
-    if run:
-        rows.append((len(run), sum(1 for x in run if not x.ok)))
-    return rows
+    """The rows to show: all of them for short models; otherwise those :data:`~.folding.TERMINAL`
+    keeps, with ``(count, failing)`` markers for folded runs."""
+    return [
+        layers[x] if isinstance(x, int) else (len(x), sum(1 for i in x if not layers[i].ok))
+        for x in runs(len(layers), set(range(len(layers))) - TERMINAL.folded(layers))
+    ]
 
 
 def _layer_columns(report: Report, stacked: bool) -> list[Column]:
@@ -400,7 +384,7 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
                     (f"{diag.code}", "bold magenta"),
                     (f" at {diag.layer}: ", "bold"),
                     diag.message,
-                    ("\n  evidence: " + ", ".join(f"{k}={_fmt_evidence(v)}" for k, v in diag.evidence.items()), "dim"),
+                    ("\n  evidence: " + ", ".join(f"{k}={fmt_evidence(v)}" for k, v in diag.evidence.items()), "dim"),
                 )
                 for diag in report.diagnoses
             )
@@ -436,7 +420,8 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
                     yield Text(f"unmatched in {side.upper()}, {label}: {shown}{more}", style=style)
 
 
-def _fmt_evidence(v: float) -> str:
+def fmt_evidence(v: float) -> str:
+    """A number of a diagnosis' evidence: integers whole, others to four significant digits."""
     if isinstance(v, float) and not v.is_integer():
         return f"{v:.4g}"
     return str(int(v)) if isinstance(v, float) else str(v)

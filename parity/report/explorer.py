@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from ..files import write_text
 from ..records import Report
 
 __all__ = ["to_model_explorer", "node_data"]
@@ -64,7 +65,5 @@ def to_model_explorer(
 ) -> dict:
     """Write :func:`node_data` to ``path`` and return it."""
     data = node_data(report, side=side, graph_id=graph_id, rename=rename)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     return data

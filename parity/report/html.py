@@ -15,14 +15,14 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+from ..files import write_text
 from ..records import LayerDiff, ModelInfo, Report
 from .console import (
-    FOLD_ABOVE, _fmt_evidence, coverage_line, fmt_float, largest_jump, own_err_legend, verdict_line, weak_matches,
+    coverage_line, fmt_evidence, fmt_float, largest_jump, own_err_legend, verdict_line, weak_matches,
 )
+from .folding import PAGE
 
 __all__ = ["render_html", "render_compact_html", "fold_set"]
-
-_AROUND = 10  # rows kept on each side of the first divergence when folding
 
 
 @lru_cache(maxsize=1)
@@ -54,17 +54,10 @@ _SEPARATORS = re.compile(r"([/._;:\-])(?=.)")
 
 
 def fold_set(layers: tuple[LayerDiff, ...]) -> set[int]:
-    """Indices of rows folded away in a long table: everything but the head, the tail,
-    the neighbourhood of the first divergence and the flagged rows themselves."""
-    n = len(layers)
-    if n <= FOLD_ABOVE:
-        return set()
-    keep = set(range(min(5, n))) | set(range(max(n - 5, 0), n))
-    first = next((i for i, d in enumerate(layers) if not d.ok), None)
-    if first is not None:
-        keep |= set(range(max(first - _AROUND, 0), min(first + _AROUND + 1, n)))
-    keep |= {i for i, d in enumerate(layers) if d.role == "output" or (not d.ok and d.detail is not None)}
-    return set(range(n)) - keep
+    """The ``index`` of each row folded away in a long table: those :data:`~.folding.PAGE`
+    does not keep, the flagged rows whose heat maps the page shows staying in view."""
+    detailed = [i for i, d in enumerate(layers) if not d.ok and d.detail is not None]
+    return {layers[i].index for i in PAGE.folded(layers, also=detailed)}
 
 
 def _num(x: float) -> str:
@@ -106,7 +99,7 @@ def _context(report: Report, *, compact: bool) -> dict:
         "weak": weak_matches(report),
         "fmt": fmt_float,
         "num": _num,
-        "evidence": _fmt_evidence,
+        "evidence": fmt_evidence,
         "params": _params,
         "shapes": _shapes,
         "first": report.first_divergence,
@@ -139,9 +132,7 @@ def render_html(report: Report, path: str | Path | None = None) -> str:
     context.update(chart=error_chart(report), detailed=detailed, rows=report.layers, fold=fold, folded=len(fold))
     text = _environment().get_template("report.html.j2").render(**context)
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        write_text(path, text)
     return text
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from ..errors import ReportFormatError
+from ..files import write_text
 from ..records import REPORT_RECORDS, SCHEMA_VERSION, Report
 
 __all__ = ["report_to_dict", "report_to_json", "report_from_dict", "load_report", "SCHEMA_NAME"]
@@ -55,9 +56,7 @@ def report_to_json(report: Report, path: str | Path | None = None) -> str:
     # both are deterministic, so identical runs still give identical bytes
     text = json.dumps(report_to_dict(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        write_text(path, text)
     return text
 
 

@@ -4,7 +4,7 @@ Each architecture is built with ``weights=None`` (nothing downloaded) at a small
 accepts, ten classes, a fixed seed, and every BatchNormalization given random γ, β and moving
 statistics near those of its input on a calibration batch (as a trained network's are: fresh
 0/1 statistics would hide every statistics bug, fully random ones kill half the channels).
-It is converted once per content (``parity.zoo.cache``) by tf2onnx 1.17 (opset 17), then by
+It is converted once per content (:mod:`tests.artifacts`) by tf2onnx 1.17 (opset 17), then by
 onnx2torch 1.5.15; two routes are compared with model A = the Keras model:
 
 - ``tf2onnx`` — B is the ONNX file (ONNX Runtime, every intermediate value exposed);
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,10 +66,6 @@ ARCHS: tuple[Arch, ...] = (
     Arch("InceptionV3", size=75),
     Arch("ConvNeXtTiny", scale=255.0),
 )
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("PARITY_TEST_CACHE", Path.home() / ".cache" / "parity" / "test-artifacts"))
 
 
 def inputs(arch: Arch) -> np.ndarray:
@@ -210,11 +205,11 @@ def onnx_file(model: Any) -> Path:
     """tf2onnx's ONNX file for ``model``, made once per content."""
     import tf2onnx
 
-    from parity.zoo.cache import cached_dir, content_key
-    from parity.zoo.tf2torch import keras_fingerprint, keras_to_onnx
+    from tests.artifacts import cached_dir, content_key
+    from parity._zoo.tf2torch import keras_fingerprint, keras_to_onnx
 
     key = content_key(keras_fingerprint(model), tf2onnx.__version__, f"opset{OPSET}")
-    out = cached_dir(_cache_root(), f"tf2onnx-{model.name}", key,
+    out = cached_dir(f"tf2onnx-{model.name}", key,
                      lambda d: keras_to_onnx(model, d / "model.onnx", opset=OPSET))
     return out / "model.onnx"
 
@@ -226,7 +221,7 @@ def _pair(name: str, route: str, bug: Bug | None) -> Pair:
         b: Any = str(path)
     else:
         import tests.integration.conftest  # noqa: F401  (makes torchvision importable for onnx2torch)
-        from parity.zoo.tf2torch import onnx_to_torch
+        from parity._zoo.tf2torch import onnx_to_torch
 
         b = onnx_to_torch(path)
     return Pair(a, b, inputs(_arch(name)))

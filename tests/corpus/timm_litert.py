@@ -4,7 +4,7 @@ litert-torch 0.10.0 runs in a venv of its own (``make litert``: ``.venv-litert``
 conversion is a subprocess, :mod:`tests.corpus.litert_convert`, run with that venv's python; the
 ``.tflite`` it writes is read here, in the project's venv.  B is that file (for a bug: the
 conversion of a copy of A with the bug in it); A is the live timm model.  Conversions are cached
-by content hash (:mod:`parity.zoo.cache`) of everything that determines them: the recipe
+by content hash (:mod:`tests.artifacts`) of everything that determines them: the recipe
 (architecture, config, seed, bug), the builder's and the script's source, and the litert-torch,
 torch and timm versions.
 
@@ -19,11 +19,10 @@ import subprocess
 from pathlib import Path
 
 from parity.errors import ConversionError, ConverterNotInstalled
-from parity.zoo.cache import cached_dir, content_key
+from tests.artifacts import cached_dir, content_key
 from tests.corpus import timm_models as tm
 from tests.corpus.cases import Bug, Case, Pair
 
-CACHE = Path(os.environ.get("PARITY_TEST_CACHE", Path.home() / ".cache" / "parity" / "test-artifacts"))
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("litert_convert.py")
 ROUTE = "litert-torch 0.10.0 (.tflite)"
@@ -72,7 +71,7 @@ def cached_bugs(fam: tm.Family) -> tuple[Bug, ...]:
         found = tm.bugs(fam.name)
         (tmp / "bugs.json").write_text(json.dumps([[b.name, b.layer, list(b.also), b.diagnosis] for b in found]))
 
-    out = cached_dir(CACHE, "timm-bugs", recipe_key(fam, "bugs"), build)
+    out = cached_dir("timm-bugs", recipe_key(fam, "bugs"), build)
     return tuple(Bug(n, layer, tuple(also), diag) for n, layer, also, diag in json.loads((out / "bugs.json").read_text()))
 
 
@@ -103,7 +102,7 @@ def convert(fam: tm.Family, bug: Bug | None) -> Path:
             )
 
     key = recipe_key(fam, "litert", repr(bug and (bug.name, bug.layer)), SCRIPT.read_bytes(), _venv_versions(python))
-    return cached_dir(CACHE, f"timm-litert-{fam.name}", key, build)
+    return cached_dir(f"timm-litert-{fam.name}", key, build)
 
 
 def _builder(fam: tm.Family):

@@ -2,7 +2,7 @@
 
 ``torch.onnx.export(dynamo=True)`` at opset 18 and the TorchScript exporter (``dynamo=False``) at
 opset 17.  B is the ``.onnx`` file (for a bug: the export of a copy of A with the bug in it); A is
-the live timm model.  Exports are cached by content hash (:mod:`parity.zoo.cache`) of everything
+the live timm model.  Exports are cached by content hash (:mod:`tests.artifacts`) of everything
 that determines them: the recipe (architecture, config, seed, bug), the builder's source, and the
 torch and timm versions — so a second corpus run pays for no export.
 """
@@ -10,17 +10,15 @@ torch and timm versions — so a second corpus run pays for no export.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from parity.zoo.cache import cached_dir, content_key
+from tests.artifacts import cached_dir, content_key
 from tests.corpus import timm_models as tm
 from tests.corpus.cases import Bug, Case, Pair
 
-CACHE = Path(os.environ.get("PARITY_TEST_CACHE", Path.home() / ".cache" / "parity" / "test-artifacts"))
 
 #: route id → (label, dynamo, opset)
 ROUTES = {
@@ -56,7 +54,7 @@ def cached_bugs(fam: tm.Family) -> tuple[Bug, ...]:
         found = tm.bugs(fam.name)
         (tmp / "bugs.json").write_text(json.dumps([[b.name, b.layer, list(b.also), b.diagnosis] for b in found]))
 
-    out = cached_dir(CACHE, "timm-bugs", recipe_key(fam, "bugs"), build)
+    out = cached_dir("timm-bugs", recipe_key(fam, "bugs"), build)
     return tuple(Bug(n, layer, tuple(also), diag) for n, layer, also, diag in json.loads((out / "bugs.json").read_text()))
 
 
@@ -81,7 +79,7 @@ def onnx_path(fam: tm.Family, route: str, bug: Bug | None, model=None) -> Path:
         export(b, tm.inputs(fam), tmp / "model.onnx", dynamo=dynamo, opset=opset)
 
     key = recipe_key(fam, route, repr(bug and (bug.name, bug.layer)))
-    return cached_dir(CACHE, f"timm-onnx-{fam.name}", key, build) / "model.onnx"
+    return cached_dir(f"timm-onnx-{fam.name}", key, build) / "model.onnx"
 
 
 def _builder(fam: tm.Family, route: str):

@@ -2,7 +2,7 @@
 
 A is the live timm model.  Its ONNX export (the TorchScript exporter at opset 17, the one
 onnx2tf's own tests use; for a bug: the export of a copy of A with the bug in it) is converted by
-onnx2tf in a subprocess (:func:`parity.zoo.onnx2tf_chain.convert_cached`: a stand-in calibration
+onnx2tf in a subprocess (:func:`parity._zoo.onnx2tf_chain.convert_cached`: a stand-in calibration
 file keeps it offline); B is the SavedModel directory or the float32 ``.tflite``.  One conversion
 serves both routes.  Exports are cached by the recipe's content hash, conversions by the ONNX
 bytes, onnx2tf's version and its flags.
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from parity.zoo.cache import cached_dir
 from tests.corpus import timm_models as tm
 from tests.corpus.cases import Bug, Case, Pair
-from tests.corpus.timm_litert import CACHE, cached_bugs, recipe_key
+from tests.artifacts import CACHE, cached_dir
+from tests.corpus.timm_litert import cached_bugs, recipe_key
 
 #: route id → (label, which onnx2tf output is B)
 ROUTES = {
@@ -31,7 +31,7 @@ TIMEOUT = 3000.0
 
 def onnx_path(fam: tm.Family, bug: Bug | None, model=None) -> Path:
     """The cached TorchScript export (opset 17) of ``fam``'s A, with ``bug`` injected into a copy."""
-    from parity.zoo.onnx2tf_chain import export_onnx
+    from parity._zoo.onnx2tf_chain import export_onnx
 
     def build(tmp: Path) -> None:
         a = model if model is not None else tm.build(fam)
@@ -39,12 +39,12 @@ def onnx_path(fam: tm.Family, bug: Bug | None, model=None) -> Path:
         export_onnx(b, tm.inputs(fam), tmp / "model.onnx", opset=17)
 
     key = recipe_key(fam, "onnx-torchscript-17", repr(bug and (bug.name, bug.layer)))
-    return cached_dir(CACHE, f"timm-onnx17-{fam.name}", key, build) / "model.onnx"
+    return cached_dir(f"timm-onnx17-{fam.name}", key, build) / "model.onnx"
 
 
 def convert(fam: tm.Family, bug: Bug | None, model=None) -> dict[str, Path]:
     """onnx2tf's outputs (``onnx``, ``saved_model``, ``tflite_fp32``, ``tflite_fp16``) for the export."""
-    from parity.zoo.onnx2tf_chain import convert_cached
+    from parity._zoo.onnx2tf_chain import convert_cached
 
     return convert_cached(onnx_path(fam, bug, model).read_bytes(), CACHE, timeout=TIMEOUT)
 

@@ -1,10 +1,8 @@
 """Shared set-up for the tests that run real converters.
 
 Converted artifacts are cached between runs on the same machine, keyed by a
-content hash of everything that determines them (the source model's bytes, the
-converter's version, its options), so a second ``make test`` does not pay for
-onnx2tf again.  The cache lives in ``$PARITY_TEST_CACHE`` or
-``~/.cache/parity/test-artifacts``.
+content hash of everything that determines them (:mod:`tests.artifacts`: in
+``$PARITY_TEST_CACHE`` or ``~/.cache/parity/test-artifacts``).
 
 A converter that is not installed skips its tests with the install line — except
 under ``make test`` / CI (``PARITY_REQUIRE_CONVERTERS=1``), where a missing
@@ -15,21 +13,15 @@ from __future__ import annotations
 
 import importlib
 import os
-from pathlib import Path
-from typing import Callable
 
 import pytest
 
-from parity.zoo.cache import cached_dir as _cached_dir
-from parity.zoo.cache import content_key  # noqa: F401  (the tests take it from here)
+from tests.artifacts import CACHE, cached_dir, content_key  # noqa: F401  (the tests take them from here)
 from tests.corpus._torchvision import make_importable as make_torchvision_importable
 
 
 # timm, onnx2torch and transformers import torchvision: make it importable beside the CPU torch
 make_torchvision_importable()
-
-CACHE = Path(os.environ.get("PARITY_TEST_CACHE", Path.home() / ".cache" / "parity" / "test-artifacts"))
-
 
 def require(module: str, install: str):
     """Import ``module`` or skip (fail under PARITY_REQUIRE_CONVERTERS=1) saying how to install it."""
@@ -40,12 +32,6 @@ def require(module: str, install: str):
         if os.environ.get("PARITY_REQUIRE_CONVERTERS") == "1":
             pytest.fail(message)
         pytest.skip(message, allow_module_level=True)  # called at module level and in tests alike
-
-
-def cached_dir(kind: str, key: str, build: Callable[[Path], None]) -> Path:
-    """The directory ``CACHE/kind-key``, made by ``build(tmp_dir)`` the first time (see
-    :func:`parity.zoo.cache.cached_dir`)."""
-    return _cached_dir(CACHE, kind, key, build)
 
 
 def match_rate(report) -> float:

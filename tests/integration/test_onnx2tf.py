@@ -25,7 +25,7 @@ import parity  # noqa: E402
 from parity.chain import ChainBreak  # noqa: E402
 from parity.errors import InputError  # noqa: E402
 from parity.tolerance import DEFAULT_TOLERANCES  # noqa: E402
-from parity.zoo.onnx2tf_chain import (  # noqa: E402
+from parity._zoo.onnx2tf_chain import (  # noqa: E402
     ONNX2TF_INSTALL,
     ConversionError,
     convert_cached,
@@ -99,7 +99,7 @@ def test_the_mapping_parity_align_proposes_is_reused(net, faithful, tmp_path):
     model, x, _ = net
     path = tmp_path / "tflite.toml"
     shape = ",".join(str(n) for n in x.shape)
-    code = main(["align", "parity.zoo.onnx2tf_chain:tiny_mobilenet_model", str(faithful["tflite_fp32"]),
+    code = main(["align", "parity._zoo.onnx2tf_chain:tiny_mobilenet_model", str(faithful["tflite_fp32"]),
                  "--shape", shape, "--write", str(path)])
     assert code == 0
     proposed = load_mapping(path)
@@ -320,7 +320,7 @@ def test_injection_helpers_refuse_wrong_nodes(net):
 
 
 def test_missing_converter_is_named_with_the_install_line(tmp_path, monkeypatch):
-    import parity.zoo.onnx2tf_chain as o2t
+    import parity._zoo.onnx2tf_chain as o2t
     from parity.errors import ParityError
 
     (tmp_path / "m.onnx").write_bytes(b"\0")

@@ -29,7 +29,7 @@ TIMINGS: dict[str, float] = {}
 @pytest.fixture(scope="module")
 def keras_model():
     require("tensorflow", "pip install tensorflow-cpu")
-    from parity.zoo.tf2torch import small_keras_mobilenet
+    from parity._zoo.tf2torch import small_keras_mobilenet
 
     return small_keras_mobilenet(seed=0)
 
@@ -42,7 +42,7 @@ def x():
 @pytest.fixture(scope="module")
 def onnx_path(keras_model):
     tf2onnx = require("tf2onnx", TF2ONNX)
-    from parity.zoo.tf2torch import keras_fingerprint, keras_to_onnx
+    from parity._zoo.tf2torch import keras_fingerprint, keras_to_onnx
 
     key = content_key(keras_fingerprint(keras_model), tf2onnx.__version__, f"opset{OPSET}")
     start = time.perf_counter()
@@ -55,7 +55,7 @@ def onnx_path(keras_model):
 def torch_model(onnx_path):
     """A fresh conversion per test: the bug tests change its parameters."""
     require("onnx2torch", ONNX2TORCH)
-    from parity.zoo.tf2torch import onnx_to_torch
+    from parity._zoo.tf2torch import onnx_to_torch
 
     start = time.perf_counter()
     module = onnx_to_torch(onnx_path)
@@ -189,12 +189,12 @@ def proposed_mappings(keras_model, onnx_path, x, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("align")
     np.save(tmp / "x.npy", x)
     (tmp / "my_converted.py").write_text(
-        "from parity.zoo.tf2torch import onnx_to_torch\n\n\n"
+        "from parity._zoo.tf2torch import onnx_to_torch\n\n\n"
         f"def torch_model():\n    return onnx_to_torch({str(onnx_path)!r})\n"
     )
     sys.path.insert(0, str(tmp))
     try:
-        keras_spec = "parity.zoo.tf2torch:small_keras_mobilenet"
+        keras_spec = "parity._zoo.tf2torch:small_keras_mobilenet"
         out = {}
         for route, b in (("torch", "my_converted:torch_model"), ("onnx", str(onnx_path))):
             path = tmp / f"{route}.toml"
@@ -223,7 +223,7 @@ def test_bn_statistics_lost_in_onnx_are_found_at_their_keras_layer(
     file; checked through onnx2torch and on the ONNX file itself, with the mapping the faithful
     pair gave (automatic alignment mispairs here: see the xfail test below)."""
     import parity
-    from parity.zoo.tf2torch import onnx_to_torch
+    from parity._zoo.tf2torch import onnx_to_torch
 
     broken = _onnx_with_bn_statistics_reset(onnx_path, keras_model, "conv_dw_7_bn", tmp_path / "broken.onnx")
     b = onnx_to_torch(broken) if route == "torch" else parity.load(str(broken))
@@ -251,7 +251,7 @@ def test_bn_statistics_lost_in_onnx_are_found_at_their_keras_layer(
 def test_bn_statistics_lost_found_with_automatic_alignment(keras_model, onnx_path, x, tmp_path, route):
     require("onnx2torch", ONNX2TORCH)
     import parity
-    from parity.zoo.tf2torch import onnx_to_torch
+    from parity._zoo.tf2torch import onnx_to_torch
 
     broken = _onnx_with_bn_statistics_reset(onnx_path, keras_model, "conv_dw_7_bn", tmp_path / "broken.onnx")
     b = onnx_to_torch(broken) if route == "torch" else parity.load(str(broken))
@@ -321,7 +321,7 @@ def test_converter_errors_are_parity_errors(tmp_path):
     import keras
 
     from parity.errors import ModelError, ParityError
-    from parity.zoo.tf2torch import ConversionError, keras_to_onnx, onnx_to_torch
+    from parity._zoo.tf2torch import ConversionError, keras_to_onnx, onnx_to_torch
 
     a, b = keras.Input((4,)), keras.Input((4,))
     two_inputs = keras.Model([a, b], keras.layers.Add()([a, b]))

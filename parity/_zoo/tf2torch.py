@@ -17,7 +17,7 @@ make of the model (measured with tf2onnx 1.17, onnx2torch 1.5.15, Keras 3.15):
   layer mapping that names them holds for the converted file it was made on, not for a
   re-conversion.
 
->>> from parity.zoo.tf2torch import small_keras_mobilenet, keras_to_onnx, onnx_to_torch  # doctest: +SKIP
+>>> from parity._zoo.tf2torch import small_keras_mobilenet, keras_to_onnx, onnx_to_torch  # doctest: +SKIP
 >>> model = small_keras_mobilenet()                     # doctest: +SKIP
 >>> torch_model = onnx_to_torch(keras_to_onnx(model, "m.onnx"))  # doctest: +SKIP
 """

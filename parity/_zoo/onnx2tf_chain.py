@@ -143,7 +143,7 @@ def tiny_mobilenet(seed: int = 0, in_ch: int = 3, size: int = 32, batch: int = 2
 
 def tiny_mobilenet_model() -> Any:
     """:func:`tiny_mobilenet`'s model alone (seed 0), for ``package.module:factory`` specs:
-    ``parity align parity.zoo.onnx2tf_chain:tiny_mobilenet_model m_float32.tflite --shape 2,3,32,32``."""
+    ``parity align parity._zoo.onnx2tf_chain:tiny_mobilenet_model m_float32.tflite --shape 2,3,32,32``."""
     return tiny_mobilenet()[0]
 
 

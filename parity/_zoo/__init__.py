@@ -2,10 +2,11 @@
 their hand conversions to Keras (with knobs for the classic bugs), offline training data, and
 helpers that run the real converters (torch → ONNX → onnx2tf; Keras → tf2onnx → onnx2torch).
 
-Used by the tests, ``parity demo`` and the benchmarks.  Importing this package imports no
-framework; each name loads its module (and torch / Keras) on first use.
+Private: used by ``parity demo``, the tests and the benchmarks, not part of parity's API (the
+leading underscore says so; ``parity demo`` is its only user inside the package).  Importing
+this package imports no framework; each name loads its module (and torch / Keras) on first use.
 
->>> from parity.zoo import ConvNet, to_keras          # doctest: +SKIP
+>>> from parity._zoo import ConvNet, to_keras          # doctest: +SKIP
 >>> keras_model = to_keras(ConvNet().eval(), bn_epsilon="keras-default")  # doctest: +SKIP
 """
 

@@ -1,7 +1,8 @@
 """Converted artifacts made once and reused: a directory per content hash, built atomically.
 
-The converter helpers (``convert_cached``) and the integration tests' artifact cache share
-this, so a conversion the tests made serves ``parity demo --chain`` and the other way round.
+``parity demo --chain`` (through :func:`parity._zoo.onnx2tf_chain.convert_cached`) and the
+tests' artifact cache (:mod:`tests.artifacts`, in ``~/.cache/parity/test-artifacts``) share this
+layout, so a conversion the tests made serves the demo and the other way round.
 """
 
 from __future__ import annotations
