@@ -39,7 +39,7 @@ from .records import (
 from .tolerance import DEFAULT_TOLERANCES, Tolerances
 from . import report  # noqa: F401  (installs Report's renderers: records.py does not import report/)
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "diff",

@@ -397,7 +397,7 @@ def environment(*models: Any) -> dict[str, str]:
 
     import numpy
 
-    from . import __version__
+    from .version import __version__
 
     env = {
         "parity": __version__,
