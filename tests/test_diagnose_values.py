@@ -19,6 +19,7 @@ from parity.compare import compare  # noqa: E402
 from parity.diagnose import DETECTORS, Context  # noqa: E402
 from parity.diagnose import activation, dense, spatial  # noqa: E402,F401 - registers the detectors
 from parity.tolerance import Tolerances  # noqa: E402
+from parity.weights import layer_params  # noqa: E402
 from parity.zoo import ConvNet, MobileNetBlock, randomize_bn, to_keras  # noqa: E402
 
 from .helpers import make_trace, nchw_to_nhwc  # noqa: E402
@@ -51,8 +52,9 @@ def _diag(report, layer, code):
     return found[0]
 
 
-def _contexts(trace_a, trace_b, extra=None):
-    """A Context for every matched pair (examined or not), as diagnose() would build it."""
+def _contexts(trace_a, trace_b, params=None):
+    """A Context for every matched pair (examined or not), as diagnose() would build it;
+    ``params``: by A's layer name, the ``params_a``/``params_b`` records to give its Context."""
     alignment = align(trace_a, trace_b)
     layers = compare(alignment, Tolerances.build())
     ordered = sorted(alignment.matches, key=lambda m: m.a.index)
@@ -63,7 +65,7 @@ def _contexts(trace_a, trace_b, extra=None):
             continue
         out[m.a.name] = Context(
             layer=by_a[m.a.name], match=m, a=np.asarray(m.a.value), b=np.asarray(m.transform.apply(m.b.value)),
-            previous=ordered[i - 1] if i else None, alignment=alignment, extra=dict((extra or {}).get(m.a.name, {})),
+            previous=ordered[i - 1] if i else None, alignment=alignment, **(params or {}).get(m.a.name, {}),
         )
     return out
 
@@ -225,9 +227,9 @@ def test_dense_weights_not_reordered_after_flatten_is_flatten_order(convnet, dig
     ctxs = _contexts(parity.capture(convnet, digits), parity.capture(km, nchw_to_nhwc(digits)))
     ctx = ctxs["fc"]
     assert _run(ctx, "flatten_order") is None  # without the layers' weights the tensors cannot show it
-    for key, layer in (("a_layer", convnet.fc), ("b_layer", km.get_layer("fc"))):
-        ctx.extra.clear()
-        ctx.extra[key] = layer
+    for key, model in (("params_a", convnet), ("params_b", km)):
+        ctx.params_a = ctx.params_b = None
+        setattr(ctx, key, layer_params(model, "fc"))
         diag = _run(ctx, "flatten_order")
         assert diag is not None and diag.layer == "fc", key
         ev = diag.evidence
@@ -242,7 +244,7 @@ def test_correctly_reordered_dense_is_not_flatten_order(convnet, digits):
     km = to_keras(convnet, bn_epsilon="match", flatten="reorder")
     ctxs = _contexts(parity.capture(convnet, digits), parity.capture(km, nchw_to_nhwc(digits)))
     ctx = ctxs["fc"]
-    ctx.extra["a_layer"] = convnet.fc
+    ctx.params_a = layer_params(convnet, "fc")
     assert _run(ctx, "flatten_order") is None
 
 
@@ -326,8 +328,8 @@ def test_correct_pairs_give_no_value_diagnosis_even_when_every_layer_is_examined
         km = to_keras(model, bn_epsilon="match")
     report = parity.diff(model, km, x)
     assert report.ok and not [d for d in report.diagnoses if d.code in CODES]
-    extra = {"fc": {"a_layer": model.fc, "b_layer": km.get_layer("fc")}} if which == "convnet" else {}
-    ctxs = _contexts(parity.capture(model, x), parity.capture(km, nchw_to_nhwc(x)), extra)
+    params = {"fc": {"params_a": layer_params(model, "fc"), "params_b": layer_params(km, "fc")}} if which == "convnet" else {}
+    ctxs = _contexts(parity.capture(model, x), parity.capture(km, nchw_to_nhwc(x)), params)
     assert len(ctxs) >= 4
     for name, ctx in ctxs.items():
         for code in CODES:
