@@ -91,10 +91,11 @@ def find_layer(model: Any, name: str) -> Any:
     Tap suffixes (``#k`` for repeated calls, ``[i]`` for output elements) are dropped.
     Raises :class:`~parity.errors.MappingError` when there is no such layer.
     """
-    from .capture import keras_params, torch_params
+    from .capture.keras_params import find_layer as find_keras_layer
+    from .capture.torch_params import find_module
 
     backend = _backend(model)
-    finders = {"torch": torch_params.find_module, "keras": keras_params.find_layer}
+    finders = {"torch": find_module, "keras": find_keras_layer}  # the live layer objects, by framework
     if backend is None or not backend.reads_params or backend.framework not in finders:
         kind = type(backend.model if backend is not None else model).__name__
         raise MappingError(f"cannot look up layers of a {kind}: weight parity reads torch and Keras models only")
