@@ -7,11 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-keras = pytest.importorskip("keras")
-
-import parity  # noqa: E402
-from parity._zoo import ConvNet, randomize_bn, to_keras  # noqa: E402
+import parity
 
 OURS = {"bn_statistics", "norm_epsilon", "dtype_precision", "unexplained"}
 
@@ -25,9 +21,27 @@ def _codes(report):
 
 
 @pytest.fixture(scope="module")
-def convnet():
+def torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def keras():
+    return pytest.importorskip("keras")
+
+
+@pytest.fixture(scope="module")
+def zoo(torch, keras):
+    """The test models and their Keras twins (parity._zoo imports torch and Keras when used)."""
+    import parity._zoo
+
+    return parity._zoo
+
+
+@pytest.fixture(scope="module")
+def convnet(torch, zoo):
     torch.manual_seed(0)
-    return randomize_bn(ConvNet().eval(), seed=1)
+    return zoo.randomize_bn(zoo.ConvNet().eval(), seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +49,12 @@ def digits():
     return np.random.default_rng(0).uniform(0, 1, (8, 1, 28, 28)).astype("float32")
 
 
-def _twin_with_bn(convnet, order):
+def _twin_with_bn(zoo, convnet, order):
     """The ConvNet's Keras twin with its BatchNorm weights set in ``order`` (of γ, β, mean, var, 0, 1)."""
     bn = convnet.layer1[1]
     values = {"g": _np(bn.weight), "b": _np(bn.bias), "mean": _np(bn.running_mean), "var": _np(bn.running_var)}
     values["zeros"], values["ones"] = np.zeros_like(values["mean"]), np.ones_like(values["var"])
-    km = to_keras(convnet)
+    km = zoo.to_keras(convnet)
     km.get_layer("layer1_1").set_weights([values[k] for k in order])
     return km
 
@@ -49,18 +63,18 @@ def _twin_with_bn(convnet, order):
 
 
 @pytest.fixture(scope="module")
-def missing_stats_report(convnet, digits):
-    return parity.diff(convnet, _twin_with_bn(convnet, ("g", "b", "zeros", "ones")), digits)
+def missing_stats_report(convnet, digits, zoo):
+    return parity.diff(convnet, _twin_with_bn(zoo, convnet, ("g", "b", "zeros", "ones")), digits)
 
 
 @pytest.fixture(scope="module")
-def swapped_stats_report(convnet, digits):
-    return parity.diff(convnet, _twin_with_bn(convnet, ("g", "b", "var", "mean")), digits)
+def swapped_stats_report(convnet, digits, zoo):
+    return parity.diff(convnet, _twin_with_bn(zoo, convnet, ("g", "b", "var", "mean")), digits)
 
 
 @pytest.fixture(scope="module")
-def batch_stats_report(convnet, digits):
-    twin = to_keras(convnet)
+def batch_stats_report(convnet, digits, keras, zoo):
+    twin = zoo.to_keras(convnet)
 
     class BatchStats(keras.Model):
         """The twin's layers, its BatchNorm called with training=True (batch statistics)."""
@@ -113,8 +127,8 @@ def test_batch_statistics_in_b_is_bn_statistics(batch_stats_report):
     assert "training mode" in diag.message
 
 
-def test_bn_epsilon_is_not_taken_for_wrong_statistics(convnet, digits):
-    report = parity.diff(convnet, to_keras(convnet, bn_epsilon="keras-default"), digits)
+def test_bn_epsilon_is_not_taken_for_wrong_statistics(convnet, digits, zoo):
+    report = parity.diff(convnet, zoo.to_keras(convnet, bn_epsilon="keras-default"), digits)
     assert _codes(report) == ["bn_epsilon"]
 
 
@@ -124,7 +138,7 @@ D = 32
 
 
 @pytest.fixture(scope="module")
-def layernorm_model():
+def layernorm_model(torch):
     torch.manual_seed(0)
     tm = torch.nn.Sequential(torch.nn.Linear(D, D), torch.nn.LayerNorm(D, eps=1e-5)).eval()
     with torch.no_grad():
@@ -140,7 +154,7 @@ def tokens():
     return np.random.default_rng(0).standard_normal((4, 16, D)).astype("float32")
 
 
-def _keras_layernorm(tm, epsilon):
+def _keras_layernorm(keras, tm, epsilon):
     inp = keras.Input((16, D))
     dense, ln = keras.layers.Dense(D, name="0"), keras.layers.LayerNormalization(epsilon=epsilon, name="1")
     km = keras.Model(inp, ln(dense(inp)))
@@ -150,8 +164,8 @@ def _keras_layernorm(tm, epsilon):
 
 
 @pytest.mark.parametrize("epsilon", [1e-12, 1e-3])
-def test_layernorm_epsilon_is_norm_epsilon(layernorm_model, tokens, epsilon):
-    report = parity.diff(layernorm_model, _keras_layernorm(layernorm_model, epsilon), tokens)
+def test_layernorm_epsilon_is_norm_epsilon(layernorm_model, tokens, epsilon, keras):
+    report = parity.diff(layernorm_model, _keras_layernorm(keras, layernorm_model, epsilon), tokens)
     assert report.first_divergence.a_name == "1" and report.layer("0").ok
     (diag,) = report.layer("1").diagnoses
     assert diag.code == "norm_epsilon" and _codes(report) == ["norm_epsilon"]
@@ -167,12 +181,12 @@ def test_layernorm_epsilon_is_norm_epsilon(layernorm_model, tokens, epsilon):
     assert "epsilon of A's" in diag.message
 
 
-def test_layernorm_same_epsilon_passes(layernorm_model, tokens):
-    report = parity.diff(layernorm_model, _keras_layernorm(layernorm_model, 1e-5), tokens)
+def test_layernorm_same_epsilon_passes(layernorm_model, tokens, keras):
+    report = parity.diff(layernorm_model, _keras_layernorm(keras, layernorm_model, 1e-5), tokens)
     assert report.ok and report.diagnoses == ()
 
 
-def test_groupnorm_keras_default_epsilon_is_norm_epsilon():
+def test_groupnorm_keras_default_epsilon_is_norm_epsilon(torch, keras):
     torch.manual_seed(0)
     tm = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GroupNorm(4, 8)).eval()
     with torch.no_grad():
@@ -192,7 +206,7 @@ def test_groupnorm_keras_default_epsilon_is_norm_epsilon():
     assert diag.evidence["eps_b_fitted"] == pytest.approx(1e-3, rel=0.02)
 
 
-def test_rmsnorm_epsilon_is_norm_epsilon_without_centering(tokens):
+def test_rmsnorm_epsilon_is_norm_epsilon_without_centering(tokens, torch, keras):
     torch.manual_seed(0)
     tm = torch.nn.Sequential(torch.nn.Linear(D, D), torch.nn.RMSNorm(D, eps=1e-6)).eval()
     with torch.no_grad():
@@ -214,7 +228,7 @@ def test_rmsnorm_epsilon_is_norm_epsilon_without_centering(tokens):
 
 
 @pytest.fixture(scope="module")
-def mlp():
+def mlp(torch):
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)).eval()
 
@@ -224,7 +238,7 @@ def features():
     return np.random.default_rng(0).standard_normal((16, 32)).astype("float32")
 
 
-def _keras_mlp(mlp, dtype, corrupt=False):
+def _keras_mlp(keras, mlp, dtype, corrupt=False):
     inp = keras.Input((32,))
     d0 = keras.layers.Dense(64, name="0", dtype=dtype)
     d2 = keras.layers.Dense(10, name="2", dtype=dtype)
@@ -236,8 +250,8 @@ def _keras_mlp(mlp, dtype, corrupt=False):
 
 
 @pytest.mark.parametrize("dtype, rtol, unit", [("float16", 1e-4, 2.0**-11), ("bfloat16", 1e-3, 2.0**-8)])
-def test_half_precision_b_is_dtype_precision(mlp, features, dtype, rtol, unit):
-    report = parity.diff(mlp, _keras_mlp(mlp, dtype), features, rtol=rtol, atol=1e-6)
+def test_half_precision_b_is_dtype_precision(mlp, features, dtype, rtol, unit, keras):
+    report = parity.diff(mlp, _keras_mlp(keras, mlp, dtype), features, rtol=rtol, atol=1e-6)
     first = report.first_divergence
     assert first.a_name == "0"
     (diag,) = first.diagnoses
@@ -249,8 +263,8 @@ def test_half_precision_b_is_dtype_precision(mlp, features, dtype, rtol, unit):
     assert f"rtol={diag.evidence['suggested_rtol']:g}" in diag.message and "float32" in diag.message
 
 
-def test_half_precision_model_with_a_real_bug_is_not_rounding(mlp, features):
-    report = parity.diff(mlp, _keras_mlp(mlp, "float16", corrupt=True), features, rtol=1e-4, atol=1e-6)
+def test_half_precision_model_with_a_real_bug_is_not_rounding(mlp, features, keras):
+    report = parity.diff(mlp, _keras_mlp(keras, mlp, "float16", corrupt=True), features, rtol=1e-4, atol=1e-6)
     assert report.layer("2").rel_err > 0.1
     assert "dtype_precision" not in [d.code for d in report.layer("2").diagnoses]
 
@@ -273,8 +287,8 @@ def test_half_precision_read_from_values_cast_back_to_float32():
 # --- a correct pair: none of these detectors fire, even at a tolerance that flags round-off -----------
 
 
-def test_correct_pair_gets_none_of_these_diagnoses(convnet, digits):
-    km = to_keras(convnet, bn_epsilon="match")
+def test_correct_pair_gets_none_of_these_diagnoses(convnet, digits, zoo):
+    km = zoo.to_keras(convnet, bn_epsilon="match")
     assert parity.diff(convnet, km, digits).diagnoses == ()
     strict = parity.diff(convnet, km, digits, rtol=1e-9, atol=0.0)
     assert not strict.ok  # float32 round-off is flagged: the detectors did run
@@ -297,10 +311,10 @@ def _first_context(a, b, x_a, x_b):
     return report, context_for(align(trace_a, trace_b), report.layers, first)
 
 
-def test_unexplained_names_the_one_bad_channel(convnet, digits):
+def test_unexplained_names_the_one_bad_channel(convnet, digits, zoo):
     from parity.diagnose.fallback import unexplained
 
-    km = to_keras(convnet)
+    km = zoo.to_keras(convnet)
     kernel, bias = km.get_layer("layer1_0").get_weights()
     kernel[..., 5] *= 1.5  # one output channel's weights (and bias) 1.5× too large
     bias[5] *= 1.5
@@ -321,7 +335,7 @@ def test_unexplained_names_the_one_bad_channel(convnet, digits):
     assert all(isinstance(v, float) for v in diag.evidence.values())
 
 
-def test_unexplained_says_the_error_is_on_the_border():
+def test_unexplained_says_the_error_is_on_the_border(torch, keras):
     from parity.diagnose.fallback import unexplained
 
     torch.manual_seed(0)

@@ -10,18 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-keras = pytest.importorskip("keras")
+import parity
+from parity.align import align
+from parity.compare import compare
+from parity.diagnose import DETECTORS, Context
+from parity.diagnose import activation, dense, spatial  # noqa: F401 - registers the detectors
+from parity.tolerance import Tolerances
+from parity.weights import layer_params
 
-import parity  # noqa: E402
-from parity.align import align  # noqa: E402
-from parity.compare import compare  # noqa: E402
-from parity.diagnose import DETECTORS, Context  # noqa: E402
-from parity.diagnose import activation, dense, spatial  # noqa: E402,F401 - registers the detectors
-from parity.tolerance import Tolerances  # noqa: E402
-from parity._zoo import ConvNet, MobileNetBlock, randomize_bn, to_keras  # noqa: E402
-
-from .helpers import make_trace, nchw_to_nhwc  # noqa: E402
+from .helpers import make_trace, nchw_to_nhwc
 
 CODES = ("padding_asymmetry", "layout", "flatten_order", "activation_clamp", "activation_approximation")
 
@@ -30,12 +27,30 @@ def _np(t):
     return t.detach().numpy()
 
 
-def _seeded(cls, *args, **kwargs):
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def keras():
+    return pytest.importorskip("keras")
+
+
+@pytest.fixture(scope="module")
+def zoo(torch, keras):
+    """The test models and their Keras twins (parity._zoo imports torch and Keras when used)."""
+    import parity._zoo
+
+    return parity._zoo
+
+
+def _seeded(torch, cls, *args, **kwargs):
     torch.manual_seed(0)
     return cls(*args, **kwargs).eval()
 
 
-def _keras_seq(layers, input_shape):
+def _keras_seq(keras, layers, input_shape):
     model = keras.Sequential([keras.Input(input_shape), *layers])
     return model
 
@@ -51,8 +66,9 @@ def _diag(report, layer, code):
     return found[0]
 
 
-def _contexts(trace_a, trace_b, extra=None):
-    """A Context for every matched pair (examined or not), as diagnose() would build it."""
+def _contexts(trace_a, trace_b, params=None):
+    """A Context for every matched pair (examined or not), as diagnose() would build it;
+    ``params``: by A's layer name, the ``params_a``/``params_b`` records to give its Context."""
     alignment = align(trace_a, trace_b)
     layers = compare(alignment, Tolerances.build())
     ordered = sorted(alignment.matches, key=lambda m: m.a.index)
@@ -63,7 +79,7 @@ def _contexts(trace_a, trace_b, extra=None):
             continue
         out[m.a.name] = Context(
             layer=by_a[m.a.name], match=m, a=np.asarray(m.a.value), b=np.asarray(m.transform.apply(m.b.value)),
-            previous=ordered[i - 1] if i else None, alignment=alignment, extra=dict((extra or {}).get(m.a.name, {})),
+            previous=ordered[i - 1] if i else None, alignment=alignment, **(params or {}).get(m.a.name, {}),
         )
     return out
 
@@ -80,12 +96,13 @@ def _run(ctx, code):
 
 
 @pytest.fixture(scope="module")
-def strided_conv_pair():
+def strided_conv_pair(torch, keras):
     torch.manual_seed(0)
     tm = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, stride=2, padding=1)
     ).eval()
     km = _keras_seq(
+        keras,
         [keras.layers.Conv2D(8, 3, padding="same"), keras.layers.ReLU(), keras.layers.Conv2D(8, 3, strides=2, padding="same")],
         (16, 16, 3),
     )
@@ -121,9 +138,10 @@ def test_same_padding_on_side_a_is_padding_asymmetry_too(strided_conv_pair):
     assert (ev["pad_top_a"], ev["pad_left_a"], ev["pad_top_b"], ev["pad_left_b"]) == (0, 0, 1, 1)
 
 
-def test_the_explicit_pad_fix_passes(strided_conv_pair):
+def test_the_explicit_pad_fix_passes(strided_conv_pair, keras):
     tm, _, x = strided_conv_pair
     fixed = _keras_seq(
+        keras,
         [keras.layers.Conv2D(8, 3, padding="same"), keras.layers.ReLU(), keras.layers.ZeroPadding2D(((1, 1), (1, 1))),
          keras.layers.Conv2D(8, 3, strides=2, padding="valid")],
         (16, 16, 3),
@@ -133,10 +151,10 @@ def test_the_explicit_pad_fix_passes(strided_conv_pair):
     assert parity.diff(tm, fixed, x).ok
 
 
-def test_same_padding_on_a_strided_max_pool_is_padding_asymmetry():
+def test_same_padding_on_a_strided_max_pool_is_padding_asymmetry(torch, keras):
     torch.manual_seed(0)
     tm = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.MaxPool2d(3, stride=2, padding=1)).eval()
-    km = _keras_seq([keras.layers.Conv2D(4, 3, padding="same"), keras.layers.MaxPooling2D(3, strides=2, padding="same")],
+    km = _keras_seq(keras, [keras.layers.Conv2D(4, 3, padding="same"), keras.layers.MaxPooling2D(3, strides=2, padding="same")],
                     (12, 12, 3))
     km.layers[0].set_weights([_np(tm[0].weight).transpose(2, 3, 1, 0), _np(tm[0].bias)])
     x = np.random.default_rng(1).standard_normal((2, 3, 12, 12)).astype("float32")
@@ -169,12 +187,12 @@ def test_error_on_the_last_row_and_column_only_is_padding_asymmetry():
 # --- layout -----------------------------------------------------------------------------------
 
 
-def test_height_and_width_swapped_by_a_transpose_is_layout():
+def test_height_and_width_swapped_by_a_transpose_is_layout(torch, keras):
     torch.manual_seed(0)
     tm = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
     # a transpose Keras cannot follow (a Permute layer it would): B's ReLU is still declared NHWC
     swap = keras.layers.Lambda(lambda t: keras.ops.transpose(t, (0, 2, 1, 3)))
-    km = _keras_seq([keras.layers.Conv2D(4, 3, padding="same"), swap, keras.layers.ReLU()], (8, 8, 3))
+    km = _keras_seq(keras, [keras.layers.Conv2D(4, 3, padding="same"), swap, keras.layers.ReLU()], (8, 8, 3))
     km.layers[0].set_weights([_np(tm[0].weight).transpose(2, 3, 1, 0), _np(tm[0].bias)])
     x = np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype("float32")
     report = parity.diff_traces(parity.capture(tm, x), parity.capture(km, nchw_to_nhwc(x)))
@@ -209,8 +227,8 @@ def test_channels_first_declared_channels_last_when_c_equals_h_equals_w_is_layou
 
 
 @pytest.fixture(scope="module")
-def convnet():
-    return randomize_bn(_seeded(ConvNet), seed=1)
+def convnet(torch, zoo):
+    return zoo.randomize_bn(_seeded(torch, zoo.ConvNet), seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -218,16 +236,16 @@ def digits():
     return np.random.default_rng(0).uniform(0, 1, (4, 1, 28, 28)).astype("float32")
 
 
-def test_dense_weights_not_reordered_after_flatten_is_flatten_order(convnet, digits):
-    km = to_keras(convnet, bn_epsilon="match", flatten="naive")
+def test_dense_weights_not_reordered_after_flatten_is_flatten_order(convnet, digits, zoo):
+    km = zoo.to_keras(convnet, bn_epsilon="match", flatten="naive")
     report = parity.diff(convnet, km, digits)
     assert report.first_divergence.a_name == "fc"
     ctxs = _contexts(parity.capture(convnet, digits), parity.capture(km, nchw_to_nhwc(digits)))
     ctx = ctxs["fc"]
     assert _run(ctx, "flatten_order") is None  # without the layers' weights the tensors cannot show it
-    for key, layer in (("a_layer", convnet.fc), ("b_layer", km.get_layer("fc"))):
-        ctx.extra.clear()
-        ctx.extra[key] = layer
+    for key, model in (("params_a", convnet), ("params_b", km)):
+        ctx.params_a = ctx.params_b = None
+        setattr(ctx, key, layer_params(model, "fc"))
         diag = _run(ctx, "flatten_order")
         assert diag is not None and diag.layer == "fc", key
         ev = diag.evidence
@@ -238,27 +256,27 @@ def test_dense_weights_not_reordered_after_flatten_is_flatten_order(convnet, dig
         assert "HWC order while its weights expect CHW" in diag.message
 
 
-def test_correctly_reordered_dense_is_not_flatten_order(convnet, digits):
-    km = to_keras(convnet, bn_epsilon="match", flatten="reorder")
+def test_correctly_reordered_dense_is_not_flatten_order(convnet, digits, zoo):
+    km = zoo.to_keras(convnet, bn_epsilon="match", flatten="reorder")
     ctxs = _contexts(parity.capture(convnet, digits), parity.capture(km, nchw_to_nhwc(digits)))
     ctx = ctxs["fc"]
-    ctx.extra["a_layer"] = convnet.fc
+    ctx.params_a = layer_params(convnet, "fc")
     assert _run(ctx, "flatten_order") is None
 
 
 # --- activations ------------------------------------------------------------------------------
 
 
-def _dense_act_pair(torch_act, keras_act, seed=0):
+def _dense_act_pair(torch, keras, torch_act, keras_act, seed=0):
     torch.manual_seed(seed)
     tm = torch.nn.Sequential(torch.nn.Linear(16, 32), torch_act).eval()
-    km = _keras_seq([keras.layers.Dense(32), keras_act], (16,))
+    km = _keras_seq(keras, [keras.layers.Dense(32), keras_act], (16,))
     km.layers[0].set_weights([_np(tm[0].weight).T, _np(tm[0].bias)])
     return tm, km
 
 
-def test_relu_against_relu6_is_activation_clamp():
-    tm, km = _dense_act_pair(torch.nn.ReLU(), keras.layers.ReLU(max_value=6.0))
+def test_relu_against_relu6_is_activation_clamp(torch, keras):
+    tm, km = _dense_act_pair(torch, keras, torch.nn.ReLU(), keras.layers.ReLU(max_value=6.0))
     x = (np.random.default_rng(5).standard_normal((8, 16)) * 10).astype("float32")  # pre-activations beyond 6
     report = parity.diff(tm, km, x)
     assert report.first_divergence.a_name == "1" and report.layer("0").ok
@@ -271,19 +289,19 @@ def test_relu_against_relu6_is_activation_clamp():
     assert _codes(report, "1") == ["activation_clamp"]
 
 
-def test_mobilenet_relu6_converted_to_relu_is_activation_clamp_on_a():
-    model = randomize_bn(_seeded(MobileNetBlock, 8, 16, 2), seed=2)
+def test_mobilenet_relu6_converted_to_relu_is_activation_clamp_on_a(torch, zoo):
+    model = zoo.randomize_bn(_seeded(torch, zoo.MobileNetBlock, 8, 16, 2), seed=2)
     x = (np.random.default_rng(1).standard_normal((2, 8, 16, 16)) * 20).astype("float32")
-    report = parity.diff(model, to_keras(model, relu6="relu"), x)
+    report = parity.diff(model, zoo.to_keras(model, relu6="relu"), x)
     diag = _diag(report, "relu1", "activation_clamp")
     assert diag.evidence["bound"] == pytest.approx(6.0) and diag.evidence["b_clamps"] == 0.0
     assert diag.evidence["mismatch_frac_within_bound"] == 0.0
 
 
 @pytest.fixture(scope="module")
-def gelu_pair():
+def gelu_pair(torch, keras):
     return _dense_act_pair(
-        torch.nn.GELU(), keras.layers.Activation(lambda t: keras.activations.gelu(t, approximate=True))
+        torch, keras, torch.nn.GELU(), keras.layers.Activation(lambda t: keras.activations.gelu(t, approximate=True))
     )
 
 
@@ -303,8 +321,8 @@ def test_exact_gelu_against_tanh_gelu_is_activation_approximation(gelu_pair):
     assert _codes(report, "1") == ["activation_approximation"]
 
 
-def test_sigmoid_against_hard_sigmoid_is_activation_approximation():
-    tm, km = _dense_act_pair(torch.nn.Sigmoid(), keras.layers.Activation("hard_sigmoid"))
+def test_sigmoid_against_hard_sigmoid_is_activation_approximation(torch, keras):
+    tm, km = _dense_act_pair(torch, keras, torch.nn.Sigmoid(), keras.layers.Activation("hard_sigmoid"))
     report = parity.diff(tm, km, np.random.default_rng(7).standard_normal((8, 16)).astype("float32"))
     diag = _diag(report, "1", "activation_approximation")
     assert diag.evidence["rel_err_b_vs_hard_sigmoid"] < 1e-5
@@ -316,18 +334,18 @@ def test_sigmoid_against_hard_sigmoid_is_activation_approximation():
 
 
 @pytest.mark.parametrize("which", ["convnet", "mobilenet"])
-def test_correct_pairs_give_no_value_diagnosis_even_when_every_layer_is_examined(which, convnet, digits):
+def test_correct_pairs_give_no_value_diagnosis_even_when_every_layer_is_examined(which, convnet, digits, torch, zoo):
     if which == "convnet":
         model, x = convnet, digits
-        km = to_keras(model, bn_epsilon="match")
+        km = zoo.to_keras(model, bn_epsilon="match")
     else:
-        model = randomize_bn(_seeded(MobileNetBlock, 8, 16, 2), seed=2)
+        model = zoo.randomize_bn(_seeded(torch, zoo.MobileNetBlock, 8, 16, 2), seed=2)
         x = (np.random.default_rng(1).standard_normal((2, 8, 16, 16)) * 20).astype("float32")
-        km = to_keras(model, bn_epsilon="match")
+        km = zoo.to_keras(model, bn_epsilon="match")
     report = parity.diff(model, km, x)
     assert report.ok and not [d for d in report.diagnoses if d.code in CODES]
-    extra = {"fc": {"a_layer": model.fc, "b_layer": km.get_layer("fc")}} if which == "convnet" else {}
-    ctxs = _contexts(parity.capture(model, x), parity.capture(km, nchw_to_nhwc(x)), extra)
+    params = {"fc": {"params_a": layer_params(model, "fc"), "params_b": layer_params(km, "fc")}} if which == "convnet" else {}
+    ctxs = _contexts(parity.capture(model, x), parity.capture(km, nchw_to_nhwc(x)), params)
     assert len(ctxs) >= 4
     for name, ctx in ctxs.items():
         for code in CODES:

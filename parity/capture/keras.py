@@ -560,3 +560,17 @@ class KerasBackend(Backend):
         if len(arrays) == 1:
             return arrays[0]
         return list(arrays)
+
+    # --- parameters (read in parity/capture/keras_params.py) -----------------------------
+
+    def layer_params(self, name: str):
+        """The parameters of layer ``name`` as a :class:`~parity.records.LayerParams` in
+        PyTorch's layout (see :mod:`parity.capture.keras_params`); the model's layers are
+        indexed once per backend."""
+        from .keras_params import layer_params
+
+        return layer_params(self.model, name, owner=self)
+
+    @property
+    def reads_params(self) -> bool:
+        return True

@@ -569,6 +569,19 @@ class TorchBackend(Backend):
 
         return OpRecorder(), handles
 
+    # --- parameters (read in parity/capture/torch_params.py) -----------------------------
+
+    def layer_params(self, name: str):
+        """The parameters of submodule ``name`` as a :class:`~parity.records.LayerParams` in
+        PyTorch's layout (see :mod:`parity.capture.torch_params`)."""
+        from .torch_params import layer_params
+
+        return layer_params(self.model, name)
+
+    @property
+    def reads_params(self) -> bool:
+        return True
+
 
 _WRITE_GUARD: Any = None
 

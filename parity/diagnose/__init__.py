@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..records import Alignment, Diagnosis, LayerDiff
+from ..records import Alignment, Diagnosis, LayerDiff, LayerParams
 from .base import DETECTORS, Context, Detector, detector
 from .bn import diagnose_bn_epsilon
 
@@ -26,7 +26,8 @@ DIAGNOSED_LAYERS = 8
 detector("bn_epsilon", {"batchnorm"})(lambda ctx: diagnose_bn_epsilon(ctx.match, ctx.b))
 
 
-def ctx_needs_layers(match) -> bool:
+def needs_params(match) -> bool:
+    """Whether a detector of this pair's family reads the layers' parameters (dense layers)."""
     from ..align import op_family
 
     # transformers' Conv1D / TFConv1D are dense layers (GPT-2's), named like a convolution
@@ -42,27 +43,42 @@ def _load_detectors() -> None:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
-def _live_layers(models: tuple | None, a_name: str, b_name: str) -> dict:
-    """The live layer objects of a pair, for detectors that need weights (``ctx.extra``)."""
+def _backends(models: tuple | None) -> tuple:
+    """The backends of the live pair (a backend is its own), ``None`` for a side no backend
+    takes or whose parameters cannot be read (graph formats)."""
     if not models:
-        return {}
-    from ..weights import find_layer
+        return (None, None)
+    from ..capture import backend_for
+    from ..errors import ModelError
 
-    extra = {}
-    for key, model, name in (("a_layer", models[0], a_name), ("b_layer", models[1], b_name)):
+    out = []
+    for model in models:
         try:
-            extra[key] = find_layer(model, name)
-        except Exception:  # noqa: BLE001 - a graph format, or a name that is not a layer
-            pass
-    return extra
+            backend = backend_for(model)
+        except ModelError:
+            backend = None
+        out.append(backend if backend is not None and backend.reads_params else None)
+    return tuple(out)
+
+
+def _params(backend, name: str) -> LayerParams | None:
+    """The parameters of layer ``name`` read through ``backend``, or None."""
+    if backend is None:
+        return None
+    try:
+        return backend.layer_params(name)
+    except Exception:  # noqa: BLE001 - a name that is no layer of its own: the detectors go without
+        return None
 
 
 def diagnose(
     alignment: Alignment, layers: tuple[LayerDiff, ...], models: tuple | None = None
 ) -> tuple[tuple[LayerDiff, ...], tuple[Diagnosis, ...]]:
     """Run the applicable detectors on the first flagged layers; attach what they find.
-    ``models`` (the live pair, when there is one) lets weight-based detectors see layers."""
+    ``models`` (the live pair — models or their backends —, when there is one) lets the
+    detectors that need them read the layers' parameters (:attr:`Context.params_a`/``params_b``)."""
     _load_detectors()
+    backends = _backends(models)
     ordered = sorted(alignment.matches, key=lambda m: m.a.index)
     by_a = {m.a.name: i for i, m in enumerate(ordered)}
     found: list[Diagnosis] = []
@@ -81,8 +97,9 @@ def diagnose(
         ctx = Context(
             layer=d, match=m, a=np.asarray(m.a.value), b=np.asarray(m.transform.apply(m.b.value)),
             previous=ordered[i - 1] if i else None, alignment=alignment, layers=tuple(out),
-            extra=_live_layers(models, m.a.name, m.b.name) if ctx_needs_layers(m) else {},
         )
+        if needs_params(m):
+            ctx.params_a, ctx.params_b = _params(backends[0], m.a.name), _params(backends[1], m.b.name)
         diags = []
         for det in DETECTORS:
             if det.applies(ctx):

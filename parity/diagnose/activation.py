@@ -22,6 +22,8 @@ from .base import Context, detector
 from .base import rel_diff as _rel
 from ..records import Diagnosis
 
+__all__ = ["activation_clamp", "activation_approximation", "FUNCTIONS", "REPRODUCES", "FIXES"]
+
 
 # --- activation_clamp ---------------------------------------------------------------------
 
@@ -126,7 +128,7 @@ def _relu6(x: np.ndarray) -> np.ndarray:
 
 
 #: short id → (name, function, family); approximations are looked for within a family
-_FUNCTIONS = {
+FUNCTIONS = {
     "gelu": ("GELU (exact, erf)", lambda x: 0.5 * x * (1.0 + _erf(x / sqrt(2.0))), "gelu"),
     "gelu_tanh": ("GELU (tanh approximation)",
                   lambda x: 0.5 * x * (1.0 + np.tanh(sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3))), "gelu"),
@@ -142,9 +144,10 @@ _FUNCTIONS = {
 }
 
 #: a candidate "reproduces" a side's output within this relative error
-_REPRODUCES = 1e-5
+REPRODUCES = 1e-5
 
-_FIXES = {
+#: family → how to make both sides use the same function
+FIXES = {
     "gelu": "Use the same GELU on both sides: torch nn.GELU(approximate='none'|'tanh') ↔ Keras "
             "activations.gelu(x, approximate=False|True) (Keras' Activation('gelu') is the exact one).",
     "sigmoid": "Use the same sigmoid on both sides (torch nn.Hardsigmoid is relu6(x+3)/6; Keras 3's hard_sigmoid "
@@ -166,23 +169,23 @@ def activation_approximation(ctx: Context) -> Diagnosis | None:
         return None
     errs = {}
     with np.errstate(over="ignore", invalid="ignore"):
-        for name, (_, fn, _) in _FUNCTIONS.items():
+        for name, (_, fn, _) in FUNCTIONS.items():
             y = fn(x)
             if np.all(np.isfinite(y)):
                 errs[name] = (_rel(a, y), _rel(b, y))
     if not errs:
         return None
     name_a = min(errs, key=lambda n: errs[n][0])
-    if errs[name_a][0] > _REPRODUCES:
+    if errs[name_a][0] > REPRODUCES:
         return None  # A's activation is not one of the known functions (or the previous pair is not its input)
-    family = _FUNCTIONS[name_a][2]
-    same_family = [n for n in errs if _FUNCTIONS[n][2] == family and n != name_a]
+    family = FUNCTIONS[name_a][2]
+    same_family = [n for n in errs if FUNCTIONS[n][2] == family and n != name_a]
     if not same_family:
         return None
     name_b = min(same_family, key=lambda n: errs[n][1])
     err_b = errs[name_b][1]
     err_a_on_b = errs[name_a][1]  # A's function against B's output: the error as compared, essentially
-    if err_b > _REPRODUCES or err_a_on_b < 10 * max(err_b, 1e-12):
+    if err_b > REPRODUCES or err_a_on_b < 10 * max(err_b, 1e-12):
         return None
     evidence = {
         "rel_err_b_vs_a_function": float(err_a_on_b),
@@ -192,11 +195,11 @@ def activation_approximation(ctx: Context) -> Diagnosis | None:
         "input_abs_max": float(np.max(np.abs(x))),
     }
     for n, (ea, eb) in errs.items():
-        if _FUNCTIONS[n][2] == family:
+        if FUNCTIONS[n][2] == family:
             evidence[f"rel_err_b_vs_{n}"] = float(eb)
     msg = (
-        f"Different activation functions: A computes {_FUNCTIONS[name_a][0]} (reproduced from A's input to {errs[name_a][0]:.1e}), "
-        f"B computes {_FUNCTIONS[name_b][0]} (reproduced to {err_b:.1e}; A's function is {err_a_on_b:.2g} away from B's output). "
-        f"{_FIXES[family]}"
+        f"Different activation functions: A computes {FUNCTIONS[name_a][0]} (reproduced from A's input to {errs[name_a][0]:.1e}), "
+        f"B computes {FUNCTIONS[name_b][0]} (reproduced to {err_b:.1e}; A's function is {err_a_on_b:.2g} away from B's output). "
+        f"{FIXES[family]}"
     )
     return Diagnosis(code="activation_approximation", layer=ctx.match.a.name, message=msg, evidence=evidence)

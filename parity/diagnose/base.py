@@ -3,7 +3,8 @@
 A detector is a function ``detect(ctx: Context) -> Diagnosis | None`` that
 recognises one cause of divergence from the numbers of one matched pair (and,
 where it needs them, the pair before it and the tap attributes the backends
-recorded: ``eps``, ``running_var``, ``stride``, ``padding``, ...).  It returns
+recorded: ``eps``, ``running_var``, ``stride``, ``padding``, ...; for dense layers, the
+parameters of both layers as :class:`~parity.records.LayerParams` records).  It returns
 ``None`` unless the numbers fit its cause; it never decides from names alone.
 Detectors register themselves with :func:`detector`; :func:`parity.diagnose.diagnose`
 runs the applicable ones on the first flagged layers.
@@ -11,13 +12,13 @@ runs the applicable ones on the first flagged layers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from ..align import op_family
-from ..records import Alignment, Diagnosis, LayerDiff, Match
+from ..records import Alignment, Diagnosis, LayerDiff, LayerParams, Match
 
 __all__ = ["Context", "Detector", "detector", "DETECTORS", "rel_diff", "channel_axis"]
 
@@ -50,7 +51,10 @@ class Context:
     alignment: Alignment
     #: layers of the report so far, in A's order (earlier ones already diagnosed)
     layers: tuple[LayerDiff, ...] = ()
-    extra: dict = field(default_factory=dict)
+    #: the parameters of A's and B's layer, read through the backends when the live models are at
+    #: hand and a detector of this layer's family needs them (dense layers); else None
+    params_a: LayerParams | None = None
+    params_b: LayerParams | None = None
 
     @property
     def family(self) -> str:

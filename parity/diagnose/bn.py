@@ -15,11 +15,14 @@ import numpy as np
 from ..records import Diagnosis, Match
 from .base import channel_axis as _channel_axis
 
+__all__ = ["declared_eps", "differing_declared_eps", "per_channel_affine", "diagnose_bn_epsilon"]
+
 #: a channel is "affine" when the residual of the fit is this small relative to B's spread
 _AFFINE_RESIDUAL = 1e-3
 
 
-def _declared_eps(attrs) -> float | None:
+def declared_eps(attrs) -> float | None:
+    """The epsilon a tap's attributes declare (``eps`` or ``epsilon``), or ``None``."""
     for key in ("eps", "epsilon"):
         if key in attrs:
             try:
@@ -31,7 +34,7 @@ def _declared_eps(attrs) -> float | None:
 
 def differing_declared_eps(match: Match) -> tuple[float, float] | None:
     """``(eps_a, eps_b)`` when both layers declare an epsilon and one is 10× the other or more."""
-    eps_a, eps_b = _declared_eps(match.a.attrs), _declared_eps(match.b.attrs)
+    eps_a, eps_b = declared_eps(match.a.attrs), declared_eps(match.b.attrs)
     if eps_a is None or eps_b is None or max(eps_a, eps_b) < 10 * max(min(eps_a, eps_b), 1e-300):
         return None
     return eps_a, eps_b
@@ -77,8 +80,8 @@ def diagnose_bn_epsilon(match: Match, value_b: np.ndarray) -> Diagnosis | None:
     s2, v = slope[ok] ** 2, var[ok]
     if np.max(np.abs(slope[ok] - 1.0)) < 1e-5:
         return None  # no scale difference to explain
-    eps_a_declared = _declared_eps(match.a.attrs)
-    eps_b_declared = _declared_eps(match.b.attrs)
+    eps_a_declared = declared_eps(match.a.attrs)
+    eps_b_declared = declared_eps(match.b.attrs)
     # s² (v + eps_b) = v + eps_a  →  s²·eps_b − eps_a = v (1 − s²): linear in both epsilons
     rhs = v * (1.0 - s2)
     if np.std(v) > 1e-3 * max(np.mean(v), 1e-12) and len(v) >= 3:

@@ -32,7 +32,7 @@ import numpy as np
 from ..records import Diagnosis
 from .base import Context, detector
 from .base import channel_axis as _channel_axis
-from .bn import _declared_eps
+from .bn import declared_eps
 
 __all__ = ["diagnose_bn_statistics", "effective_statistics"]
 
@@ -119,9 +119,9 @@ def diagnose_bn_statistics(ctx: Context) -> Diagnosis | None:
     c = a.shape[axis]
     if mean_a.shape[0] != c or var_a.shape[0] != c:
         return None
-    eps = _declared_eps(m.a.attrs)
+    eps = declared_eps(m.a.attrs)
     eps = 1e-5 if eps is None else eps
-    eps_b = _declared_eps(m.b.attrs)
+    eps_b = declared_eps(m.b.attrs)
     eps_b = eps if eps_b is None else eps_b
     mean_b, var_b, a_ok, b_ok, b_nan = effective_statistics(x_a, a, x_b, b, axis, mean_a, var_a, eps)
     if a_ok.mean() < _MIN_SHARE:

@@ -9,9 +9,9 @@ output does not.
 
 The recorded tensors alone cannot show it (finding the weights from a batch
 of inputs and outputs needs more samples than features), so this detector
-uses the live layers when the caller provides them in ``ctx.extra``:
-``"a_layer"`` and/or ``"b_layer"`` — a ``torch.nn.Linear``, a Keras ``Dense``,
-or a ``(kernel (in, out), bias)`` pair of arrays.  With either layer's weights
+uses the layers' parameters when the live models are at hand:
+``ctx.params_a`` and/or ``ctx.params_b``, :class:`~parity.records.LayerParams`
+records the backends read (NumPy, the kernel ``(out, in)``).  With either layer's weights
 it recomputes the layer on A's recorded input flattened in every order of the
 input's axes: the order that reproduces A and a different order that
 reproduces B are the diagnosis.
@@ -20,49 +20,35 @@ reproduces B are the diagnosis.
 from __future__ import annotations
 
 from itertools import permutations
-from typing import Any
 
 import numpy as np
 
 from .base import Context, detector
 from .base import rel_diff as _rel
-from ..records import Diagnosis
+from ..records import Diagnosis, LayerParams
 
 #: an order "reproduces" a side's output within this relative error
 _REPRODUCES = 1e-3
 
 
-def _array(value: Any) -> np.ndarray | None:
-    if value is None:
+def dense_params(params: LayerParams | tuple | None) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """``(kernel (in, out), bias or None)`` in float64 of a dense layer's
+    :class:`~parity.records.LayerParams` (kernel ``(out, in)``, the canonical layout) or of a
+    ``(kernel (in, out), bias)`` pair of arrays; ``None`` for anything else."""
+    if params is None:
         return None
-    if hasattr(value, "detach"):  # torch
-        return value.detach().cpu().double().numpy()
-    if hasattr(value, "numpy"):  # keras / tf variables
-        try:
-            return np.asarray(value.numpy(), dtype=np.float64)
-        except Exception:  # noqa: BLE001 - fall back to the array protocol
-            pass
-    try:
-        return np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-
-
-def dense_params(layer: Any) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """``(kernel (in, out), bias or None)`` of a torch Linear, a Keras Dense or a ``(kernel, bias)`` pair."""
-    if layer is None:
-        return None
-    if isinstance(layer, (tuple, list)) and len(layer) == 2:
-        kernel, bias = _array(layer[0]), _array(layer[1])
-    elif hasattr(layer, "weight") and hasattr(layer.weight, "detach"):  # torch nn.Linear: (out, in)
-        weight = _array(layer.weight)
-        kernel = None if weight is None else weight.T
-        bias = _array(getattr(layer, "bias", None))
-    elif getattr(layer, "kernel", None) is not None:  # Keras Dense: (in, out)
-        kernel, bias = _array(layer.kernel), _array(getattr(layer, "bias", None))
+    if isinstance(params, LayerParams):
+        k, b = params.params.get("kernel"), params.params.get("bias")
+        if k is None or k.value.ndim != 2:
+            return None
+        kernel = np.asarray(k.value, dtype=np.float64).T
+        bias = None if b is None else np.asarray(b.value, dtype=np.float64)
+    elif isinstance(params, (tuple, list)) and len(params) == 2:
+        kernel = np.asarray(params[0], dtype=np.float64)
+        bias = None if params[1] is None else np.asarray(params[1], dtype=np.float64)
     else:
         return None
-    if kernel is None or kernel.ndim != 2:
+    if kernel.ndim != 2:
         return None
     if bias is not None and bias.shape != (kernel.shape[1],):
         bias = None
@@ -102,8 +88,8 @@ def flatten_order(ctx: Context) -> Diagnosis | None:
     n, features = x.shape[0], int(np.prod(x.shape[1:]))
     if n != a.shape[0]:
         return None
-    for key in ("a_layer", "b_layer"):
-        params = dense_params(ctx.extra.get(key))
+    for key, layer in (("a_layer", ctx.params_a), ("b_layer", ctx.params_b)):
+        params = dense_params(layer)
         if params is None:
             continue
         kernel, bias = params

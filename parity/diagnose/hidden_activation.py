@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..records import Diagnosis
-from .activation import _FIXES, _FUNCTIONS, _REPRODUCES
+from ..records import Diagnosis, LayerParams
+from .activation import FIXES, FUNCTIONS, REPRODUCES
 from .base import Context, detector
 from .base import rel_diff as _rel
 
@@ -38,22 +38,12 @@ def _activation_before(ctx: Context):
     return tap if tap.value is not None else None
 
 
-def _dense_weights(layer) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """A live Dense/Linear layer's weight as ``(out, in)`` and its bias."""
-    import sys
-
-    from ..weights import _keras_layer, _torch_layer
-
-    try:
-        torch = sys.modules.get("torch")
-        read = _torch_layer if torch is not None and isinstance(layer, torch.nn.Module) else _keras_layer
-        params = read(layer).params
-    except Exception:  # noqa: BLE001 - not a layer weight parity can read
-        return None
-    kernel = params.get("kernel")
+def _dense_weights(params: LayerParams | None) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """A dense layer's weight as ``(out, in)`` (the canonical layout) and its bias, in float64."""
+    kernel = params.params.get("kernel") if params is not None else None
     if kernel is None or kernel.value.ndim != 2:
         return None
-    bias = params.get("bias")
+    bias = params.params.get("bias")
     return kernel.value.astype(np.float64), None if bias is None else bias.value.astype(np.float64).ravel()
 
 
@@ -71,23 +61,23 @@ def hidden_activation(ctx: Context) -> Diagnosis | None:
     if x.shape != y_act.shape or not np.all(np.isfinite(x)):
         return None
     with np.errstate(over="ignore", invalid="ignore"):
-        outs = {name: fn(x) for name, (_, fn, _) in _FUNCTIONS.items()}
+        outs = {name: fn(x) for name, (_, fn, _) in FUNCTIONS.items()}
     errs_a = {n: _rel(y_act, y) for n, y in outs.items() if np.all(np.isfinite(y))}
     if not errs_a:
         return None
     name_a = min(errs_a, key=errs_a.get)
-    if errs_a[name_a] > _REPRODUCES:
+    if errs_a[name_a] > REPRODUCES:
         return None  # not a known function of the previous pair's value
-    weights = _dense_weights(ctx.extra.get("b_layer"))
+    weights = _dense_weights(ctx.params_b)
     if weights is None:
         return None
     w, bias = weights
     b = ctx.b.astype(np.float64)
     if x.shape[-1] != w.shape[1] or b.shape[:-1] != x.shape[:-1] or b.shape[-1] != w.shape[0]:
         return None
-    family = _FUNCTIONS[name_a][2]
+    family = FUNCTIONS[name_a][2]
     dense_errs = {}
-    for n, (_, _, fam) in _FUNCTIONS.items():
+    for n, (_, _, fam) in FUNCTIONS.items():
         if fam != family or n not in errs_a:
             continue
         y = outs[n] @ w.T + (bias if bias is not None else 0.0)
@@ -107,9 +97,9 @@ def hidden_activation(ctx: Context) -> Diagnosis | None:
     }
     msg = (
         f"Different activation functions at {act.name!r} ({act.op}), which B computes inside, not as a layer: "
-        f"A computes {_FUNCTIONS[name_a][0]} (reproduced from its input to {errs_a[name_a]:.1e}); B's "
-        f"{ctx.match.b.name!r} is reproduced by its own weights applied to {_FUNCTIONS[name_b][0]} of the same input "
-        f"(to {err_b:.1e}; with A's function {err_a:.2g}). {_FIXES[family]} In transformers, check the config's "
+        f"A computes {FUNCTIONS[name_a][0]} (reproduced from its input to {errs_a[name_a]:.1e}); B's "
+        f"{ctx.match.b.name!r} is reproduced by its own weights applied to {FUNCTIONS[name_b][0]} of the same input "
+        f"(to {err_b:.1e}; with A's function {err_a:.2g}). {FIXES[family]} In transformers, check the config's "
         "hidden_act / activation_function (gelu, gelu_new, gelu_pytorch_tanh, quick_gelu) on both sides."
     )
     return Diagnosis(code="activation_approximation", layer=ctx.match.a.name, message=msg, evidence=evidence)

@@ -24,7 +24,7 @@ import numpy as np
 from ..records import Diagnosis
 from .base import Context, detector
 from .base import channel_axis as _channel_axis
-from .bn import _declared_eps, differing_declared_eps
+from .bn import declared_eps, differing_declared_eps
 
 __all__ = ["diagnose_norm_epsilon"]
 
@@ -103,8 +103,8 @@ def _fitted_difference(ctx: Context) -> Diagnosis | None:
     x_a, x_b = prev
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b)) and np.all(np.isfinite(x_a)) and np.all(np.isfinite(x_b))):
         return None
-    eps_a_declared = _declared_eps(m.a.attrs)
-    eps_b_declared = _declared_eps(m.b.attrs)
+    eps_a_declared = declared_eps(m.a.attrs)
+    eps_b_declared = declared_eps(m.b.attrs)
     eps0 = eps_a_declared if eps_a_declared is not None else 1e-5
     # 1. the structure that makes A an exact per-feature affine map of its normalised input (at A's
     #    declared epsilon), then A's epsilon on that structure
