@@ -264,7 +264,6 @@ def _fused_activation(layer: Any) -> str | None:
 
 class KerasBackend(Backend):
     framework = "keras"
-    reads_params = True  # layer_params reads this framework's parameters
 
     @classmethod
     def accepts(cls, obj: Any) -> bool:

@@ -238,7 +238,6 @@ def _tensor_key(t: Any) -> tuple:
 
 class TorchBackend(Backend):
     framework = "torch"
-    reads_params = True  # layer_params reads this framework's parameters
 
     @classmethod
     def accepts(cls, obj: Any) -> bool:
