@@ -17,7 +17,11 @@ __all__ = [
     "CaptureError",
     "AlignmentError",
     "ReportFormatError",
+    "OptionError",
+    "StageNotFound",
+    "PairConfigError",
     "ParityMismatch",
+    "PairDiverged",
     "ConversionError",
     "ConverterNotInstalled",
     "closest",
@@ -76,6 +80,22 @@ class ReportFormatError(ParityError, ValueError):
     """A saved report has an unknown schema or version."""
 
 
+class OptionError(ParityError, TypeError):
+    """A function was given a keyword argument it does not take; the message lists those it does."""
+
+
+class StageNotFound(ParityError, KeyError):
+    """A chain was asked for a stage (by name or index) it does not have."""
+
+    def __str__(self) -> str:  # KeyError would quote the message like a key
+        return str(self.args[0]) if self.args else ""
+
+
+class PairConfigError(ParityError, ValueError):
+    """A ``[tool.parity.pairs.*]`` table (pyproject.toml, parity.toml) that cannot be used; the
+    message names the file, the pair and the key."""
+
+
 class ParityMismatch(ParityError, AssertionError):
     """Raised by :func:`parity.assert_parity` when two models diverge.
 
@@ -85,6 +105,15 @@ class ParityMismatch(ParityError, AssertionError):
     def __init__(self, message: str, report: object = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class PairDiverged(ParityMismatch):
+    """A pair declared for the pytest plugin diverged; ``report`` is its :class:`parity.Report`
+    and ``paths`` the report files written for it."""
+
+    def __init__(self, report: object, paths: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(report.summary(), report)  # type: ignore[attr-defined]
+        self.paths = list(paths)
 
 
 class ConversionError(ParityError, RuntimeError):
