@@ -153,7 +153,7 @@ def run_chain_demo(
 
         import tensorflow  # noqa: F401  (imported here so the status line covers its start-up)
 
-        from . import chain
+        from .chain import chain
         from .zoo.onnx2tf_chain import (
             convert_cached,
             export_onnx,
