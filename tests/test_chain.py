@@ -353,9 +353,9 @@ def test_default_names_are_file_names_and_model_names(torch_model, files):
 
 
 def test_parity_chain_is_the_function_and_light():
-    assert parity.chain is chain and parity.ChainReport is ChainReport and parity.Stage is Stage
     import inspect
 
+    assert parity.chain is chain and parity.ChainReport is ChainReport and parity.Stage is Stage
     assert inspect.isfunction(chain) and inspect.signature(chain).return_annotation in (ChainReport, "ChainReport")
     code = (
         "import sys, parity.chain\n"
