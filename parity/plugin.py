@@ -247,7 +247,7 @@ class ParityChecker:
     def check(self, a: Any, b: Any, inputs: Any = None, **options: Any):
         """Compare ``a`` and ``b`` like :func:`parity.diff`; fail the test with the report unless they agree."""
         __tracebackhide__ = True
-        from . import diff
+        from .api import diff
 
         for key, value in self._session.options().items():
             options.setdefault(key, value)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator, TypeAlias
 
 from ..errors import ParityError
 from ..records import Report
@@ -20,8 +20,12 @@ from ..tolerance import DEFAULT_TOLERANCES
 from .console import fmt_float
 from .jsonio import dumps, encode, report_to_dict
 
-if TYPE_CHECKING:  # the records import nothing from report/; this module reads them
-    from ..chain import ChainCell, ChainReport, ChainRow
+# parity.chain's records call into this module (function-level imports in their methods); importing
+# them back, even only for type checking, would close an import circle, so their names are aliases
+# here, for readers: ``chain`` below is a parity.chain.ChainReport, ``c`` a ChainCell.
+ChainReport: TypeAlias = Any
+ChainRow: TypeAlias = Any
+ChainCell: TypeAlias = Any
 
 __all__ = [
     "SCHEMA_NAME",
