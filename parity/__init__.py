@@ -10,11 +10,16 @@ and learn which layer first goes wrong, by how much, and why.
 
 Importing parity imports neither torch nor TensorFlow: a backend imports its
 framework when a model of that framework is handed in.
+
+``parity.chain`` and ``parity.search`` are functions (importing this package binds them
+over the submodules of the same name); the submodules stay importable as
+``from parity.chain import ChainCell`` and ``from parity.search import InputRecipe``.
 """
 
 from __future__ import annotations
 
 from .api import assert_parity, capture, diff, diff_traces
+from .chain import ChainReport, Stage, chain
 from .errors import (
     AlignmentError,
     CaptureError,
@@ -26,6 +31,7 @@ from .errors import (
     ReportFormatError,
     ToleranceError,
 )
+from .search import SearchResult, search
 from .records import (
     Diagnosis,
     InputSpec,
@@ -51,6 +57,9 @@ __all__ = [
     "drift",
     "search",
     "chain",
+    "ChainReport",
+    "Stage",
+    "SearchResult",
     "Report",
     "LayerDiff",
     "Metrics",
@@ -95,13 +104,3 @@ def load_report(path):
 
     return _load(path)
 
-
-def __getattr__(name):
-    """``parity.search`` and ``parity.chain``: callable modules (``parity.search(a, b)``,
-    ``parity.chain([a, b, c], x)``, ``parity.search.inputs_strategy(shape)``), imported on first
-    use so that ``import parity`` stays light."""
-    if name in ("search", "chain"):
-        import importlib
-
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,12 +18,20 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .errors import InputError, InputShapeUnknown, ParityError
-from .loading import StateDictWithoutFactory, _looks_like_spec, load_inputs, load_mapping, load_model, require_files
-from .chain import add_chain_command, run_chain_command
-from .options import add_tolerance_options, add_verbose_option
+from .loading import StateDictWithoutFactory, load_mapping, load_model
+from .options import (
+    add_input_options,
+    add_tolerance_options,
+    add_verbose_option,
+    exit_on_parity_error,
+    inputs_from_args,
+    require_arg_files,
+)
+
+__all__ = ["main", "build_parser", "add_chain_command", "run_chain_command"]
 
 
 #: every kind of model a command loads (parity.loading), for --help
@@ -53,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("diff", help="compare model A with model B")
     d.add_argument("a", help=f"model A: {_MODEL_FORMATS}")
     d.add_argument("b", help="model B: the same kinds as A")
-    _add_input_options(d)
+    add_input_options(d)
     d.add_argument(
         "--map", "--mapping", dest="mapping", metavar="FILE",
         help=".toml/.json table of A layer name = B layer name (B names may be globs like '*/Relu6:0' or 're:…')",
@@ -78,14 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     taps = sub.add_parser("taps", help="list every tensor parity records in a model (names for a mapping)")
     taps.add_argument("model", help="package.module:factory, or a saved model file/directory")
-    _add_input_options(taps)
+    add_input_options(taps)
     taps.add_argument("--filter", metavar="GLOB", help="only names matching this glob (e.g. '*/Relu6:0'), or 're:REGEX'")
     taps.add_argument("--factory", metavar="PKG.MOD:CLASS", help="builds the model when it is a state_dict file")
 
     al = sub.add_parser("align", help="propose a layer mapping between two models (and write it as TOML)")
     al.add_argument("a", help="model A: package.module:factory, or a saved model file/directory")
     al.add_argument("b", help="model B")
-    _add_input_options(al)
+    add_input_options(al)
     al.add_argument("--map", "--mapping", dest="mapping", metavar="FILE", help="a partial mapping to start from")
     al.add_argument("--write", metavar="FILE", help="write the proposed mapping here (.toml), to edit and pass as --map")
     al.add_argument("--seed", type=int, default=0, help="seed of the random input batch (default 0)")
@@ -106,27 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_input_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--inputs", metavar="FILE", help=".npy/.npz inputs in model A's layout (default: a seeded random batch)")
-    p.add_argument(
-        "--shape", metavar="N,C,H,W",
-        help="shape of a seeded random input batch (e.g. 1,3,224,224) when the model declares none",
-    )
-    p.add_argument("--ops", action="store_true", help="record PyTorch functional calls too (x + y, F.relu, view)")
-
-
-def _inputs(args) -> object:
-    if args.inputs and args.shape:
-        raise InputError("give --inputs or --shape, not both.")
-    if args.shape:
-        try:
-            shape = [int(s) for s in args.shape.replace("x", ",").split(",") if s.strip()]
-        except ValueError:
-            raise InputError(f"--shape must be sizes separated by commas, like 1,3,224,224; got {args.shape!r}.") from None
-        return load_inputs({"shape": shape, "seed": getattr(args, "seed", 0) or 0})
-    return load_inputs(args.inputs)
-
-
 def _model(spec: str, factory: str | None, flag: str = "--factory"):
     """The model ``spec`` names; a state_dict without ``flag`` is refused naming that flag."""
     try:
@@ -136,18 +123,6 @@ def _model(spec: str, factory: str | None, flag: str = "--factory"):
             exc.path, exc.keys,
             how=f"{flag} package.module:Net (the model's class, or a function that returns the model)",
         ) from None
-
-
-def _require_files(args, *specs: str) -> None:
-    """Refuse a missing inputs, mapping or model file before any model (and its framework) loads."""
-    inputs = getattr(args, "inputs", None)
-    if inputs and not Path(inputs).exists() and not _looks_like_spec(inputs):
-        raise InputError(f"inputs file {inputs!r} does not exist; give a .npy or .npz file.")
-    mapping = getattr(args, "mapping", None)
-    if mapping and not Path(mapping).exists():
-        raise InputError(f"mapping file {mapping!r} does not exist.")
-    for spec in specs:
-        require_files(spec)
 
 
 def _no_shape(exc: InputShapeUnknown, models: Sequence[str]) -> InputError:
@@ -210,8 +185,8 @@ def _align_command(args, console) -> int:
     from .align import align
     from .api import capture_pair
 
-    _require_files(args, args.a, args.b)
-    inputs, mapping = _inputs(args), load_mapping(args.mapping)
+    require_arg_files(args, args.a, args.b)
+    inputs, mapping = inputs_from_args(args), load_mapping(args.mapping)
     try:
         trace_a, trace_b = capture_pair(
             _model(args.a, args.factory_a, "--factory-a"), _model(args.b, args.factory_b, "--factory-b"), inputs,
@@ -267,6 +242,68 @@ def _count(items) -> dict:
     return dict(Counter(items))
 
 
+def add_chain_command(subparsers: Any) -> Any:
+    """``parity chain A B C …``: add the subcommand to ``parity``'s subparsers."""
+    p = subparsers.add_parser(
+        "chain",
+        help="compare a model with each of its conversions (A → B → C …), layer by layer, in one run",
+        description="Stage 0 is the reference; every later stage is compared with it. Exit status: "
+        "0 every stage agrees, 1 a stage diverges, 2 bad usage or input.",
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="the stages in order: package.module:factory, or saved models (.pt2, .pt, .onnx, "
+                        ".tflite, .keras, .pb, SavedModel directories)")
+    p.add_argument("--names", metavar="N0,N1,…", help="names of the stages, comma-separated, one per model")
+    p.add_argument("--precision", action="append", default=[], metavar="STAGE=DTYPE",
+                   help="a stage's precision (name or index = float16/int8/float32…), when detection "
+                        "cannot see it; repeatable")
+    add_input_options(p)
+    p.add_argument("--json", dest="json_out", metavar="PATH", help="write the chain report as JSON here")
+    p.add_argument("--html", dest="html_out", metavar="PATH", help="write the chain report as an HTML page here")
+    add_tolerance_options(p.add_argument)
+    return p
+
+
+def run_chain_command(args: Any, console: Any = None) -> int:
+    """Run ``parity chain`` for parsed ``args``: 0 all stages agree, 1 a stage diverges, 2 usage
+    or load errors (a :class:`ParityError`, whose message goes to stderr)."""
+    from rich.console import Console
+
+    from .chain import chain
+
+    console = console if console is not None else Console()
+    try:
+        models = list(args.models)
+        require_arg_files(args, *models)  # a missing file fails before any stage loads
+        if len(models) < 2:
+            raise InputError(f"parity chain needs at least two models (a model and a conversion); got {len(models)}.")
+        names = None
+        if getattr(args, "names", None):
+            names = [n.strip() for n in args.names.split(",")]
+            if len(names) != len(models):
+                raise InputError(f"--names gives {len(names)} name(s) for {len(models)} models; give one per model.")
+        hints: dict[Any, str] = {}
+        for item in getattr(args, "precision", None) or ():
+            stage, sep, dtype = item.partition("=")
+            if not sep or not stage.strip() or not dtype.strip():
+                raise InputError(f"--precision takes STAGE=DTYPE (e.g. --precision 4=float16); got {item!r}.")
+            key: Any = int(stage) if stage.strip().isdigit() else stage.strip()
+            hints[key] = dtype.strip()
+        report = chain(
+            models, inputs_from_args(args), names=names, rtol=args.rtol, atol=args.atol, precision=hints or None,
+            seed=getattr(args, "seed", 0) or 0, granularity="ops" if getattr(args, "ops", False) else "modules",
+        )
+        console.print(report)
+        for attr, method, what in (("json_out", "to_json", "JSON chain report"), ("html_out", "to_html", "HTML chain report")):
+            path = getattr(args, attr, None)
+            if path:
+                getattr(report, method)(path)
+                console.print(f"{what} written to {path}", highlight=False)
+        return 0 if report.ok else 1
+    except ParityError as exc:
+        return exit_on_parity_error(exc)
+
+
 def _write_outputs(report, args, console) -> None:
     for attr, method, what in (
         ("json_out", "to_json", "JSON report"),
@@ -304,8 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             parse_max_memory(args.max_memory)  # a malformed size is refused before any model loads
             input_map = parse_input_map(args.input_map)  # so is a malformed --input-map
-            _require_files(args, args.a, args.b)
-            inputs, mapping = _inputs(args), load_mapping(args.mapping)
+            require_arg_files(args, args.a, args.b)
+            inputs, mapping = inputs_from_args(args), load_mapping(args.mapping)
             try:
                 report = diff(
                     _model(args.a, args.factory_a, "--factory-a"),
@@ -338,8 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "taps":
             from .api import capture
 
-            _require_files(args, args.model)
-            inputs = _inputs(args)
+            require_arg_files(args, args.model)
+            inputs = inputs_from_args(args)
             try:
                 trace = capture(_model(args.model, args.factory), inputs, granularity="ops" if args.ops else "modules")
             except InputShapeUnknown as exc:
@@ -355,10 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(comparison)
             return 1 if comparison.regressed else 0
     except ParityError as exc:
-        errors = Console(stderr=True, soft_wrap=True)  # one line per message: greppable, copyable
-        errors.print(f"[bold red]parity:[/] {type(exc).__name__}: ", end="")
-        errors.print(str(exc), markup=False, highlight=False)
-        return 2
+        return exit_on_parity_error(exc)
     return 2  # pragma: no cover - argparse requires a command
 
 

@@ -33,7 +33,7 @@ def run_demo(*, epochs: int = 3, out: str | Path = "reports/demo.json", console:
 
         import keras  # noqa: F401  (imported here so the status line covers its start-up)
 
-        from . import diff
+        from .api import diff
         from ._zoo import ConvNet, load_digits_28, to_keras, train_convnet
 
     x_train, y_train, x_test, y_test = load_digits_28(seed=0)
@@ -153,7 +153,7 @@ def run_chain_demo(
 
         import tensorflow  # noqa: F401  (imported here so the status line covers its start-up)
 
-        from . import chain
+        from .chain import chain
         from ._zoo.onnx2tf_chain import (
             convert_cached,
             export_onnx,

@@ -14,11 +14,14 @@ __all__ = [
     "ModelError",
     "MappingError",
     "ToleranceError",
-    "OptionsError",
     "CaptureError",
     "AlignmentError",
     "ReportFormatError",
+    "OptionError",
+    "StageNotFound",
+    "PairConfigError",
     "ParityMismatch",
+    "PairDiverged",
     "ConversionError",
     "ConverterNotInstalled",
     "closest",
@@ -65,11 +68,6 @@ class ToleranceError(ParityError, ValueError):
     """A tolerance was given in a form parity refuses (e.g. rtol without atol)."""
 
 
-class OptionsError(ParityError, TypeError):
-    """A comparison was given an option it does not take (a misspelt keyword), or an option's
-    value is not one it accepts."""
-
-
 class CaptureError(ParityError, RuntimeError):
     """Running a model to record its intermediate tensors failed."""
 
@@ -82,6 +80,23 @@ class ReportFormatError(ParityError, ValueError):
     """A saved report has an unknown schema or version."""
 
 
+class OptionError(ParityError, TypeError):
+    """A function was given a keyword argument it does not take (the message lists those it
+    does), or an option's value is not one it accepts."""
+
+
+class StageNotFound(ParityError, KeyError):
+    """A chain was asked for a stage (by name or index) it does not have."""
+
+    def __str__(self) -> str:  # KeyError would quote the message like a key
+        return str(self.args[0]) if self.args else ""
+
+
+class PairConfigError(ParityError, ValueError):
+    """A ``[tool.parity.pairs.*]`` table (pyproject.toml, parity.toml) that cannot be used; the
+    message names the file, the pair and the key."""
+
+
 class ParityMismatch(ParityError, AssertionError):
     """Raised by :func:`parity.assert_parity` when two models diverge.
 
@@ -91,6 +106,15 @@ class ParityMismatch(ParityError, AssertionError):
     def __init__(self, message: str, report: object = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class PairDiverged(ParityMismatch):
+    """A pair declared for the pytest plugin diverged; ``report`` is its :class:`parity.Report`
+    and ``paths`` the report files written for it."""
+
+    def __init__(self, report: object, paths: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(report.summary(), report)  # type: ignore[attr-defined]
+        self.paths = list(paths)
 
 
 class ConversionError(ParityError, RuntimeError):

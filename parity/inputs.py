@@ -73,7 +73,9 @@ def _fmt(shape: Sequence[int | None]) -> str:
     return "(" + ", ".join("None" if s is None else str(s) for s in shape) + ")"
 
 
-def _conventional_layout(backend: Backend, rank: int) -> str | None:
+def conventional_layout(backend: Backend, rank: int) -> str | None:
+    """The layout a tensor of ``rank`` has by ``backend``'s framework's convention (Keras
+    channels-last, PyTorch channels-first), or ``None`` when the framework has none."""
     if backend.framework == "keras":
         return channels_last(rank)
     if backend.framework == "torch":
@@ -138,7 +140,7 @@ def _convert_for_b(
                 "NCHW↔NHWC-style permutation of it fits. Check that both models take the same input."
             )
         return t
-    layout_b = _conventional_layout(backend_b, rank)
+    layout_b = conventional_layout(backend_b, rank)
     if layout_a and layout_b and layout_a != layout_b and sorted(layout_a) == sorted(layout_b):
         return Transform(kind="permute", perm=permutation(layout_a, layout_b), label=f"{layout_a}→{layout_b}")
     return IDENTITY
@@ -171,8 +173,8 @@ def random_inputs(
         out = []
         for i, s in enumerate(spec_b):
             arr_b = _random(rng, (batch,) + tuple(s.shape[1:]), s)
-            layout_a = spec_a[i].layout if spec_a and i < len(spec_a) else _conventional_layout(backend_a, arr_b.ndim)
-            layout_b = s.layout or _conventional_layout(backend_b, arr_b.ndim)
+            layout_a = spec_a[i].layout if spec_a and i < len(spec_a) else conventional_layout(backend_a, arr_b.ndim)
+            layout_b = s.layout or conventional_layout(backend_b, arr_b.ndim)
             if layout_a and layout_b and sorted(layout_a) == sorted(layout_b):
                 arr_b = np.ascontiguousarray(np.transpose(arr_b, permutation(layout_b, layout_a)))
             out.append(arr_b)
@@ -240,7 +242,7 @@ def prepare_inputs(
     for i, (name, b_name, arr) in enumerate(zip(names, b_names, arrays_a)):
         sa = _spec_for(spec_a, i, name)
         _check_a(arr, sa, backend_a, i)
-        layout_a = sa.layout if sa and sa.layout else _conventional_layout(backend_a, arr.ndim)
+        layout_a = sa.layout if sa and sa.layout else conventional_layout(backend_a, arr.ndim)
         sb = _spec_named(spec_b, b_name) if b_name is not None else _spec_for(spec_b, i, None)
         t = _convert_for_b(arr, layout_a, sb, backend_b, i)
         converted.append(np.ascontiguousarray(t.apply(arr)))

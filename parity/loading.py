@@ -98,7 +98,8 @@ def _is_model(obj: Any) -> bool:
     )
 
 
-def _looks_like_spec(text: str) -> bool:
+def looks_like_spec(text: str) -> bool:
+    """Whether ``text`` reads as ``"package.module:attr"`` rather than a path to a file."""
     module, sep, attr = text.partition(":")
     return bool(sep) and bool(attr) and "/" not in module and "\\" not in module and not module.endswith(
         (".pt", ".pt2", ".pth", ".bin", ".keras", ".h5", ".onnx", ".tflite", ".pb")
@@ -124,7 +125,7 @@ def load_model(spec: Any, base_dir: str | Path | None = None) -> Any:
     if not isinstance(spec, (str, Path)):
         return spec
     text = str(spec)
-    if _looks_like_spec(text):
+    if looks_like_spec(text):
         obj = _resolve(text, "model", _dirs(base_dir))
         return obj() if callable(obj) and not _is_model(obj) else obj
     return load(_under(text, base_dir))
@@ -135,7 +136,7 @@ def require_files(spec: Any, base_dir: str | Path | None = None) -> None:
     exist, without loading anything: a typo then costs no framework import."""
     if isinstance(spec, Mapping) and "path" in spec:
         spec = spec["path"]
-    if isinstance(spec, (str, Path)) and not _looks_like_spec(str(spec)):
+    if isinstance(spec, (str, Path)) and not looks_like_spec(str(spec)):
         _require_file(_under(spec, base_dir))
 
 
@@ -388,7 +389,7 @@ def load_inputs(spec: Any, base_dir: str | Path | None = None) -> Any:
             return [(rng.standard_normal(tuple(s)) * scale).astype(dtype) for s in shapes]
         return (rng.standard_normal(tuple(shapes)) * scale).astype(dtype)
     text = str(spec)
-    if _looks_like_spec(text):
+    if looks_like_spec(text):
         obj = _resolve(text, "inputs", _dirs(base_dir))
         return obj() if callable(obj) else obj
     path = Path(text)

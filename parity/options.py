@@ -1,13 +1,29 @@
-"""Options shared by the CLI and the pytest plugin, defined once.
+"""Options shared by the CLI's subcommands and the pytest plugin, defined once.
 
 Both call :func:`add_tolerance_options` with their own ``add`` function and
 prefix (``""`` for ``parity diff --rtol``, ``"parity-"`` for
-``pytest --parity-rtol``), so the two can never drift apart.
+``pytest --parity-rtol``), so the two can never drift apart.  Every subcommand
+that runs models takes the input options (:func:`add_input_options`, read back by
+:func:`inputs_from_args`), refuses missing files before any framework loads
+(:func:`require_arg_files`) and turns a :class:`~parity.errors.ParityError` into one
+line on stderr and exit status 2 (:func:`exit_on_parity_error`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
+
+from .errors import InputError, ParityError
+
+__all__ = [
+    "add_tolerance_options",
+    "add_verbose_option",
+    "add_input_options",
+    "inputs_from_args",
+    "require_arg_files",
+    "exit_on_parity_error",
+]
 
 
 def add_tolerance_options(add: Callable[..., Any], prefix: str = "") -> None:
@@ -50,3 +66,53 @@ def add_verbose_option(add: Callable[..., Any], prefix: str = "") -> None:
         default=False,
         help="let TensorFlow's C++ and absl start-up logging through to stderr (hidden by default)",
     )
+
+
+def add_input_options(parser: Any) -> None:
+    """``--inputs FILE``, ``--shape N,C,H,W`` and ``--ops`` on an argparse (sub)parser."""
+    parser.add_argument("--inputs", metavar="FILE",
+                        help=".npy/.npz inputs in model A's layout (default: a seeded random batch)")
+    parser.add_argument(
+        "--shape", metavar="N,C,H,W",
+        help="shape of a seeded random input batch (e.g. 1,3,224,224) when the model declares none",
+    )
+    parser.add_argument("--ops", action="store_true", help="record PyTorch functional calls too (x + y, F.relu, view)")
+
+
+def inputs_from_args(args: Any) -> object:
+    """The inputs ``--inputs`` or ``--shape`` (with ``--seed``) name; ``None`` for neither."""
+    from .loading import load_inputs
+
+    if args.inputs and args.shape:
+        raise InputError("give --inputs or --shape, not both.")
+    if args.shape:
+        try:
+            shape = [int(s) for s in args.shape.replace("x", ",").split(",") if s.strip()]
+        except ValueError:
+            raise InputError(f"--shape must be sizes separated by commas, like 1,3,224,224; got {args.shape!r}.") from None
+        return load_inputs({"shape": shape, "seed": getattr(args, "seed", 0) or 0})
+    return load_inputs(args.inputs)
+
+
+def require_arg_files(args: Any, *specs: str) -> None:
+    """Refuse a missing inputs, mapping or model file before any model (and its framework) loads."""
+    from .loading import looks_like_spec, require_files
+
+    inputs = getattr(args, "inputs", None)
+    if inputs and not Path(inputs).exists() and not looks_like_spec(inputs):
+        raise InputError(f"inputs file {inputs!r} does not exist; give a .npy or .npz file.")
+    mapping = getattr(args, "mapping", None)
+    if mapping and not Path(mapping).exists():
+        raise InputError(f"mapping file {mapping!r} does not exist.")
+    for spec in specs:
+        require_files(spec)
+
+
+def exit_on_parity_error(exc: ParityError) -> int:
+    """Print ``exc`` as one line on stderr (greppable, copyable) and return exit status 2."""
+    from rich.console import Console
+
+    errors = Console(stderr=True, soft_wrap=True)
+    errors.print(f"[bold red]parity:[/] {type(exc).__name__}: ", end="")
+    errors.print(str(exc), markup=False, highlight=False)
+    return 2

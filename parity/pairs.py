@@ -24,15 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ParityError
+from .errors import PairConfigError
 
 __all__ = ["PairSpec", "PairConfigError", "find_pair_config", "load_pairs"]
 
 _KEYS = {"a", "b", "inputs", "mapping", "rtol", "atol", "tolerances", "seed", "min_argmax_agreement", "input_map"}
-
-
-class PairConfigError(ParityError, ValueError):
-    """A ``[tool.parity.pairs.*]`` table that cannot be used."""
 
 
 @dataclass(frozen=True)

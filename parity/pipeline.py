@@ -37,7 +37,7 @@ import numpy as np
 from .align import align, unsure_pairs
 from .compare import compare
 from .diagnose import diagnose
-from .errors import OptionsError
+from .errors import OptionError
 from .records import Alignment, InputsSummary, Report, Trace, UnmatchedLayer
 from .replay import own_errors
 from .spill import release_trace
@@ -80,11 +80,11 @@ class DiffOptions:
     def build(cls, *, where: str = "parity.diff", **options: Any) -> "DiffOptions":
         """The record of ``options`` (the keywords of :func:`parity.diff`), validated.
 
-        An unknown keyword is an :class:`~parity.errors.OptionsError` naming the ones
+        An unknown keyword is an :class:`~parity.errors.OptionError` naming the ones
         accepted (``where`` says whose keywords they were)."""
         unknown = sorted(set(options) - set(cls.KEYWORDS))
         if unknown:
-            raise OptionsError(
+            raise OptionError(
                 f"{where}() got unexpected keyword argument(s) {', '.join(unknown)}; it accepts "
                 f"{', '.join(cls.KEYWORDS)}."
             )
@@ -101,7 +101,7 @@ class DiffOptions:
             tol = Tolerances.build(rtol=rtol, atol=atol, overrides=tol, min_argmax_agreement=min_argmax)
         granularity = options.get("granularity", "modules")
         if granularity not in _GRANULARITIES:
-            raise OptionsError(f"granularity must be one of {', '.join(_GRANULARITIES)}, got {granularity!r}.")
+            raise OptionError(f"granularity must be one of {', '.join(_GRANULARITIES)}, got {granularity!r}.")
         from .spill import parse_max_memory
 
         return cls(

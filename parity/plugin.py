@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from .errors import PairDiverged
 from .options import add_tolerance_options, add_verbose_option
 
 _SKIP_REASON = "parity check: run with `pytest --parity`"
@@ -135,12 +136,6 @@ class ParityConfigFile(pytest.File):
             yield ParityItem.from_parent(self, name=spec.name, spec=spec)
 
 
-class PairDiverged(Exception):
-    def __init__(self, report: Any) -> None:
-        super().__init__(report.summary())
-        self.report = report
-
-
 class ParityItem(pytest.Item):
     """One declared pair, run as a test."""
 
@@ -154,9 +149,7 @@ class ParityItem(pytest.Item):
         report = self.spec.run(seed=session.seed if session.seed else None, **session.options())
         paths = session.record(self.name, report)
         if not report.ok:
-            exc = PairDiverged(report)
-            exc.paths = paths  # type: ignore[attr-defined]
-            raise exc
+            raise PairDiverged(report, paths)
 
     def repr_failure(self, excinfo, style=None):  # type: ignore[override]
         from .errors import ParityError
@@ -166,7 +159,7 @@ class ParityItem(pytest.Item):
 
             width = self.config.get_terminal_writer().fullwidth
             text = render_failure_text(excinfo.value.report, width=width)
-            paths = getattr(excinfo.value, "paths", [])
+            paths = excinfo.value.paths
             return text + ("\nreports: " + ", ".join(paths) if paths else "")
         if isinstance(excinfo.value, ParityError):
             return f"{type(excinfo.value).__name__}: {excinfo.value}"
@@ -254,7 +247,7 @@ class ParityChecker:
     def check(self, a: Any, b: Any, inputs: Any = None, **options: Any):
         """Compare ``a`` and ``b`` like :func:`parity.diff`; fail the test with the report unless they agree."""
         __tracebackhide__ = True
-        from . import diff
+        from .api import diff
 
         for key, value in self._session.options().items():
             options.setdefault(key, value)

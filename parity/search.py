@@ -25,8 +25,9 @@ The same inputs serve property tests of one's own through
 ... def test_converted_model(x):
 ...     parity.assert_parity(torch_model, keras_model, x)
 
-This module is callable: ``parity.search(a, b)`` is :func:`search`, and
-``parity.search.inputs_strategy`` / ``parity.search.SearchResult`` are here too.
+``parity.search(a, b)`` is :func:`search`, a plain function; ``parity.search.inputs_strategy``,
+``.recipes``, ``.InputRecipe``, ``.SearchResult`` and ``.PATTERNS`` are attributes of it, so
+code written when ``parity.search`` was a module keeps working.
 Hypothesis is imported when a search or a strategy is asked for, not before.
 """
 
@@ -34,8 +35,6 @@ from __future__ import annotations
 
 import math
 import re
-import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -175,7 +174,7 @@ def _pattern(kind: str, shape: tuple[int, ...], spatial: tuple[int, ...], densit
             hit.flat[rng.integers(out.size)] = True
         out[hit] = rng.choice((-1.0, 1.0), size=int(hit.sum()))
         return out
-    raise ValueError(f"unknown input pattern {kind!r}; choose from {', '.join(PATTERNS)}")
+    raise InputError(f"unknown input pattern {kind!r}; choose one of {', '.join(PATTERNS)}.")
 
 
 def recipes(patterns: Sequence[str] | None = None, *, log_scale: tuple[float, float] = LOG_SCALE_RANGE) -> Any:
@@ -185,10 +184,12 @@ def recipes(patterns: Sequence[str] | None = None, *, log_scale: tuple[float, fl
     patterns = tuple(patterns or PATTERNS)
     unknown = [p for p in patterns if p not in PATTERNS]
     if unknown:
-        raise ValueError(f"unknown input pattern(s) {unknown}; choose from {', '.join(PATTERNS)}")
+        raise InputError(f"unknown input pattern(s) {', '.join(map(repr, unknown))}; give patterns from "
+                         f"{', '.join(PATTERNS)} (or none for all of them).")
     lo, hi = float(log_scale[0]), float(log_scale[1])
     if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-        raise ValueError(f"log_scale must be a (low, high) pair of finite powers of ten, got {log_scale!r}")
+        raise InputError(f"log_scale must be a (low, high) pair of finite powers of ten with low ≤ high, "
+                         f"e.g. (-3, 3); got {log_scale!r}.")
 
     def number(low: float, high: float, digits: int = 3) -> Any:
         # rounded, so that a recipe reads as a sentence (no offsets of 3.7e-269)
@@ -334,7 +335,7 @@ class _Diverged(Exception):
 
 def _slots(a: Any, b: Any, shape: Any, batch: int, granularity: str) -> list[_Slot]:
     from .capture import backend_for
-    from .inputs import _conventional_layout, random_inputs
+    from .inputs import conventional_layout, random_inputs
 
     backend_a, backend_b = backend_for(a, granularity=granularity), backend_for(b, granularity=granularity)
     spec_a = backend_a.input_spec() or ()
@@ -363,7 +364,7 @@ def _slots(a: Any, b: Any, shape: Any, batch: int, granularity: str) -> list[_Sl
         slots_in = [(name, tuple(x.shape), str(x.dtype)) for name, x in items]
     slots = []
     for i, (name, s, dtype) in enumerate(slots_in):
-        layout = spec_a[i].layout if i < len(spec_a) and spec_a[i].layout else _conventional_layout(backend_a, len(s))
+        layout = spec_a[i].layout if i < len(spec_a) and spec_a[i].layout else conventional_layout(backend_a, len(s))
         if not np.issubdtype(np.dtype(dtype), np.floating):
             raise InputError(
                 f"model A's input {name or i} is {dtype}: parity.search explores floating-point inputs "
@@ -440,7 +441,7 @@ def search(
     from .loading import load_model
 
     if max_examples < 1:
-        raise ValueError(f"max_examples must be at least 1, got {max_examples}.")
+        raise InputError(f"max_examples must be at least 1 (the number of inputs to try); got {max_examples}.")
     a, b = load_model(a), load_model(b)
     slots = _slots(a, b, shape, batch, diff_options.get("granularity", "modules"))
     shrink_budget = max(max_examples, 100) if max_shrinks is None else int(max_shrinks)
@@ -537,11 +538,10 @@ def search(
     )
 
 
-class _CallableModule(types.ModuleType):
-    """``parity.search(a, b)`` calls :func:`search`; the module's other names stay reachable."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> SearchResult:
-        return search(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+# ``parity.search`` is this function; what was reached through the module stays reachable on it
+search.inputs_strategy = inputs_strategy  # type: ignore[attr-defined]
+search.recipes = recipes  # type: ignore[attr-defined]
+search.InputRecipe = InputRecipe  # type: ignore[attr-defined]
+search.SearchResult = SearchResult  # type: ignore[attr-defined]
+search.PATTERNS = PATTERNS  # type: ignore[attr-defined]
+search.score = score  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ TFLite interpreter; op taps in execution order, outputs, resizing, quantized and
 from __future__ import annotations
 
 import os
+import re
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -174,6 +175,15 @@ def test_nan_model_is_recorded_not_raised():
     assert any("NaN" in n for n in trace.notes)
 
 
+def test_precision_is_read_from_the_flatbuffer(keras_model, content):
+    assert TFLiteBackend(content).precision() == ("float32", "detected: no float16 or quantized tensors")
+    fp16 = _convert(keras_model, optimizations=[tf.lite.Optimize.DEFAULT],
+                    target_spec=tf.lite.TargetSpec(supported_types=[tf.float16]))
+    precision, how = TFLiteBackend(fp16).precision()
+    # conv, depthwise and dense kernels and biases are stored as float16 (at least the three kernels)
+    assert precision == "float16" and int(how.split()[1]) >= 3 and how.endswith("float16 tensor(s) in the flatbuffer")
+
+
 def test_int8_model_is_dequantized(keras_model):
     def representative():
         rng = np.random.default_rng(3)
@@ -190,6 +200,8 @@ def test_int8_model_is_dequantized(keras_model):
     )
     backend = TFLiteBackend(content)
     assert backend.input_spec()[0].dtype == "int8"
+    precision, how = backend.precision()
+    assert precision == "int8" and re.fullmatch(r"detected: \d+ quantized integer tensor\(s\) in the flatbuffer", how)
     trace = backend.capture([X])
     out = trace.outputs[0]
     assert out.dtype == "float32" and out.attrs["quantized"]["dtype"] == "int8"

@@ -22,9 +22,9 @@ pytest.importorskip("keras")
 pytest.importorskip("onnxruntime")
 
 import parity  # noqa: E402
-import parity.chain as chain_module  # noqa: E402
-from parity.chain import ChainBreak, ChainReport, Stage, add_chain_command, run_chain_command  # noqa: E402
-from parity.errors import InputError, ToleranceError  # noqa: E402
+from parity.chain import PRECISION_TOLERANCES, ChainBreak, ChainReport, Stage, chain  # noqa: E402
+from parity.cli import add_chain_command, run_chain_command  # noqa: E402
+from parity.errors import InputError, OptionError, ToleranceError  # noqa: E402
 from parity._zoo import DeepResNet, randomize_bn, to_keras  # noqa: E402
 
 X = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype("float32")
@@ -218,7 +218,7 @@ def test_the_matrix_keeps_every_layer_name_and_cell_in_narrow_terminals(bad, wid
 
     from rich.console import Console
 
-    from parity.chain import _cell_text, _guilty
+    from parity.report.chain import cell_text, guilty_cells
 
     buf = io.StringIO()
     Console(file=buf, width=width, color_system=None).print(bad)
@@ -226,7 +226,7 @@ def test_the_matrix_keeps_every_layer_name_and_cell_in_narrow_terminals(bad, wid
     assert max(len(line) for line in lines) <= width
     for row in bad.matrix:
         (line,) = [x for x in lines if re.match(rf"^\s*{row.index} {re.escape(row.layer)}\s", x)]
-        cells = [_cell_text(c, (row.layer, c.stage) in _guilty(bad))[0] for c in row.cells]
+        cells = [cell_text(c, (row.layer, c.stage) in guilty_cells(bad))[0] for c in row.cells]
         assert re.search(r"\s+".join(re.escape(c) for c in cells), line), (cells, line)  # every stage, in order
     if width == 80:
         assert any(x.startswith("left out to fit 80 columns: op, introduced by") for x in lines)
@@ -242,15 +242,15 @@ def test_keras_pairs_by_name_whose_values_agree_are_confident(good):
 
 
 def test_long_matrices_fold_rows_where_no_verdict_changes(bad, good):
-    from parity.chain import _shown_rows
+    from parity.report.chain import shown_rows
 
-    assert _shown_rows(bad) == list(bad.matrix)  # short: every row
-    shown = _shown_rows(bad, limit=5)
+    assert shown_rows(bad) == list(bad.matrix)  # short: every row
+    shown = shown_rows(bad, limit=5)
     # kept: head, tail, the guilty stem_bn and the rows around where keras-bad's verdict changes
     assert [x if isinstance(x, tuple) else x.layer for x in shown] == [
         "stem", "stem_bn", "stem_relu", (3, 6), "pool", "fc", "output",
     ]
-    assert any(isinstance(x, tuple) for x in _shown_rows(good, limit=5))
+    assert any(isinstance(x, tuple) for x in shown_rows(good, limit=5))
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -320,7 +320,7 @@ def test_int8_tflite_is_detected_as_a_precision_stage(torch_model, files):
     report = parity.chain([torch_model, path], X)
     assert report.precisions[1] == "int8" and "quantized" in report.precision_sources[1]
     assert report.ok and report.stage_status == ("ok (expected quantisation error)",)
-    assert (report.reports[0].rtol, report.reports[0].atol) == chain_module.PRECISION_TOLERANCES["int8"]
+    assert (report.reports[0].rtol, report.reports[0].atol) == PRECISION_TOLERANCES["int8"]
 
 
 def test_user_tolerance_applies_to_full_precision_stages_and_loosens_precision_ones(torch_model, files):
@@ -338,7 +338,7 @@ def test_bad_arguments(torch_model, files):
         parity.chain([torch_model, files["keras"]], X, names=["a"])
     with pytest.raises(InputError, match="unique"):
         parity.chain([torch_model, files["keras"]], X, names=["a", "a"])
-    with pytest.raises(TypeError, match="mappings"):
+    with pytest.raises(OptionError, match="mappings"):
         parity.chain([torch_model, files["keras"]], X, mapping={"fc": "fc"})
     with pytest.raises(parity.ModelError):
         parity.chain([torch_model, str(files["root"] / "missing.onnx")], X)
@@ -349,11 +349,14 @@ def test_default_names_are_file_names_and_model_names(torch_model, files):
     assert report.stages == ("torch:DeepResNet", "model.onnx", "keras:deep_resnet", "keras:deep_resnet#2")
 
 
-# --- the module and the command line ---------------------------------------------------------
+# --- the function and the command line -------------------------------------------------------
 
 
-def test_module_is_callable_and_light():
-    assert callable(chain_module) and parity.chain is chain_module
+def test_parity_chain_is_the_function_and_light():
+    import inspect
+
+    assert parity.chain is chain and parity.ChainReport is ChainReport and parity.Stage is Stage
+    assert inspect.isfunction(chain) and inspect.signature(chain).return_annotation in (ChainReport, "ChainReport")
     code = (
         "import sys, parity.chain\n"
         "print(' '.join(m for m in ('torch', 'tensorflow', 'keras', 'onnx', 'onnxruntime', 'jinja2') if m in sys.modules))"

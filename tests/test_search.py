@@ -158,6 +158,21 @@ def test_recipe_patterns():
     assert "scale 10" in InputRecipe(log_scale=1.0).describe()
 
 
-def test_the_module_is_callable_as_parity_search():
+def test_parity_search_is_the_function_and_keeps_the_module_names():
+    import inspect
+
     module = sys.modules["parity.search"]
-    assert callable(module) and module.inputs_strategy is inputs_strategy and module.search is search
+    assert parity.search is search and module.search is search and inspect.isfunction(search)
+    assert parity.SearchResult is SearchResult and module.inputs_strategy is inputs_strategy
+    # what README's ``parity.search.inputs_strategy(shape)`` reaches when parity.search was a module
+    assert parity.search.inputs_strategy is inputs_strategy and parity.search.SearchResult is SearchResult
+    assert parity.search.InputRecipe is InputRecipe and parity.search.PATTERNS == PATTERNS
+
+
+def test_bad_recipe_arguments_are_input_errors():
+    from parity.search import recipes
+
+    with pytest.raises(parity.InputError, match="unknown input pattern.*'zigzag'.*give patterns from uniform"):
+        recipes(["zigzag"])
+    with pytest.raises(ValueError, match=r"log_scale must be .* e.g. \(-3, 3\); got \(3, -3\)"):
+        recipes(log_scale=(3, -3))

@@ -284,6 +284,27 @@ class TFLiteBackend(Backend):
             )
         return tuple(specs)
 
+    def precision(self) -> tuple[str, str] | None:
+        """What the flatbuffer's tensors say: ``int8`` when any integer tensor of at most 16 bits
+        carries quantisation scales, else ``float16`` when any tensor is float16, else ``float32``."""
+        try:
+            details = self._interpreter_for_inspection().get_tensor_details()
+        except Exception:  # pragma: no cover - an interpreter that cannot be inspected
+            return None
+        quantized = float16 = 0
+        for d in details:
+            dtype = np.dtype(d["dtype"])
+            scales = (d.get("quantization_parameters") or {}).get("scales")
+            if dtype.kind in "iu" and dtype.itemsize <= 2 and scales is not None and len(scales):
+                quantized += 1
+            elif dtype == np.float16:
+                float16 += 1
+        if quantized:
+            return "int8", f"detected: {quantized} quantized integer tensor(s) in the flatbuffer"
+        if float16:
+            return "float16", f"detected: {float16} float16 tensor(s) in the flatbuffer"
+        return "float32", "detected: no float16 or quantized tensors"
+
     def _param_count(self, interp: Any) -> int | None:
         ops = _ops(interp)
         if ops is None:

@@ -18,19 +18,21 @@ from ..errors import ReportFormatError
 from ..files import write_text
 from ..records import REPORT_RECORDS, SCHEMA_VERSION, Report
 
-__all__ = ["report_to_dict", "report_to_json", "report_from_dict", "load_report", "SCHEMA_NAME"]
+__all__ = ["encode", "dumps", "report_to_dict", "report_to_json", "report_from_dict", "load_report", "SCHEMA_NAME"]
 
 SCHEMA_NAME = "parity.report"
 _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
 
-def _encode(obj: Any) -> Any:
+def encode(obj: Any) -> Any:
+    """``obj`` (records, dicts, sequences, NumPy scalars) as plain JSON-ready data: records as
+    dicts in field order, tuples as lists, non-finite floats as ``"inf"``/``"-inf"``/``"nan"``."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
-        return {str(k): _encode(v) for k, v in obj.items()}
+        return {str(k): encode(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_encode(v) for v in obj]
+        return [encode(v) for v in obj]
     if isinstance(obj, float) or type(obj).__module__ == "numpy":
         if hasattr(obj, "item"):
             obj = obj.item()
@@ -45,23 +47,28 @@ def _encode(obj: Any) -> Any:
 
 def report_to_dict(report: Report) -> dict:
     """The report as plain JSON-ready data, with the schema name and version first."""
-    body = _encode(report)
+    body = encode(report)
     body.pop("schema_version", None)
     return {"schema": SCHEMA_NAME, "version": SCHEMA_VERSION, **body}
 
 
-def report_to_json(report: Report, path: str | Path | None = None) -> str:
-    """The report as JSON text; also written to ``path`` (parents created) when given."""
+def dumps(data: Any) -> str:
+    """Plain data (from :func:`encode`) as parity's JSON text: indented, strict, one final newline."""
     # no sort_keys: record fields keep their declared order and evidence the order its detector gave;
     # both are deterministic, so identical runs still give identical bytes
-    text = json.dumps(report_to_dict(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def report_to_json(report: Report, path: str | Path | None = None) -> str:
+    """The report as JSON text; also written to ``path`` (parents created) when given."""
+    text = dumps(report_to_dict(report))
     if path is not None:
         write_text(path, text)
     return text
 
 
 def _decode(cls: type, data: Any) -> Any:
-    """Rebuild dataclass ``cls`` from :func:`_encode` output, turning lists back into tuples."""
+    """Rebuild dataclass ``cls`` from :func:`encode` output, turning lists back into tuples."""
     hints = get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
