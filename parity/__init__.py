@@ -15,6 +15,7 @@ framework when a model of that framework is handed in.
 from __future__ import annotations
 
 from .api import assert_parity, capture, diff, diff_traces
+from .drift_run import DriftResult, drift
 from .errors import (
     AlignmentError,
     CaptureError,
@@ -48,6 +49,7 @@ __all__ = [
     "load_report",
     "load",
     "drift",
+    "DriftResult",
     "search",
     "chain",
     "Report",
@@ -71,14 +73,6 @@ __all__ = [
     "ReportFormatError",
     "__version__",
 ]
-
-
-def drift(model_a, convert, inputs=None, **options):
-    """Per-layer error of ``convert(model_a)`` against fresh and random-statistics baselines;
-    see :mod:`parity.baseline`."""
-    from .baseline import drift as _drift
-
-    return _drift(model_a, convert, inputs, **options)
 
 
 def load(path, **options):

@@ -134,11 +134,11 @@ def _diff(a, b, inputs, bar, *, tol, mapping, rtol, atol, containers, granularit
         trace_a, trace_b, mapping=mapping, tolerances=tol, inputs=summary, rtol=rtol, atol=atol,
         _replay=replay_and_keep, _explain=False, _models=(a, b),
     )
-    if not report.ok and type(backend_a).__name__ == "TorchBackend" and rtol is None and atol is None:
+    if not report.ok and rtol is None and atol is None:
         # a model that amplifies rounding: judge each flagged layer no tighter than its float32
         # noise floor (the per-dtype defaults only: a tolerance the user gave is theirs)
         base = tol if isinstance(tol, Tolerances) else Tolerances.build(rtol=rtol, atol=atol)
-        raised, note = _noise_floor_tolerances(a, inputs_a, trace_a, report, base)
+        raised, note = _noise_floor_tolerances(backend_a, inputs_a, trace_a, report, base)
         if raised is not None:
             alignments.clear()
             report = diff_traces(
@@ -186,19 +186,20 @@ def _inside_a_layer(alignment: Alignment, trace_a: Trace) -> dict[int, Any]:
 NOISE_FLOOR_FACTOR = 4.0
 
 
-def _noise_floor_tolerances(model: Any, inputs: Any, trace_a: Trace, report: Report, tol: Tolerances):
+def _noise_floor_tolerances(backend: Any, inputs: Any, trace_a: Trace, report: Report, tol: Tolerances):
     """Tolerances raised, for the flagged layers only, to :data:`NOISE_FLOOR_FACTOR` × how far A's
-    own float32 tensor is from a float64 twin's on the same inputs — the precision float32 can
-    give that layer in this model (a deep random-weight net with large activations amplifies
-    rounding past any fixed rtol).  ``(None, None)`` when no flagged layer is that ill-conditioned."""
-    import copy
-
+    own float32 tensor is from its backend's float64 twin's on the same inputs — the precision float32
+    can give that layer in this model (a deep random-weight net with large activations amplifies
+    rounding past any fixed rtol).  ``(None, None)`` when no flagged layer is that ill-conditioned,
+    or A's backend makes no float64 twin (graph formats)."""
     flagged = [d for d in report.layers if not d.ok and d.dtype == "float32"]
     if not flagged or isinstance(inputs, Mapping) or not all(getattr(x, "dtype", None) == np.float32 for x in inputs):
         return None, None
     try:
-        twin = copy.deepcopy(model).double()
-        trace64 = backend_for(twin).capture([np.asarray(x, dtype=np.float64) for x in inputs])
+        twin = backend.twin("float64")
+        if twin is None:
+            return None, None
+        trace64 = twin.capture(inputs)  # the twin casts the float32 inputs itself
     except Exception:  # a model that does not run in float64: keep the tolerances given
         return None, None
     by_name = {t.name: t for t in trace64.taps}
