@@ -267,6 +267,19 @@ class KerasBackend(Backend):
     framework = "keras"
     #: the dtype floating-point inputs are cast to before a run (a float64 twin's: ``"float64"``)
     input_dtype: str | None = None
+    suffixes = (".keras", ".h5")
+    #: what :meth:`load` reads, as a user is told it
+    formats = ".keras/.h5 (Keras)"
+
+    @classmethod
+    def load(cls, path: Any, **options: Any) -> Any:
+        """A ``.keras``/``.h5`` file (option ``safe_mode``, default True), or a Keras 2 SavedModel
+        directory, as the live model."""
+        from pathlib import Path
+
+        from .kerasload import load_keras
+
+        return load_keras(Path(path), **options)
 
     @classmethod
     def accepts(cls, obj: Any) -> bool:

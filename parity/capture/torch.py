@@ -164,6 +164,19 @@ class TorchBackend(Backend):
     framework = "torch"
     #: the dtype floating-point inputs are cast to before a run (a float64 twin's: ``"float64"``)
     input_dtype: str | None = None
+    suffixes = (".pt", ".pth", ".bin")
+    #: what :meth:`load` reads, as a user is told it
+    formats = ".pt/.pth (TorchScript, or a state_dict with factory=)"
+
+    @classmethod
+    def load(cls, path: Any, **options: Any) -> Any:
+        """A TorchScript archive, or a ``state_dict`` loaded with ``torch.load(weights_only=True)``
+        into ``factory()`` (options ``factory``, ``weights_only``)."""
+        from pathlib import Path
+
+        from .torchload import load_torch_file
+
+        return load_torch_file(Path(path), **options)
 
     @classmethod
     def accepts(cls, obj: Any) -> bool:

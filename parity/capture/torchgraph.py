@@ -272,6 +272,17 @@ class ExportedProgramBackend(Backend):
     """A ``torch.export.ExportedProgram``, e.g. from ``torch.export.load``."""
 
     framework = "torch"
+    suffixes = (".pt2",)
+    #: what :meth:`load` reads, as a user is told it
+    formats = ".pt2 (torch.export)"
+
+    @classmethod
+    def load(cls, path: Any, **options: Any) -> Any:
+        from pathlib import Path
+
+        from .torchload import load_exported_program
+
+        return load_exported_program(Path(path))
 
     @classmethod
     def accepts(cls, obj: Any) -> bool:
