@@ -211,3 +211,13 @@ def test_a_subclassed_model_has_no_float64_twin_and_a_layer_no_fresh_one():
     model(X)
     assert KerasBackend(model).twin("float64") is None
     assert KerasBackend(keras.layers.Dense(2)).twin("fresh") is None
+
+
+def test_a_float64_twin_keeps_integer_ids_as_integers():
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((5,), dtype="int32", name="ids")
+    model = keras.Model(ids, keras.layers.Dense(2, name="head")(keras.layers.Embedding(10, 4, name="emb")(ids)))
+    tokens = np.array([[1, 2, 3, 4, 5]], dtype="int32")
+    trace64 = KerasBackend(model).twin("float64").capture([tokens])
+    assert trace64["emb"].dtype == "float64"
+    np.testing.assert_allclose(trace64["head"].value, KerasBackend(model).capture([tokens])["head"].value, rtol=1e-5, atol=1e-6)

@@ -679,7 +679,8 @@ def _float64_clone(keras: Any, model: Any) -> Any | None:
         return type(layer).from_config(config)
 
     try:
-        fresh = [keras.Input(shape=tuple(t.shape[1:]), dtype="float64") for t in inputs]
+        fresh = [keras.Input(shape=tuple(t.shape[1:]), dtype="float64" if "float" in numpy_dtype_name(t.dtype) else t.dtype)
+                 for t in inputs]  # integer ids stay integers
         clone = keras.models.clone_model(model, input_tensors=fresh if len(fresh) > 1 else fresh[0], clone_function=in_float64)
         def own(m: Any) -> list[Any]:
             return [layer for layer in m.layers if not isinstance(layer, keras.layers.InputLayer)]
