@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from .api import assert_parity, capture, diff, diff_traces
 from .chain import ChainReport, Stage, chain
+from .drift_run import DriftResult, drift
 from .errors import (
     AlignmentError,
     CaptureError,
@@ -55,6 +56,7 @@ __all__ = [
     "load_report",
     "load",
     "drift",
+    "DriftResult",
     "search",
     "chain",
     "ChainReport",
@@ -81,14 +83,6 @@ __all__ = [
     "ReportFormatError",
     "__version__",
 ]
-
-
-def drift(model_a, convert, inputs=None, **options):
-    """Per-layer error of ``convert(model_a)`` against fresh and random-statistics baselines;
-    see :mod:`parity.baseline`."""
-    from .baseline import drift as _drift
-
-    return _drift(model_a, convert, inputs, **options)
 
 
 def load(path, **options):

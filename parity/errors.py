@@ -7,6 +7,8 @@ not know parity.  Messages say what was expected, what came, and what to do.
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 __all__ = [
     "ParityError",
     "InputError",
@@ -24,6 +26,7 @@ __all__ = [
     "PairDiverged",
     "ConversionError",
     "ConverterNotInstalled",
+    "StateDictWithoutFactory",
     "closest",
 ]
 
@@ -131,3 +134,20 @@ class ConversionError(ParityError, RuntimeError):
 
 class ConverterNotInstalled(ParityError, ImportError):
     """A converter (or a module it needs) is not installed; the message gives the install line."""
+
+
+class StateDictWithoutFactory(ModelError):
+    """A ``.pth`` holds a state_dict and no factory was given to build the model it fits.
+    ``path`` and ``keys`` let a caller (the CLI) say how to give one in its own terms."""
+
+    def __init__(self, path: Any, keys: Sequence[str], how: str | None = None) -> None:
+        self.path, self.keys = path, list(keys)
+        shown = ", ".join(self.keys[:4]) + (", …" if len(self.keys) > 4 else "")
+        how = how or (
+            "parity.load(path, factory='package.module:Net'), "
+            "or in a pair table a = { path = \"...\", factory = \"package.module:Net\" }"
+        )
+        super().__init__(
+            f"{str(path)!r} is a state_dict ({len(self.keys)} tensors: {shown}): weights without the model's code. "
+            f"Give the class that builds the model: {how}."
+        )

@@ -16,9 +16,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import InputError, ModelError, closest
+from .errors import InputError, ModelError, StateDictWithoutFactory, closest
 
-__all__ = ["load_model", "load_inputs", "load_mapping", "load", "require_files", "StateDictWithoutFactory"]
+__all__ = ["load_model", "load_inputs", "load_mapping", "load", "looks_like_spec", "require_files", "StateDictWithoutFactory"]
 
 
 def _resolve(spec: str, what: str, search: Sequence[str | Path] = ()) -> Any:
@@ -83,27 +83,22 @@ def _search_dirs(search: Sequence[str | Path]) -> list[Path]:
 
 
 def _is_model(obj: Any) -> bool:
-    torch = sys.modules.get("torch")
-    keras = sys.modules.get("keras")
-    onnx = sys.modules.get("onnx")
-    tfgraph = sys.modules.get("parity.capture.tfgraph")
-    tflite = sys.modules.get("parity.capture.tflite")
-    return bool(
-        (tfgraph is not None and isinstance(obj, tfgraph.TFGraph))
-        or (tflite is not None and isinstance(obj, tflite.TFLiteModel))
-        or (torch is not None and isinstance(obj, (torch.nn.Module, torch.export.ExportedProgram)))
-        or (keras is not None and isinstance(obj, keras.layers.Layer))
-        or ("tf_keras" in sys.modules and isinstance(obj, sys.modules["tf_keras"].layers.Layer))
-        or (onnx is not None and isinstance(obj, onnx.ModelProto))
-    )
+    from .capture import is_model
+
+    return is_model(obj)
 
 
 def looks_like_spec(text: str) -> bool:
-    """Whether ``text`` reads as ``"package.module:attr"`` rather than a path to a file."""
+    """Whether ``text`` is ``"package.module:attr"`` rather than a path to a saved model (whose
+    part before a colon ends with a suffix some backend loads)."""
+    from .capture import load_suffixes
+
     module, sep, attr = text.partition(":")
     return bool(sep) and bool(attr) and "/" not in module and "\\" not in module and not module.endswith(
-        (".pt", ".pt2", ".pth", ".bin", ".keras", ".h5", ".onnx", ".tflite", ".pb")
+        load_suffixes()
     )
+
+
 
 
 def load_model(spec: Any, base_dir: str | Path | None = None) -> Any:
@@ -159,214 +154,34 @@ def _under(path: Any, base_dir: str | Path | None) -> Path:
     return path
 
 
-_FORMATS = (
-    ".keras/.h5 (Keras), .pt2 (torch.export), .pt/.pth (TorchScript, or a state_dict with factory=), "
-    ".onnx, .tflite, .pb (frozen GraphDef), a SavedModel directory"
-)
-
-
 def load(path: str | Path, **options: Any) -> Any:
-    """A model saved at ``path``, by what the path is:
+    """A model saved at ``path``, read by the backend that takes its suffix
+    (:func:`parity.capture.loader_for`):
 
     - ``.keras``/``.h5``: Keras, loaded with ``safe_mode=True`` (``safe_mode=False`` to opt in to code);
       an H5 file of Keras 2 that Keras 3 cannot rebuild (``TFOpLambda`` layers) with ``tf_keras``;
     - a SavedModel directory: its TensorFlow graph, or with ``keras=True`` the live ``tf_keras``
       model that Keras 2's ``model.save(dir)`` wrote;
+    - ``.pb``/``.pbtxt``: a frozen GraphDef;
     - ``.pt2``: a ``torch.export`` ExportedProgram, captured with its module names;
     - ``.pt``/``.pth``/``.bin``: a TorchScript archive, or a ``state_dict`` loaded with
-      ``torch.load(weights_only=True)`` into ``factory()`` (``"package.module:Class"`` or a callable).
+      ``torch.load(weights_only=True)`` into ``factory()`` (``"package.module:Class"`` or a callable);
+    - ``.onnx``, ``.tflite``.
 
     Anything else raises a :class:`ModelError` that says what is supported."""
+    from .capture import load_formats, loader_for
+
     path = Path(path)
     _require_file(path)
-    suffix = path.suffix.lower()
-    if path.is_dir():
-        if options.pop("keras", False):
-            return _load_keras2_saved_model(path, **options)
-        if (path / "saved_model.pb").exists():
-            from .capture.tfgraph import TFGraph
-
-            return TFGraph.from_saved_model(path, **options)  # signature=
+    loader = loader_for(path)
+    if loader is None:
         raise ModelError(
-            f"{str(path)!r} is a directory without saved_model.pb: parity loads a directory only as a "
-            "TensorFlow SavedModel. Give the model file itself."
+            f"cannot load {str(path)!r}: parity loads {load_formats()} by path. Give the model as "
+            "'package.module:factory' instead, or pass the live model object."
         )
-    if suffix in (".pb", ".pbtxt"):
-        from .capture.tfgraph import TFGraph
-
-        if path.name == "saved_model.pb":
-            return TFGraph.from_saved_model(path.parent, **options)
-        return TFGraph.from_frozen_pb(path, **options)  # inputs=, outputs=
-    if suffix in (".keras", ".h5"):
-        import keras
-
-        safe = options.pop("safe_mode", True)
-        try:
-            return keras.saving.load_model(path, safe_mode=safe, **options)
-        except ValueError as exc:
-            if "safe_mode" in str(exc) or ("lambda" in str(exc).lower() and "TFOpLambda" not in str(exc)):
-                raise ModelError(
-                    f"{str(path)!r} holds code (a Lambda layer) that Keras refuses to load in safe mode. "
-                    "If you trust the file, opt in with parity.load(path, safe_mode=False)."
-                ) from exc
-            if suffix != ".h5" or str(keras.__version__).startswith("2.") or not _saved_by_keras2(path):
-                raise  # (where keras is Keras 2 itself, tf_keras would not do better)
-            return _load_with_tf_keras(path, exc, safe, **options)
-    if suffix == ".pt2":
-        import torch
-
-        try:
-            return torch.export.load(str(path))
-        except Exception as exc:
-            raise ModelError(
-                f"{str(path)!r} is not a torch.export program ({type(exc).__name__}: {exc}). "
-                "Write one with torch.export.save(torch.export.export(model, args), path)."
-            ) from exc
-    if suffix in (".pt", ".pth", ".bin"):
-        return _load_torch_file(path, **options)
-    if suffix == ".onnx":
-        from .capture.onnx import load_onnx
-
-        return load_onnx(path)
-    if suffix == ".tflite":
-        from .capture.tflite import TFLiteModel
-
-        return TFLiteModel.from_path(path)
-    raise ModelError(
-        f"cannot load {str(path)!r}: parity loads {_FORMATS} by path. Give the model as "
-        "'package.module:factory' instead, or pass the live model object."
-    )
-
-
-def _saved_by_keras2(path: Path) -> bool:
-    """Whether an HDF5 model file says it was written by Keras 2 (tf_keras, or keras ≤ 2.15)."""
-    try:
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            version = f.attrs.get("keras_version", b"")
-    except (ImportError, OSError):
-        return False
-    version = version.decode() if isinstance(version, bytes) else str(version)
-    return version.startswith("2.")
-
-
-def _load_keras2_saved_model(path: Path, **options: Any) -> Any:
-    """A SavedModel written by Keras 2's ``model.save(dir)``, as the live tf_keras model (its
-    layers, names and weights) rather than as a graph; Keras 3 cannot load these."""
-    if not (path / "keras_metadata.pb").exists():
-        raise ModelError(
-            f"{str(path)!r} is not a SavedModel written by Keras 2's model.save (it has no keras_metadata.pb), "
-            "so there is no Keras model to rebuild. Load it as a TensorFlow graph: parity.load(path) without keras=True."
-        )
-    try:
-        import tf_keras
-    except ImportError as exc:
-        raise ModelError(
-            f"{str(path)!r} is a Keras 2 SavedModel; loading it as a Keras model needs Keras 2: "
-            "pip install tf-keras==<your tensorflow version>. Or load it as a graph: parity.load(path)."
-        ) from exc
-    return tf_keras.models.load_model(path, compile=False, **options)
-
-
-def _load_with_tf_keras(path: Path, keras3_error: Exception, safe: bool, **options: Any) -> Any:
-    """A Keras 2 H5 file that Keras 3 cannot rebuild (``TFOpLambda`` layers from
-    ``tf.*`` calls, as nobuco writes them), loaded with Keras 2 itself: ``tf_keras``."""
-    try:
-        import tf_keras
-    except ImportError:
-        raise ModelError(
-            f"{str(path)!r} was saved by Keras 2 and Keras 3 cannot load it ({type(keras3_error).__name__}: "
-            f"{str(keras3_error).strip()[:300]}). Install Keras 2 for your TensorFlow, e.g. "
-            "pip install tf-keras==<your tensorflow version>, and parity loads it with tf_keras."
-        ) from keras3_error
-    try:
-        return tf_keras.models.load_model(path, compile=False, safe_mode=safe, **options)
-    except ValueError as exc:
-        if "safe_mode" in str(exc):
-            raise ModelError(
-                f"{str(path)!r} holds code (a Lambda layer) that Keras refuses to load in safe mode. "
-                "If you trust the file, opt in with parity.load(path, safe_mode=False)."
-            ) from exc
-        raise ModelError(
-            f"{str(path)!r} was saved by Keras 2 and neither Keras 3 ({str(keras3_error).strip()[:200]}) "
-            f"nor tf_keras ({type(exc).__name__}: {str(exc).strip()[:300]}) can load it. Save the model "
-            "again, or pass the live model object."
-        ) from exc
-
-
-class StateDictWithoutFactory(ModelError):
-    """A ``.pth`` holds a state_dict and no factory was given to build the model it fits.
-    ``path`` and ``keys`` let a caller (the CLI) say how to give one in its own terms."""
-
-    def __init__(self, path: Path, keys: Sequence[str], how: str | None = None) -> None:
-        self.path, self.keys = path, list(keys)
-        shown = ", ".join(self.keys[:4]) + (", …" if len(self.keys) > 4 else "")
-        how = how or (
-            "parity.load(path, factory='package.module:Net'), "
-            "or in a pair table a = { path = \"...\", factory = \"package.module:Net\" }"
-        )
-        super().__init__(
-            f"{str(path)!r} is a state_dict ({len(self.keys)} tensors: {shown}): weights without the model's code. "
-            f"Give the class that builds the model: {how}."
-        )
-
-
-def _is_torchscript(path: Path) -> bool:
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
-
-
-def _load_torch_file(path: Path, *, factory: Any = None, weights_only: bool = True) -> Any:
-    import torch
-
-    if _is_torchscript(path):
-        return torch.jit.load(str(path), map_location="cpu")
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=weights_only)
-    except Exception as exc:
-        if weights_only and ("safe_globals" in str(exc) or "Unsupported global" in str(exc)):
-            raise ModelError(
-                f"{str(path)!r} holds pickled Python objects, not only tensors, and "
-                "torch.load(weights_only=True) refuses them (pickles can run code). If you trust the "
-                "file, opt in with parity.load(path, weights_only=False) (or weights_only = false in "
-                "the model table); better, save a state_dict and give factory=."
-            ) from exc
-        raise ModelError(f"{str(path)!r} is not a file torch.load can read: {type(exc).__name__}: {exc}") from exc
-    if _is_model(state):
-        return state  # a whole pickled module (weights_only=False)
-    if isinstance(state, Mapping):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if key in state and _is_model(state[key]):
-                return state[key].eval()  # a checkpoint holding the module itself (weights_only=False)
-            if key in state and isinstance(state[key], Mapping):
-                state = state[key]
-                break
-    if not isinstance(state, Mapping) or not all(hasattr(v, "shape") for v in state.values()):
-        raise ModelError(f"{str(path)!r} holds a {type(state).__name__}, not a state_dict or a TorchScript module.")
-    keys = list(state)
-    if factory is None:
-        raise StateDictWithoutFactory(path, keys)
-    build = _resolve(factory, "factory") if isinstance(factory, str) else factory
-    model = build() if callable(build) else build
-    if not _is_model(model):
-        raise ModelError(f"factory {factory!r} made a {type(model).__name__}, not a torch.nn.Module.")
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise ModelError(
-            f"the state_dict in {str(path)!r} does not fit {type(model).__name__}: "
-            + (f"missing {', '.join(missing[:6])}{', …' if len(missing) > 6 else ''}" if missing else "")
-            + ("; " if missing and unexpected else "")
-            + (f"unexpected {', '.join(unexpected[:6])}{', …' if len(unexpected) > 6 else ''}" if unexpected else "")
-            + ". Check the factory builds the same architecture (num_batches_tracked is ignored on purpose)."
-        )
-    return model.eval()
+    if isinstance(options.get("factory"), str):
+        options["factory"] = _resolve(options["factory"], "factory")
+    return loader.load(path, **options)
 
 
 def load_inputs(spec: Any, base_dir: str | Path | None = None) -> Any:

@@ -146,3 +146,78 @@ def test_channels_first_model_that_this_cpu_cannot_run_is_a_capture_error_saying
     assert "CaptureError" in out and "channels-first" in out and "cannot run them on this CPU" in out
     assert "TF_ENABLE_ONEDNN_OPTS=1" in out and "before TensorFlow is imported" in out
     assert "6) (NHWC)" not in out  # the input is not called channels-last
+
+
+# --- the door: one layer alone, twins --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fused():
+    """A functional model whose Dense fuses its activation, and a BatchNormalization."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 1), name="img")
+    y = keras.layers.Conv2D(4, 3, name="conv")(inp)
+    y = keras.layers.BatchNormalization(name="bn")(y)
+    y = keras.layers.Flatten(name="flat")(y)
+    y = keras.layers.Dense(3, activation="tanh", name="dense")(y)
+    model = keras.Model(inp, y, name="fused")
+    bn = model.get_layer("bn")
+    rng = np.random.default_rng(1)
+    bn.moving_mean.assign(rng.normal(0, 1, 4).astype("float32"))
+    bn.moving_variance.assign(rng.uniform(0.5, 2, 4).astype("float32"))
+    return model
+
+
+def test_layer_inputs_and_call_layer_reproduce_the_captured_tap(fused):
+    backend = KerasBackend(fused)
+    trace = backend.capture([X])
+    assert [backend.can_call(n) for n in ("bn", "dense", "dense:activation", "output", "nowhere")] == [
+        True, True, False, False, False,
+    ]
+    seen = backend.layer_inputs([X], ["bn", "dense", "dense:activation"])
+    assert sorted(seen) == ["bn", "dense"]
+    np.testing.assert_allclose(seen["bn"], trace["conv"].value, rtol=1e-6)
+    np.testing.assert_allclose(backend.call_layer("bn", seen["bn"]), trace["bn"].value, rtol=1e-5, atol=1e-6)
+    # a fused activation: the tap (and the call) is the result before the tanh
+    linear = backend.call_layer("dense", seen["dense"])
+    np.testing.assert_allclose(linear, trace["dense"].value, rtol=1e-5, atol=1e-6)
+    assert np.abs(linear).max() > 1  # not squashed by the tanh
+    assert fused.get_layer("dense").activation.__name__ == "tanh"  # the activation is restored
+
+
+def test_fresh_and_randomized_twins(fused):
+    fresh = KerasBackend(fused).twin("fresh").model
+    assert fresh is not fused and [layer.name for layer in fresh.layers] == [layer.name for layer in fused.layers]
+    np.testing.assert_array_equal(np.asarray(fresh.get_layer("bn").moving_variance), np.ones(4))
+    randomized = KerasBackend(fused).twin("randomized_stats", seed=3).model
+    var = np.asarray(randomized.get_layer("bn").moving_variance)
+    assert ((var >= 0.005) & (var <= 0.05)).all()
+    assert np.asarray(fused.get_layer("bn").moving_variance).min() >= 0.5  # the original is untouched
+
+
+def test_float64_twin_takes_float32_inputs_and_records_float64(fused):
+    twin = KerasBackend(fused).twin("float64")
+    trace64, trace32 = twin.capture([X]), KerasBackend(fused).capture([X])
+    assert trace64.names == trace32.names
+    assert {t.dtype for t in trace64.taps} == {"float64"}
+    assert {str(w.dtype) for w in fused.weights} == {"float32"}  # the original stays float32
+    for t32 in trace32.taps:
+        v32, v64 = t32.value.astype(np.float64), trace64[t32.name].value
+        assert np.linalg.norm(v32 - v64) <= 1e-6 * max(np.linalg.norm(v64), 1.0)  # float32 rounding only
+
+
+def test_a_subclassed_model_has_no_float64_twin_and_a_layer_no_fresh_one():
+    model = Twice()
+    model(X)
+    assert KerasBackend(model).twin("float64") is None
+    assert KerasBackend(keras.layers.Dense(2)).twin("fresh") is None
+
+
+def test_a_float64_twin_keeps_integer_ids_as_integers():
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((5,), dtype="int32", name="ids")
+    model = keras.Model(ids, keras.layers.Dense(2, name="head")(keras.layers.Embedding(10, 4, name="emb")(ids)))
+    tokens = np.array([[1, 2, 3, 4, 5]], dtype="int32")
+    trace64 = KerasBackend(model).twin("float64").capture([tokens])
+    assert trace64["emb"].dtype == "float64"
+    np.testing.assert_allclose(trace64["head"].value, KerasBackend(model).capture([tokens])["head"].value, rtol=1e-5, atol=1e-6)

@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 
 from onnx import TensorProto, helper  # noqa: E402
 
+from parity.baseline import fresh_twin  # noqa: E402
 from parity.capture.onnx import OnnxBackend, load_onnx  # noqa: E402
 from parity.errors import CaptureError, InputError, ModelError, ParityError  # noqa: E402
 from parity._zoo.torch_models import BasicBlock, ConvNet, MobileNetBlock, randomize_bn  # noqa: E402
@@ -287,3 +288,15 @@ def test_importing_the_backend_imports_neither_onnx_nor_onnxruntime():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:2] == ["", "False"]
+
+
+def test_a_graph_backend_says_it_cannot_call_layers_read_parameters_or_make_twins(exported):
+    model, x, proto = exported("ConvNet", False)
+    backend = OnnxBackend(proto)
+    name = backend.capture([x.numpy()]).taps[0].name
+    assert not backend.can_call(name)
+    assert backend.layer_inputs([x.numpy()], [name]) == {}
+    assert backend.layer_params(name) is None and not backend.reads_params
+    assert [backend.twin(kind) for kind in ("fresh", "randomized_stats", "float64")] == [None, None, None]
+    with pytest.raises(ModelError, match="can build a fresh twin of a torch.nn.Module or a keras.Model, not a ModelProto"):
+        fresh_twin(proto)

@@ -334,3 +334,60 @@ def test_a_module_computing_with_its_own_parameters_is_tapped_before_its_childre
     # Identity returned its input: a placeholder; the in-place ReLU returned its input too, but changed it
     assert trace["bn.drop"].attrs.get("passthrough") is True
     assert "passthrough" not in trace["bn.act"].attrs
+
+
+# --- the door: one layer alone, twins --------------------------------------------------
+
+
+def test_layer_inputs_and_call_layer_reproduce_the_captured_tap(model, x):
+    backend = TorchBackend(model)
+    trace = backend.capture([x])
+    assert [backend.can_call(n) for n in ("conv", "block.1", "act#1", "output[0]", "nowhere")] == [
+        True, True, False, False, False,
+    ]
+    seen = backend.layer_inputs([x], ["conv", "block.1", "act#1", "nowhere"])
+    assert sorted(seen) == ["block.1", "conv"]  # a repeated call and an unknown name are left out
+    np.testing.assert_array_equal(seen["conv"], x)
+    np.testing.assert_array_equal(seen["block.1"], trace["block.0"].value)  # the BatchNorm's input: the 1x1 conv's output
+    out = backend.call_layer("block.1", seen["block.1"])
+    np.testing.assert_allclose(out, trace["block.1"].value, rtol=1e-6, atol=1e-7)
+    assert not model.block[1].training  # called in eval mode, the mode it had restored
+
+
+def test_call_layer_refuses_a_tap_that_is_not_one_module(model):
+    with pytest.raises(parity.CaptureError, match="'act#1' is not one module of Shared"):
+        TorchBackend(model).call_layer("act#1", np.zeros((1, 4, 5, 5), "float32"))
+
+
+def test_fresh_and_randomized_twins_leave_the_model_alone(model, x):
+    with torch.no_grad():
+        model.block[1].running_var.fill_(3.0)
+    try:
+        fresh = TorchBackend(model).twin("fresh").model
+        randomized = TorchBackend(model).twin("randomized_stats", seed=3).model
+        assert fresh is not model and torch.equal(fresh.block[1].running_var, torch.ones(4))
+        var = randomized.block[1].running_var.numpy()
+        assert ((var >= 0.005) & (var <= 0.05)).all()
+        again = TorchBackend(model).twin("randomized_stats", seed=3).model
+        assert torch.equal(again.block[1].running_mean, randomized.block[1].running_mean)  # seeded
+        assert torch.equal(model.block[1].running_var, torch.full((4,), 3.0))  # the original is untouched
+        assert not fresh.training and not torch.equal(fresh.conv.weight, model.conv.weight)  # re-initialised
+    finally:
+        with torch.no_grad():
+            model.block[1].running_var.fill_(1.0)
+
+
+def test_float64_twin_takes_float32_inputs_and_records_float64(model, x):
+    twin = TorchBackend(model).twin("float64")
+    trace64, trace32 = twin.capture([x]), TorchBackend(model).capture([x])
+    assert next(model.parameters()).dtype == torch.float32  # the original stays float32
+    assert {t.dtype for t in trace64.taps} == {"float64"}
+    for t32 in trace32.taps:
+        v32, v64 = t32.value.astype(np.float64), trace64[t32.name].value
+        assert np.linalg.norm(v32 - v64) <= 1e-6 * max(np.linalg.norm(v64), 1.0)  # float32 rounding only
+    assert twin.layer_inputs([x], ["conv"])["conv"].dtype == np.float64
+
+
+def test_an_unknown_twin_kind_is_a_model_error(model):
+    with pytest.raises(parity.ModelError, match="a twin is one of 'fresh', 'randomized_stats', 'float64', not 'int8'"):
+        TorchBackend(model).twin("int8")

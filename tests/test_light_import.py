@@ -33,3 +33,13 @@ def test_capture_dispatch_only_considers_imported_frameworks():
         "try:\n    backend_for(object())\nexcept parity.ModelError:\n    pass"
     )
     assert _imported_after(statement) == set()
+
+
+def test_finding_the_loader_of_a_file_imports_no_framework():
+    # every backend module is imported to read its suffixes; none imports its framework for that
+    statement = (
+        "from parity.capture import load_formats, loader_for\n"
+        "assert loader_for('model.onnx').__name__ == 'OnnxBackend'\n"
+        "load_formats()"
+    )
+    assert _imported_after(statement) == set()

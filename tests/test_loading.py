@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from parity import ParityError
-from parity.loading import load, load_inputs, load_mapping, load_model
+from parity.capture import loader_for
+from parity.loading import load, load_inputs, load_mapping, load_model, looks_like_spec
 from parity.pairs import PairConfigError, load_pairs
 
 
@@ -78,6 +79,43 @@ def test_a_missing_or_unsupported_model_file_is_refused_with_what_to_do(tmp_path
     (tmp_path / "model.xyz").write_bytes(b"\0")
     with pytest.raises(ParityError, match=r"parity loads .keras/.h5 \(Keras\), .pt2 \(torch.export\)"):
         load(tmp_path / "model.xyz")
+
+
+def test_the_unsupported_file_message_lists_every_format_the_backends_read(tmp_path):
+    (tmp_path / "model.xyz").write_bytes(b"\0")
+    with pytest.raises(ParityError) as info:
+        load(tmp_path / "model.xyz")
+    assert (
+        "parity loads .keras/.h5 (Keras), .pt2 (torch.export), .pt/.pth (TorchScript, or a state_dict with "
+        "factory=), .onnx, .tflite, .pb (frozen GraphDef), a SavedModel directory by path."
+    ) in str(info.value)
+
+
+def test_each_suffix_is_read_by_the_backend_that_declares_it(tmp_path):
+    (tmp_path / "saved").mkdir()
+    found = {}
+    for name in ("m.keras", "m.H5", "m.pt", "m.pth", "m.bin", "m.pt2", "m.onnx", "m.tflite", "m.pb", "m.pbtxt", "saved", "m.npy"):
+        loader = loader_for(tmp_path / name)
+        found[name] = loader.__name__ if loader is not None else None
+    assert found == {
+        "m.keras": "KerasBackend", "m.H5": "KerasBackend", "m.pt": "TorchBackend", "m.pth": "TorchBackend",
+        "m.bin": "TorchBackend", "m.pt2": "ExportedProgramBackend", "m.onnx": "OnnxBackend",
+        "m.tflite": "TFLiteBackend", "m.pb": "TFGraphBackend", "m.pbtxt": "TFGraphBackend", "saved": "TFGraphBackend",
+        "m.npy": None,
+    }
+
+
+def test_a_directory_without_saved_model_pb_is_refused(tmp_path):
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(ParityError, match="is a directory without saved_model.pb: parity loads a directory only as a "
+                                          "TensorFlow SavedModel"):
+        load(tmp_path / "weights")
+
+
+def test_a_path_with_a_colon_after_a_model_suffix_is_a_path_not_a_spec():
+    assert looks_like_spec("pkg.models:Net")
+    assert not looks_like_spec("net.pbtxt:v2") and not looks_like_spec("net.onnx:v2")
+    assert not looks_like_spec("models/net:Net")
 
 
 def test_a_file_torch_cannot_read_is_refused(tmp_path):

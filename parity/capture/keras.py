@@ -21,7 +21,7 @@ import sys
 from collections import Counter
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from ..errors import CaptureError
 from ..layout import CHANNELS_FIRST, CHANNELS_LAST
 from ..records import InputSpec, ModelInfo, Tap, Trace
 from .base import Backend, Inputs, append_tap, flatten_outputs, numpy_dtype_name
+from .twins import cast_floating, check_kind, random_statistics
 
 _LAST_AXIS_LAYERS = {"Dense", "EinsumDense", "LayerNormalization", "Embedding", "RMSNormalization"}
 _ATTRS = (
@@ -264,6 +265,21 @@ def _fused_activation(layer: Any) -> str | None:
 
 class KerasBackend(Backend):
     framework = "keras"
+    #: the dtype floating-point inputs are cast to before a run (a float64 twin's: ``"float64"``)
+    input_dtype: str | None = None
+    suffixes = (".keras", ".h5")
+    #: what :meth:`load` reads, as a user is told it
+    formats = ".keras/.h5 (Keras)"
+
+    @classmethod
+    def load(cls, path: Any, **options: Any) -> Any:
+        """A ``.keras``/``.h5`` file (option ``safe_mode``, default True), or a Keras 2 SavedModel
+        directory, as the live model."""
+        from pathlib import Path
+
+        from .kerasload import load_keras
+
+        return load_keras(Path(path), **options)
 
     @classmethod
     def accepts(cls, obj: Any) -> bool:
@@ -374,6 +390,7 @@ class KerasBackend(Backend):
         return self._default_layout(rank)
 
     def capture(self, inputs: Inputs, *, containers: bool = False) -> Trace:
+        inputs = cast_floating(inputs, self.input_dtype)
         model = self.model
         arrays = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
         layers = [
@@ -544,6 +561,7 @@ class KerasBackend(Backend):
 
     def run(self, inputs: Inputs) -> Any:
         """One call of the model in inference mode (``training=False`` where it takes it)."""
+        inputs = cast_floating(inputs, self.input_dtype)
         arrays = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
         call_inputs = self._call_inputs(inputs, arrays)
         try:
@@ -573,3 +591,124 @@ class KerasBackend(Backend):
     @property
     def reads_params(self) -> bool:
         return True
+    # --- one layer alone -------------------------------------------------------------
+
+    def _layer(self, name: str) -> Any | None:
+        """The layer whose tap is ``name`` (a layer name, or its path where names repeat), or
+        ``None`` when the tap is not one layer's single call (``#k``, ``[i]``, ``:activation``)."""
+        if not name or "#" in name or "[" in name or ":" in name:
+            return None
+        return layer_named(self.model, name)
+
+    def can_call(self, name: str) -> bool:
+        return self._layer(name) is not None
+
+    def layer_inputs(self, inputs: Inputs, names: Sequence[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        layers = {n: layer for n in names if (layer := self._layer(n)) is not None}
+
+        def wrap(name: str, original: Any) -> Any:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                if name not in found and len(args) == 1 and hasattr(args[0], "shape") and not isinstance(args[0], (list, tuple)):
+                    try:
+                        found[name] = _to_numpy(args[0])
+                    except Exception:  # a symbolic tensor: nothing to keep
+                        pass
+                return original(*args, **kwargs)
+
+            return call
+
+        if layers:
+            with patched_calls((layer, lambda original, name=name: wrap(name, original)) for name, layer in layers.items()):
+                self.run(inputs)
+        return found
+
+    def call_layer(self, name: str, x: np.ndarray) -> np.ndarray:
+        layer = self._layer(name)
+        if layer is None:
+            raise CaptureError(f"{name!r} is not one layer of {self.model.name!r} that can be called alone.")
+        # a layer with a fused activation: its tap is the result before the activation
+        # (the activation's is ``name:activation``, never called alone)
+        linear = ((layer, lambda act: lambda y, *args, **kwargs: y),) if _fused_activation(layer) else ()
+        with patched_calls(linear, "activation"):
+            try:
+                out = layer(x, training=False)
+            except TypeError:
+                out = layer(x)
+        return np.asarray(out)
+
+    # --- twins -----------------------------------------------------------------------
+
+    def twin(self, kind: str, *, seed: int = 0) -> "KerasBackend | None":
+        """``"fresh"`` and ``"randomized_stats"``: ``clone_model`` (new layers, fresh initialisers)
+        of a ``keras.Model``; ``"float64"``: a functional or Sequential model rebuilt layer by
+        layer in float64 with the same weights (``None`` for a subclassed model, a model with
+        nested models, or one that does not rebuild)."""
+        check_kind(kind)
+        keras = self.keras
+        if not isinstance(self.model, keras.Model):
+            return None
+        if kind == "float64":
+            model = _float64_clone(keras, self.model)
+            if model is None:
+                return None
+            twin = type(self)(model, **self.options)
+            twin.input_dtype = "float64"
+            return twin
+        from ..errors import ModelError
+
+        try:
+            model = keras.models.clone_model(self.model)  # new layers, fresh initialisers
+        except Exception as exc:  # Keras 2 cannot clone a subclassed model
+            raise ModelError(
+                f"parity.drift could not build a fresh twin of {type(self.model).__name__} with "
+                f"{keras.__name__}.models.clone_model ({type(exc).__name__}: {exc}); pass baseline=(a0, b0) to "
+                "parity.diff instead, with a0 built from your model's code."
+            ) from exc
+        if kind == "randomized_stats":
+            rng = np.random.default_rng(seed)
+            for layer in getattr(model, "layers", []):
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    mean, var = random_statistics(rng, int(layer.moving_mean.shape[0]))
+                    layer.moving_mean.assign(mean)
+                    layer.moving_variance.assign(var)
+        return type(self)(model, **self.options)
+
+
+def _float64_clone(keras: Any, model: Any) -> Any | None:
+    """``model`` rebuilt with every layer computing in float64 and its weights copied, or
+    ``None`` when it cannot be (subclassed: no graph to rebuild; nested models; a layer whose
+    config does not rebuild)."""
+    try:
+        inputs = list(model.inputs)
+    except (AttributeError, ValueError):  # subclassed, or never built
+        return None
+    if not inputs or any(isinstance(layer, keras.Model) for layer in getattr(model, "layers", [])):
+        return None
+
+    def in_float64(layer: Any) -> Any:
+        config = layer.get_config()
+        config["dtype"] = "float64"
+        return type(layer).from_config(config)
+
+    try:
+        fresh = [keras.Input(shape=tuple(t.shape[1:]), dtype="float64" if "float" in numpy_dtype_name(t.dtype) else t.dtype)
+                 for t in inputs]  # integer ids stay integers
+        clone = keras.models.clone_model(model, input_tensors=fresh if len(fresh) > 1 else fresh[0], clone_function=in_float64)
+        def own(m: Any) -> list[Any]:
+            return [layer for layer in m.layers if not isinstance(layer, keras.layers.InputLayer)]
+
+        if len(own(model)) != len(own(clone)):
+            return None
+        pairs = list(zip(own(model), own(clone)))
+        for original, copied in pairs:  # layer by layer, checked: a weight in the wrong place is a wrong reference
+            weights = original.get_weights()
+            if original.name != copied.name or [np.shape(w) for w in weights] != [np.shape(w) for w in copied.get_weights()]:
+                return None
+            copied.set_weights([np.asarray(w, dtype=np.float64) if np.issubdtype(np.asarray(w).dtype, np.floating) else w
+                                for w in weights])
+    except Exception:  # a layer that does not rebuild from its config in float64
+        return None
+    if not all(numpy_dtype_name(w.dtype) == "float64" for w in clone.weights if "float" in numpy_dtype_name(w.dtype)):
+        return None
+    return clone

@@ -182,6 +182,14 @@ class OnnxBackend(Backend):
     Options: ``providers`` (default ``["CPUExecutionProvider"]``).
     """
 
+    suffixes = (".onnx",)
+    #: what :meth:`load` reads, as a user is told it
+    formats = ".onnx"
+
+    @classmethod
+    def load(cls, path: Any, **options: Any) -> Any:
+        return load_onnx(path)
+
     framework = "onnx"
 
     def __init__(self, model: Any, **options: Any) -> None:

@@ -223,6 +223,14 @@ class TFLiteBackend(Backend):
     delegate would hide intermediate tensors), ``num_threads``.
     """
 
+    suffixes = (".tflite",)
+    #: what :meth:`load` reads, as a user is told it
+    formats = ".tflite"
+
+    @classmethod
+    def load(cls, path: Any, **options: Any) -> Any:
+        return TFLiteModel.from_path(path)
+
     framework = "tflite"
 
     def __init__(self, model: Any, **options: Any) -> None:

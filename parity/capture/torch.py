@@ -24,7 +24,7 @@ import re
 import sys
 from collections import Counter
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -32,81 +32,8 @@ from ..errors import CaptureError
 from ..layout import channels_first, channels_last
 from ..records import InputSpec, ModelInfo, Tap, Trace
 from .base import Backend, Inputs, append_tap, flatten_outputs, numpy_dtype_name
-
-# Modules whose tensors are channel-first by definition.
-_CHANNEL_FIRST_PREFIXES = (
-    "Conv",
-    "ConvTranspose",
-    "LazyConv",
-    "BatchNorm",
-    "SyncBatchNorm",
-    "InstanceNorm",
-    "GroupNorm",
-    "LocalResponseNorm",
-    "MaxPool",
-    "AvgPool",
-    "AdaptiveAvgPool",
-    "AdaptiveMaxPool",
-    "LPPool",
-    "FractionalMaxPool",
-    "MaxUnpool",
-    "Upsample",
-    "UpsamplingNearest",
-    "UpsamplingBilinear",
-    "PixelShuffle",
-    "PixelUnshuffle",
-    "ZeroPad",
-    "ConstantPad",
-    "ReflectionPad",
-    "ReplicationPad",
-    "CircularPad",
-    "Dropout1d",
-    "Dropout2d",
-    "Dropout3d",
-)
-# Modules that work on the last axis: features last.
-_LAST_AXIS = {"Linear", "LazyLinear", "Bilinear", "LayerNorm", "RMSNorm", "Embedding", "EmbeddingBag"}
-
-
-def _module_layout(op: str, rank: int, in_layout: str | None, in_rank: int | None) -> str | None:
-    if op == "Conv1D" or op.endswith(("RMSNorm", "LayerNorm")):
-        # transformers' Conv1D is GPT-2's Linear (weight (in, out)), not torch's Conv1d; its
-        # LlamaRMSNorm, T5LayerNorm, ... normalise the last axis
-        return channels_last(rank)
-    if op.startswith(_CHANNEL_FIRST_PREFIXES):
-        return channels_first(rank)
-    if op in _LAST_AXIS:
-        return channels_last(rank)
-    if in_layout is not None and in_rank == rank:
-        return in_layout  # elementwise: ReLU, Dropout, Identity, Hardswish, ...
-    return _default_layout(rank)
-
-
-def _default_layout(rank: int) -> str | None:
-    # torch's convention for images and volumes; a 3-D tensor may be NCL or NLC
-    return {2: "NC", 4: "NCHW", 5: "NCDHW"}.get(rank)
-
-
-def _to_numpy(t: Any) -> tuple[np.ndarray, str]:
-    """A copy of ``t`` as NumPy, and the dtype name the framework gives it."""
-    value, dtype, shared = _as_numpy(t)
-    return (value.copy() if shared else value), dtype
-
-
-def _as_numpy(t: Any) -> tuple[np.ndarray, str, bool]:
-    """``t`` as NumPy, its dtype name, and whether the array shares ``t``'s memory (a view)."""
-    import torch
-
-    t = t.detach()
-    dtype = numpy_dtype_name(t.dtype)
-    if t.dtype == torch.bfloat16:  # NumPy has no bfloat16: keep the name, widen the value
-        return t.float().numpy(), dtype, False
-    if t.is_complex() or t.device.type != "cpu" or t.is_conj() or t.is_neg():
-        return t.resolve_conj().resolve_neg().cpu().numpy().copy(), dtype, False
-    view = t.numpy()
-    view.flags.writeable = False  # the model's own memory (maybe a parameter's): never written through a tap
-    return view, dtype, True
-
+from .twins import cast_floating, check_kind, random_statistics
+from .torchlayout import FLATTEN_OPS, REORDER_OPS, as_numpy, default_layout, module_layout
 
 #: Python-level calls that write into their first argument
 _INPLACE_DUNDERS = frozenset(
@@ -208,9 +135,6 @@ _SKIP_OPS = frozenset(
 )
 _OP_ALIASES = {"radd": "add", "iadd": "add_", "rmul": "mul", "imul": "mul_", "rsub": "sub", "isub": "sub_",
                "truediv": "div", "rtruediv": "div", "itruediv": "div_", "rmatmul": "matmul", "getitem": "getitem"}
-#: ops that reorder axes: their output layout is not their input's
-_REORDER_OPS = frozenset({"permute", "transpose", "movedim", "swapaxes", "swapdims", "t", "mT", "T", "pixel_shuffle"})
-_FLATTEN_OPS = frozenset({"flatten", "view", "reshape"})
 
 
 def _op_name(func: Any) -> str | None:
@@ -238,6 +162,21 @@ def _tensor_key(t: Any) -> tuple:
 
 class TorchBackend(Backend):
     framework = "torch"
+    #: the dtype floating-point inputs are cast to before a run (a float64 twin's: ``"float64"``)
+    input_dtype: str | None = None
+    suffixes = (".pt", ".pth", ".bin")
+    #: what :meth:`load` reads, as a user is told it
+    formats = ".pt/.pth (TorchScript, or a state_dict with factory=)"
+
+    @classmethod
+    def load(cls, path: Any, **options: Any) -> Any:
+        """A TorchScript archive, or a ``state_dict`` loaded with ``torch.load(weights_only=True)``
+        into ``factory()`` (options ``factory``, ``weights_only``)."""
+        from pathlib import Path
+
+        from .torchload import load_torch_file
+
+        return load_torch_file(Path(path), **options)
 
     @classmethod
     def accepts(cls, obj: Any) -> bool:
@@ -311,6 +250,7 @@ class TorchBackend(Backend):
     # --- running it ------------------------------------------------------------------
 
     def capture(self, inputs: Inputs, *, containers: bool = False) -> Trace:
+        inputs = cast_floating(inputs, self.input_dtype)
         trace, spoiled = self._capture(inputs, containers, copy_all=False)
         if spoiled:  # a write no in-place check saw changed recorded tensors: run again, copying all
             trace, _ = self._capture(inputs, containers, copy_all=True)
@@ -345,10 +285,10 @@ class TorchBackend(Backend):
         layouts: dict[tuple, tuple[str | None, int]] = {}
 
         def record(tensor_name: str, t: Any, op: str, role: str, in_layout, in_rank, attrs) -> None:
-            value, dtype, shared = _as_numpy(t)
+            value, dtype, shared = as_numpy(t)
             tap_attrs = dict(attrs)
             forced = tap_attrs.pop("_layout", False)
-            layout = _module_layout(op, value.ndim, in_layout, in_rank) if role != "output" else None
+            layout = module_layout(op, value.ndim, in_layout, in_rank) if role != "output" else None
             if forced is not False:  # op-level taps decide their layout themselves
                 layout = forced
             perm = tap_attrs.get("perm")
@@ -356,7 +296,7 @@ class TorchBackend(Backend):
                 layout = "".join(in_layout[i] for i in perm)  # a Transpose module (onnx2torch)
             if role == "output":
                 known = layouts.get(_tensor_key(t))
-                layout = known[0] if known else _default_layout(value.ndim)
+                layout = known[0] if known else default_layout(value.ndim)
             flattens = op == "Flatten" or tap_attrs.pop("_flattens", False)
             if flattens and in_layout and in_rank and in_rank > 2 and value.ndim == 2:
                 layout = f"N({in_layout[1:]})"
@@ -399,7 +339,7 @@ class TorchBackend(Backend):
         spec = self.input_spec()
         is_input: dict[tuple, str | None] = {}
         for i, t in enumerate(tensors):
-            layout = spec[i].layout if spec and i < len(spec) else _default_layout(t.dim())
+            layout = spec[i].layout if spec and i < len(spec) else default_layout(t.dim())
             is_input[_tensor_key(t)] = layout
         handles = [m.register_forward_hook(hook) for m in names]
         handles += self._owner_hooks(owners, record, layouts, calls)
@@ -500,6 +440,7 @@ class TorchBackend(Backend):
         hooks the caller registered fire."""
         import torch
 
+        inputs = cast_floating(inputs, self.input_dtype)
         arrays = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
         tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
         with _inference(self.model):
@@ -510,6 +451,87 @@ class TorchBackend(Backend):
         if isinstance(inputs, dict):
             return model(**dict(zip(inputs.keys(), tensors)))
         return model(*tensors)
+
+    # --- one layer alone -------------------------------------------------------------
+
+    def _module(self, name: str) -> Any | None:
+        """The submodule whose tap is ``name``, or ``None`` when the tap is not one module's
+        single call (a repeated call ``#k``, one output of several ``[i]``, an op ``:op``)."""
+        if not name or "#" in name or "[" in name or ":" in name:
+            return None
+        try:
+            return self.model.get_submodule(name)
+        except AttributeError:
+            return None
+
+    def can_call(self, name: str) -> bool:
+        return self._module(name) is not None
+
+    def layer_inputs(self, inputs: Inputs, names: Sequence[str]) -> dict[str, np.ndarray]:
+        import torch
+
+        found: dict[str, np.ndarray] = {}
+        modules = {n: m for n in names if (m := self._module(n)) is not None}
+
+        def hook_for(name: str):
+            def pre(module, args):
+                if name not in found and len(args) == 1 and isinstance(args[0], torch.Tensor):
+                    found[name] = args[0].detach().cpu().numpy().copy()
+
+            return pre
+
+        if not modules:
+            return found
+        handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in modules.items()]
+        try:
+            self.run(inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        return found
+
+    def call_layer(self, name: str, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        module = self._module(name)
+        if module is None:
+            raise CaptureError(f"{name!r} is not one module of {type(self.model).__name__} that can be called alone.")
+        mode = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                return module(torch.from_numpy(np.ascontiguousarray(x))).detach().cpu().numpy()
+        finally:
+            module.train(mode)
+
+    # --- twins -----------------------------------------------------------------------
+
+    def twin(self, kind: str, *, seed: int = 0) -> "TorchBackend":
+        import copy
+
+        import torch
+
+        check_kind(kind)
+        model = copy.deepcopy(self.model)
+        if kind == "float64":
+            twin = type(self)(model.double(), **self.options)
+            twin.input_dtype = "float64"
+            return twin
+        for m in model.modules():
+            if hasattr(m, "reset_running_stats"):
+                m.reset_running_stats()
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        model.eval()
+        if kind == "randomized_stats":
+            rng = np.random.default_rng(seed)
+            with torch.no_grad():
+                for m in model.modules():
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_var is not None:
+                        mean, var = random_statistics(rng, m.num_features)
+                        m.running_mean.copy_(torch.from_numpy(mean))
+                        m.running_var.copy_(torch.from_numpy(var))
+        return type(self)(model, **self.options)
 
     def _op_recorder(self, record, layouts: dict, calls: Counter, keeper: _Keeper) -> tuple[Any, list]:
         """A TorchFunctionMode recording the ops each non-leaf module's forward calls itself."""
@@ -556,12 +578,12 @@ class TorchBackend(Backend):
                 calls[key] += 1
                 for tensor_name, t in flatten_outputs(out, f"{key}#{k}", _is_tensor):
                     attrs = {"_in_shape": in_shape, "op_call": getattr(func, "__qualname__", op)}
-                    if t.dim() == in_rank and op not in _REORDER_OPS:
+                    if t.dim() == in_rank and op not in REORDER_OPS:
                         if known is not None:
                             attrs["_layout"] = in_layout  # elementwise and friends keep their input's layout
-                    elif op in _FLATTEN_OPS and t.dim() == 2:
+                    elif op in FLATTEN_OPS and t.dim() == 2:
                         attrs["_flattens"] = True
-                    elif op in _REORDER_OPS:
+                    elif op in REORDER_OPS:
                         attrs["_layout"] = None  # a permuted tensor's layout is not known
                     record(tensor_name, t, op, "layer", in_layout, in_rank, attrs)
                 return out

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import CaptureError
 from ..records import InputSpec, ModelInfo, Tap, Trace
 from .base import Backend, Inputs, append_tap, flatten_outputs, numpy_dtype_name
-from .torch import _FLATTEN_OPS, _REORDER_OPS, _default_layout, _module_layout, _to_numpy
+from .torchlayout import FLATTEN_OPS, REORDER_OPS, default_layout, module_layout, to_numpy
 
 __all__ = ["TorchScriptBackend", "ExportedProgramBackend"]
 
@@ -67,7 +67,7 @@ def _build_taps(events: list[_Event], granularity: str, input_layouts: dict) -> 
         return None, None, False
 
     def add(name: str, op: str, tensor: Any, layout: str | None, attrs: dict) -> None:
-        value, dtype = _to_numpy(tensor)
+        value, dtype = to_numpy(tensor)
         append_tap(taps, name, op, value, layout, attrs=attrs, dtype=dtype)
 
     i = 0
@@ -81,7 +81,7 @@ def _build_taps(events: list[_Event], granularity: str, input_layouts: dict) -> 
             last = group[-1]
             in_layout, in_rank, _ = known(group[0].in_keys)
             rank = last.out.dim()
-            layout = _module_layout(event.module_type, rank, in_layout, in_rank)
+            layout = module_layout(event.module_type, rank, in_layout, in_rank)
             attrs = {k: v for e in group for k, v in e.attrs.items()}
             if event.module_type == "Flatten" and in_layout and in_rank and in_rank > 2 and rank == 2:
                 layout = f"N({in_layout[1:]})"
@@ -98,15 +98,15 @@ def _build_taps(events: list[_Event], granularity: str, input_layouts: dict) -> 
         rank = event.out.dim()
         attrs = dict(event.attrs)
         in_shape = attrs.pop("_in_shape", ())
-        if event.op in _REORDER_OPS:
+        if event.op in REORDER_OPS:
             layout = None
         elif rank == in_rank and seen:
             layout = in_layout
-        elif event.op in _FLATTEN_OPS and in_layout and in_rank and in_rank > 2 and rank == 2:
+        elif event.op in FLATTEN_OPS and in_layout and in_rank and in_rank > 2 and rank == 2:
             layout = f"N({in_layout[1:]})"
             attrs["flat_from"] = tuple(in_shape)[1:]
         else:
-            layout = _default_layout(rank)
+            layout = default_layout(rank)
         layouts[event.out_key] = (layout, rank)
         if granularity == "ops":
             key = f"{event.path}:{event.op}"
@@ -138,8 +138,8 @@ def _check_granularity(options: dict) -> str:
 
 def _append_output_taps(taps: list[Tap], out: Any, layouts_by_id: dict) -> None:
     for name, t in flatten_outputs(out, "output", _is_tensor):
-        value, dtype = _to_numpy(t)
-        layout = layouts_by_id.get(id(t), _default_layout(value.ndim))
+        value, dtype = to_numpy(t)
+        layout = layouts_by_id.get(id(t), default_layout(value.ndim))
         append_tap(taps, name, "output", value, layout, role="output", dtype=dtype)
 
 
@@ -189,7 +189,7 @@ class TorchScriptBackend(Backend):
             specs.append(
                 InputSpec(name=value.debugName().split(".")[0], shape=shape,
                           dtype=numpy_dtype_name(dtype) if dtype is not None else "float32",
-                          layout=_default_layout(rank) if rank else None, source="TorchScript graph")
+                          layout=default_layout(rank) if rank else None, source="TorchScript graph")
             )
         return tuple(specs) if specs and all(s.shape for s in specs) else None
 
@@ -258,7 +258,7 @@ class TorchScriptBackend(Backend):
         input_layouts = {}
         for name, position in input_keys.items():
             if position < len(tensors):
-                layout = spec[position].layout if spec and position < len(spec) else _default_layout(tensors[position].dim())
+                layout = spec[position].layout if spec and position < len(spec) else default_layout(tensors[position].dim())
                 input_layouts[name] = (layout, tensors[position].dim())
         taps = _build_taps(events, granularity, input_layouts)
         _append_output_taps(taps, out, _layouts_of(events, taps))
@@ -272,6 +272,17 @@ class ExportedProgramBackend(Backend):
     """A ``torch.export.ExportedProgram``, e.g. from ``torch.export.load``."""
 
     framework = "torch"
+    suffixes = (".pt2",)
+    #: what :meth:`load` reads, as a user is told it
+    formats = ".pt2 (torch.export)"
+
+    @classmethod
+    def load(cls, path: Any, **options: Any) -> Any:
+        from pathlib import Path
+
+        from .torchload import load_exported_program
+
+        return load_exported_program(Path(path))
 
     @classmethod
     def accepts(cls, obj: Any) -> bool:
@@ -301,7 +312,7 @@ class ExportedProgramBackend(Backend):
             shape = tuple(int(s) if isinstance(s, int) or str(s).isdigit() else None for s in meta.shape)
             specs.append(
                 InputSpec(name=node.name, shape=shape, dtype=numpy_dtype_name(meta.dtype),
-                          layout=_default_layout(len(shape)), source="ExportedProgram")
+                          layout=default_layout(len(shape)), source="ExportedProgram")
             )
         return tuple(specs) or None
 
@@ -353,7 +364,7 @@ class ExportedProgramBackend(Backend):
         except Exception as exc:
             raise _fail("ExportedProgram", self.info().name, arrays, exc) from exc
         user = [p for p in placeholders if p in self._user_inputs()] or placeholders
-        input_layouts = {name: (_default_layout(t.dim()), t.dim()) for name, t in zip(user, tensors)}
+        input_layouts = {name: (default_layout(t.dim()), t.dim()) for name, t in zip(user, tensors)}
         taps = _build_taps(events, granularity, input_layouts)
         if isinstance(out, (list, tuple)) and len(out) == 1:
             out = out[0]

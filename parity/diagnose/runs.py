@@ -66,7 +66,7 @@ def input_preprocessing(
     backend_a: Any, backend_b: Any, inputs_a: Any, inputs_b: Any, report: Report, alignment: Alignment
 ) -> Diagnosis | None:
     """Compare the inputs the first matched layers see (B's first layer input vs A's, in B's layout)."""
-    from ..replay import _record_inputs, _to_b_layout
+    from ..replay import recorded_inputs, to_b_layout
 
     first = next((d for d in report.layers if d.role != "output"), None)
     if first is None or first.ok:
@@ -74,11 +74,11 @@ def input_preprocessing(
     match = next((m for m in alignment.matches if m.a.name == first.a_name), None)
     if match is None:
         return None
-    seen_a = _record_inputs(backend_a, inputs_a, [first.a_name]).get(first.a_name)
-    seen_b = _record_inputs(backend_b, inputs_b, [first.b_name]).get(first.b_name)
+    seen_a = recorded_inputs(backend_a, inputs_a, [first.a_name]).get(first.a_name)
+    seen_b = recorded_inputs(backend_b, inputs_b, [first.b_name]).get(first.b_name)
     if seen_a is None or seen_b is None:
         return None
-    xa = _to_b_layout(seen_a, match, None)
+    xa = to_b_layout(seen_a, match, None)
     if xa is None or xa.shape != seen_b.shape:
         return None
     xa64, xb64 = xa.astype(np.float64), seen_b.astype(np.float64)
