@@ -31,34 +31,7 @@ CAPTURE_DOORS = ("parity.capture", "parity.capture.base")  # the registry and th
 #: What main still holds, each owned by a helper who is removing it (issue 13): the integrator
 #: empties this.  Circles are listed by the arrow that closes them ("importer -> imported");
 #: an entry that no longer matches anything fails the test, so the set only shrinks.
-STILL_ON_MAIN: set[str] = {
-    # circles: baseline <-> api (drift calls diff),
-    # chain -> cli -> demo -> chain (chain's subcommand and the CLI's option helpers)
-    "parity.baseline -> parity.api",
-    "parity.chain -> parity.cli",
-    # private names (door: capture/, replay.py; params: diagnose/; chainsplit: chain, cli, search)
-    "parity.capture.torchgraph -> parity.capture.torch._FLATTEN_OPS",
-    "parity.capture.torchgraph -> parity.capture.torch._REORDER_OPS",
-    "parity.capture.torchgraph -> parity.capture.torch._default_layout",
-    "parity.capture.torchgraph -> parity.capture.torch._module_layout",
-    "parity.capture.torchgraph -> parity.capture.torch._to_numpy",
-    "parity.replay -> parity.capture.keras._fused_activation",
-    "parity.diagnose.bn_stats -> parity.diagnose.bn._declared_eps",
-    "parity.diagnose.norm_eps -> parity.diagnose.bn._declared_eps",
-    "parity.diagnose.hidden_activation -> parity.diagnose.activation._FIXES",
-    "parity.diagnose.hidden_activation -> parity.diagnose.activation._FUNCTIONS",
-    "parity.diagnose.hidden_activation -> parity.diagnose.activation._REPRODUCES",
-    "parity.diagnose.hidden_activation -> parity.weights._keras_layer",
-    "parity.diagnose.hidden_activation -> parity.weights._torch_layer",
-    "parity.diagnose.runs -> parity.replay._record_inputs",
-    "parity.diagnose.runs -> parity.replay._to_b_layout",
-    "parity.chain -> parity.report.jsonio._encode",
-    "parity.chain -> parity.cli._add_input_options",
-    "parity.chain -> parity.cli._inputs",
-    "parity.chain -> parity.cli._require_files",
-    "parity.cli -> parity.loading._looks_like_spec",
-    "parity.search -> parity.inputs._conventional_layout",
-}
+STILL_ON_MAIN: set[str] = set()
 
 
 @dataclass

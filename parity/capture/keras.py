@@ -29,6 +29,7 @@ from ..errors import CaptureError
 from ..layout import CHANNELS_FIRST, CHANNELS_LAST
 from ..records import InputSpec, ModelInfo, Tap, Trace
 from .base import Backend, Inputs, append_tap, flatten_outputs, numpy_dtype_name
+from .keras_tree import tap_names
 from .twins import cast_floating, check_kind, random_statistics
 
 _LAST_AXIS_LAYERS = {"Dense", "EinsumDense", "LayerNormalization", "Embedding", "RMSNormalization"}
@@ -160,35 +161,6 @@ def _sublayers(model: Any) -> list[Any]:
             seen.add(id(layer))
             out.append(layer)
     return out
-
-
-def _children(layer: Any) -> list[Any]:
-    try:
-        return list(layer._flatten_layers(include_self=False, recursive=False))
-    except AttributeError:
-        return []
-
-
-def tap_names(model: Any) -> dict[int, str]:
-    """The tap name of every layer inside ``model``, by ``id(layer)``: its name when every
-    layer of the model has its own, else its path of layer names from the model (the first
-    path found, depth first, for a layer shared between places)."""
-    paths: dict[int, str] = {}
-    stack: list[tuple[Any, str]] = [(child, child.name) for child in reversed(_children(model))]
-    seen = {id(model)}
-    order: list[Any] = []
-    while stack:
-        layer, path = stack.pop()
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        paths[id(layer)] = path
-        order.append(layer)
-        stack.extend((child, f"{path}/{child.name}") for child in reversed(_children(layer)))
-    names = Counter(layer.name for layer in order if type(layer).__name__ != "InputLayer")
-    if all(n == 1 for n in names.values()):
-        return {id(layer): layer.name for layer in order}
-    return paths
 
 
 _INDEX_CACHE: ContextVar[dict[int, dict[str, list[Any]]] | None] = ContextVar("parity_keras_layer_index", default=None)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..records import LayerParams, Param
-from .keras import tap_names
+from .keras_tree import tap_names
 from .torch_params import base_name
 
 __all__ = ["find_layer", "layer_params", "KerasLayers", "layer_record", "keras_canonical", "einsum_canonical"]
