@@ -18,7 +18,7 @@ over the submodules of the same name); the submodules stay importable as
 
 from __future__ import annotations
 
-from .api import assert_parity, capture, diff, diff_traces
+from .api import assert_parity, capture, diff, diff_traces, diff_with
 from .chain import ChainReport, Stage, chain
 from .drift_run import DriftResult, drift
 from .errors import (
@@ -43,6 +43,7 @@ from .records import (
     Tap,
     Trace,
 )
+from .pipeline import DiffOptions
 from .tolerance import DEFAULT_TOLERANCES, Tolerances
 from . import report  # noqa: F401  (installs Report's renderers: records.py does not import report/)
 
@@ -51,6 +52,8 @@ from .version import __version__
 __all__ = [
     "diff",
     "diff_traces",
+    "diff_with",
+    "DiffOptions",
     "assert_parity",
     "capture",
     "load_report",

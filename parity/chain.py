@@ -357,7 +357,7 @@ def chain(
             sources.append(how)
     reports: list[Report] = []
     notes: list[str] = []
-    base = DiffOptions(granularity=granularity, containers=containers, seed=seed)
+    base = DiffOptions.build(where="parity.chain", granularity=granularity, containers=containers, seed=seed)
     for i in range(1, len(specs)):
         tol, _, _ = stage_tolerances(precisions[i], rtol, atol, overrides, min_argmax)
         options = dataclasses.replace(base, tolerances=tol, mapping=specs[i].mapping or mappings[i])

@@ -15,6 +15,7 @@ worse), 2 bad usage or input.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -220,9 +221,9 @@ def _align_command(args, console) -> int:
         highlight=False,
     )
     if args.write:
-        path = Path(args.write)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        from .files import write_text
+
+        path = write_text(args.write, "\n".join(lines) + "\n")
         console.print(f"mapping written to {path}", highlight=False)
     return 0
 
@@ -335,26 +336,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return run_chain_demo(out=args.out or "reports/chain-demo.json", console=shown)
             return run_demo(epochs=args.epochs, out=args.out or "reports/demo.json", console=shown)
         if args.command == "diff":
-            from .api import diff
+            from .api import diff_with
             from .inputs import parse_input_map
-            from .spill import parse_max_memory
+            from .pipeline import DiffOptions
 
-            parse_max_memory(args.max_memory)  # a malformed size is refused before any model loads
-            input_map = parse_input_map(args.input_map)  # so is a malformed --input-map
+            # a malformed size, --input-map or tolerance is refused before any model loads
+            options = DiffOptions.build(
+                where="parity diff", rtol=args.rtol, atol=args.atol, seed=args.seed,
+                granularity="ops" if args.ops else "modules", max_memory=args.max_memory,
+                input_map=parse_input_map(args.input_map),
+            )
             require_arg_files(args, args.a, args.b)
-            inputs, mapping = inputs_from_args(args), load_mapping(args.mapping)
+            options = dataclasses.replace(options, mapping=load_mapping(args.mapping))
+            inputs = inputs_from_args(args)
             try:
-                report = diff(
+                report = diff_with(
                     _model(args.a, args.factory_a, "--factory-a"),
                     _model(args.b, args.factory_b, "--factory-b"),
                     inputs,
-                    mapping=mapping,
-                    rtol=args.rtol,
-                    atol=args.atol,
-                    seed=args.seed,
-                    granularity="ops" if args.ops else "modules",
-                    max_memory=args.max_memory,
-                    input_map=input_map,
+                    options,
                 )
             except InputShapeUnknown as exc:
                 raise _no_shape(exc, [args.a, args.b]) from None

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from .api import diff
+from .api import diff_with
+from .pipeline import DiffOptions
 from .baseline import DRIFT_FACTOR, apply_baseline, fresh_twin, randomized_stats_twin
 from .records import LayerDiff, Report
 
@@ -53,9 +54,10 @@ def drift(model_a: Any, convert: Callable[[Any], Any], inputs: Any = None, *, fa
           seed: int = 0, **diff_options: Any) -> DriftResult:
     """Per-layer drift of ``convert(model_a)`` against baselines converted the same way: a freshly
     initialised twin of ``model_a`` and a twin with random normalisation statistics."""
+    options = DiffOptions.build(where="parity.drift", seed=seed, **diff_options)  # refused before any conversion
     fresh = fresh_twin(model_a)
     randomized = randomized_stats_twin(model_a, seed=seed)
-    fresh_report = diff(fresh, convert(fresh), inputs, seed=seed, **diff_options)
-    randomized_report = diff(randomized, convert(randomized), inputs, seed=seed, **diff_options)
-    trained = diff(model_a, convert(model_a), inputs, seed=seed, **diff_options)
+    fresh_report = diff_with(fresh, convert(fresh), inputs, options)
+    randomized_report = diff_with(randomized, convert(randomized), inputs, options)
+    trained = diff_with(model_a, convert(model_a), inputs, options)
     return DriftResult(report=apply_baseline(trained, fresh_report, factor), fresh=fresh_report, randomized=randomized_report)

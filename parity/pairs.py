@@ -50,8 +50,9 @@ class PairSpec:
     def run(self, *, rtol: float | None = None, atol: float | None = None, seed: int | None = None,
             max_memory: int | str | None = None):
         """Load both models and the inputs, and compare them (options given here win)."""
-        from .api import diff
+        from .api import diff_with
         from .loading import load_inputs, load_mapping, load_model, require_files
+        from .pipeline import DiffOptions
 
         base = self.source.parent
         use_rtol, use_atol = (rtol, atol) if rtol is not None or atol is not None else (self.rtol, self.atol)
@@ -60,19 +61,12 @@ class PairSpec:
         require_files(self.a, base)
         require_files(self.b, base)
         inputs = load_inputs(self.inputs, base)
-        return diff(
-            load_model(self.a, base),
-            load_model(self.b, base),
-            inputs,
-            mapping=mapping,
-            rtol=use_rtol,
-            atol=use_atol,
-            tolerances=self.tolerances or None,
-            min_argmax_agreement=self.min_argmax_agreement,
-            seed=self.seed if seed is None else seed,
-            max_memory=max_memory,
-            input_map=self.input_map,
+        options = DiffOptions.build(
+            where=f"pair {self.name!r}", mapping=mapping, rtol=use_rtol, atol=use_atol,
+            tolerances=self.tolerances or None, min_argmax_agreement=self.min_argmax_agreement,
+            seed=self.seed if seed is None else seed, max_memory=max_memory, input_map=self.input_map,
         )
+        return diff_with(load_model(self.a, base), load_model(self.b, base), inputs, options)
 
 
 def find_pair_config(root: str | Path) -> Path | None:

@@ -38,6 +38,7 @@ from .align import align, unsure_pairs
 from .compare import compare
 from .diagnose import diagnose
 from .errors import OptionError
+from .metrics import relative_error
 from .records import Alignment, InputsSummary, Report, Trace, UnmatchedLayer
 from .replay import own_errors
 from .spill import release_trace
@@ -194,10 +195,9 @@ def noise_floor_tolerances(a: Side, layers: tuple, tol: Tolerances) -> tuple[Tol
         if t32 is None or t64 is None or t32.shape != t64.shape:
             continue
         v64 = np.asarray(t64.value, dtype=np.float64)
-        norm = float(np.linalg.norm(v64))
-        if not norm:
-            continue
-        floor = float(np.linalg.norm(np.asarray(t32.value, dtype=np.float64) - v64)) / norm
+        if not np.any(v64):
+            continue  # an all-zero tensor has no relative precision to speak of
+        floor = relative_error(v64, np.asarray(t32.value, dtype=np.float64))
         rtol, atol = tol.for_layer(d.a_name, "float32", "float32")
         if NOISE_FLOOR_FACTOR * floor > rtol:
             overrides[d.a_name] = (NOISE_FLOOR_FACTOR * floor, atol)

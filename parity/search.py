@@ -437,13 +437,15 @@ def search(
     from hypothesis import seed as hypothesis_seed
     from hypothesis import strategies as st
 
-    from .api import diff
+    from .api import diff_with
     from .loading import load_model
+    from .pipeline import DiffOptions
 
+    options = DiffOptions.build(where="parity.search", rtol=rtol, atol=atol, **diff_options)  # refused before any run
     if max_examples < 1:
         raise InputError(f"max_examples must be at least 1 (the number of inputs to try); got {max_examples}.")
     a, b = load_model(a), load_model(b)
-    slots = _slots(a, b, shape, batch, diff_options.get("granularity", "modules"))
+    slots = _slots(a, b, shape, batch, options.granularity)
     shrink_budget = max(max_examples, 100) if max_shrinks is None else int(max_shrinks)
 
     # every recipe run once: the report of the failing ones kept, so that Hypothesis's final
@@ -458,7 +460,7 @@ def search(
 
     def evaluate(key: tuple[InputRecipe, ...]) -> tuple[float, bool]:
         inputs = build(key)  # rebuilt, not kept: a recipe is a few numbers, a batch of images is not
-        report = diff(a, b, inputs, rtol=rtol, atol=atol, **diff_options)
+        report = diff_with(a, b, inputs, options)
         if not report.layers:
             raise ParityError(
                 "parity.search: no layer of model A was matched in model B, so nothing can diverge. "

@@ -49,6 +49,7 @@ import numpy as np
 
 from .diagnose.params import weight_diagnoses, with_evidence
 from .errors import MappingError, ModelError
+from .metrics import relative_error
 from .records import Alignment, LayerParams, Match, Param, ParamDiff, Tap, Unmatched
 from .weight_layouts import KNOWN_KINDS, LayerPair, alternatives, expected_order, flat_info, reorder_rows
 
@@ -116,21 +117,6 @@ def layer_params(model: Any, name: str) -> LayerParams:
 
 
 # --- comparing ---------------------------------------------------------------------------
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    """``‖b−a‖/‖a‖`` accumulated in float64 without float64 copies of the arrays (the
-    difference of two float32 values this close is exact)."""
-    if a.shape != b.shape:
-        return float("inf")
-    d = (b - a).ravel()
-    a = a.ravel()
-    with np.errstate(over="ignore", invalid="ignore"):
-        na = float(np.sqrt(np.einsum("i,i->", a, a, dtype=np.float64)))
-        err = float(np.sqrt(np.einsum("i,i->", d, d, dtype=np.float64)))
-    if na == 0.0:
-        return 0.0 if err == 0.0 else float("inf")
-    return err / na
 
 
 def _float(x: np.ndarray) -> np.ndarray:
@@ -222,7 +208,7 @@ def _compare_layer(ctx: LayerPair, rtol: float | None) -> list[ParamDiff]:
         a, b_raw = _float(pa.value), _float(pb.value)
         b, note = _expected_b(ctx, role, b_raw, a.shape)
         if b is not None:
-            rel = _rel(a, b)
+            rel = relative_error(a, b)
             if rel <= tol:  # the common case, in the parameters' own precision
                 expected[role] = b
                 results[role] = _pd(ctx, role, "ok", rel, "")
@@ -234,7 +220,7 @@ def _compare_layer(ctx: LayerPair, rtol: float | None) -> list[ParamDiff]:
             results[role] = _shape_or_alternative(ctx, role, a, b_raw, tol)
             continue
         expected[role] = b
-        rel = _rel(a, b)
+        rel = relative_error(a, b)
         if role in ("bias", "beta") and not np.any(b) and np.any(a):
             results[role] = _pd(ctx, role, "missing", rel, (
                 f"{role if role == 'bias' else pa.name} missing: {_who(ctx, 'b')} has {pb.name} all zeros while "
@@ -251,7 +237,7 @@ def _explain(ctx: LayerPair, role: str, a: np.ndarray, b: np.ndarray, b_raw: np.
     for alt in alternatives(ctx, role, a, b_raw):
         if alt.value.shape != a.shape:
             continue
-        alt_rel = _rel(a, alt.value)
+        alt_rel = relative_error(a, alt.value)
         if alt_rel > tol:
             continue
         if alt.code == "flatten_order" and note:
@@ -279,17 +265,17 @@ def _how_it_differs(a: np.ndarray, b: np.ndarray, role: str, tol: float) -> str:
     aa = float(np.dot(a.ravel(), a.ravel()))
     if aa > 0:
         k = float(np.dot(a.ravel(), b.ravel())) / aa
-        if k != 0 and _rel(k * a, b) <= max(tol, 1e-6):
+        if k != 0 and relative_error(k * a, b) <= max(tol, 1e-6):
             return f"B's equals A's scaled by {k:.6g}"
     if a.size > 1:
         c = float(np.mean(b - a))
-        if c != 0 and _rel(a + c, b) <= max(tol, 1e-6):
+        if c != 0 and relative_error(a + c, b) <= max(tol, 1e-6):
             extra = " (an epsilon folded into the variance?)" if role == "var" and 0 < c <= 1e-2 else ""
             return f"B's equals A's offset by {c:.6g}{extra}"
     if role == "var" and np.all(a >= 0):
-        if _rel(np.sqrt(a), b) <= max(tol, 1e-6):
+        if relative_error(np.sqrt(a), b) <= max(tol, 1e-6):
             return "B's holds the standard deviation (sqrt of A's variance): copy the variance itself"
-        if np.all(b >= 0) and _rel(a, np.sqrt(b)) <= max(tol, 1e-6):
+        if np.all(b >= 0) and relative_error(a, np.sqrt(b)) <= max(tol, 1e-6):
             return "A's holds the standard deviation of B's variance: B's is A's squared"
     return ""
 
@@ -297,7 +283,7 @@ def _how_it_differs(a: np.ndarray, b: np.ndarray, role: str, tol: float) -> str:
 def _shape_or_alternative(ctx: LayerPair, role: str, a: np.ndarray, b_raw: np.ndarray, tol: float) -> ParamDiff:
     pa, pb = ctx.a.params[role], ctx.b.params[role]
     for alt in alternatives(ctx, role, a, b_raw):
-        if alt.value.shape == a.shape and _rel(a, alt.value) <= tol:
+        if alt.value.shape == a.shape and relative_error(a, alt.value) <= tol:
             return _pd(ctx, role, alt.status, None, (
                 f"{alt.message}. {_who(ctx, 'b')} {pb.name} {pb.raw_shape} vs {_who(ctx, 'a')} {pa.name} "
                 f"{pa.raw_shape}."), {"code": alt.code})
@@ -342,7 +328,7 @@ def _find_swaps(ctx: LayerPair, results: dict[str, ParamDiff], expected: dict[st
             continue
         tol = rtol if rtol is not None else _tol(p1a.dtype, p2a.dtype, p1b.dtype, p2b.dtype)
         a1, a2 = p1a.value.astype(np.float64), p2a.value.astype(np.float64)
-        e1, e2 = _rel(a1, expected[r2]), _rel(a2, expected[r1])
+        e1, e2 = relative_error(a1, expected[r2]), relative_error(a2, expected[r1])
         if e1 > tol or e2 > tol:
             continue
         what = (

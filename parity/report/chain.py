@@ -10,10 +10,14 @@ report's own encoder (:func:`chain_to_dict`, :func:`chain_to_json`).
 
 from __future__ import annotations
 
+import dataclasses
+
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, TypeAlias
 
+from ..files import write_text
+from .folding import MATRIX, runs
 from ..errors import ParityError
 from ..records import Report
 from ..tolerance import DEFAULT_TOLERANCES
@@ -186,9 +190,7 @@ def chain_to_json(chain: ChainReport, path: str | Path | None = None) -> str:
 
 def _written(text: str, path: str | Path | None) -> str:
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        write_text(path, text)
     return text
 
 
@@ -219,14 +221,16 @@ def cell_text(c: ChainCell, guilty: bool = False) -> tuple[str, str]:
     return f"{fmt_float(c.rel_err)} {_MARK[c.status]}{' ◀' if guilty else ''}", style
 
 
-def shown_rows(chain: ChainReport, limit: int = 40) -> list[ChainRow | tuple[int, int]]:
-    """Long matrices fold runs of rows that say nothing new: kept are the head, the tail, each
-    guilty layer and every row where some stage's verdict changes (blank cells change nothing),
-    with a row of context on each side; a fold is ``(first index, count)``."""
+def shown_rows(chain: ChainReport, limit: int | None = None) -> list[ChainRow | tuple[int, int]]:
+    """Long matrices fold runs of rows that say nothing new (:data:`parity.report.folding.MATRIX`):
+    kept are the head, the tail, each guilty layer and every row where some stage's verdict
+    changes (blank cells change nothing), with a row of context on each side; a fold is
+    ``(first index, count)``.  ``limit`` overrides how many rows fold at all."""
     rows = chain.matrix
-    if len(rows) <= limit:
+    policy = MATRIX if limit is None else dataclasses.replace(MATRIX, above=limit)
+    if not policy.folds(len(rows)):
         return list(rows)
-    keep = {0, 1, 2, len(rows) - 3, len(rows) - 2, len(rows) - 1}
+    keep = policy.frame(len(rows))
     guilty_layers = {layer for layer, _ in guilty_cells(chain)}
     carried: list[str | None] = [None] * (len(chain.stages) - 1)
     for r in rows:
@@ -236,20 +240,16 @@ def shown_rows(chain: ChainReport, limit: int = 40) -> list[ChainRow | tuple[int
                 changed |= carried[j] is not None and carried[j] != c.status
                 carried[j] = c.status
         if changed:
-            keep.update(range(r.index - 1, r.index + 2))
+            keep.update(range(r.index - policy.around, r.index + policy.around + 1))
+    position = {r.index: i for i, r in enumerate(rows)}
+    kept = {position[i] for i in keep if i in position}  # rows are numbered by their position
     out: list[ChainRow | tuple[int, int]] = []
-    run = 0
-    for r in rows:
-        if r.index in keep:
-            if run:
-                out.append((r.index - run, run))
-                run = 0
-            out.append(r)
+    for item in runs(len(rows), kept):
+        if isinstance(item, range):
+            out.append((rows[item.start].index, len(item)))
         else:
-            run += 1
-    if run:
-        out.append((len(rows) - run, run))
-    return [x if not isinstance(x, tuple) or x[1] > 1 else rows[x[0]] for x in out]
+            out.append(rows[item])
+    return out
 
 
 # --- the terminal ----------------------------------------------------------------------------
