@@ -75,8 +75,11 @@ def test_faithful_pair_aligns_every_block_by_name(bert, inputs):
     leaves = parity.diff(pt, tf, inputs)  # leaf layers only: the default
     print(f"BERT PT→TF: {match_rate(leaves):.0%} of {leaves.coverage[1]} torch leaf layers matched")
     assert leaves.ok and match_rate(leaves) >= 0.8
-    # word/position/token-type lookups are variables of one TF layer, GELU a function: those stay one-sided
-    assert {u.name for u in leaves.unmatched_a if u.reason == "no-match"} == {
+    # word/position/token-type lookups are variables of one TF layer, GELU a function inside the
+    # intermediate Dense's layer: computed inside a layer of B that records no tensor for them,
+    # accounted for (not missing), and nothing else of A is left without a counterpart
+    assert not [u.name for u in leaves.unmatched_a if u.reason == "no-match"]
+    assert {u.name for u in leaves.unmatched_a if u.reason == "inside"} == {
         "embeddings.word_embeddings", "embeddings.position_embeddings", "embeddings.token_type_embeddings",
         *(f"encoder.layer.{i}.intermediate.intermediate_act_fn" for i in range(BLOCKS)),
     }
