@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from parity.records import ModelInfo, Tap, Trace
+from parity.capture.base import Backend, append_tap
+from parity.records import InputSpec, ModelInfo, Tap, Trace
 
 
 def make_trace(specs, framework="torch", name="M"):
@@ -122,3 +125,63 @@ def make_chain(reports=None, stages=CHAIN_STAGES, precisions=CHAIN_PRECISIONS):
     matrix = chain_matrix(chain_trace0(), reports, stages, precisions)
     return ChainReport(stages=tuple(stages), reports=tuple(reports), matrix=matrix, precisions=tuple(precisions),
                        precision_sources=("default", "default", "default", "given")[: len(stages)])
+
+
+# --- a backend of a few NumPy lines (the door any backend fills in) -------------------------
+
+
+class Chain:
+    """A model that is a list of named NumPy functions applied in order."""
+
+    def __init__(self, name: str, layers: list[tuple[str, Any]], float64: list[tuple[str, Any]] | None = None,
+                 features: int = 6) -> None:
+        self.name, self.layers, self.float64, self.features = name, layers, float64, features
+
+
+class ChainBackend(Backend):
+    framework = "numpy-chain"
+
+    @classmethod
+    def accepts(cls, obj: Any) -> bool:
+        return isinstance(obj, Chain)
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(framework=self.framework, framework_version="1", name=self.model.name, kind="chain",
+                         input_spec=self.input_spec())
+
+    def input_spec(self):
+        return (InputSpec(name="x", shape=(None, self.model.features), dtype="float32", layout="NC"),)
+
+    def run(self, inputs, hook=None):
+        x = np.asarray(inputs[0])
+        for name, fn in self.model.layers:
+            if hook is not None:
+                hook(name, x)
+            x = fn(x)
+        return x
+
+    def capture(self, inputs, *, containers: bool = False):
+        taps: list = []
+        x = np.asarray(inputs[0])
+        for name, fn in self.model.layers:
+            x = np.asarray(fn(x))
+            append_tap(taps, name, "Dense", x, "NC")
+        append_tap(taps, "output", "output", x, "NC", role="output")
+        return self._trace(taps, [np.asarray(inputs[0])])
+
+    def can_call(self, name: str) -> bool:
+        return any(n == name for n, _ in self.model.layers)
+
+    def layer_inputs(self, inputs, names):
+        found: dict[str, np.ndarray] = {}
+        self.run(inputs, lambda name, x: found.setdefault(name, x.copy()) if name in names else None)
+        return found
+
+    def call_layer(self, name: str, x: np.ndarray) -> np.ndarray:
+        return dict(self.model.layers)[name](x)
+
+    def twin(self, kind: str, *, seed: int = 0):
+        """A float64 twin only (``dtype`` is what the layers compute in), when the model has one."""
+        if kind != "float64" or self.model.float64 is None:
+            return None
+        return ChainBackend(Chain(self.model.name, self.model.float64, features=self.model.features))

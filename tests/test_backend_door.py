@@ -4,63 +4,10 @@ no change anywhere else in parity."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 import parity
-from parity.capture.base import Backend, append_tap
-from parity.records import InputSpec, ModelInfo
-
-
-class Chain:
-    """A model that is a list of named NumPy functions applied in order."""
-
-    def __init__(self, name: str, layers: list[tuple[str, Any]]) -> None:
-        self.name, self.layers = name, layers
-
-
-class ChainBackend(Backend):
-    framework = "numpy-chain"
-
-    @classmethod
-    def accepts(cls, obj: Any) -> bool:
-        return isinstance(obj, Chain)
-
-    def info(self) -> ModelInfo:
-        return ModelInfo(framework=self.framework, framework_version="1", name=self.model.name, kind="chain",
-                         input_spec=self.input_spec())
-
-    def input_spec(self):
-        return (InputSpec(name="x", shape=(None, 6), dtype="float32", layout="NC"),)
-
-    def run(self, inputs, hook=None):
-        x = np.asarray(inputs[0])
-        for name, fn in self.model.layers:
-            if hook is not None:
-                hook(name, x)
-            x = fn(x)
-        return x
-
-    def capture(self, inputs, *, containers: bool = False):
-        taps: list = []
-        x = np.asarray(inputs[0])
-        for name, fn in self.model.layers:
-            x = fn(x)
-            append_tap(taps, name, "Dense", x, "NC")
-        append_tap(taps, "output", "output", x, "NC", role="output")
-        return self._trace(taps, [np.asarray(inputs[0])])
-
-    def can_call(self, name: str) -> bool:
-        return any(n == name for n, _ in self.model.layers)
-
-    def layer_inputs(self, inputs, names):
-        found: dict[str, np.ndarray] = {}
-        self.run(inputs, lambda name, x: found.setdefault(name, x.copy()) if name in names else None)
-        return found
-
-    def call_layer(self, name: str, x: np.ndarray) -> np.ndarray:
-        return dict(self.model.layers)[name](x)
+from .helpers import Chain, ChainBackend
 
 
 W = np.random.default_rng(0).standard_normal((3, 6, 6)).astype("float32")

@@ -1,6 +1,7 @@
 """Run the corpus: every case's faithful pair and its bugs, each in a fresh subprocess.
 
-    python -m tests.corpus.run [--source S] [--only GLOB] [--sample] [--jobs 1] [--timeout 900]
+    python -m tests.corpus.run [--source S] [--only GLOB] [--sample] [--faithful | --bugs] [--merge]
+                               [--jobs 1] [--timeout 900]
 
 A pair that crashes or hangs is a row (``crash: …`` / ``timeout``), never the end of the run.
 Writes ``reports/corpus.md`` (the table, then a summary by route, the matched-% distribution, the
@@ -309,6 +310,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", help="only cases whose id (or id/bug) matches this glob")
     p.add_argument("--sample", action="store_true", help="only the deterministic subset the test suite runs")
     p.add_argument("--faithful", action="store_true", help="only the faithful pairs (no injected bugs)")
+    p.add_argument("--bugs", action="store_true", help="only the pairs with an injected bug")
     p.add_argument("--jobs", type=int, default=1, help="pairs judged at once (default 1)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds one pair may take (default 900)")
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -325,6 +327,8 @@ def main(argv=None) -> int:
     todo = select(all_cases(args.source, with_bugs=not args.faithful), args.only, args.sample)
     if args.faithful:
         todo = [(c, b) for c, b in todo if b is None]
+    if args.bugs:
+        todo = [(c, b) for c, b in todo if b is not None]
     print(f"{len(todo)} pairs", flush=True)
     rows: list[Row] = []
     stamp = measured_at()
