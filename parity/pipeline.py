@@ -367,13 +367,17 @@ def _weight_parity(report: Report, backend_a: Any, backend_b: Any, alignment: Al
 
 def _model_level_diagnoses(report: Report, alignment: Alignment, a: Side, b: Side) -> Report:
     """Diagnoses that rerun the models: nondeterminism, input preprocessing."""
-    from .diagnose.runs import attach, input_preprocessing, nondeterminism
+    from .diagnose.runs import attach, detach, input_preprocessing, nondeterminism
 
     for found in (
         nondeterminism(a.backend, b.backend, a.inputs, b.inputs, (a.trace, b.trace), alignment),
         input_preprocessing(a.backend, b.backend, a.inputs, b.inputs, report, alignment),
     ):
         if found is not None:
+            if found.code == "input_preprocessing":
+                # B's inputs scaled: the first layer's output is scaled too, which its values alone
+                # read as scaled weights; the rerun with the inputs transformed proves the cause
+                report = detach(report, found.layer, {"weight_scale", "bias_offset"})
             report = attach(report, found)
     return report
 

@@ -23,7 +23,7 @@ from ..records import Alignment, Diagnosis, Report
 from .base import channel_axis as _channel_axis
 from .base import rel_diff as _rel
 
-__all__ = ["nondeterminism", "input_preprocessing", "attach"]
+__all__ = ["nondeterminism", "input_preprocessing", "attach", "detach"]
 
 
 def nondeterminism(backend_a: Any, backend_b: Any, inputs_a: Any, inputs_b: Any, traces: tuple, alignment: Alignment) -> Diagnosis | None:
@@ -154,3 +154,15 @@ def attach(report: Report, diagnosis: Diagnosis) -> Report:
         for d in report.layers
     )
     return dataclasses.replace(report, layers=layers, diagnoses=(*report.diagnoses, diagnosis))
+
+
+def detach(report: Report, layer: str, codes: set[str]) -> Report:
+    """``report`` without the diagnoses of ``codes`` at ``layer`` (a cause found by rerunning the
+    models supersedes what the values alone suggested there)."""
+    keep = lambda g: not (g.layer == layer and g.code in codes)  # noqa: E731
+    layers = tuple(
+        dataclasses.replace(d, diagnoses=tuple(filter(keep, d.diagnoses))) if d.a_name == layer else d
+        for d in report.layers
+    )
+    return dataclasses.replace(report, layers=layers, diagnoses=tuple(filter(keep, report.diagnoses)))
+
