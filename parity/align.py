@@ -205,9 +205,12 @@ def _output_pairs(outs_a: list[Tap], outs_b: list[Tap]) -> list[tuple[Tap, Tap]]
     """The model outputs paired: by name when both sides give the same set of names
     (``output[last_hidden_state]``), else by position."""
     names_a, names_b = [t.name for t in outs_a], [t.name for t in outs_b]
-    if len(set(names_a)) == len(names_a) and set(names_a) == set(names_b):
+    unique = len(set(names_a)) == len(names_a) and len(set(names_b)) == len(names_b)
+    keyed = all("[" in n for n in names_a + names_b)  # dict outputs: output[last_hidden_state]
+    if unique and (set(names_a) == set(names_b) or (keyed and set(names_a) & set(names_b))):
+        # the names both sides give pair; an output one side alone returns has no counterpart
         by_name = {t.name: t for t in outs_b}
-        return [(a, by_name[a.name]) for a in outs_a]
+        return [(a, by_name[a.name]) for a in outs_a if a.name in by_name]
     return list(zip(outs_a, outs_b))
 
 

@@ -257,7 +257,9 @@ def inside_b_layer(alignment: Alignment, trace_b: Trace) -> dict[int, Any]:
     layer applies inside its ``call`` (transformers' TF ResNet, BERT's intermediate GELU), an
     embedding lookup inside TF's embeddings layer."""
     pairs = sorted((m for m in alignment.matches if m.a.role != "output"), key=lambda m: m.a.index)
-    b_index = sorted(t.index for t in trace_b.taps if t.role != "container")
+    # B's steps that compute nothing at inference (a Dropout, an Identity) hold no counterpart
+    idle = {id(u.tap) for u in alignment.unmatched_b if u.reason in ("one-sided", "placeholder")}
+    b_index = sorted(t.index for t in trace_b.taps if t.role != "container" and id(t) not in idle)
     stray_a = sorted((u.tap for u in alignment.unmatched_a if u.reason == "no-match"), key=lambda t: t.index)
     out: dict[int, Any] = {}
     for before, after in zip([None, *pairs], pairs):

@@ -594,3 +594,33 @@ def test_layers_of_a_that_b_computes_inside_one_of_its_layers_are_accounted_for_
     assert ("2 layer(s) of A are computed inside one layer of B, which records no tensor there, so nothing of B can be "
             "compared with them (the layer of B that holds them is compared): embed (Embedding, inside m/norm "
             "BatchNormalization), act (ReLU, inside m/next Conv2D).") in report.notes
+
+
+def test_dict_outputs_one_side_alone_returns_are_left_unpaired_not_shifted():
+    # transformers' PyTorch BART returns encoder_last_hidden_state where its TF twin returns
+    # other keys first: the names both give pair, and nothing is paired by position
+    h = rng.standard_normal((2, 5)).astype("float32")
+    e = rng.standard_normal((2, 5)).astype("float32")
+    a = make_trace([("fc", "Linear", h, "NC"), ("output[last_hidden_state]", "output", h, "NC"),
+                    ("output[encoder_last_hidden_state]", "output", e, "NC")])
+    b = make_trace([("d", "Dense", h, "NC"), ("output[past]", "output", e * 3, "NC"),
+                    ("output[last_hidden_state]", "output", h, "NC")], framework="keras")
+    al = align(a, b)
+    assert [(m.a.name, m.b.name) for m in al.matches if m.how == "output"] == [("output[last_hidden_state]", "output[last_hidden_state]")]
+    assert {u.tap.name for u in al.unmatched if u.tap.role == "output"} == {"output[encoder_last_hidden_state]", "output[past]"}
+
+
+def test_an_activation_b_applies_inside_a_layer_before_its_dropout_is_accounted_for():
+    # BART's TF layer applies its activation as a function, then a Dropout layer (an identity at
+    # inference) that B records: that tap holds no counterpart, so A's activation is "inside"
+    from parity.api import diff_traces
+
+    fc1 = rng.standard_normal((2, 8)).astype("float32")
+    act = np.maximum(fc1, 0)
+    fc2 = act @ rng.standard_normal((8, 4)).astype("float32")
+    a = make_trace([("fc1", "Linear", fc1, "NC"), ("act", "GELUActivation", act, "NC"), ("fc2", "Linear", fc2, "NC"),
+                    ("output", "output", fc2, "NC")])
+    b = make_trace([("m/fc1", "Dense", fc1, "NC"), ("m/activation_dropout", "Dropout", act, "NC"),
+                    ("m/fc2", "Dense", fc2, "NC"), ("output", "output", fc2, "NC")], framework="keras")
+    report = diff_traces(a, b)
+    assert report.ok and {u.name: u.reason for u in report.unmatched_a} == {"act": "inside"}
