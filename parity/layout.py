@@ -83,6 +83,10 @@ def candidate_transforms(a: Tap, b: Tap) -> list[Transform]:
         return _squeeze_candidates(a, b)
     if len(a.shape) == 2 and (is_flat(a.layout) or is_flat(b.layout)):
         return _flat_candidates(a, b)
+    if tuple(a.shape) != tuple(b.shape) and merged_rows(tuple(a.shape), tuple(b.shape)):
+        # (B, T, d) against litert-torch's (1, B·T, d): the same rows in the same order
+        return [Transform(kind="reshape", label=f"reshape {tuple(b.shape[:-1])}→{tuple(a.shape[:-1])} (rows)",
+                          target_shape=tuple(a.shape))]
     rank = len(a.shape)
     shape_fits: list[Transform] = []
     seen: set[tuple[int, ...]] = set()
@@ -159,9 +163,15 @@ def merged_rows(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     """Whether one shape is ``(B·T, d)`` and the other ``(B, T, d)``: a layer that flattens batch
     and sequence into rows before its Dense (transformers' PyTorch OPT) against one that does
     not.  The rows keep their order (row-major), the features stay last."""
+    a, b = _without_unit_batch(a), _without_unit_batch(b)  # litert-torch's (1, B·T, d)
     long, short = (a, b) if len(a) > len(b) else (b, a)
     return len(long) == 3 and len(short) == 2 and long[0] * long[1] == short[0] and long[2] == short[1] \
         and long[0] > 1 and long[1] > 1
+
+
+def _without_unit_batch(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``(1, R, d)`` as ``(R, d)``: rows a converter keeps behind a batch axis of one."""
+    return tuple(shape[1:]) if len(shape) == 3 and shape[0] == 1 else tuple(shape)
 
 
 def _mark(t: Transform, ambiguous: bool) -> Transform:

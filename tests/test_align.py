@@ -624,3 +624,17 @@ def test_an_activation_b_applies_inside_a_layer_before_its_dropout_is_accounted_
                     ("m/fc2", "Dense", fc2, "NC"), ("output", "output", fc2, "NC")], framework="keras")
     report = diff_traces(a, b)
     assert report.ok and {u.name: u.reason for u in report.unmatched_a} == {"act": "inside"}
+
+
+def test_rows_behind_a_unit_batch_axis_are_the_same_rows():
+    # litert-torch computes a Linear on (1, B·T, d): torch's (B, T, d), reshaped in row order
+    value = rng.standard_normal((2, 17, 12)).astype("float32")
+    a = Tap(name="qkv", op="Linear", index=0, shape=(2, 17, 12), dtype="float32", layout=None, value=value)
+    b = Tap(name="fc", op="FULLY_CONNECTED", index=0, shape=(1, 34, 12), dtype="float32", layout=None,
+            value=value.reshape(1, 34, 12))
+    (t,) = candidate_transforms(a, b)
+    assert t.kind == "reshape" and t.label == "reshape (1, 34)→(2, 17) (rows)"
+    assert np.array_equal(t.apply(b.value), value)
+    c = Tap(name="x", op="Dense", index=0, shape=(1, 17, 24), dtype="float32", layout=None,
+            value=np.zeros((1, 17, 24), "float32"))
+    assert not [t for t in candidate_transforms(a, c) if t.kind == "reshape"]  # other features: not rows
