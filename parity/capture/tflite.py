@@ -663,6 +663,34 @@ def torch_module_paths(name: str) -> list[str] | None:
     return paths or None
 
 
+#: the TFLite ops a torch module class computes by itself: litert-torch may name such an op's
+#: tensor after the module that consumes it (``Attention_attn;…Linear_qkv;1``), with the module
+#: that computed it as "fused"
+_COMPUTED_BY = {"FULLY_CONNECTED": ("Linear",), "CONV_2D": ("Conv2d",), "DEPTHWISE_CONV_2D": ("Conv2d",),
+                "CONV_3D": ("Conv3d",), "TRANSPOSE_CONV": ("ConvTranspose2d",)}
+
+
+def _own_compute_first(name: str, op: str, paths: list[str]) -> list[str]:
+    """``paths`` with the module that computed ``op`` first: of the fused modules, the one child of
+    the named module whose class computes this op (a ``Linear`` for ``FULLY_CONNECTED``), when
+    exactly one does — else ``paths`` as they are."""
+    classes = _COMPUTED_BY.get(op)
+    if classes is None or len(paths) < 2:
+        return paths
+    owners = []
+    for part in name.split(";"):
+        segments = part.split("/")
+        m = _SEGMENT.match(segments[-1]) if len(segments) > 1 else None
+        if m is None or m.group(1) not in classes:
+            continue
+        path = ".".join(g.group(2) for g in map(_SEGMENT.match, segments[1:]) if g is not None)
+        if path in paths[1:] and path.startswith(paths[0] + "." if paths[0] else ""):
+            owners.append(path)
+    if len(owners) != 1:
+        return paths
+    return [owners[0], *(p for p in paths if p != owners[0])]
+
+
 def _ancestors(path: str) -> list[str]:
     """``a.b.c`` → ``["a", "a.b", "a.b.c"]`` (the root ``""`` has none)."""
     parts = path.split(".") if path else []
@@ -699,9 +727,10 @@ def _torch_module_scopes(taps: list[tuple[str, str]]) -> list[dict[str, Any]]:
         if own is not None:
             out[own].setdefault("module_own", []).append(key)
 
-    for i, ((_, op), paths) in enumerate(zip(taps, parsed)):
+    for i, ((name, op), paths) in enumerate(zip(taps, parsed)):
         if paths is None:
             continue
+        paths = _own_compute_first(name, op, paths)
         loc = paths[0]
         out[i]["module"] = loc
         if len(paths) > 1:
