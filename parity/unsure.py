@@ -44,6 +44,11 @@ def unsure_pairs(
             return False
         if outputs_agree and m.how in ("order", "scope") and similarity(m.a, m.b, m.transform) < 1.0:
             return True
+        # paired by order or by direction (a cosine cannot see a scale), B exactly A scaled, the
+        # next layer agreeing to rounding and the outputs agreeing: B's tensor is a step later
+        # (NFNet's ``act(x) * beta``), not a bug
+        if outputs_agree and healed_exactly and m.how in ("order", "value") and rescaled(m) is not None:
+            return True
         # a scaled copy only when what follows agrees to rounding: a real scaled kernel that a
         # residual and a LayerNorm damp below tolerance still leaves ~1e-4 downstream
         # ... and only where the two layers' parameters are known to be equal: a kernel scaled by

@@ -638,3 +638,20 @@ def test_rows_behind_a_unit_batch_axis_are_the_same_rows():
     c = Tap(name="x", op="Dense", index=0, shape=(1, 17, 24), dtype="float32", layout=None,
             value=np.zeros((1, 17, 24), "float32"))
     assert not [t for t in candidate_transforms(a, c) if t.kind == "reshape"]  # other features: not rows
+
+
+def test_a_scaled_copy_paired_by_order_that_heals_exactly_is_unsure():
+    # NFNet's pre-activation: B's tensor after ``act(x) * beta`` is paired (by direction) with A's act:
+    # B is A × 1.0194 exactly, the next layer agrees to rounding and so do the outputs
+    from parity.api import diff_traces
+
+    act = np.abs(rng.standard_normal((2, 8)).astype("float32"))
+    nxt = act @ rng.standard_normal((8, 4)).astype("float32")
+    a = make_trace([("stem", "Linear", X.reshape(2, -1)[:, :8], "NC"), ("act1", "SiLU", act, "NC"),
+                    ("conv1", "Linear", nxt, "NC"), ("output", "output", nxt, "NC")])
+    b = make_trace([("s", "Gemm", X.reshape(2, -1)[:, :8], "NC"), ("mul_9", "Mul", act * np.float32(1.0194), "NC"),
+                    ("c", "Gemm", nxt, "NC"), ("output", "output", nxt, "NC")], framework="onnx")
+    report = diff_traces(a, b)
+    assert report.ok
+    (u,) = [u for u in report.unmatched_a if u.name == "act1"]
+    assert u.reason.startswith("unsure: paired by value with mul_9, but B is A × 1.019 (cos 1.000000)")

@@ -300,3 +300,22 @@ def test_a_graph_backend_says_it_cannot_call_layers_read_parameters_or_make_twin
     assert [backend.twin(kind) for kind in ("fresh", "randomized_stats", "float64")] == [None, None, None]
     with pytest.raises(ModelError, match="can build a fresh twin of a torch.nn.Module or a keras.Model, not a ModelProto"):
         fresh_twin(proto)
+
+
+def test_a_layernorm_between_transposes_keeps_the_layout_it_is_given():
+    # timm's LayerNorm2d exports as Transpose(NCHW→NHWC) → LayerNormalization → Transpose back:
+    # the normalised tensor is NHWC and the one after the second Transpose NCHW again
+    c = 4
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["nhwc"], perm=[0, 2, 3, 1], name="t0"),
+        helper.make_node("LayerNormalization", ["nhwc", "g", "b"], ["ln"], axis=-1, epsilon=1e-6, name="ln0"),
+        helper.make_node("Transpose", ["ln"], ["y"], perm=[0, 3, 1, 2], name="t1"),
+    ]
+    inits = [helper.make_tensor("g", TensorProto.FLOAT, [c], [1.0] * c), helper.make_tensor("b", TensorProto.FLOAT, [c], [0.0] * c)]
+    graph = helper.make_graph(nodes, "ln2d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, c, 3, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, c, 3, 5])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    trace = OnnxBackend(proto).capture([np.random.default_rng(0).standard_normal((2, c, 3, 5)).astype("float32")])
+    layouts = {t.op: t.layout for t in trace.layers}
+    assert layouts["LayerNormalization"] == "NHWC"
+    assert [t.layout for t in trace.layers if t.op == "Transpose"] == ["NHWC", "NCHW"]

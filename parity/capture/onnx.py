@@ -39,6 +39,12 @@ _ELEMENTWISE = frozenset(
         "BatchNormalization", "Softmax", "LogSoftmax", "QuantizeLinear", "DequantizeLinear",
     }
 )
+#: ops whose output keeps its input's layout: the element-wise ones, and the normalisations over
+#: trailing axes (timm's LayerNorm2d is Transpose → LayerNormalization → Transpose in ONNX)
+_LAYOUT_KEEPING = _ELEMENTWISE | {
+    "LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization", "SkipLayerNormalization",
+    "MeanVarianceNormalization", "LpNormalization",
+}
 # ops that define no activation of their own: their outputs are shapes/sizes (bookkeeping)
 _SHAPE_OPS = frozenset({"Shape", "Size"})
 # the ONNX ops whose tensors are channel-first by the standard's definition
@@ -501,7 +507,7 @@ class OnnxBackend(Backend):
                 and value.shape[0] == src.shape[0]:
             return f"N({in_layout[1:]})"
         if value.ndim == 4:
-            if op in _ELEMENTWISE and op not in _CHANNEL_FIRST_OPS and in_layout and in_rank == 4:
+            if op in _LAYOUT_KEEPING and op not in _CHANNEL_FIRST_OPS and in_layout and in_rank == 4:
                 return in_layout
             return "NCHW"
         return None
