@@ -14,53 +14,6 @@ from .records import Tap
 
 __all__ = ["op_family", "tap_family", "normalize_name", "ONE_SIDED_OPS", "PASS_THROUGH_OPS", "MERGE_FAMILIES"]
 
-#: ops that often exist on one side of a conversion only; unmatched, they are expected
-ONE_SIDED_OPS = frozenset(
-    {
-        "Flatten",
-        "Unflatten",
-        "Permute",
-        "Reshape",
-        "ZeroPadding1D",
-        "ZeroPadding2D",
-        "ZeroPadding3D",
-        "ZeroPad1d",
-        "ZeroPad2d",
-        "ZeroPad3d",
-        "ConstantPad2d",
-        "Cropping2D",
-        "InputLayer",
-        "Identity",
-        "Dropout",
-        "Dropout1d",
-        "Dropout2d",
-        "Dropout3d",
-        "AlphaDropout",
-        "SpatialDropout1D",
-        "SpatialDropout2D",
-        "SpatialDropout3D",
-        "GaussianNoise",
-        "GaussianDropout",
-        "ActivityRegularization",
-        # Keras merge layers and lambdas: the torch side does these with functionals
-        # (x + y, torch.cat), which module-level capture does not see
-        "Add",
-        "Subtract",
-        "Multiply",
-        "Average",
-        "Maximum",
-        "Minimum",
-        "Concatenate",
-        "Dot",
-        "Lambda",
-        "TFOpLambda",
-        # layout and shape plumbing that graph formats and converters add (ONNX, TF, TFLite)
-        "Transpose", "TRANSPOSE", "RESHAPE", "Squeeze", "SQUEEZE", "Unsqueeze", "ExpandDims",
-        "EXPAND_DIMS", "Pad", "PAD", "Shape", "SHAPE", "StridedSlice", "STRIDED_SLICE", "Pack", "PACK",
-        "Gather", "Cast", "CAST", "Slice", "SLICE", "ConcatV2",
-        "permute", "transpose", "view", "reshape", "flatten", "squeeze", "unsqueeze", "contiguous",
-    }
-)
 #: ops whose output equals their input at inference: never matched by order (they would
 #: steal the match of the real layer before them), only by mapping or name
 PASS_THROUGH_OPS = frozenset(
@@ -78,6 +31,40 @@ PASS_THROUGH_OPS = frozenset(
         "GaussianDropout",
         "ActivityRegularization",
         "InputLayer",
+    }
+)
+#: ops that often exist on one side of a conversion only; unmatched, they are expected
+ONE_SIDED_OPS = PASS_THROUGH_OPS | frozenset(
+    {
+        "Flatten",
+        "Unflatten",
+        "Permute",
+        "Reshape",
+        "ZeroPadding1D",
+        "ZeroPadding2D",
+        "ZeroPadding3D",
+        "ZeroPad1d",
+        "ZeroPad2d",
+        "ZeroPad3d",
+        "ConstantPad2d",
+        "Cropping2D",
+        # Keras merge layers and lambdas: the torch side does these with functionals
+        # (x + y, torch.cat), which module-level capture does not see
+        "Add",
+        "Subtract",
+        "Multiply",
+        "Average",
+        "Maximum",
+        "Minimum",
+        "Concatenate",
+        "Dot",
+        "Lambda",
+        "TFOpLambda",
+        # layout and shape plumbing that graph formats and converters add (ONNX, TF, TFLite)
+        "Transpose", "TRANSPOSE", "RESHAPE", "Squeeze", "SQUEEZE", "Unsqueeze", "ExpandDims",
+        "EXPAND_DIMS", "Pad", "PAD", "Shape", "SHAPE", "StridedSlice", "STRIDED_SLICE", "Pack", "PACK",
+        "Gather", "Cast", "CAST", "Slice", "SLICE", "ConcatV2",
+        "permute", "transpose", "view", "reshape", "flatten", "squeeze", "unsqueeze", "contiguous",
     }
 )
 

@@ -321,23 +321,10 @@ def _assemble(trace_a: Trace, trace_b: Trace, alignment: Alignment, layers: tupl
         )
     notes.extend(declared_mismatches(alignment, layers))
     if inside:
-        within = [(u, inside[id(u.tap)]) for u in alignment.unmatched if id(u.tap) in inside]
-        notes.append(
-            f"{len(within)} tensor(s) of B are computed inside one layer of A, which records no tensor there, so "
-            "nothing of A can be compared with them: "
-            + ", ".join(f"{u.tap.name} ({u.tap.op}, inside {a.name} {a.op})" for u, a in within[:8])
-            + (", …" if len(within) > 8 else "")
-            + "."
-        )
+        notes.append(_inside_note(alignment, inside, "tensor(s) of B", "one layer of A", "nothing of A", ""))
     if inside_b:
-        within_b = [(u, inside_b[id(u.tap)]) for u in alignment.unmatched if id(u.tap) in inside_b]
-        notes.append(
-            f"{len(within_b)} layer(s) of A are computed inside one layer of B, which records no tensor there, so "
-            "nothing of B can be compared with them (the layer of B that holds them is compared): "
-            + ", ".join(f"{u.tap.name} ({u.tap.op}, inside {b.name} {b.op})" for u, b in within_b[:8])
-            + (", …" if len(within_b) > 8 else "")
-            + "."
-        )
+        notes.append(_inside_note(alignment, inside_b, "layer(s) of A", "one layer of B", "nothing of B",
+                                  " (the layer of B that holds them is compared)"))
     stray = [u for u in unmatched if u.reason == "no-match"]
     if stray:
         notes.append(
@@ -350,6 +337,20 @@ def _assemble(trace_a: Trace, trace_b: Trace, alignment: Alignment, layers: tupl
         a=trace_a.model, b=trace_b.model, layers=layers, unmatched=unmatched, inputs=inputs,
         rtol=tol.rtol, atol=tol.atol, notes=tuple(notes), diagnoses=diagnoses,
         environment=environment(trace_a.model, trace_b.model),
+    )
+
+
+def _inside_note(alignment: Alignment, holders: dict[int, Any], what: str, where: str, nothing: str,
+                 after: str) -> str:
+    """The note naming the taps computed inside a layer of the other model (``holders``: tap id →
+    that layer's tap), the first eight of them."""
+    within = [(u, holders[id(u.tap)]) for u in alignment.unmatched if id(u.tap) in holders]
+    return (
+        f"{len(within)} {what} are computed inside {where}, which records no tensor there, so {nothing} can be "
+        f"compared with them{after}: "
+        + ", ".join(f"{u.tap.name} ({u.tap.op}, inside {t.name} {t.op})" for u, t in within[:8])
+        + (", …" if len(within) > 8 else "")
+        + "."
     )
 
 
