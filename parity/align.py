@@ -61,7 +61,7 @@ __all__ = ["align", "unsure_pairs", "normalize_name", "op_family", "tap_family",
 class _Pairing:
     """Caches candidate transforms and scores for pairs of taps.
 
-    ``folded_bn``: model B has no BatchNorm of its own (a converter folded them into the
+    ``folded_bn``: model B has fewer BatchNorms of its own than A after its convs (a converter folded them into the
     convolutions, or wrote them as a multiply and an add), so a BatchNorm of A is of the
     family of B's conv or affine op that computes it.  ``scope_ends``: ids of B's tensors that
     are the last of their name scope (``conv_dw_7_bn/batchnorm/add_1``, not ``…/mul_1``), the
@@ -220,7 +220,9 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
         first = t.name.split(";")[0]
         if "/" in first.strip("/"):
             last_in_scope[first.rsplit("/", 1)[0]] = t  # taps are in execution order
-    folded_bn = not any(op_family(t.op) == "batchnorm" for t in tb.layers)
+    # B folds BatchNorms into the convs before them when it keeps fewer BatchNorms than A has
+    # after a conv (MobileOne's export keeps only the BN of its identity branch, which follows no conv)
+    folded_bn = sum(op_family(t.op) == "batchnorm" for t in tb.layers) < max(1, _convs_then_bn(ta))
     pairing = _Pairing(
         folded_bn=folded_bn,
         scope_ends=frozenset(id(t) for t in last_in_scope.values()),
@@ -297,7 +299,7 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
     # into another (Conv+BatchNorm), so a scope anchors a pair only when the values agree.
     scoped: dict[str, list[Tap]] = {}
     for b in tb.layers:
-        if id(b) not in used_b:
+        if id(b) not in used_b and not b.attrs.get("partial"):  # a layer before its bias: never its output
             for key in _scope_keys(b.name):
                 scoped.setdefault(key, []).append(b)
     for key, a in unique_by_norm([t for t in ta.layers if id(t) not in used_a]).items():
@@ -337,11 +339,14 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
     # parallel branch (torchvision's ``downsample`` runs after the ``bn2`` it is added to), so its
     # agreeing alone says nothing; a real error shows again right where the branches merge.
     by_a = sorted(matches, key=lambda m: m.a.index)
+    # A pair by order that B's name scope corroborates (B's tensor made inside the module that
+    # holds A's layer: MobileOne's ``conv_scale.bn`` ↔ ``/…/conv_scale/conv/Conv``, its BN folded)
+    # is not suspect: its parallel branches may agree for more than the window before they merge.
     mispaired = [
         k for k, (m, nxt) in enumerate(zip(by_a, by_a[1:]))
         if m.how == "order" and similarity(m.a, m.b, m.transform) < 1.0 <= _VALUE_SIMILARITY <= similarity(
             nxt.a, nxt.b, nxt.transform
-        )
+        ) and not _scope_corroborates(m.a, m.b)
     ]
     dropped = set(mispaired)
     unsure: dict[int, str] = {}  # id of a tap whose pair was dropped → why, unless it is accounted for
@@ -484,6 +489,13 @@ def _agree(a: Tap, b: Tap, t: Transform) -> bool:
     return bool(np.isfinite(err) and err <= _UNSURE_AGREEMENT * max(na, 1e-12))
 
 
+def _scope_corroborates(a: Tap, b: Tap) -> bool:
+    """Whether B's tensor is named inside the module that holds A's layer (A's dotted parent
+    path, two levels deep or more, among B's name scopes)."""
+    parent = a.name.split("#")[0].rpartition(".")[0]
+    return parent.count(".") >= 1 and normalize_name(parent) in _scope_keys(b.name)
+
+
 def _scope_keys(name: str) -> set[str]:
     """Normalised runs of the scope segments of a graph tensor name (empty for plain names).
 
@@ -503,6 +515,13 @@ def _scope_keys(name: str) -> set[str]:
             keys.add(normalize_name("_".join(segments[i:j])))
     keys.discard("")
     return keys
+
+
+def _convs_then_bn(trace: Trace) -> int:
+    """How many of the trace's convolutions a BatchNorm of the same size follows."""
+    layers = [t for t in trace.layers if t.role != "container" and t.op not in PASS_THROUGH_OPS]
+    return sum(op_family(t.op) == "conv" and op_family(n.op) == "batchnorm" and n.numel == t.numel
+               for t, n in zip(layers, layers[1:]))
 
 
 def _folded_conv_taps(ta: Trace, tb: Trace) -> tuple[frozenset[int], frozenset[int]]:

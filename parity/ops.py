@@ -101,10 +101,13 @@ def op_family(op: str) -> str:
 
 def tap_family(t: Tap) -> str:
     """The family of what a tap's *value* is: its op's family, except that an ``Add`` of a
-    constant (a bias) is not a merge of two branches ("affine"), and a tensor a converter fused
+    constant (a bias) is not a merge of two branches ("affine") — the bias add that completes an
+    exporter's ``MatMul`` or ``Conv`` is of their family (``attrs["bias_of"]``) —, and a tensor a converter fused
     several ops into is named by the last op applied (TFLite's
     ``model/relu_1/Relu;model/add/Add;model/conv/convolution`` is an activation's output)."""
     family = op_family(t.op)
+    if t.attrs.get("bias_of"):  # the bias add that completes an exporter's MatMul or Conv
+        return op_family(t.attrs["bias_of"])
     if family in MERGE_FAMILIES and t.attrs.get("constant_operand"):
         return "affine"
     if ";" in t.name:

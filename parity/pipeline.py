@@ -10,11 +10,16 @@ the live models (a :class:`Side` each) and one :class:`DiffOptions` record:
    tolerance of their own, a flagged float32 layer is judged no tighter than
    :data:`NOISE_FLOOR_FACTOR` × how far A's own float32 tensor is from its float64
    twin's (a deep random-weight net amplifies rounding past any fixed rtol);
-4. **unsure pairs**: pairs the values contradict become "not compared"
-   (:func:`parity.align.unsure_pairs`);
+4. **folded scales and unsure pairs**: a flagged pair whose B tensor is A's times a
+   parameter of a module around the layer, folded in by the converter, is "fused"
+   (:func:`parity.unsure.folded_scales`); pairs the values contradict become "not
+   compared" (:func:`parity.align.unsure_pairs`);
 5. **own error** of the first flagged layers, by isolated replay where both sides
    can call a layer alone, else from the error growth (:mod:`parity.replay`);
-6. **diagnose** the flagged layers (:mod:`parity.diagnose`);
+6. **diagnose** the flagged layers (:mod:`parity.diagnose`) — and, where the first
+   divergence's error is born at an earlier layer under tolerance, that layer, which
+   becomes the first divergence when a detector names a known cause there
+   (:func:`born_under_tolerance`);
 7. **weight parity** where both backends read parameters (:mod:`parity.weights`);
 8. **model-level diagnoses** that rerun the models (nondeterminism, preprocessing);
 9. the **baseline** pair's drift, when one is given (:mod:`parity.baseline`);
@@ -35,6 +40,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .align import align, unsure_pairs
+from .unsure import folded_scales
 from .compare import compare
 from .diagnose import diagnose
 from .errors import OptionError
@@ -149,10 +155,19 @@ def run(a: Side, b: Side, options: DiffOptions, inputs: InputsSummary | None = N
         if raised is not None:
             compared = compare(alignment, raised)
             notes.append(note)
+    alignment, compared, note = folded_scales(alignment, compared, params_reader(a.backend))
+    if note is not None:
+        notes.append(note)
     alignment, compared = unsure_pairs(alignment, compared, same_params(a.backend, b.backend))
     compared = own_errors(a.backend, b.backend, a.inputs, alignment, compared)
     both = a.backend is not None and b.backend is not None
-    layers, diagnoses = diagnose(alignment, compared, (a.backend, b.backend) if both else None)
+    models = (a.backend, b.backend) if both else None
+    layers, diagnoses = diagnose(alignment, compared, models)
+    born = born_under_tolerance(compared)
+    if born is not None:  # the error that crosses tolerance later starts here: a known cause there?
+        tried, found = diagnose(alignment, born, models)
+        if _explained_where_born(tried):
+            layers, diagnoses = tried, found
     report = _assemble(a.trace, b.trace, alignment, layers, diagnoses, inputs, tol, notes)
     if both:
         if a.backend.reads_params and b.backend.reads_params:
@@ -210,6 +225,13 @@ def noise_floor_tolerances(a: Side, layers: tuple, tol: Tolerances) -> tuple[Tol
             f"{NOISE_FLOOR_FACTOR:g}× that is float32 arithmetic, not a conversion bug: "
             + ", ".join(list(overrides)[:5]) + (", …" if len(overrides) > 5 else ""))
     return raised, note
+
+
+def params_reader(backend: Any):
+    """``backend.layer_params`` where the backend reads parameters, else None."""
+    if backend is None or not backend.reads_params:
+        return None
+    return backend.layer_params
 
 
 def same_params(backend_a: Any, backend_b: Any):
@@ -383,6 +405,50 @@ def _model_level_diagnoses(report: Report, alignment: Alignment, a: Side, b: Sid
                 report = detach(report, found.layer, {"weight_scale", "bias_offset"})
             report = attach(report, found)
     return report
+
+
+#: an error is "born" at a layer when it is this many times every error before it
+BIRTH_JUMP = 30.0
+#: ... and at least this share of the error at the first layer over tolerance (a later layer
+#: may amplify it: one that removes a large offset), and of its own tolerance
+BIRTH_SHARE = 0.01
+BIRTH_NEAR_TOLERANCE = 0.1
+
+
+def born_under_tolerance(layers: tuple) -> tuple | None:
+    """``layers`` with the layer where the first divergence's error is born flagged, when that
+    layer is earlier and under tolerance; else None.
+
+    An error injected under tolerance (a BatchNorm epsilon of 1e-3 on large variances moves its
+    layer by 9e-4 against an rtol of 1e-3) may cross the tolerance only blocks later, at a layer
+    that computes nothing wrong.  The error is born at the first layer whose error reaches
+    :data:`BIRTH_SHARE` of the first flagged layer's and :data:`BIRTH_NEAR_TOLERANCE` of its own
+    tolerance while every layer before it is :data:`BIRTH_JUMP` times smaller.  The caller keeps the flag only where a detector then names
+    a known cause at that layer: that is where the bug is, and where the report points."""
+    inner = [d for d in layers if d.role != "output"]
+    first = next((k for k, d in enumerate(inner) if not d.ok), None)
+    if first is None or first == 0:
+        return None
+    level = inner[first].rel_err
+    before = 0.0
+    for k in range(first):
+        d = inner[k]
+        if d.rel_err >= BIRTH_SHARE * level and d.rel_err >= BIRTH_NEAR_TOLERANCE * d.allowed_rel:
+            if not before * BIRTH_JUMP <= d.rel_err:
+                return None  # the error grew layer by layer: no one layer made it
+            why = (f"under tolerance here (rel err {d.rel_err:.2g}, allowed {d.allowed_rel:.2g}), but the error "
+                   f"that crosses it at {inner[first].a_name} is born here: "
+                   + (f"{d.rel_err / before:.0f}× every layer before it" if before > 0 else "every layer before it is exact"))
+            flagged = dataclasses.replace(d, ok=False, reasons=(*d.reasons, why))
+            return tuple(flagged if x is d else x for x in layers)
+        before = max(before, d.rel_err)
+    return None
+
+
+def _explained_where_born(layers: tuple) -> bool:
+    """Whether the layer :func:`born_under_tolerance` flagged got a known cause."""
+    first = next((d for d in layers if d.role != "output" and not d.ok), None)
+    return first is not None and any(g.code != "unexplained" for g in first.diagnoses)
 
 
 def explain_first(report: Report, alignment: Alignment) -> Report:

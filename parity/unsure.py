@@ -12,10 +12,130 @@ from typing import Callable
 
 import numpy as np
 
-from .records import Alignment, Match, Unmatched
-from .similarity import samples, similarity
+from .records import Alignment, LayerParams, Match, Unmatched
+from .similarity import sample_index, samples, similarity
 
-__all__ = ["unsure_pairs", "rescaled", "HEALED_EXACTLY"]
+__all__ = ["unsure_pairs", "rescaled", "folded_scales", "HEALED_EXACTLY", "FOLDED_SCALE_AGREEMENT"]
+
+#: B's tensor equals A's times a parameter of a module around A's layer to this relative error
+#: (a scale folded into a kernel rounds once more: faithful folds measure ~1e-7)
+FOLDED_SCALE_AGREEMENT = 1e-5
+
+
+def folded_scales(
+    alignment: Alignment, layers: tuple, params_of: Callable[[str], LayerParams | None] | None
+) -> tuple[Alignment, tuple, str | None]:
+    """Flagged pairs whose B tensor is A's layer output times a parameter of a module around
+    that layer, which the converter folded into B's op, taken out as ``fused``.
+
+    timm's ConvNeXt block multiplies its MLP's output by its own ``gamma`` (a layer scale held
+    by the block, applied in its forward, no module of its own); litert-torch folds that
+    multiply into the ``fc2`` convolution and names the tensor after both the block and
+    ``fc2``.  A's ``fc2`` output is then not a quantity B records: B's tensor is
+    ``fc2(x) · gamma``.  The pair goes as ``fused`` only where that is proven: B's tensor names
+    an enclosing module of A's layer as fused into it (``attrs["fused_modules"]``), and B equals
+    A times one of that module's own 1-D parameters along an axis of its size, to
+    :data:`FOLDED_SCALE_AGREEMENT`.  A kernel scaled by mistake in ``fc2`` is ``gamma · s``:
+    not the parameter, so it stays compared and flagged.  ``params_of(name)`` reads A's module
+    parameters (None where A's backend cannot).  Where the parameter cannot be read, a B that is
+    A scaled per channel exactly, with the next layer and the outputs agreeing to rounding, is
+    "unsure" (not compared) rather than a divergence.  Returns the alignment and layers without
+    those pairs, and a note naming the fused ones (None when there were none)."""
+    by_name = {m.a.name: m for m in alignment.matches}
+    inner = [d for d in layers if d.role != "output"]
+    outputs = [d for d in layers if d.role == "output"]
+    outputs_agree = bool(outputs) and all(d.ok for d in outputs)
+    folded: dict[str, tuple[Match, str]] = {}
+    unsure: dict[str, tuple[Match, str]] = {}
+    for k, d in enumerate(inner):
+        m = by_name.get(d.a_name)
+        if d.ok or m is None:
+            continue
+        base = m.a.name.split("#")[0].split("[")[0]
+        around = [f for f in m.b.attrs.get("fused_modules", ()) if f == "" or base.startswith(f + ".")]
+        for module in around:
+            what = _scaled_by(m, params_of, module) if params_of is not None else None
+            if what is not None:
+                folded[m.a.name] = (m, what)
+                break
+        else:
+            healed = k + 1 < len(inner) and inner[k + 1].metrics.rel_err <= HEALED_EXACTLY
+            if around and healed and outputs_agree and _per_channel_scale(m):
+                unsure[m.a.name] = (m, around[0] or "the model")
+    if not folded and not unsure:
+        return alignment, layers, None
+    unmatched = list(alignment.unmatched)
+    for m, _ in folded.values():
+        unmatched.append(Unmatched(tap=m.a, side="a", reason="fused"))
+        unmatched.append(Unmatched(tap=m.b, side="b", reason="fused"))
+    for m, module in unsure.values():
+        why = (f"unsure: paired by {m.how} with {m.b.name}, which names {module} as fused into it, and B is A "
+               f"scaled per channel while the next layer and the outputs agree: B's tensor likely holds a scale "
+               f"{module} applies after this layer, but model A's parameters cannot be read to prove it")
+        unmatched.append(Unmatched(tap=m.a, side="a", reason=why))
+        unmatched.append(Unmatched(tap=m.b, side="b", reason=why.replace(f"with {m.b.name}", f"with A's {m.a.name}")))
+    gone = set(folded) | set(unsure)
+    matches = tuple(m for m in alignment.matches if m.a.name not in gone)
+    kept = [d for d in layers if d.a_name not in gone]
+    kept = tuple(dataclasses.replace(d, index=i) for i, d in enumerate(kept))
+    if not folded:
+        return Alignment(matches=matches, unmatched=tuple(unmatched)), kept, None
+    shown = ", ".join(f"{name} × {what}" for name, (_, what) in list(folded.items())[:3])
+    more = f" and {len(folded) - 3} more" if len(folded) > 3 else ""
+    note = (f"{len(folded)} layer(s) of A are fused, not compared on their own: B's tensor is the layer's "
+            f"output times a parameter of the module around it, which the converter folded into B's op "
+            f"({shown}{more}; equal to {FOLDED_SCALE_AGREEMENT:g} relative). What follows them is compared.")
+    return Alignment(matches=matches, unmatched=tuple(unmatched)), kept, note
+
+
+def _per_channel_scale(m: Match) -> bool:
+    """Whether B is A times one factor per index of some axis of A's tensor (not all equal to
+    1), to :data:`FOLDED_SCALE_AGREEMENT`, on the fixed sample."""
+    if m.a.value is None or m.b.value is None or m.a.numel == 0:
+        return False
+    va, vb = samples(m.a, m.b, m.transform)
+    coords = np.unravel_index(sample_index(m.a.shape), m.a.shape)
+    nb = float(np.sqrt(np.dot(vb, vb)))
+    with np.errstate(all="ignore"):
+        for axis, size in enumerate(m.a.shape):
+            if size < 2:
+                continue
+            c = coords[axis]
+            saa = np.bincount(c, weights=va * va, minlength=size)
+            sab = np.bincount(c, weights=va * vb, minlength=size)
+            scale = np.where(saa > 0, sab / np.where(saa > 0, saa, 1.0), 1.0)
+            err = float(np.linalg.norm(vb - va * scale[c]))
+            if nb > 0 and np.isfinite(err) and err <= FOLDED_SCALE_AGREEMENT * nb and np.ptp(scale) > 1e-3:
+                return True
+    return False
+
+
+def _scaled_by(m: Match, params_of: Callable[[str], LayerParams | None], module: str) -> str | None:
+    """``"<module>.<param>"`` when B is A times that 1-D parameter of ``module`` (A's), broadcast
+    along an axis of A's tensor of its size; else None."""
+    if m.a.value is None or m.b.value is None or m.a.numel == 0:
+        return None
+    try:
+        params = params_of(module)
+    except Exception:  # noqa: BLE001 - a module A cannot read: no evidence
+        return None
+    if params is None:
+        return None
+    va, vb = samples(m.a, m.b, m.transform)
+    coords = np.unravel_index(sample_index(m.a.shape), m.a.shape)
+    with np.errstate(all="ignore"):
+        nb = float(np.sqrt(np.dot(vb, vb)))
+        for role, param in params.params.items():
+            p = np.asarray(param.value, dtype=np.float64).reshape(-1)
+            if p.size < 2 or p.size != int(np.prod(param.value.shape)) or max(param.value.shape) != p.size:
+                continue
+            for axis, size in enumerate(m.a.shape):
+                if size != p.size:
+                    continue
+                err = float(np.linalg.norm(vb - va * p[coords[axis]]))
+                if nb > 0 and np.isfinite(err) and err <= FOLDED_SCALE_AGREEMENT * nb:
+                    return f"{module}.{param.name}" if module else param.name
+    return None
 
 def unsure_pairs(
     alignment: Alignment, layers: tuple, same_params: Callable[[Match], bool] | None = None

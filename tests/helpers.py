@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from parity.capture.base import Backend, append_tap
-from parity.records import InputSpec, ModelInfo, Tap, Trace
+from parity.records import InputSpec, LayerParams, ModelInfo, Param, Tap, Trace
 
 
 def make_trace(specs, framework="torch", name="M"):
@@ -134,8 +134,11 @@ class Chain:
     """A model that is a list of named NumPy functions applied in order."""
 
     def __init__(self, name: str, layers: list[tuple[str, Any]], float64: list[tuple[str, Any]] | None = None,
-                 features: int = 6) -> None:
+                 features: int = 6, params: dict[str, dict[str, np.ndarray]] | None = None,
+                 attrs: dict[str, dict[str, Any]] | None = None) -> None:
         self.name, self.layers, self.float64, self.features = name, layers, float64, features
+        #: module name → its own parameters (``layer_params`` reads them); layer name → tap attrs
+        self.params, self.attrs = params, attrs or {}
 
 
 class ChainBackend(Backend):
@@ -165,7 +168,7 @@ class ChainBackend(Backend):
         x = np.asarray(inputs[0])
         for name, fn in self.model.layers:
             x = np.asarray(fn(x))
-            append_tap(taps, name, "Dense", x, "NC")
+            append_tap(taps, name, "Dense", x, "NC", attrs=dict(self.model.attrs.get(name, {})))
         append_tap(taps, "output", "output", x, "NC", role="output")
         return self._trace(taps, [np.asarray(inputs[0])])
 
@@ -179,6 +182,17 @@ class ChainBackend(Backend):
 
     def call_layer(self, name: str, x: np.ndarray) -> np.ndarray:
         return dict(self.model.layers)[name](x)
+
+    @property
+    def reads_params(self) -> bool:
+        return self.model.params is not None
+
+    def layer_params(self, name: str):
+        if self.model.params is None:
+            return None
+        own = self.model.params.get(name, {})
+        return LayerParams("numpy-chain", "generic", "Chain", {
+            n: Param(n, np.asarray(v), str(np.asarray(v).dtype), tuple(np.shape(v))) for n, v in own.items()})
 
     def twin(self, kind: str, *, seed: int = 0):
         """A float64 twin only (``dtype`` is what the layers compute in), when the model has one."""

@@ -15,6 +15,8 @@ torch = pytest.importorskip("torch")
 
 from onnx import TensorProto, helper  # noqa: E402
 
+import parity  # noqa: E402
+
 from parity.baseline import fresh_twin  # noqa: E402
 from parity.capture.onnx import OnnxBackend, load_onnx  # noqa: E402
 from parity.errors import CaptureError, InputError, ModelError, ParityError  # noqa: E402
@@ -319,3 +321,37 @@ def test_a_layernorm_between_transposes_keeps_the_layout_it_is_given():
     layouts = {t.op: t.layout for t in trace.layers}
     assert layouts["LayerNormalization"] == "NHWC"
     assert [t.layout for t in trace.layers if t.op == "Transpose"] == ["NHWC", "NCHW"]
+
+
+class _TokenMlp(torch.nn.Module):
+    """A transformer MLP on (B, T, d) tokens: torch's exporters write each Linear as MatMul + Add,
+    and the exact GELU as Div, Erf, Add, Mul, Mul."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(16, 32)
+        self.act = torch.nn.GELU()
+        self.fc2 = torch.nn.Linear(32, 16)
+        with torch.no_grad():  # a small bias (timm's PiT): the MatMul alone agrees in direction
+            self.fc1.bias.uniform_(-0.03, 0.03)
+            self.fc2.bias.uniform_(-0.03, 0.03)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+@pytest.mark.parametrize("dynamo", DYNAMO)
+def test_a_linear_written_as_matmul_and_bias_add_is_compared_at_the_add(tmp_path, dynamo):
+    torch.manual_seed(0)
+    model = _TokenMlp().eval()
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1))
+    proto = _export_or_skip(model, x, tmp_path / "mlp.onnx", dynamo)
+    assert [n.op_type for n in proto.graph.node if n.op_type in ("MatMul", "Add")][:2] == ["MatMul", "Add"]
+    report = parity.diff(model, proto, x.numpy())
+    assert report.ok, report.summary()
+    pairs = {d.a_name: d for d in report.layers if d.role != "output"}
+    assert set(pairs) == {"fc1", "act", "fc2"}  # every layer of A compared
+    assert pairs["fc1"].b_op == "Add" and pairs["fc2"].b_op == "Add"  # the sum, never the bias-less MatMul
+    assert all(d.rel_err < 1e-5 for d in pairs.values())
+    if dynamo:  # the dynamo exporter names each value's module: pairs by those names
+        assert {d.how for d in pairs.values()} == {"name"}

@@ -70,3 +70,98 @@ def test_options_are_one_record_refused_before_any_run():
         DiffOptions.build(granularity="layers")
     with pytest.raises(ToleranceError, match="only rtol=0.001 was given; give atol too"):
         DiffOptions.build(rtol=1e-3)
+
+
+# --- a scale of the enclosing module folded into B's op (timm ConvNeXt's gamma, litert-torch) --
+
+GAMMA = np.random.default_rng(1).uniform(0.2, 2.0, 32).astype("float32")
+W1 = np.random.default_rng(2).standard_normal((32, 32)).astype("float32") / 6
+W2 = np.random.default_rng(3).standard_normal((32, 32)).astype("float32") / 6
+
+
+def _layer_scale_pair(b_fc2_scale: float = 1.0):
+    """A's block runs ``fc1``, ``fc2``, then multiplies by its own ``gamma`` in its forward (no
+    layer of its own) before ``proj``; B folded ``gamma`` into its ``fc2`` and names the block as
+    fused into that tensor, as litert-torch does."""
+    a_layers = [("block.fc1", lambda x: x @ W1), ("block.fc2", lambda x: x @ W2),
+                ("proj", lambda x: np.tanh(x * GAMMA))]
+    b_layers = [("block.fc1", lambda x: x @ W1), ("block.fc2", lambda x: (x @ (W2 * GAMMA)) * np.float32(b_fc2_scale)),
+                ("proj", lambda x: np.tanh(x))]
+    a = Chain("A", a_layers, features=32, params={"block": {"gamma": GAMMA}, "block.fc2": {"weight": W2}})
+    b = Chain("B", b_layers, features=32, attrs={"block.fc2": {"fused_modules": ("block",)}})
+    return ChainBackend(a), ChainBackend(b)
+
+
+def test_a_scale_of_the_enclosing_module_that_b_folded_into_the_layer_is_fused_not_a_divergence():
+    a, b = _layer_scale_pair()
+    report = parity.diff(a, b, X)
+    assert report.ok, report.summary()
+    assert [d.a_name for d in report.layers if d.role != "output"] == ["block.fc1", "proj"]
+    (fc2,) = [u for u in report.unmatched_a if u.name == "block.fc2"]
+    assert fc2.reason == "fused"
+    (note,) = [n for n in report.notes if "folded into B's op" in n]
+    assert note.startswith("1 layer(s) of A are fused, not compared on their own: B's tensor is the layer's "
+                           "output times a parameter of the module around it")
+    assert "block.fc2 × block.gamma" in note
+
+
+def test_a_kernel_scaled_by_mistake_under_a_folded_scale_is_still_flagged_at_its_layer():
+    a, b = _layer_scale_pair(b_fc2_scale=1.05)  # B = A · gamma · 1.05: not the parameter
+    report = parity.diff(a, b, X)
+    assert not report.ok
+    assert report.first_divergence.a_name == "block.fc2"
+    assert not any("folded into B's op" in n for n in report.notes)
+
+
+def test_where_model_a_cannot_show_the_parameter_the_scaled_layer_is_not_compared_and_says_why():
+    a, b = _layer_scale_pair()
+    a.model.params = None  # a backend that reads no parameters: no proof of the fold
+    report = parity.diff(a, b, X)
+    assert report.ok and "block.fc2" not in [d.a_name for d in report.layers]
+    (fc2,) = [u for u in report.unmatched_a if u.name == "block.fc2"]
+    assert fc2.reason.startswith("unsure: paired by name with block.fc2, which names block as fused into it, "
+                                 "and B is A scaled per channel while the next layer and the outputs agree")
+    assert not any("folded into B's op" in n for n in report.notes)
+    a, b = _layer_scale_pair(b_fc2_scale=1.05)
+    a.model.params = None
+    report = parity.diff(a, b, X)  # the scaled kernel does not heal: still flagged, at its layer
+    assert not report.ok and report.first_divergence.a_name == "block.fc2"
+
+
+# --- an error born under tolerance, crossing it layers later --------------------------------
+
+W = np.random.default_rng(4).standard_normal((32, 32)).astype("float32") / 6
+OFFSET = np.float32(20.0)
+
+
+def _born_pair(kernel_scale: float):
+    """A's ``dense`` kernel is scaled by ``kernel_scale`` in B: under tolerance there (rel err
+    ``kernel_scale − 1``); the next layer removes a large offset, so the same absolute error
+    becomes a large relative one: it crosses tolerance at ``center``, which computes nothing wrong."""
+    def layers(scale):
+        return [("shift", lambda x: x + OFFSET), ("dense", lambda x: x @ (W * np.float32(scale))),
+                ("center", lambda x: x - OFFSET * W.sum(axis=0)), ("out", lambda x: np.tanh(x))]
+    return ChainBackend(Chain("A", layers(1.0), features=32)), ChainBackend(Chain("B", layers(kernel_scale), features=32))
+
+
+def test_an_error_born_under_tolerance_is_flagged_where_it_is_born_when_its_cause_is_known_there():
+    a, b = _born_pair(1.0006)
+    report = parity.diff(a, b, X)
+    dense, center = report.layer("dense"), report.layer("center")
+    assert dense.rel_err == pytest.approx(6e-4, rel=0.05) and dense.rel_err < dense.allowed_rel  # under tolerance
+    assert center.rel_err > center.allowed_rel  # where it crosses it
+    assert not report.ok and report.first_divergence.a_name == "dense"
+    assert [g.code for g in dense.diagnoses] == ["weight_scale"]
+    (why,) = [r for r in dense.reasons if "born here" in r]
+    assert why.startswith("under tolerance here (rel err 0.0006, allowed 0.001")
+    assert "crosses it at center is born here: every layer before it is exact" in why
+
+
+def test_where_no_cause_is_known_at_the_birth_the_first_layer_over_tolerance_stays_the_first_divergence():
+    a, b = _born_pair(1.0006)
+    # an error of the same size with no affine signature: no detector knows it
+    b.model.layers[1] = ("dense", lambda x: (x @ W) * (1 + np.float32(8e-4) * np.sin(x @ W)))
+    report = parity.diff(a, b, X)
+    assert not report.ok and report.first_divergence.a_name == "center"
+    dense = report.layer("dense")
+    assert dense.ok and 1e-4 < dense.rel_err < dense.allowed_rel and not dense.diagnoses

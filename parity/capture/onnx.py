@@ -171,7 +171,13 @@ def _torch_provenance(node: Any) -> dict[str, Any]:
 
 def _mark_module_outputs(taps: list[Tap]) -> None:
     """Set ``attrs["torch_module"]`` on the last tap computed inside each torch module scope:
-    that value is the module's output, the tensor a torch forward hook records."""
+    that value is the module's output, the tensor a torch forward hook records.
+
+    The aligner reads it as ``module_outputs`` (``scope``, ``scope#k`` for the k-th call of a
+    module), each marked ``module_unsure``: an exporter may have folded the module's last step
+    into the next module's op (a BatchNorm into its Conv), so such a pair is kept only where the
+    values agree, and otherwise left to the other evidence."""
+    calls: dict[str, int] = {}
     for i, tap in enumerate(taps):
         scope = tap.attrs.get("torch_scope")
         if not scope:
@@ -180,6 +186,11 @@ def _mark_module_outputs(taps: list[Tap]) -> None:
         if nxt is not None and (nxt == scope or nxt.startswith(scope + ".")):
             continue  # the module is still computing
         tap.attrs["torch_module"] = scope  # type: ignore[index]
+        k = calls.get(scope, 0)
+        calls[scope] = k + 1
+        key = scope if k == 0 else f"{scope}#{k}"
+        tap.attrs["module_outputs"] = (key,)  # type: ignore[index]
+        tap.attrs["module_unsure"] = (key,)  # type: ignore[index]
 
 
 class OnnxBackend(Backend):
@@ -451,6 +462,9 @@ class OnnxBackend(Backend):
         layouts: dict[str, str | None] = dict(self._input_layouts())
         flat_from: dict[str, tuple[int, ...]] = {}
         live = _live_values(self.model.graph, set(feed))
+        bias_of = _bias_adds(self.model.graph, live)
+        # a MatMul whose bias add is a model output: only that output is the layer's
+        before_output = {v for v, add in _bias_inputs(self.model.graph, bias_of, live).items() if add in outputs}
         for value_name, node in recorded:
             value = results.get(value_name)
             if not isinstance(value, np.ndarray):
@@ -464,9 +478,13 @@ class OnnxBackend(Backend):
                 attrs["flat_from"] = tuple(src_val.shape[1:]) if isinstance(src_val, np.ndarray) else ()
                 flat_from[value_name] = attrs["flat_from"]
             attrs.update(_torch_provenance(node))
+            if value_name in before_output:
+                attrs["partial"] = True
             if node.op_type in _BINARY_OPS and any(i and i not in live for i in node.input):
                 # x + bias, x * scale: an affine step of one layer, not a merge of two branches
                 attrs["constant_operand"] = True
+                if value_name in bias_of:
+                    attrs["bias_of"] = bias_of[value_name]
             append_tap(taps, value_name, node.op_type, value.copy(), layout, attrs=attrs)
         _mark_module_outputs(taps)
         graph_outputs = list(self.model.graph.output)
@@ -515,6 +533,38 @@ class OnnxBackend(Backend):
 
 #: element-wise ops that merge two tensors, or apply a constant (a bias, a scale) to one
 _BINARY_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min"})
+
+
+#: ops an exporter may write without their bias, then add the bias in an ``Add`` of its own
+_BIASED_OPS = frozenset({"MatMul", "Conv", "ConvTranspose", "Gemm", "Einsum"})
+
+
+def _bias_adds(graph: Any, live: set[str]) -> dict[str, str]:
+    """``{Add output: op}`` for each ``Add`` of a constant whose other operand is the output of a
+    ``MatMul``/``Conv``/… that nothing else reads: torch's exporters write a 3-D ``Linear`` as
+    ``MatMul`` + ``Add``, so the ``Add`` is the layer's output (its family is the ``MatMul``'s),
+    and the ``MatMul`` is that layer before its bias.  Both stay candidates: a bias-less
+    ``Linear`` followed by a constant shift of its own is the ``MatMul``; the values decide."""
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for i in node.input:
+            if i:
+                readers[i] = readers.get(i, 0) + 1
+    made_by = {o: node.op_type for node in graph.node for o in node.output if o}
+    out: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type != "Add" or len(node.input) != 2 or not node.output:
+            continue
+        inner = [i for i in node.input if i in live]
+        if len(inner) == 1 and made_by.get(inner[0]) in _BIASED_OPS and readers.get(inner[0]) == 1:
+            out[node.output[0]] = made_by[inner[0]]
+    return out
+
+
+def _bias_inputs(graph: Any, bias_of: dict[str, str], live: set[str]) -> dict[str, str]:
+    """``{MatMul output: its bias add's output}`` for the adds of :func:`_bias_adds`."""
+    return {i: node.output[0] for node in graph.node if node.output and node.output[0] in bias_of
+            for i in node.input if i in live}
 
 
 def _live_values(graph: Any, fed: set[str]) -> set[str]:

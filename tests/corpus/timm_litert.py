@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 from parity.errors import ConversionError, ConverterNotInstalled
-from tests.artifacts import cached_dir, content_key
+from tests.artifacts import cached_dir
 from tests.corpus import timm_models as tm
 from tests.corpus.cases import Bug, Case, Pair
 
@@ -58,23 +58,6 @@ def _venv_versions(python: Path) -> str:
     return " ".join(found)
 
 
-def recipe_key(fam: tm.Family, *extra: str) -> str:
-    """The content key of an artifact made from ``fam``'s model A (and ``extra``: bug, route)."""
-    return content_key(Path(tm.__file__).read_bytes(),
-                       repr((fam.arch, sorted(fam.kwargs.items()), fam.size, tm.SEED)), *extra)
-
-
-def cached_bugs(fam: tm.Family) -> tuple[Bug, ...]:
-    """:func:`timm_models.bugs`, remembered on disk (finding a family's layers builds and runs it)."""
-
-    def build(tmp: Path) -> None:
-        found = tm.bugs(fam.name)
-        (tmp / "bugs.json").write_text(json.dumps([[b.name, b.layer, list(b.also), b.diagnosis] for b in found]))
-
-    out = cached_dir("timm-bugs", recipe_key(fam, "bugs"), build)
-    return tuple(Bug(n, layer, tuple(also), diag) for n, layer, also, diag in json.loads((out / "bugs.json").read_text()))
-
-
 def convert(fam: tm.Family, bug: Bug | None) -> Path:
     """The cached litert-torch conversion of ``fam``'s A (with ``bug`` injected): its directory,
     holding ``model.tflite`` and ``meta.json``."""
@@ -101,7 +84,7 @@ def convert(fam: tm.Family, bug: Bug | None) -> Path:
                 command=command, returncode=run.returncode, log_tail=tail,
             )
 
-    key = recipe_key(fam, "litert", repr(bug and (bug.name, bug.layer)), SCRIPT.read_bytes(), _venv_versions(python))
+    key = tm.recipe_key(fam, "litert", repr(bug and (bug.name, bug.layer)), SCRIPT.read_bytes(), _venv_versions(python))
     return cached_dir(f"timm-litert-{fam.name}", key, build)
 
 
@@ -130,7 +113,7 @@ def cases(families=None, *, with_bugs: bool = True) -> list[Case]:
         bugs: tuple[Bug, ...] = ()
         if with_bugs:
             try:
-                bugs = cached_bugs(fam)[:1]
+                bugs = tm.cached_bugs(fam)[:1]
             except Exception:  # the family does not build: its faithful case is excluded, saying why
                 bugs = ()
         out.append(Case(id=f"timm-litert/{fam.name}/litert", source="timm", model=fam.arch, route=ROUTE,

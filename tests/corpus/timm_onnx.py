@@ -9,13 +9,12 @@ torch and timm versions — so a second corpus run pays for no export.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from tests.artifacts import cached_dir, content_key
+from tests.artifacts import cached_dir
 from tests.corpus import timm_models as tm
 from tests.corpus.cases import Bug, Case, Pair
 
@@ -32,30 +31,10 @@ SAMPLE = {("efficientnet", "onnx-dynamo"), ("mobilenetv3", "onnx-torchscript"), 
           ("vit", "onnx-torchscript")}
 
 
-def _versions() -> str:
-    import torch
-
-    tm._timm()
-    import timm
-
-    return f"torch={torch.__version__} timm={timm.__version__}"
-
-
 def recipe_key(fam: tm.Family, *extra: str) -> str:
-    """The content key of an artifact made from ``fam``'s model A (and ``extra``: bug, route)."""
-    source = Path(tm.__file__).read_bytes()
-    return content_key(source, repr((fam.arch, sorted(fam.kwargs.items()), fam.size, tm.SEED)), _versions(), *extra)
-
-
-def cached_bugs(fam: tm.Family) -> tuple[Bug, ...]:
-    """:func:`timm_models.bugs`, remembered on disk (finding a family's layers builds and runs it)."""
-
-    def build(tmp: Path) -> None:
-        found = tm.bugs(fam.name)
-        (tmp / "bugs.json").write_text(json.dumps([[b.name, b.layer, list(b.also), b.diagnosis] for b in found]))
-
-    out = cached_dir("timm-bugs", recipe_key(fam, "bugs"), build)
-    return tuple(Bug(n, layer, tuple(also), diag) for n, layer, also, diag in json.loads((out / "bugs.json").read_text()))
+    """The content key of an artifact made from ``fam``'s model A (and ``extra``: bug, route),
+    with the torch and timm versions that export it."""
+    return tm.recipe_key(fam, tm.versions(), *extra)
 
 
 def export(model, x: np.ndarray, path: Path, *, dynamo: bool, opset: int) -> None:
@@ -98,7 +77,7 @@ def cases(families=None, *, with_bugs: bool = True) -> list[Case]:
         bugs: tuple[Bug, ...] = ()
         if with_bugs:
             try:
-                bugs = cached_bugs(fam)
+                bugs = tm.cached_bugs(fam)
             except Exception:  # the family does not build: its faithful case is excluded, saying why
                 bugs = ()
         for route, (label, _, _) in ROUTES.items():

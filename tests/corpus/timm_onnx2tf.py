@@ -15,7 +15,6 @@ from pathlib import Path
 from tests.corpus import timm_models as tm
 from tests.corpus.cases import Bug, Case, Pair
 from tests.artifacts import CACHE, cached_dir
-from tests.corpus.timm_litert import cached_bugs, recipe_key
 
 #: route id → (label, which onnx2tf output is B)
 ROUTES = {
@@ -38,7 +37,7 @@ def onnx_path(fam: tm.Family, bug: Bug | None, model=None) -> Path:
         b = a if bug is None else tm.inject(a, fam, bug)
         export_onnx(b, tm.inputs(fam), tmp / "model.onnx", opset=17)
 
-    key = recipe_key(fam, "onnx-torchscript-17", repr(bug and (bug.name, bug.layer)))
+    key = tm.recipe_key(fam, tm.versions(), "onnx-torchscript-17", repr(bug and (bug.name, bug.layer)))
     return cached_dir(f"timm-onnx17-{fam.name}", key, build) / "model.onnx"
 
 
@@ -65,7 +64,7 @@ def cases(families=None, *, with_bugs: bool = True) -> list[Case]:
         bugs: tuple[Bug, ...] = ()
         if with_bugs:
             try:
-                bugs = cached_bugs(fam)[:1]
+                bugs = tm.cached_bugs(fam)[:1]
             except Exception:  # the family does not build: its faithful case is excluded, saying why
                 bugs = ()
         for route, (label, output) in ROUTES.items():
