@@ -81,9 +81,11 @@ class _Pairing:
         return fa == fb or (self.folded_bn and fa == "batchnorm" and fb in ("conv", "affine"))
 
     def folded_conv(self, a: Tap, b: Tap) -> bool:
-        """A's conv feeds a BatchNorm that B folded into this conv of B: B's tensor is not A's conv
-        (see :func:`_folded_conv_taps`)."""
-        return id(a) in self.folded_pairs[0] and id(b) in self.folded_pairs[1]
+        """A's conv feeds a BatchNorm that B folds (see :func:`_folded_conv_taps`), and ``b`` is
+        not a raw conv B kept before a scale of its own (tf2onnx's depthwise conv before its
+        Mul + Add): B holds no tensor of A's conv — not its folded conv, not a tensor of another
+        op (SK-ResNet's branch sum)."""
+        return id(a) in self.folded_pairs[0] and (tap_family(b) != "conv" or id(b) in self.folded_pairs[1])
 
     def transforms(self, a: Tap, b: Tap) -> list[Transform]:
         key = (id(a), id(b))

@@ -355,3 +355,50 @@ def test_a_linear_written_as_matmul_and_bias_add_is_compared_at_the_add(tmp_path
     assert all(d.rel_err < 1e-5 for d in pairs.values())
     if dynamo:  # the dynamo exporter names each value's module: pairs by those names
         assert {d.how for d in pairs.values()} == {"name"}
+
+
+class _RepBlock(torch.nn.Module):
+    """MobileOne's train-time block: a conv+BN branch, a 1×1 conv+BN branch and a BN-only identity
+    branch, summed, then ReLU.  torch's exporter folds the two conv BNs and keeps the identity's."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.identity = torch.nn.BatchNorm2d(c)
+        self.scale_conv, self.scale_bn = torch.nn.Conv2d(c, c, 1, bias=False), torch.nn.BatchNorm2d(c)
+        self.kxk_conv, self.kxk_bn = torch.nn.Conv2d(c, c, 3, padding=1, bias=False), torch.nn.BatchNorm2d(c)
+        self.act = torch.nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.identity(x) + self.scale_bn(self.scale_conv(x)) + self.kxk_bn(self.kxk_conv(x)))
+
+
+@pytest.fixture(scope="module")
+def rep_blocks(tmp_path_factory):
+    """(model A, input, export of A, export of A with the 1×1 branch's BN epsilon at 1e-3)."""
+    torch.manual_seed(0)
+    a = randomize_bn(torch.nn.Sequential(_RepBlock(), _RepBlock())).eval()
+    for m in a.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.mul_(0.01)  # small variances: an epsilon of 1e-3 shows
+    x = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(1))
+    root = tmp_path_factory.mktemp("rep")
+    good = _export(a, x, root / "good.onnx", dynamo=False)
+    import copy
+
+    bad_model = copy.deepcopy(a)
+    bad_model[1].scale_bn.eps = 1e-3
+    bad = _export(bad_model, x, root / "bad.onnx", dynamo=False)
+    return a, x.numpy(), good, bad
+
+
+def test_a_batchnorm_the_exporter_folded_beside_one_it_kept_pairs_with_its_folded_conv(rep_blocks):
+    a, x, good, bad = rep_blocks
+    assert sum(n.op_type == "BatchNormalization" for n in good.graph.node) == 2  # the identity BNs stay
+    report = parity.diff(a, good, x)
+    assert report.ok, report.summary()
+    pairs = {d.a_name: d.b_op for d in report.layers}
+    assert pairs["1.scale_bn"] == "Conv" and pairs["1.identity"] == "BatchNormalization"
+    assert "1.scale_conv" not in pairs  # its tensor is folded: never paired with the folded conv
+    report = parity.diff(a, bad, x)
+    assert report.first_divergence.a_name == "1.scale_bn"
+    assert "bn_epsilon" in [g.code for g in report.first_divergence.diagnoses]
