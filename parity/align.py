@@ -366,6 +366,15 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
             unsure[id(m.b)] = why.format(f"A's {m.a.name}")
             partner[id(m.b)] = id(m.a)
 
+    # 4c. one projection of A that B computes as several: a fused QKV (GPT-2's ``c_attn``, timm's
+    # ``qkv``) against separate query, key and value layers (keras-hub's EinsumDense)
+    for a, parts in _split_pairs(ta, tb, matches, used_a, used_b):
+        joined = _joined_tap(a, parts)
+        matches.append(Match(a=a, b=joined, transform=Transform(label="joined along the last axis"),
+                             how="split", confidence=round(0.8 + 0.1 * min(similarity(a, joined, Transform()), 2.0) / 2, 3)))
+        used_a.add(id(a))
+        used_b.update(id(p) for p in parts)
+
     if not matches:
         raise AlignmentError(
             f"nothing in {ta.model.name} ({ta.model.framework}, {len(ta.taps)} tensors) could be "
@@ -489,6 +498,65 @@ def _agree(a: Tap, b: Tap, t: Transform) -> bool:
         na = float(np.sqrt(np.dot(va, va)))
         err = float(np.sqrt(np.dot(va - vb, va - vb)))
     return bool(np.isfinite(err) and err <= _UNSURE_AGREEMENT * max(na, 1e-12))
+
+
+#: how many tensors of B one tensor of A may be split into (query, key, value)
+_SPLIT_PARTS = (3, 2)
+
+
+def _split_pairs(ta: Trace, tb: Trace, matches: list[Match], used_a: set[int], used_b: set[int]):
+    """``(a, parts)``: an unmatched dense layer of A whose output is, along its last axis, the
+    concatenation of ``parts`` — 2 or 3 consecutive unmatched dense layers of B of one shape,
+    between the tensors of B paired with A's layers right before and after it — to cos ≥ 0.99
+    (values, not names, justify it: q, k, v in another order do not agree)."""
+    ordered = sorted(matches, key=lambda m: m.a.index)
+    a_index = [m.a.index for m in ordered]
+    free_b = [t for t in tb.layers if id(t) not in used_b and not t.attrs.get("partial") and t.value is not None
+              and _projects(t)]
+    for a in ta.layers:
+        if id(a) in used_a or a.value is None or not _projects(a) or a.attrs.get("partial") or a.value.ndim < 2:
+            continue
+        k = bisect.bisect_left(a_index, a.index)
+        lo = ordered[k - 1].b.index if k > 0 else -1
+        hi = ordered[k].b.index if k < len(ordered) else len(tb.taps)
+        window = [t for t in free_b if lo < t.index < hi and id(t) not in used_b]
+        for n in _SPLIT_PARTS:
+            found = None
+            for i in range(len(window) - n + 1):
+                parts = window[i:i + n]
+                if len({p.shape for p in parts}) == 1 and all(_part_of(a, p, n) for p in parts):
+                    joined = _joined_tap(a, parts)
+                    if similarity(a, joined, Transform()) >= 1.0:
+                        found = parts
+                        break
+            if found:
+                yield a, found
+                used_b.update(id(p) for p in found)
+                break
+
+
+def _projects(t: Tap) -> bool:
+    """A dense projection: a dense layer, or one that computes on the last axis while named a
+    convolution (transformers' ``Conv1D``, GPT-2's Linear, features last)."""
+    family = tap_family(t)
+    return family == "dense" or (family == "conv" and bool(t.layout) and str(t.layout).endswith("C"))
+
+
+def _part_of(a: Tap, b: Tap, n: int) -> bool:
+    """Whether ``b`` is shaped as one of ``n`` equal slices of ``a``'s last axis (its trailing axes
+    may split that slice: keras-hub's (B, T, heads, head_dim))."""
+    lead = a.shape[:-1]
+    return (a.shape[-1] % n == 0 and tuple(b.shape[:len(lead)]) == tuple(lead)
+            and int(np.prod(b.shape[len(lead):], dtype=np.int64)) * n == a.shape[-1])
+
+
+def _joined_tap(a: Tap, parts: list[Tap]) -> Tap:
+    """One tap of B: ``parts`` reshaped to A's leading axes and joined along the last axis."""
+    lead = a.shape[:-1]
+    value = np.concatenate([np.asarray(p.value).reshape(*lead, -1) for p in parts], axis=-1)
+    return Tap(name=" + ".join(p.name for p in parts), op=parts[0].op, index=parts[-1].index, shape=tuple(value.shape),
+               dtype=parts[0].dtype, layout=a.layout, value=value, role="layer",
+               attrs={"split_of": tuple(p.name for p in parts)})
 
 
 def _scope_corroborates(a: Tap, b: Tap) -> bool:

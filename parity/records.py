@@ -197,7 +197,7 @@ class Match:
     a: Tap
     b: Tap
     transform: Transform
-    #: "mapping" | "output" | "name" | "scope" | "value" | "order"
+    #: "mapping" | "output" | "name" | "scope" | "value" | "order" | "split" (B's tensors joined: q + k + v)
     how: str
     #: how sure the pairing is, 0–1 (see :mod:`parity.align`)
     confidence: float = 1.0

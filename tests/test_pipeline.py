@@ -165,3 +165,55 @@ def test_where_no_cause_is_known_at_the_birth_the_first_layer_over_tolerance_sta
     assert not report.ok and report.first_divergence.a_name == "center"
     dense = report.layer("dense")
     assert dense.ok and 1e-4 < dense.rel_err < dense.allowed_rel and not dense.diagnoses
+
+
+# --- a fused projection of A against separate ones in B (GPT-2's c_attn vs keras-hub's q, k, v) --
+
+WQ, WK, WV, WP = (np.random.default_rng(10 + i).standard_normal((32, 32)).astype("float32") / 6 for i in range(4))
+
+
+def _qkv_pair(k_scale: float = 1.0, order: str = "qkv"):
+    """A computes one ``qkv`` projection (96 features) then ``proj`` of it; B computes ``q``,
+    ``k`` and ``v`` as three layers (in ``order``) and ``proj`` of the three."""
+    wqkv = np.concatenate([WQ, WK, WV], axis=1)
+    wproj = np.concatenate([WP, WP, WP], axis=0) / 3
+    a_layers = [("embed", lambda x: x * np.float32(1.5)), ("qkv", lambda x: x @ wqkv), ("proj", lambda x: x @ wproj)]
+    seen: dict[str, np.ndarray] = {}
+    weights = {"q": WQ, "k": WK * np.float32(k_scale), "v": WV}
+
+    def part(name):
+        def fn(x):
+            x = seen.setdefault("x", x)  # each of q, k, v reads the embedding
+            seen[name] = x @ weights[name]
+            return seen[name]
+        return fn
+
+    def proj(_):
+        out = np.concatenate([seen["q"], seen["k"], seen["v"]], axis=1) @ wproj
+        seen.clear()
+        return out
+
+    b_layers = [("embed", lambda x: x * np.float32(1.5)), *[(n, part(n)) for n in order], ("proj", proj)]
+    return ChainBackend(Chain("A", a_layers, features=32)), ChainBackend(Chain("B", b_layers, features=32))
+
+
+def test_a_fused_projection_is_compared_with_the_separate_projections_of_b_joined():
+    a, b = _qkv_pair()
+    report = parity.diff(a, b, X)
+    assert report.ok, report.summary()
+    qkv = report.layer("qkv")
+    assert qkv.b_name == "q + k + v" and qkv.how == "split" and qkv.rel_err < 1e-6
+    assert not report.unmatched_a and not [u for u in report.unmatched_b if u.name in ("q", "k", "v")]
+
+
+def test_a_bug_in_one_of_the_separate_projections_is_flagged_at_the_fused_one():
+    a, b = _qkv_pair(k_scale=1.05)
+    report = parity.diff(a, b, X)
+    assert not report.ok and report.first_divergence.a_name == "qkv"
+
+
+def test_separate_projections_in_another_order_are_not_joined():
+    a, b = _qkv_pair(order="kqv")
+    report = parity.diff(a, b, X)
+    assert "qkv" not in [d.a_name for d in report.layers]  # never compared with k + q + v
+    assert {u.name for u in report.unmatched_b} >= {"k", "q", "v"}
