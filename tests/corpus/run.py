@@ -1,7 +1,7 @@
 """Run the corpus: every case's faithful pair and its bugs, each in a fresh subprocess.
 
     python -m tests.corpus.run [--source S] [--only GLOB] [--sample] [--faithful | --bugs] [--merge]
-                               [--jobs 1] [--timeout 900]
+                               [--jobs 1] [--timeout 900] [--in-process]
 
 A pair that crashes or hangs is a row (``crash: …`` / ``timeout``), never the end of the run.
 Writes ``reports/corpus.md`` (the table, then a summary by route, the matched-% distribution, the
@@ -133,6 +133,13 @@ def run_one(case: Case, bug: Bug | None, timeout: float) -> Row:
             verdict = f"crash: timeout after {timeout:.0f} s"
     return Row(case.id, case.source, case.model, case.route, bug and bug.name, 0, 0, 0, 0, float("nan"),
                verdict, expected, False, time.perf_counter() - start)
+
+
+def judge_here(case: Case, bug: Bug | None) -> Row:
+    """Judge a pair in this interpreter (``--in-process``)."""
+    from tests.corpus.cases import judge
+
+    return judge(case, bug)
 
 
 def select(cases: list[Case], only: str | None, sample: bool) -> list[tuple[Case, Bug | None]]:
@@ -313,6 +320,9 @@ def main(argv=None) -> int:
     p.add_argument("--bugs", action="store_true", help="only the pairs with an injected bug")
     p.add_argument("--jobs", type=int, default=1, help="pairs judged at once (default 1)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds one pair may take (default 900)")
+    p.add_argument("--in-process", action="store_true",
+                   help="judge every pair in this interpreter (no subprocess each: ~3x faster; a pair that "
+                        "kills the interpreter ends the run, and --timeout does not apply)")
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--bug", default=None, help=argparse.SUPPRESS)
@@ -324,6 +334,8 @@ def main(argv=None) -> int:
     if args.child:
         _child(args.child, args.bug, args.out)
         return 0
+    if args.in_process and args.jobs > 1:
+        p.error("--in-process judges one pair at a time (the pairs share this interpreter); drop --jobs")
     todo = select(all_cases(args.source, with_bugs=not args.faithful), args.only, args.sample)
     if args.faithful:
         todo = [(c, b) for c, b in todo if b is None]
@@ -336,7 +348,8 @@ def main(argv=None) -> int:
 
     def one(item):
         case, bug = item
-        row = dataclasses.replace(run_one(case, bug, args.timeout), measured=stamp)
+        judged = judge_here(case, bug) if args.in_process else run_one(case, bug, args.timeout)
+        row = dataclasses.replace(judged, measured=stamp)
         mark = "ok " if row.passed else ("EXC" if row.excluded else "BAD")
         print(f"{mark} {case.id:45s} {bug.name if bug else 'faithful':20s} {_pct(row):>5s} "
               f"{row.seconds:6.1f}s  {row.verdict[:110]}", flush=True)
