@@ -323,6 +323,10 @@ def main(argv=None) -> int:
     p.add_argument("--in-process", action="store_true",
                    help="judge every pair in this interpreter (no subprocess each: ~3x faster; a pair that "
                         "kills the interpreter ends the run, and --timeout does not apply)")
+    p.add_argument("--combine", nargs="+", metavar="DIR", default=None,
+                   help="judge nothing: write --reports from the rows of these earlier runs' directories "
+                        "(a pair judged in several: the last directory's row), e.g. a faithful and a bug run "
+                        "made side by side")
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--bug", default=None, help=argparse.SUPPRESS)
@@ -333,6 +337,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.child:
         _child(args.child, args.bug, args.out)
+        return 0
+    if args.combine:
+        rows = []
+        for directory in args.combine:
+            found = earlier_rows(Path(directory))
+            if not found:
+                p.error(f"no corpus run in {directory} (expected {Path(directory) / 'corpus.json'})")
+            rows = merged(rows, found)
+        s = write_reports(rows, Path(args.reports))
+        print(json.dumps({k: v for k, v in s.items() if k != "routes"}, indent=1))
         return 0
     if args.in_process and args.jobs > 1:
         p.error("--in-process judges one pair at a time (the pairs share this interpreter); drop --jobs")

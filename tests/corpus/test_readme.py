@@ -56,3 +56,20 @@ def test_a_merged_run_keeps_earlier_rows_it_did_not_judge_again():
     out = merged(old, new)
     assert [(r.case, r.measured) for r in out] == [("timm/resnet18/onnx", "old 2026-11-30"),
                                                    ("timm/vit/onnx", "new 2026-12-02")]
+
+
+def test_combine_writes_one_report_from_runs_made_side_by_side(tmp_path):
+    import json
+
+    from tests.corpus.run import main, write_reports
+
+    faithful, bugs, out = tmp_path / "faithful", tmp_path / "bugs", tmp_path / "out"
+    write_reports([row("timm/resnet18/onnx"), row("timm/vit/onnx", measured="old 2026-12-01")], faithful)
+    write_reports([row("timm/resnet18/onnx", "scaled-kernel"), row("timm/vit/onnx")], bugs)
+    assert main(["--combine", str(faithful), str(bugs), "--reports", str(out)]) == 0
+    rows = json.loads((out / "corpus.json").read_text())["rows"]
+    assert sorted((r["case"], r["bug"] or "", r["measured"]) for r in rows) == [
+        ("timm/resnet18/onnx", "", "abc1234 2026-12-02"), ("timm/resnet18/onnx", "scaled-kernel", "abc1234 2026-12-02"),
+        ("timm/vit/onnx", "", "abc1234 2026-12-02")]  # the later directory's row of a pair judged twice
+    with pytest.raises(SystemExit):
+        main(["--combine", str(tmp_path / "nothing"), "--reports", str(out)])
