@@ -395,7 +395,7 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
         for t in trace.taps:
             if id(t) in used or t.role == "container":
                 continue
-            reason = "one-sided" if t.op in ONE_SIDED_OPS or t.attrs.get("partial") else "no-match"
+            reason = "one-sided" if _one_sided(t) or t.attrs.get("partial") else "no-match"
             if reason == "no-match" and t.attrs.get("passthrough"):
                 reason = "placeholder"  # an identity at inference (timm's DropPath): nothing to compare
             if reason == "no-match" and side == "a" and (
@@ -583,6 +583,11 @@ def _scope_keys(name: str) -> set[str]:
     for i in range(len(segments)):
         for j in range(i + 1, len(segments) + 1):
             keys.add(normalize_name("_".join(segments[i:j])))
+    # torch's TorchScript exporter scopes a container's child by its path within the container
+    # (``/stages/stages.2/blocks/blocks.2/mlp/act``): without the repeats it is the module path
+    # ``stages.2.blocks.2.mlp.act``
+    path = [seg for k, seg in enumerate(segments) if not (k + 1 < len(segments) and segments[k + 1].startswith(seg + "."))]
+    keys.add(normalize_name(".".join(path)))
     keys.discard("")
     return keys
 
@@ -621,7 +626,7 @@ def _folded_conv_taps(ta: Trace, tb: Trace) -> tuple[frozenset[int], frozenset[i
         return not (scales or op_family(nxt.op) == "batchnorm")
 
     def computing(trace: Trace) -> list[Tap]:  # layout plumbing (B's Transpose to NHWC and back) skipped
-        return [t for t in trace.layers if t.role != "container" and t.op not in ONE_SIDED_OPS
+        return [t for t in trace.layers if t.role != "container" and not _one_sided(t)
                 and t.op not in PASS_THROUGH_OPS]
 
     layers_a, layers_b = computing(ta), computing(tb)
@@ -664,7 +669,7 @@ def _value_matches(free_a: list[Tap], free_b: list[Tap], pairing: _Pairing) -> l
 
     def eligible(t: Tap) -> bool:
         return (
-            t.value is not None and t.numel > 1 and not _passes_through(t) and t.op not in ONE_SIDED_OPS
+            t.value is not None and t.numel > 1 and not _passes_through(t) and not _one_sided(t)
             and not t.attrs.get("partial")
             and bool(np.any(cached_sample(("a", id(t.value)), t.value, lambda v: v.reshape(-1)[sample_index(t.shape)])))
         )
@@ -702,6 +707,12 @@ def _value_matches(free_a: list[Tap], free_b: list[Tap], pairing: _Pairing) -> l
             continue
         out.append((a, b, min(1.0, 0.9 + 0.1 * min(gap, 1.0))))
     return out
+
+
+def _one_sided(t: Tap) -> bool:
+    """An op that exists on one side only (a Keras ``Add`` merge, a Reshape) — but not the bias
+    add that completes an exporter's MatMul or Conv, which is a layer's output."""
+    return t.op in ONE_SIDED_OPS and not t.attrs.get("bias_of")
 
 
 def _passes_through(t: Tap) -> bool:

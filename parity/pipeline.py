@@ -162,10 +162,10 @@ def run(a: Side, b: Side, options: DiffOptions, inputs: InputsSummary | None = N
     compared = own_errors(a.backend, b.backend, a.inputs, alignment, compared)
     both = a.backend is not None and b.backend is not None
     models = (a.backend, b.backend) if both else None
-    layers, diagnoses = diagnose(alignment, compared, models)
+    layers, diagnoses = diagnose(alignment, compared, models, a.inputs)
     born = born_under_tolerance(compared)
     if born is not None:  # the error that crosses tolerance later starts here: a known cause there?
-        tried, found = diagnose(alignment, born, models)
+        tried, found = diagnose(alignment, born, models, a.inputs)
         if _explained_where_born(tried):
             layers, diagnoses = tried, found
     report = _assemble(a.trace, b.trace, alignment, layers, diagnoses, inputs, tol, notes)

@@ -167,11 +167,11 @@ FIXES = {
 
 @detector("activation_approximation", {"activation"})
 def activation_approximation(ctx: Context) -> Diagnosis | None:
-    prev = ctx.previous_values()
+    x_in = ctx.own_input()  # the layer's own recorded input, not a neighbour's output
     a, b = ctx.a, ctx.b
-    if prev is None or prev[0].shape != a.shape or a.shape != b.shape or a.size == 0:
+    if x_in is None or x_in.shape != a.shape or a.shape != b.shape or a.size == 0:
         return None
-    x = prev[0].astype(np.float64)
+    x = x_in.astype(np.float64)
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         return None
     errs = {}

@@ -55,6 +55,17 @@ class Context:
     #: hand and a detector of this layer's family needs them (dense layers); else None
     params_a: LayerParams | None = None
     params_b: LayerParams | None = None
+    #: A's own recorded input of this layer (its first tensor input, in A's layout), where A's
+    #: backend can call the layer alone; else None (then :meth:`previous_values` is the best guess)
+    input_a: np.ndarray | None = None
+
+    def own_input(self) -> np.ndarray | None:
+        """This layer's input as A computed it: the recorded input where there is one, else the
+        previous pair's A value when it has this layer's shape (often, not always, its input)."""
+        if self.input_a is not None:
+            return np.asarray(self.input_a)
+        prev = self.previous_values()
+        return prev[0] if prev is not None else None
 
     @property
     def family(self) -> str:
