@@ -402,3 +402,30 @@ def test_a_batchnorm_the_exporter_folded_beside_one_it_kept_pairs_with_its_folde
     report = parity.diff(a, bad, x)
     assert report.first_divergence.a_name == "1.scale_bn"
     assert "bn_epsilon" in [g.code for g in report.first_divergence.diagnoses]
+
+
+class _ChannelsLastMlp(torch.nn.Module):
+    """EdgeNeXt's and ConvNeXt's block MLP: a conv, then a LayerNorm and two Linears on
+    channels-last pixels (NCHW → NHWC → NCHW), which ONNX writes as Transpose, MatMul + Add."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.norm = torch.nn.LayerNorm(8)
+        self.fc1, self.act, self.fc2 = torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)
+
+    def forward(self, x):
+        y = self.norm(self.conv(x).permute(0, 2, 3, 1))
+        return x + self.fc2(self.act(self.fc1(y))).permute(0, 3, 1, 2)
+
+
+def test_linears_on_channels_last_pixels_keep_their_layout_through_matmul_and_bias_add(tmp_path):
+    torch.manual_seed(0)
+    model = _ChannelsLastMlp().eval()
+    x = torch.randn(2, 8, 5, 5, generator=torch.Generator().manual_seed(1))
+    proto = _export(model, x, tmp_path / "mlp.onnx", dynamo=False)
+    report = parity.diff(model, proto, x.numpy())
+    assert report.ok, report.summary()
+    compared = {d.a_name: d for d in report.layers if d.role != "output"}
+    assert {"conv", "norm", "fc1", "act", "fc2"} <= set(compared)
+    assert all(compared[n].transform == "identity" and compared[n].rel_err < 1e-5 for n in ("fc1", "act", "fc2"))

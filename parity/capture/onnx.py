@@ -510,7 +510,9 @@ class OnnxBackend(Backend):
     @staticmethod
     def _layout(node: Any, value: np.ndarray, layouts: dict, results: dict, feed: dict) -> str | None:
         """NCHW for 4-D float values (the ONNX convention), tracking Transposes and flattening."""
-        first = node.input[0] if node.input else ""
+        # the operand the layout comes from: the first that has one (torch's exporter writes a bias
+        # add as Add(bias, x), the constant first)
+        first = next((i for i in node.input if i in layouts), node.input[0] if node.input else "")
         in_layout = layouts.get(first)
         src = results.get(first, feed.get(first))
         in_rank = src.ndim if isinstance(src, np.ndarray) else None
@@ -527,6 +529,8 @@ class OnnxBackend(Backend):
         if value.ndim == 4:
             if op in _LAYOUT_KEEPING and op not in _CHANNEL_FIRST_OPS and in_layout and in_rank == 4:
                 return in_layout
+            if op == "MatMul" and in_layout and in_rank == 4 and in_layout.endswith("C"):
+                return in_layout  # a Linear on channels-last pixels (EdgeNeXt's MLP): features stay last
             return "NCHW"
         return None
 
