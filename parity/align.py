@@ -65,14 +65,31 @@ class _Pairing:
     convolutions, or wrote them as a multiply and an add), so a BatchNorm of A is of the
     family of B's conv or affine op that computes it.  ``scope_ends``: ids of B's tensors that
     are the last of their name scope (``conv_dw_7_bn/batchnorm/add_1``, not ``…/mul_1``), the
-    layer's output when a scope holds several ops."""
+    layer's output when a scope holds several ops.  ``owners``: B's tensors whose name scope is
+    one layer of A (see :func:`_owners`): such a tensor is never paired by order with another
+    layer of A."""
 
     def __init__(self, folded_bn: bool = False, scope_ends: frozenset[int] = frozenset(),
-                 folded_pairs: tuple[frozenset[int], frozenset[int]] = (frozenset(), frozenset())) -> None:
+                 folded_pairs: tuple[frozenset[int], frozenset[int]] = (frozenset(), frozenset()),
+                 owners: dict[int, str] | None = None, conv_before: dict[str, str] | None = None) -> None:
         self._transforms: dict[tuple[int, int], list[Transform]] = {}
         self.folded_bn = folded_bn
         self.scope_ends = scope_ends
         self.folded_pairs = folded_pairs
+        self.owners = owners or {}
+        self.conv_before = conv_before or {}  # A's BatchNorm → the conv right before it
+
+    def owned_elsewhere(self, a: Tap, b: Tap) -> bool:
+        """Whether B's name scope says ``b`` was computed inside a layer of A other than ``a``
+        (or its parents or children): EfficientFormer's ``mlp.act/Mul`` (the 1.702·x of a
+        sigmoid GELU) is not the ``norm1`` before it."""
+        owner = self.owners.get(id(b))
+        if owner is None:
+            return False
+        base = a.name.split("#")[0]
+        if self.folded_bn and self.conv_before.get(base) == owner:
+            return False  # the conv B folded this BatchNorm into: its tensor is the BatchNorm's output
+        return not (owner == base or base.startswith(owner + ".") or owner.startswith(base + "."))
 
     def same_family(self, a: Tap, b: Tap) -> bool:
         fa, fb = tap_family(a), tap_family(b)
@@ -109,6 +126,8 @@ class _Pairing:
         if fa != fb and (fa in MERGE_FAMILIES or fb in MERGE_FAMILIES):
             return 0.0
         if fa == "conv" and self.folded_conv(a, b):
+            return 0.0
+        if self.owned_elsewhere(a, b):
             return 0.0
         # a pair across op families is possible (a converter's rewrite) but a poor bet: it must not
         # win by making one more pair than a same-family alignment shifted by one
@@ -229,6 +248,8 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
         folded_bn=folded_bn,
         scope_ends=frozenset(id(t) for t in last_in_scope.values()),
         folded_pairs=_folded_conv_taps(ta, tb) if folded_bn else (frozenset(), frozenset()),
+        owners=_owners(ta, tb),
+        conv_before=_conv_before_bn(ta),
     )
     matches: list[Match] = []
     used_a: set[int] = set()
@@ -583,20 +604,44 @@ def _scope_keys(name: str) -> set[str]:
     for i in range(len(segments)):
         for j in range(i + 1, len(segments) + 1):
             keys.add(normalize_name("_".join(segments[i:j])))
-    # torch's TorchScript exporter scopes a container's child by its path within the container
-    # (``/stages/stages.2/blocks/blocks.2/mlp/act``): without the repeats it is the module path
-    # ``stages.2.blocks.2.mlp.act``
-    path = [seg for k, seg in enumerate(segments) if not (k + 1 < len(segments) and segments[k + 1].startswith(seg + "."))]
-    keys.add(normalize_name(".".join(path)))
+    keys.add(normalize_name(_scope_path(segments)))
     keys.discard("")
     return keys
 
 
+def _scope_path(segments: list[str]) -> str:
+    """torch's TorchScript exporter scopes a container's child by its path within the container
+    (``/stages/stages.2/blocks/blocks.2/mlp/act``): without the repeats it is the module path
+    ``stages.2.blocks.2.mlp.act``."""
+    return ".".join(seg for k, seg in enumerate(segments)
+                    if not (k + 1 < len(segments) and segments[k + 1].startswith(seg + ".")))
+
+
+def _owners(ta: Trace, tb: Trace) -> dict[int, str]:
+    """B's graph tensors whose name scope is the module path of a layer of A: ``{id(b): A's
+    layer}`` (ONNX ``/stages/…/mlp/act/Mul`` was computed inside A's ``stages.….mlp.act``)."""
+    a_names = {normalize_name(t.name.split("#")[0]): t.name.split("#")[0] for t in ta.layers}
+    out: dict[int, str] = {}
+    for b in tb.layers:
+        if not b.name.startswith("/"):
+            continue  # only ONNX's scoped node names say which module computed a tensor
+        segments = b.name.strip("/").split("/")[:-1]
+        owner = a_names.get(normalize_name(_scope_path(segments))) if segments else None
+        if owner is not None:
+            out[id(b)] = owner
+    return out
+
+
+def _conv_before_bn(trace: Trace) -> dict[str, str]:
+    """``{BatchNorm: the conv right before it}`` for each conv a BatchNorm of the same size follows."""
+    layers = [t for t in trace.layers if t.role != "container" and t.op not in PASS_THROUGH_OPS]
+    return {n.name.split("#")[0]: t.name.split("#")[0] for t, n in zip(layers, layers[1:])
+            if op_family(t.op) == "conv" and op_family(n.op) == "batchnorm" and n.numel == t.numel}
+
+
 def _convs_then_bn(trace: Trace) -> int:
     """How many of the trace's convolutions a BatchNorm of the same size follows."""
-    layers = [t for t in trace.layers if t.role != "container" and t.op not in PASS_THROUGH_OPS]
-    return sum(op_family(t.op) == "conv" and op_family(n.op) == "batchnorm" and n.numel == t.numel
-               for t, n in zip(layers, layers[1:]))
+    return len(_conv_before_bn(trace))
 
 
 def _folded_conv_taps(ta: Trace, tb: Trace) -> tuple[frozenset[int], frozenset[int]]:
