@@ -243,13 +243,14 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
             last_in_scope[first.rsplit("/", 1)[0]] = t  # taps are in execution order
     # B folds BatchNorms into the convs before them when it keeps fewer BatchNorms than A has
     # after a conv (MobileOne's export keeps only the BN of its identity branch, which follows no conv)
-    folded_bn = sum(op_family(t.op) == "batchnorm" for t in tb.layers) < max(1, _convs_then_bn(ta))
+    conv_before = _conv_before_bn(ta)
+    folded_bn = sum(op_family(t.op) == "batchnorm" for t in tb.layers) < max(1, len(conv_before))
     pairing = _Pairing(
         folded_bn=folded_bn,
         scope_ends=frozenset(id(t) for t in last_in_scope.values()),
         folded_pairs=_folded_conv_taps(ta, tb) if folded_bn else (frozenset(), frozenset()),
         owners=_owners(ta, tb),
-        conv_before=_conv_before_bn(ta),
+        conv_before=conv_before,
     )
     matches: list[Match] = []
     used_a: set[int] = set()
@@ -389,8 +390,7 @@ def _align(ta: Trace, tb: Trace, mapping: Mapping[str, str] | None) -> Alignment
 
     # 4c. one projection of A that B computes as several: a fused QKV (GPT-2's ``c_attn``, timm's
     # ``qkv``) against separate query, key and value layers (keras-hub's EinsumDense)
-    for a, parts in _split_pairs(ta, tb, matches, used_a, used_b):
-        joined = _joined_tap(a, parts)
+    for a, parts, joined in _split_pairs(ta, tb, matches, used_a, used_b):
         matches.append(Match(a=a, b=joined, transform=Transform(label="joined along the last axis"),
                              how="split", confidence=round(0.8 + 0.1 * min(similarity(a, joined, Transform()), 2.0) / 2, 3)))
         used_a.add(id(a))
@@ -526,7 +526,7 @@ _SPLIT_PARTS = (3, 2)
 
 
 def _split_pairs(ta: Trace, tb: Trace, matches: list[Match], used_a: set[int], used_b: set[int]):
-    """``(a, parts)``: an unmatched dense layer of A whose output is, along its last axis, the
+    """``(a, parts, joined)``: an unmatched dense layer of A whose output is, along its last axis, the
     concatenation of ``parts`` — 2 or 3 consecutive unmatched dense layers of B of one shape,
     between the tensors of B paired with A's layers right before and after it — to cos ≥ 0.99
     (values, not names, justify it: q, k, v in another order do not agree)."""
@@ -541,19 +541,23 @@ def _split_pairs(ta: Trace, tb: Trace, matches: list[Match], used_a: set[int], u
         lo = ordered[k - 1].b.index if k > 0 else -1
         hi = ordered[k].b.index if k < len(ordered) else len(tb.taps)
         window = [t for t in free_b if lo < t.index < hi and id(t) not in used_b]
-        for n in _SPLIT_PARTS:
-            found = None
-            for i in range(len(window) - n + 1):
-                parts = window[i:i + n]
-                if len({p.shape for p in parts}) == 1 and all(_part_of(a, p, n) for p in parts):
-                    joined = _joined_tap(a, parts)
-                    if similarity(a, joined, Transform()) >= 1.0:
-                        found = parts
-                        break
-            if found:
-                yield a, found
-                used_b.update(id(p) for p in found)
-                break
+        found = _first_split(a, window)
+        if found is not None:
+            yield a, *found
+            used_b.update(id(p) for p in found[0])
+
+
+def _first_split(a: Tap, window: list[Tap]) -> tuple[list[Tap], Tap] | None:
+    """The first run of 3 (else 2) taps of ``window`` that, joined, agree with ``a``: the parts
+    and the joined tap."""
+    for n in _SPLIT_PARTS:
+        for i in range(len(window) - n + 1):
+            parts = window[i:i + n]
+            if len({p.shape for p in parts}) == 1 and all(_part_of(a, p, n) for p in parts):
+                joined = _joined_tap(a, parts)
+                if similarity(a, joined, Transform()) >= 1.0:
+                    return parts, joined
+    return None
 
 
 def _projects(t: Tap) -> bool:
@@ -638,10 +642,6 @@ def _conv_before_bn(trace: Trace) -> dict[str, str]:
     return {n.name.split("#")[0]: t.name.split("#")[0] for t, n in zip(layers, layers[1:])
             if op_family(t.op) == "conv" and op_family(n.op) == "batchnorm" and n.numel == t.numel}
 
-
-def _convs_then_bn(trace: Trace) -> int:
-    """How many of the trace's convolutions a BatchNorm of the same size follows."""
-    return len(_conv_before_bn(trace))
 
 
 def _folded_conv_taps(ta: Trace, tb: Trace) -> tuple[frozenset[int], frozenset[int]]:

@@ -46,7 +46,7 @@ from .diagnose import diagnose
 from .errors import OptionError
 from .metrics import relative_error
 from .records import Alignment, InputsSummary, Report, Trace, UnmatchedLayer
-from .replay import own_errors
+from .replay import InputRecorder, own_errors
 from .spill import release_trace
 from .tolerance import Tolerances
 
@@ -159,13 +159,16 @@ def run(a: Side, b: Side, options: DiffOptions, inputs: InputsSummary | None = N
     if note is not None:
         notes.append(note)
     alignment, compared = unsure_pairs(alignment, compared, same_params(a.backend, b.backend))
-    compared = own_errors(a.backend, b.backend, a.inputs, alignment, compared)
+    # A's layer inputs, recorded once for replay and the detectors
+    recorder = InputRecorder(a.backend, a.inputs) if a.backend is not None and a.inputs is not None else None
+    compared = own_errors(a.backend, b.backend, a.inputs, alignment, compared, recorder)
     both = a.backend is not None and b.backend is not None
     models = (a.backend, b.backend) if both else None
-    layers, diagnoses = diagnose(alignment, compared, models, a.inputs)
+    recorder = recorder if both else None
+    layers, diagnoses = diagnose(alignment, compared, models, recorder)
     born = born_under_tolerance(compared)
     if born is not None:  # the error that crosses tolerance later starts here: a known cause there?
-        tried, found = diagnose(alignment, born, models, a.inputs)
+        tried, found = diagnose(alignment, born, models, recorder)
         if _explained_where_born(tried):
             layers, diagnoses = tried, found
     report = _assemble(a.trace, b.trace, alignment, layers, diagnoses, inputs, tol, notes)

@@ -24,7 +24,7 @@ from .capture.base import Backend
 from .metrics import compute_metrics
 from .records import Alignment, LayerDiff, Match
 
-__all__ = ["own_errors", "recorded_inputs", "to_b_layout", "REPLAYED_LAYERS"]
+__all__ = ["own_errors", "recorded_inputs", "InputRecorder", "to_b_layout", "REPLAYED_LAYERS"]
 
 #: how many flagged layers (from the first on) get their own error
 REPLAYED_LAYERS = 16
@@ -41,6 +41,24 @@ def recorded_inputs(backend: Backend | None, inputs: Any, names: list[str]) -> d
     return backend.layer_inputs(inputs, names) if names else {}
 
 
+class InputRecorder:
+    """Model A's recorded layer inputs for one comparison, each layer's recorded once: replay and
+    the detectors ask for overlapping layers, and every ask would otherwise rerun the model."""
+
+    def __init__(self, backend: Backend | None, inputs: Any) -> None:
+        self.backend, self.inputs = backend, inputs
+        self._seen: dict[str, np.ndarray | None] = {}
+
+    def get(self, names: list[str]) -> dict[str, np.ndarray]:
+        """The first tensor input of each named layer the backend can call alone (one run of the
+        model for the names not recorded yet)."""
+        missing = [n for n in names if n not in self._seen]
+        if missing:
+            found = recorded_inputs(self.backend, self.inputs, missing)
+            self._seen.update({n: found.get(n) for n in missing})
+        return {n: v for n in names if (v := self._seen[n]) is not None}
+
+
 def to_b_layout(x: np.ndarray, match: Match, previous: Match | None) -> np.ndarray | None:
     """A's input of this layer in B's layout, when the pair's transform says how; else None."""
     t = match.transform
@@ -55,9 +73,11 @@ def to_b_layout(x: np.ndarray, match: Match, previous: Match | None) -> np.ndarr
 
 
 def own_errors(
-    backend_a: Backend | None, backend_b: Backend | None, inputs_a: Any, alignment: Alignment, layers: tuple[LayerDiff, ...]
+    backend_a: Backend | None, backend_b: Backend | None, inputs_a: Any, alignment: Alignment, layers: tuple[LayerDiff, ...],
+    recorder: InputRecorder | None = None,
 ) -> tuple[LayerDiff, ...]:
-    """The layers with ``own_err``/``own_method`` set for the first flagged ones."""
+    """The layers with ``own_err``/``own_method`` set for the first flagged ones (A's layer inputs
+    through ``recorder`` when one is given, so that what it records serves the detectors too)."""
     flagged = [d for d in layers if not d.ok and d.role != "output"][:REPLAYED_LAYERS]
     if not flagged:
         return layers
@@ -65,7 +85,8 @@ def own_errors(
     match_of = {m.a.name: m for m in ordered}
     position = {m.a.name: i for i, m in enumerate(ordered)}
     replayable = [d for d in flagged if _callable(backend_a, d.a_name) and _callable(backend_b, d.b_name)]
-    recorded = recorded_inputs(backend_a, inputs_a, [d.a_name for d in replayable]) if replayable else {}
+    recorder = recorder or InputRecorder(backend_a, inputs_a)
+    recorded = recorder.get([d.a_name for d in replayable]) if replayable else {}
     by_name = {d.a_name: d for d in layers}
     updates: dict[str, LayerDiff] = {}
     for d in flagged:

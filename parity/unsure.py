@@ -62,30 +62,21 @@ def folded_scales(
             healed = k + 1 < len(inner) and inner[k + 1].metrics.rel_err <= HEALED_EXACTLY
             if around and healed and outputs_agree and _per_channel_scale(m):
                 unsure[m.a.name] = (m, around[0] or "the model")
-    if not folded and not unsure:
-        return alignment, layers, None
-    unmatched = list(alignment.unmatched)
-    for m, _ in folded.values():
-        unmatched.append(Unmatched(tap=m.a, side="a", reason="fused"))
-        unmatched.append(Unmatched(tap=m.b, side="b", reason="fused"))
-    for m, module in unsure.values():
-        why = (f"unsure: paired by {m.how} with {m.b.name}, which names {module} as fused into it, and B is A "
-               f"scaled per channel while the next layer and the outputs agree: B's tensor likely holds a scale "
-               f"{module} applies after this layer, but model A's parameters cannot be read to prove it")
-        unmatched.append(Unmatched(tap=m.a, side="a", reason=why))
-        unmatched.append(Unmatched(tap=m.b, side="b", reason=why.replace(f"with {m.b.name}", f"with A's {m.a.name}")))
-    gone = set(folded) | set(unsure)
-    matches = tuple(m for m in alignment.matches if m.a.name not in gone)
-    kept = [d for d in layers if d.a_name not in gone]
-    kept = tuple(dataclasses.replace(d, index=i) for i, d in enumerate(kept))
+    why_unsure = ("unsure: paired by {how} with {b}, which names {module} as fused into it, and B is A scaled per "
+                  "channel while the next layer and the outputs agree: B's tensor likely holds a scale {module} "
+                  "applies after this layer, but model A's parameters cannot be read to prove it")
+    reasons = {name: (m, "fused") for name, (m, _) in folded.items()}
+    reasons.update({name: (m, why_unsure.format(how=m.how, b=m.b.name, module=module))
+                    for name, (m, module) in unsure.items()})
+    alignment, kept = _taken_out(alignment, layers, reasons)
     if not folded:
-        return Alignment(matches=matches, unmatched=tuple(unmatched)), kept, None
+        return alignment, kept, None
     shown = ", ".join(f"{name} × {what}" for name, (_, what) in list(folded.items())[:3])
     more = f" and {len(folded) - 3} more" if len(folded) > 3 else ""
     note = (f"{len(folded)} layer(s) of A are fused, not compared on their own: B's tensor is the layer's "
             f"output times a parameter of the module around it, which the converter folded into B's op "
             f"({shown}{more}; equal to {FOLDED_SCALE_AGREEMENT:g} relative). What follows them is compared.")
-    return Alignment(matches=matches, unmatched=tuple(unmatched)), kept, note
+    return alignment, kept, note
 
 
 def _per_channel_scale(m: Match) -> bool:
@@ -192,9 +183,7 @@ def unsure_pairs(
         if all(suspect(d, healed_exactly) for d in inner[i:j]):
             suspects.extend(by_name[d.a_name] for d in inner[i:j])
         i = j
-    dropped = {id(m) for m in suspects}
-    unmatched = list(alignment.unmatched)
-    gone = set()
+    reasons: dict[str, tuple[Match, str]] = {}
     for m in suspects:
         d = next(x for x in inner if x.a_name == m.a.name)
         if (scale := rescaled(m)) is not None:
@@ -204,13 +193,24 @@ def unsure_pairs(
         else:
             why = (f"unsure: paired by {m.how} with {m.b.name}, but the values are unrelated (rel err "
                    f"{d.metrics.rel_err:.2g}) while the next layers and the model outputs agree")
+        reasons[m.a.name] = (m, why)
+    return _taken_out(alignment, layers, reasons)
+
+
+def _taken_out(alignment: Alignment, layers: tuple, reasons: dict[str, tuple[Match, str]]) -> tuple[Alignment, tuple]:
+    """The alignment and layers without the pairs of ``reasons`` (A's layer → its match and why),
+    each side of such a pair unmatched with that reason (B's naming A's layer), layers renumbered."""
+    if not reasons:
+        return alignment, layers
+    unmatched = list(alignment.unmatched)
+    for m, why in reasons.values():
         unmatched.append(Unmatched(tap=m.a, side="a", reason=why))
-        unmatched.append(Unmatched(tap=m.b, side="b", reason=why.replace(f"with {m.b.name}", f"with A's {m.a.name}")))
-        gone.add(m.a.name)
-    matches = tuple(m for m in alignment.matches if id(m) not in dropped)
-    kept = [d for d in layers if d.a_name not in gone]
-    kept = tuple(dataclasses.replace(d, index=i) for i, d in enumerate(kept))
-    return Alignment(matches=matches, unmatched=tuple(unmatched)), kept
+        b_why = why.replace(f"with {m.b.name}", f"with A's {m.a.name}") if why.startswith("unsure") else why
+        unmatched.append(Unmatched(tap=m.b, side="b", reason=b_why))
+    matches = tuple(m for m in alignment.matches if m.a.name not in reasons)
+    kept = [d for d in layers if d.a_name not in reasons]
+    kept_layers = tuple(dataclasses.replace(d, index=i) for i, d in enumerate(kept))
+    return Alignment(matches=matches, unmatched=tuple(unmatched)), kept_layers
 
 
 #: the relative error below which the layer after a run and the outputs agree "to rounding"

@@ -462,9 +462,9 @@ class OnnxBackend(Backend):
         layouts: dict[str, str | None] = dict(self._input_layouts())
         flat_from: dict[str, tuple[int, ...]] = {}
         live = _live_values(self.model.graph, set(feed))
-        bias_of = _bias_adds(self.model.graph, live)
+        biased = _bias_adds(self.model.graph, live)
         # a MatMul whose bias add is a model output: only that output is the layer's
-        before_output = {v for v, add in _bias_inputs(self.model.graph, bias_of, live).items() if add in outputs}
+        before_output = {inner for add, (_, inner) in biased.items() if add in outputs}
         for value_name, node in recorded:
             value = results.get(value_name)
             if not isinstance(value, np.ndarray):
@@ -483,8 +483,8 @@ class OnnxBackend(Backend):
             if node.op_type in _BINARY_OPS and any(i and i not in live for i in node.input):
                 # x + bias, x * scale: an affine step of one layer, not a merge of two branches
                 attrs["constant_operand"] = True
-                if value_name in bias_of:
-                    attrs["bias_of"] = bias_of[value_name]
+                if value_name in biased:
+                    attrs["bias_of"] = biased[value_name][0]
             append_tap(taps, value_name, node.op_type, value.copy(), layout, attrs=attrs)
         _mark_module_outputs(taps)
         graph_outputs = list(self.model.graph.output)
@@ -543,8 +543,8 @@ _BINARY_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min"})
 _BIASED_OPS = frozenset({"MatMul", "Conv", "ConvTranspose", "Gemm", "Einsum"})
 
 
-def _bias_adds(graph: Any, live: set[str]) -> dict[str, str]:
-    """``{Add output: op}`` for each ``Add`` of a constant whose other operand is the output of a
+def _bias_adds(graph: Any, live: set[str]) -> dict[str, tuple[str, str]]:
+    """``{Add output: (op, its output)}`` for each ``Add`` of a constant whose other operand is the output of a
     ``MatMul``/``Conv``/… that nothing else reads: torch's exporters write a 3-D ``Linear`` as
     ``MatMul`` + ``Add``, so the ``Add`` is the layer's output (its family is the ``MatMul``'s),
     and the ``MatMul`` is that layer before its bias.  Both stay candidates: a bias-less
@@ -555,20 +555,14 @@ def _bias_adds(graph: Any, live: set[str]) -> dict[str, str]:
             if i:
                 readers[i] = readers.get(i, 0) + 1
     made_by = {o: node.op_type for node in graph.node for o in node.output if o}
-    out: dict[str, str] = {}
+    out: dict[str, tuple[str, str]] = {}
     for node in graph.node:
         if node.op_type != "Add" or len(node.input) != 2 or not node.output:
             continue
         inner = [i for i in node.input if i in live]
         if len(inner) == 1 and made_by.get(inner[0]) in _BIASED_OPS and readers.get(inner[0]) == 1:
-            out[node.output[0]] = made_by[inner[0]]
+            out[node.output[0]] = (made_by[inner[0]], inner[0])
     return out
-
-
-def _bias_inputs(graph: Any, bias_of: dict[str, str], live: set[str]) -> dict[str, str]:
-    """``{MatMul output: its bias add's output}`` for the adds of :func:`_bias_adds`."""
-    return {i: node.output[0] for node in graph.node if node.output and node.output[0] in bias_of
-            for i in node.input if i in live}
 
 
 def _live_values(graph: Any, fed: set[str]) -> set[str]:

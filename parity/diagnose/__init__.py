@@ -73,38 +73,30 @@ def _params(backend, name: str) -> LayerParams | None:
         return None
 
 
-def _own_inputs(models: tuple | None, inputs_a: Any, alignment: Alignment, layers: tuple) -> dict:
-    """Model A's recorded input of each layer the detectors will examine (one extra run of A), by
-    name; empty without A's live backend and inputs."""
-    if not models or models[0] is None or inputs_a is None:
-        return {}
-    from ..capture import backend_for
-    from ..errors import ModelError
-    from ..replay import recorded_inputs
-
-    try:
-        backend = backend_for(models[0])
-    except ModelError:
+def _own_inputs(recorder: Any, alignment: Alignment, layers: tuple) -> dict:
+    """Model A's recorded input of each layer the detectors will examine, by name (through
+    ``recorder``, a :class:`parity.replay.InputRecorder`); empty without one."""
+    if recorder is None:
         return {}
     matched = {m.a.name for m in alignment.matches}
     names = [d.a_name for d in layers if not d.ok and d.role != "output" and d.a_name in matched][:DIAGNOSED_LAYERS]
     try:
-        return recorded_inputs(backend, inputs_a, names)
+        return recorder.get(names)
     except Exception:  # noqa: BLE001 - a model that cannot be rerun here: the detectors use the neighbours
         return {}
 
 
 def diagnose(
-    alignment: Alignment, layers: tuple[LayerDiff, ...], models: tuple | None = None, inputs_a: Any = None
+    alignment: Alignment, layers: tuple[LayerDiff, ...], models: tuple | None = None, recorder: Any = None
 ) -> tuple[tuple[LayerDiff, ...], tuple[Diagnosis, ...]]:
     """Run the applicable detectors on the first flagged layers; attach what they find.
     ``models`` (the live pair — models or their backends —, when there is one) lets the
     detectors that need them read the layers' parameters (:attr:`Context.params_a`/``params_b``);
-    with ``inputs_a`` (what model A was run on) they also get each layer's own recorded input
-    (:attr:`Context.input_a`), where A's backend can call that layer alone."""
+    with ``recorder`` (a :class:`parity.replay.InputRecorder` of model A) they also get each
+    layer's own recorded input (:attr:`Context.input_a`), where A's backend can call that layer alone."""
     _load_detectors()
     backends = _backends(models)
-    own_inputs = _own_inputs(models, inputs_a, alignment, layers)
+    own_inputs = _own_inputs(recorder, alignment, layers)
     ordered = sorted(alignment.matches, key=lambda m: m.a.index)
     by_a = {m.a.name: i for i, m in enumerate(ordered)}
     found: list[Diagnosis] = []
