@@ -18,7 +18,6 @@ checks that it built the same A).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -27,15 +26,6 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: tests.corpus
-
-
-def state_digest(model) -> str:
-    """A hash of a model's parameters and buffers, by name (the same A in both venvs)."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:20]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fam = tm.family(args.family)
     a = tm.build(fam)
-    digest = state_digest(a)
+    digest = tm.state_digest(a)
     model = a if args.bug is None else tm.inject(a, fam, Bug(args.bug[0], args.bug[1]))
     x = torch.from_numpy(tm.inputs(fam))
     start = time.perf_counter()

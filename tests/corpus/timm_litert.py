@@ -90,15 +90,13 @@ def convert(fam: tm.Family, bug: Bug | None) -> Path:
 
 def _builder(fam: tm.Family):
     def build(bug: Bug | None) -> Pair:
-        from tests.corpus.litert_convert import state_digest
-
         out = convert(fam, bug)
         meta = json.loads((out / "meta.json").read_text())
         a = tm.build(fam)
-        if meta["a_digest"] != state_digest(a):
+        if meta["a_digest"] != tm.state_digest(a):
             raise ConversionError(
                 f"the litert venv built another model A for {fam.arch} than this venv (parameter digest "
-                f"{meta['a_digest']} there, {state_digest(a)} here): its torch or timm version differs. "
+                f"{meta['a_digest']} there, {tm.state_digest(a)} here): its torch or timm version differs. "
                 "Rebuild it with `make litert`.")
         return Pair(a=a, b=str(out / "model.tflite"), inputs=tm.inputs(fam))
 

@@ -153,6 +153,19 @@ def cached_bugs(fam: Family) -> tuple[Bug, ...]:
                  for n, layer, also, diag, invisible in json.loads((out / "bugs.json").read_text()))
 
 
+def state_digest(model: Any) -> str:
+    """A hash of a model's parameters and buffers, by name: part of every artifact's key, so a
+    conversion is never reused for an A whose numbers differ from those it was made from (and
+    the litert venv's A is checked to be this venv's)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
 def family(name: str) -> Family:
     return BY_NAME[name]
 
@@ -200,7 +213,12 @@ def build(fam: Family) -> Any:
 
 def _calibrate(model: Any, bns: list, fam: Family, gen: Any) -> None:
     """Running statistics measured on random batches (so activations stay in range through a
-    deep net), then perturbed per channel the way trained statistics differ from any batch's."""
+    deep net), then perturbed per channel the way trained statistics differ from any batch's.
+
+    The measuring forward runs on one thread: a convolution's float32 sums round differently
+    with another thread count, so statistics measured with 2 threads differ in their last bits
+    from those measured with 1 — and an export cached by one run would not be the A of the next
+    (an ill-conditioned Inception-v3 turns that into a 4e-4 "divergence")."""
     import torch
 
     for bn in bns:
@@ -208,7 +226,12 @@ def _calibrate(model: Any, bns: list, fam: Family, gen: Any) -> None:
         bn.momentum = None  # cumulative average over the calibration batches
         bn.train()
     x = torch.from_numpy(np.random.default_rng(SEED + 2).standard_normal((4, *fam.input_shape[1:]), dtype=np.float32))
-    model(x)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model(x)
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     for bn in bns:
         bn.momentum = 0.1

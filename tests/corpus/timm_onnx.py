@@ -51,13 +51,13 @@ def export(model, x: np.ndarray, path: Path, *, dynamo: bool, opset: int) -> Non
 def onnx_path(fam: tm.Family, route: str, bug: Bug | None, model=None) -> Path:
     """The cached export of ``fam`` (with ``bug``) through ``route``."""
     _, dynamo, opset = ROUTES[route]
+    a = model if model is not None else tm.build(fam)
 
     def build(tmp: Path) -> None:
-        a = model if model is not None else tm.build(fam)
         b = a if bug is None else tm.inject(a, fam, bug)
         export(b, tm.inputs(fam), tmp / "model.onnx", dynamo=dynamo, opset=opset)
 
-    key = recipe_key(fam, route, repr(bug and (bug.name, bug.layer)))
+    key = recipe_key(fam, route, repr(bug and (bug.name, bug.layer)), tm.state_digest(a))
     return cached_dir(f"timm-onnx-{fam.name}", key, build) / "model.onnx"
 
 

@@ -32,12 +32,14 @@ def onnx_path(fam: tm.Family, bug: Bug | None, model=None) -> Path:
     """The cached TorchScript export (opset 17) of ``fam``'s A, with ``bug`` injected into a copy."""
     from parity._zoo.onnx2tf_chain import export_onnx
 
+    a = model if model is not None else tm.build(fam)
+
     def build(tmp: Path) -> None:
-        a = model if model is not None else tm.build(fam)
         b = a if bug is None else tm.inject(a, fam, bug)
         export_onnx(b, tm.inputs(fam), tmp / "model.onnx", opset=17)
 
-    key = tm.recipe_key(fam, tm.versions(), "onnx-torchscript-17", repr(bug and (bug.name, bug.layer)))
+    key = tm.recipe_key(fam, tm.versions(), "onnx-torchscript-17", repr(bug and (bug.name, bug.layer)),
+                        tm.state_digest(a))
     return cached_dir(f"timm-onnx17-{fam.name}", key, build) / "model.onnx"
 
 
