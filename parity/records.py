@@ -536,6 +536,20 @@ class Report:
         return guilty or (flagged[0] if flagged else None)
 
     @property
+    def born_here(self) -> tuple[LayerDiff, ...]:
+        """Every layer where an error is born: the first divergence, then each later flagged
+        layer whose error is its own — B's layer, fed A's recorded input of it, is still over
+        tolerance (a second, independent bug) — not one inherited from the layers before.
+        Only a replayed own error counts here: the growth estimate cannot tell a new error from
+        an inherited one that a layer amplifies."""
+        first = self.first_divergence
+        if first is None:
+            return ()
+        later = [d for d in self.layers if not d.ok and d.role != "output" and d.index > first.index
+                 and d.own_method == "replay" and d.own_ok is False]
+        return (first, *later)
+
+    @property
     def outputs(self) -> tuple[LayerDiff, ...]:
         return tuple(d for d in self.layers if d.role == "output")
 

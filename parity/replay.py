@@ -48,6 +48,10 @@ class InputRecorder:
     def __init__(self, backend: Backend | None, inputs: Any) -> None:
         self.backend, self.inputs = backend, inputs
         self._seen: dict[str, np.ndarray | None] = {}
+        #: by A's layer name: B's layer fed A's recorded input of it, in A's layout (what
+        #: :func:`own_errors` computed): the detectors judge a layer whose input is already wrong
+        #: by this, where the error is the layer's own
+        self.replayed: dict[str, np.ndarray] = {}
 
     def get(self, names: list[str]) -> dict[str, np.ndarray]:
         """The first tensor input of each named layer the backend can call alone (one run of the
@@ -102,6 +106,7 @@ def own_errors(
                     out_a_layout = np.asarray(m.transform.apply(out_b))
                     if out_a_layout.shape == tuple(m.a.shape):
                         own = compute_metrics(np.asarray(m.a.value), out_a_layout, d.rtol, d.atol).rel_err
+                        recorder.replayed[d.a_name] = out_a_layout
                 except Exception:  # the layer cannot be called alone: fall back to growth
                     own = None
         if own is not None:

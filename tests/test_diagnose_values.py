@@ -350,3 +350,159 @@ def test_correct_pairs_give_no_value_diagnosis_even_when_every_layer_is_examined
     for name, ctx in ctxs.items():
         for code in CODES:
             assert _run(ctx, code) is None, (name, code)
+
+
+# --- padding_asymmetry wherever the layer sits: refitted from the layer's own recorded input --
+
+
+def _torch_kernel(t):
+    return _np(t.weight).transpose(2, 3, 1, 0)
+
+
+def _padding_twin(keras, tm, where: str, fixed: bool):
+    """The Keras twin of a :func:`padding_positions` model: 'same' on the stride-2 layer `down`
+    (the bug), or, ``fixed``, the symmetric pad torch's padding=1 is, then 'valid'."""
+    L = keras.layers
+    inp = keras.Input((16, 16, 3))
+
+    def down(y):
+        pad = "valid" if fixed else "same"
+        if fixed:
+            y = L.ZeroPadding2D(((1, 1), (1, 1)), name="pad")(y)
+        if where == "depthwise after an add":
+            return L.DepthwiseConv2D(3, strides=2, padding=pad, name="down")(y)
+        return L.Conv2D(8, 3, strides=2, padding=pad, name="down")(y)
+
+    if where == "first layer":
+        out = L.Conv2D(8, 3, padding="same", name="conv")(L.ReLU(name="act")(down(inp)))
+        convs = ("down", "conv")
+    else:
+        y = L.ReLU(name="act")(L.Conv2D(8, 3, padding="same", name="stem")(inp))
+        out = down(L.Add(name="add")([y, L.Conv2D(8, 3, padding="same", name="branch")(y)]))
+        convs = ("stem", "branch", "down")
+    km = keras.Model(inp, out)
+    for name in convs:
+        t = getattr(tm, name)
+        w = _np(t.weight)
+        if t.groups > 1:  # depthwise: torch (C, 1, kh, kw) → Keras (kh, kw, C, 1)
+            w = w.transpose(2, 3, 0, 1)
+        else:
+            w = w.transpose(2, 3, 1, 0)
+        km.get_layer(name).set_weights([w, _np(t.bias)])
+    return km
+
+
+POSITIONS = ("first layer", "after a residual add", "depthwise after an add")
+
+
+@pytest.fixture(scope="module")
+def padding_positions(torch, keras):
+    """Three torch models whose stride-2 layer `down` (torch padding=1) sits where the pair
+    before it is not its input — the first layer, after a residual add, a depthwise conv after
+    an add — and their Keras twins, with the bug ('same', an even input: the bottom/right only)
+    and fixed."""
+    nn = torch.nn
+
+    class First(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.down = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.act = nn.ReLU()
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(self.act(self.down(x)))
+
+    class AfterAdd(nn.Module):
+        def __init__(self, depthwise: bool):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.act = nn.ReLU()
+            self.branch = nn.Conv2d(8, 8, 3, padding=1)
+            self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8 if depthwise else 1)
+
+        def forward(self, x):
+            y = self.act(self.stem(x))
+            return self.down(y + self.branch(y))  # the add is no module: the pair before `down` is `branch`
+
+    out = {}
+    for where in POSITIONS:
+        torch.manual_seed(0)
+        tm = (First() if where == "first layer" else AfterAdd(where.startswith("depthwise"))).eval()
+        out[where] = (tm, _padding_twin(keras, tm, where, fixed=False), _padding_twin(keras, tm, where, fixed=True))
+    x = np.random.default_rng(3).standard_normal((2, 3, 16, 16)).astype("float32")
+    return out, x
+
+
+@pytest.mark.parametrize("where", POSITIONS)
+def test_same_padding_is_named_wherever_the_strided_layer_sits(padding_positions, where):
+    pairs, x = padding_positions
+    tm, km, _ = pairs[where]
+    report = parity.diff(tm, km, x)
+    assert report.first_divergence.a_name == "down"
+    diag = _diag(report, "down", "padding_asymmetry")
+    ev = diag.evidence
+    assert (ev["pad_top_a"], ev["pad_left_a"], ev["pad_top_b"], ev["pad_left_b"]) == (1, 1, 0, 0)
+    assert ev["rel_err_b_vs_a_op_with_b_padding"] < 1e-5 < 0.1 < ev["rel_err_as_compared"]
+    assert ev["rel_err_a_refit"] < 1e-5
+    assert "its own recorded input" in diag.message
+    assert [g.code for g in report.layer("down").diagnoses] == ["padding_asymmetry"]
+
+
+@pytest.mark.parametrize("where", POSITIONS)
+def test_the_symmetric_pad_twins_of_the_padding_positions_pass_undiagnosed(padding_positions, where):
+    pairs, x = padding_positions
+    tm, _, fixed = pairs[where]
+    report = parity.diff(tm, fixed, x)
+    assert report.ok, report.first_divergence
+    assert not report.diagnoses
+
+
+# --- a second bug, born later, is named too ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_bugs(torch, keras):
+    """A torch chain and a Keras twin with two independent bugs: conv 0's kernel scaled by 1.5,
+    and activation 3 clipped at 6 (ReLU6 for ReLU) where its input reaches well above 6."""
+    torch.manual_seed(0)
+    tm = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 4, 3, padding=1),
+    ).eval()
+    L = keras.layers
+    km = _keras_seq(keras, [L.Conv2D(8, 3, padding="same"), L.ReLU(), L.Conv2D(8, 3, padding="same"),
+                            L.ReLU(max_value=6.0), L.Conv2D(4, 3, padding="same")], (12, 12, 3))
+    for k, t, scale in ((km.layers[0], tm[0], 1.5), (km.layers[2], tm[2], 1.0), (km.layers[4], tm[4], 1.0)):
+        k.set_weights([_np(t.weight).transpose(2, 3, 1, 0) * scale, _np(t.bias) * scale])
+    x = 12.0 * np.random.default_rng(4).standard_normal((2, 3, 12, 12)).astype("float32")
+    return tm, km, x
+
+
+def test_a_second_independent_bug_is_also_born_here(two_bugs):
+    import torch
+
+    tm, km, x = two_bugs
+    with torch.no_grad():
+        pre = tm[:3](torch.from_numpy(x)).numpy()
+    assert pre.max() > 6.5  # the clip bites
+    report = parity.diff(tm, km, x)
+    assert report.first_divergence.a_name == "0"
+    born = report.born_here
+    assert [d.a_name for d in born] == ["0", "3"]
+    assert born[1].own_method == "replay" and born[1].own_err > 10 * born[1].allowed_rel
+    assert [d.a_name for d in report.layers if not d.ok][:5] == ["0", "1", "2", "3", "4"]  # 1, 2, 4 inherit
+    assert "activation_clamp" in [g.code for g in report.layer("3").diagnoses]
+    from parity.report.console import render_text
+
+    text = render_text(report, width=160)
+    assert "also born here: 3 (ReLU) ↔ " in text and "activation_clamp" in text
+    from parity.report.html import render_html
+
+    assert 'id="also-born"' in render_html(report)
+
+
+def test_inherited_errors_are_not_born_here(strided_conv_pair):
+    tm, km, x = strided_conv_pair
+    report = parity.diff(tm, km, x)  # one bug at layer 2: the output only inherits it
+    assert [d.a_name for d in report.born_here] == ["2"]

@@ -97,6 +97,7 @@ def diagnose(
     _load_detectors()
     backends = _backends(models)
     own_inputs = _own_inputs(recorder, alignment, layers)
+    replays = getattr(recorder, "replayed", {}) if recorder is not None else {}
     ordered = sorted(alignment.matches, key=lambda m: m.a.index)
     by_a = {m.a.name: i for i, m in enumerate(ordered)}
     found: list[Diagnosis] = []
@@ -112,10 +113,15 @@ def diagnose(
             out.append(d)  # replayed alone it is right and its input was already wrong: it inherits
             continue
         examined += 1
+        # a layer whose input is already wrong and whose own error is over tolerance (a second
+        # bug): judged by B's layer fed A's input, which holds this layer's error alone
+        replayed = replays.get(m.a.name) if d.own_ok is False and out and not out[-1].ok else None
+        replayed = replayed if m.a.name in own_inputs else None
         ctx = Context(
-            layer=d, match=m, a=np.asarray(m.a.value), b=np.asarray(m.transform.apply(m.b.value)),
+            layer=d, match=m, a=np.asarray(m.a.value),
+            b=replayed if replayed is not None else np.asarray(m.transform.apply(m.b.value)),
             previous=ordered[i - 1] if i else None, alignment=alignment, layers=tuple(out),
-            input_a=own_inputs.get(m.a.name),
+            input_a=own_inputs.get(m.a.name), replayed=replayed is not None,
         )
         if needs_params(m):
             ctx.params_a, ctx.params_b = _params(backends[0], m.a.name), _params(backends[1], m.b.name)

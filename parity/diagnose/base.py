@@ -58,6 +58,9 @@ class Context:
     #: A's own recorded input of this layer (its first tensor input, in A's layout), where A's
     #: backend can call the layer alone; else None (then :meth:`previous_values` is the best guess)
     input_a: np.ndarray | None = None
+    #: ``b`` is B's layer fed A's recorded input (``input_a``), not B's own forward: the layer's
+    #: input was already wrong, and this isolates what the layer itself does
+    replayed: bool = False
 
     def own_input(self) -> np.ndarray | None:
         """This layer's input as A computed it: the recorded input where there is one, else the
@@ -77,7 +80,11 @@ class Context:
         return op_family(self.match.b.op)
 
     def previous_values(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The previous pair's values (A's, and B's in A's layout), when recorded."""
+        """The previous pair's values (A's, and B's in A's layout), when recorded — for a
+        :attr:`replayed` layer, A's recorded input on both sides (what both were fed)."""
+        if self.replayed and self.input_a is not None:
+            x = np.asarray(self.input_a)
+            return x, x
         p = self.previous
         if p is None or p.a.value is None or p.b.value is None:
             return None

@@ -37,6 +37,11 @@ _REPRODUCED = 1e-3
 _MAX_POSITIONS = 4096
 #: conv kernels with more unknowns per group than this are not refitted (too costly)
 _MAX_UNKNOWNS = 1200
+#: a refit needs this many output positions more than its unknowns (the kernel of one group and a
+#: bias): with that surplus a least-squares fit under a wrong padding cannot come out exact
+#: (a stride-2 grid shift leaves a residual near the whole signal), so fitting A to _FIT_OK says
+#: the padding is A's.  An 8×8 map of 8 channels (73 unknowns, 2 samples: 128 positions) refits.
+_SURPLUS = 32
 #: the windows taken for a refit hold at most about this many numbers
 _MAX_WINDOW_ELEMENTS = 4_000_000
 
@@ -149,7 +154,7 @@ def _conv_shift(ctx: Context, x, a, b, k, s, d, positions):
     cg, og = c_in // groups, c_out // groups
     unknowns = cg * k[0] * k[1] + 1
     n_pos = len(positions[0])
-    if unknowns > _MAX_UNKNOWNS or n_pos < 2 * unknowns:
+    if unknowns > _MAX_UNKNOWNS or n_pos < unknowns + _SURPLUS:
         return None
     win = _Windows(x, k, s, d, a.shape[2:], 0.0, positions)
     n, i, j = positions
@@ -248,6 +253,18 @@ def _side_words(pt_a, pl_a, pt_b, pl_b) -> str:
     return " and ".join(parts)
 
 
+def _refit_input(ctx: Context) -> tuple[np.ndarray | None, str]:
+    """A's input of the layer in NCHW, and what it is: the input recorded by rerunning A (the
+    layer's own), else the previous pair's A value (its input in a plain chain only)."""
+    layout = ctx.match.a.layout
+    if ctx.input_a is not None:
+        return _to_nchw(np.asarray(ctx.input_a), layout), "its own recorded input"
+    prev = ctx.previous_values()
+    if prev is None or ctx.previous is None:
+        return None, ""
+    return _to_nchw(prev[0], ctx.previous.a.layout), "the previous layer's output (taken as its input)"
+
+
 @detector("padding_asymmetry", {"conv", "pool"})
 def padding_asymmetry(ctx: Context) -> Diagnosis | None:
     layout = ctx.match.a.layout
@@ -262,15 +279,16 @@ def padding_asymmetry(ctx: Context) -> Diagnosis | None:
         if border["interior"] > 0:  # (a clean interior has no finite ratio; the edges say it)
             evidence["edge_to_interior"] = float(edge / border["interior"])
 
-    # the refit: A's op on A's input (the previous pair) under other paddings
+    # the refit: A's op on A's input under other paddings — the input A's layer itself received
+    # (recorded by rerunning A), wherever the layer sits: first, after an add, inside a branch;
+    # without a recording, the previous pair's A value, which is the input only in a plain chain
     shift = None
-    prev = ctx.previous_values()
+    x, source = _refit_input(ctx)
     k = _pair(_attr(ctx.match, "kernel_size", "pool_size"))
     s = _pair(_attr(ctx.match, "stride", "strides"), (1, 1))
     d = _pair(_attr(ctx.match, "dilation", "dilation_rate"), (1, 1))
-    if prev is not None and k is not None:
-        x = _to_nchw(prev[0], ctx.previous.a.layout) if ctx.previous is not None else None
-        if x is not None and x.shape[0] == a.shape[0] and np.all(np.isfinite(x)):
+    if x is not None and k is not None:
+        if x.shape[0] == a.shape[0] and np.all(np.isfinite(x)):
             # enough positions for the unknowns of a conv's kernel, few enough to keep the windows small
             groups = _attr(ctx.match, "groups")
             groups = groups if isinstance(groups, (int, np.integer)) and groups >= 1 else 1
@@ -296,7 +314,7 @@ def padding_asymmetry(ctx: Context) -> Diagnosis | None:
         less, more = ("B", "A") if pt_b + pl_b < pt_a + pl_a else ("A", "B")
         msg = (
             f"Padding differs: B's {ctx.match.b.op} takes every window {_side_words(pt_a, pl_a, pt_b, pl_b)} than A's. "
-            f"A's {ctx.match.a.op} refitted from its own input reproduces A with top/left padding ({pt_a}, {pl_a}) "
+            f"A's {ctx.match.a.op} refitted from {source} reproduces A with top/left padding ({pt_a}, {pl_a}) "
             f"(rel err {fit_err:.1e}) and B with ({pt_b}, {pl_b}) (rel err {refit_err:.1e}, against {as_compared:.2g} "
             f"as compared). {less} pads less at the top/left, i.e. puts the extra row/column at the bottom/right only, "
             f"as TF/Keras padding='same' does with stride {s[0]}×{s[1]} on an even input, where {more} pads both "

@@ -293,6 +293,18 @@ def divergence_detail(d: LayerDiff) -> list[RenderableType]:
     return lines
 
 
+def also_born(report: Report) -> Iterator[Text]:
+    """A line for every later layer with an error of its own (:attr:`Report.born_here`): a second,
+    independent bug, with what diagnosed it."""
+    for d in report.born_here[1:]:
+        codes = ", ".join(g.code for g in d.diagnoses) or "no diagnosis"
+        yield Text.assemble(
+            ("also born here: ", "bold red"), (d.a_name, "bold"), f" ({d.op}) ↔ ", (d.b_name, "bold"),
+            f" ({d.b_op}): own error {fmt_float(d.own_err)} (B's layer fed A's recorded input), "
+            f"rel err {fmt_float(d.metrics.rel_err)} · {codes}",
+        )
+
+
 def largest_jump(layers: tuple[LayerDiff, ...], *, factor: float = 1000.0, floor: float = 1e-5):
     """The layer whose error grows most over the layer before it, when the growth is more than
     round-off explains: ``(layer, previous error, growth)`` or ``None``."""
@@ -369,6 +381,7 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
     if d is not None:
         yield Text("")
         yield from divergence_detail(d)
+        yield from also_born(report)
     jump = largest_jump(report.layers)
     if jump is not None and (d is None or jump[0].index < d.index or jump[0] is not d):
         layer, before, factor = jump
