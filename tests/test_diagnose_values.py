@@ -506,3 +506,44 @@ def test_inherited_errors_are_not_born_here(strided_conv_pair):
     tm, km, x = strided_conv_pair
     report = parity.diff(tm, km, x)  # one bug at layer 2: the output only inherits it
     assert [d.a_name for d in report.born_here] == ["2"]
+
+
+# --- pool_semantics ----------------------------------------------------------------------
+
+
+def _avg_pool_pair(torch, keras, *, stride: int, include_pad: bool, size: int = 12):
+    torch.manual_seed(0)
+    tm = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1),
+                             torch.nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=include_pad)).eval()
+    km = _keras_seq(keras, [keras.layers.Conv2D(4, 3, padding="same"),
+                            keras.layers.AveragePooling2D(3, strides=stride, padding="same")], (size, size, 3))
+    km.layers[0].set_weights([_np(tm[0].weight).transpose(2, 3, 1, 0), _np(tm[0].bias)])
+    x = np.random.default_rng(5).standard_normal((2, 3, size, size)).astype("float32") + 1.0
+    return tm, km, x
+
+
+def test_avg_pool_counting_the_padding_on_one_side_is_pool_semantics(torch, keras):
+    tm, km, x = _avg_pool_pair(torch, keras, stride=1, include_pad=True)
+    report = parity.diff(tm, km, x)
+    assert report.first_divergence.a_name == "1"
+    diag = _diag(report, "1", "pool_semantics")
+    ev = diag.evidence
+    assert ev["a_counts_padding"] == 1.0
+    assert (ev["pad_top_a"], ev["pad_top_b"]) == (1, 1)  # the same windows: only the divisor differs
+    assert ev["rel_err_b_vs_a_pool_with_b_divisor"] < 1e-5 < 1e-2 < ev["rel_err_as_compared"]
+    assert "count_include_pad=False" in diag.message
+    assert "padding_asymmetry" not in [g.code for g in report.layer("1").diagnoses]
+
+
+def test_strided_same_avg_pool_names_the_divisor_and_the_padding(torch, keras):
+    tm, km, x = _avg_pool_pair(torch, keras, stride=2, include_pad=True)
+    report = parity.diff(tm, km, x)
+    ev = _diag(report, "1", "pool_semantics").evidence
+    assert (ev["pad_top_a"], ev["pad_left_a"], ev["pad_top_b"], ev["pad_left_b"]) == (1, 1, 0, 0)
+    assert ev["rel_err_b_vs_a_pool_with_b_divisor"] < 1e-5
+
+
+def test_avg_pool_excluding_the_padding_on_both_sides_passes(torch, keras):
+    tm, km, x = _avg_pool_pair(torch, keras, stride=1, include_pad=False)
+    report = parity.diff(tm, km, x)
+    assert report.ok and not report.diagnoses

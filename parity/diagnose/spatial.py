@@ -199,7 +199,22 @@ def _conv_shift(ctx: Context, x, a, b, k, s, d, positions):
 
 
 def _pool_shift(ctx: Context, x, a, b, k, s, d, positions):
-    """Recompute A's pool from A's input under each padding and mode; the one that gives B."""
+    """Recompute A's pool from A's input under each padding (A's mode); the padding that gives B."""
+    found = _pool_refits(ctx, x, a, b, k, s, d, positions)
+    if found is None:
+        return None
+    results, key_a, as_compared = found
+    others = [key for key in results if key[1] != key_a[1] and key[0] == key_a[0]]
+    if not others:
+        return None
+    key_b = min(others, key=lambda key: results[key][1])
+    return key_a[1], key_b[1], results[key_a][0], results[key_b][1], as_compared
+
+
+def _pool_refits(ctx: Context, x, a, b, k, s, d, positions):
+    """A's pool recomputed from A's input under every padding and mode: ``(results, key_a,
+    rel err as compared)``, ``results[(mode, pad)] = (rel err to A, rel err to B)`` and ``key_a`` the
+    mode and padding that reproduce A; None when none does."""
     op = ctx.match.a.op.lower()
     modes = ("max",) if "max" in op else ("avg_include", "avg_exclude") if ("avg" in op or "average" in op) else ()
     if not modes:
@@ -236,11 +251,7 @@ def _pool_shift(ctx: Context, x, a, b, k, s, d, positions):
     key_a = min(results, key=lambda key: results[key][0])
     if results[key_a][0] > _FIT_OK:
         return None
-    others = [key for key in results if key[1] != key_a[1] and key[0] == key_a[0]]
-    if not others:
-        return None
-    key_b = min(others, key=lambda key: results[key][1])
-    return key_a[1], key_b[1], results[key_a][0], results[key_b][1], _rel(a_at, b_at)
+    return results, key_a, _rel(a_at, b_at)
 
 
 def _side_words(pt_a, pl_a, pt_b, pl_b) -> str:
@@ -265,6 +276,78 @@ def _refit_input(ctx: Context) -> tuple[np.ndarray | None, str]:
     return _to_nchw(prev[0], ctx.previous.a.layout), "the previous layer's output (taken as its input)"
 
 
+def _refit_setup(ctx: Context, a: np.ndarray):
+    """What a refit of A's windowed op needs: ``(what the input is, A's input in NCHW, kernel,
+    stride, dilation, output positions)``, or None without an input or a kernel size."""
+    x, source = _refit_input(ctx)
+    k = _pair(_attr(ctx.match, "kernel_size", "pool_size"))
+    s = _pair(_attr(ctx.match, "stride", "strides"), (1, 1))
+    d = _pair(_attr(ctx.match, "dilation", "dilation_rate"), (1, 1))
+    if x is None or k is None or x.ndim != 4 or x.shape[0] != a.shape[0] or not np.all(np.isfinite(x)):
+        return None
+    # enough positions for the unknowns of a conv's kernel, few enough to keep the windows small
+    groups = _attr(ctx.match, "groups")
+    groups = groups if isinstance(groups, (int, np.integer)) and groups >= 1 else 1
+    unknowns = (x.shape[1] // groups) * k[0] * k[1] + 1 if ctx.family == "conv" else 0
+    limit = int(min(_MAX_POSITIONS, max(3 * unknowns, _MAX_WINDOW_ELEMENTS // (x.shape[1] * k[0] * k[1]), 64)))
+    return source, x, k, s, d, _positions(a.shape[0], a.shape[2], a.shape[3], limit)
+
+
+_MODE_WORDS = {
+    "avg_include": "divides every window by its full size, padding included (torch count_include_pad=True, "
+                   "the default of nn.AvgPool2d)",
+    "avg_exclude": "divides each window by the input elements it covers, padding excluded (TF/Keras "
+                   "padding='same', torch count_include_pad=False, ONNX count_include_pad=0)",
+}
+
+
+@detector("pool_semantics", {"pool"})
+def pool_semantics(ctx: Context) -> Diagnosis | None:
+    """Average pooling that counts the padding in its divisor on one side only: B is A's pool
+    recomputed from A's input with the other divisor (and, where it also differs, the padding)."""
+    layout = ctx.match.a.layout
+    a, b = _to_nchw(ctx.a, layout), _to_nchw(ctx.b, layout)
+    if a is None or b is None or a.shape != b.shape:
+        return None
+    setup = _refit_setup(ctx, a)
+    if setup is None:
+        return None
+    source, x, k, s, d, positions = setup
+    try:
+        found = _pool_refits(ctx, x, a, b, k, s, d, positions)
+    except (ValueError, IndexError):
+        return None
+    if found is None or found[1][0] == "max":
+        return None
+    results, (mode_a, pad_a), as_compared = found
+    others = [key for key in results if key[0] != mode_a]
+    if not others:
+        return None
+    mode_b, pad_b = min(others, key=lambda key: results[key][1])
+    fit_b = results[(mode_b, pad_b)][1]
+    if not (fit_b <= _REPRODUCED and as_compared > 10 * max(fit_b, 1e-12)):
+        return None
+    evidence = {
+        "rel_err_as_compared": float(as_compared), "rel_err_b_vs_a_pool_with_b_divisor": float(fit_b),
+        "rel_err_a_refit": float(results[(mode_a, pad_a)][0]),
+        "a_counts_padding": 1.0 if mode_a == "avg_include" else 0.0,
+        "pad_top_a": float(pad_a[0]), "pad_left_a": float(pad_a[1]),
+        "pad_top_b": float(pad_b[0]), "pad_left_b": float(pad_b[1]),
+    }
+    padding = ("" if pad_a == pad_b else
+               f" It also pads the top/left by {pad_b} where A pads {pad_a} (see padding_asymmetry's fix).")
+    fix = ("Give torch's nn.AvgPool2d count_include_pad=False (what Keras 'same' does), or pad explicitly "
+           "(ZeroPadding2D / nn.ZeroPad2d) and pool with padding='valid' / padding=0 on both sides"
+           if mode_a != mode_b else "")
+    msg = (
+        f"Average pooling divides differently at the borders: A's {ctx.match.a.op} {_MODE_WORDS[mode_a]}; B's "
+        f"{ctx.match.b.op} {_MODE_WORDS[mode_b]}. A's pool recomputed from {source} reproduces A to "
+        f"{results[(mode_a, pad_a)][0]:.1e} and, with B's divisor, B to {fit_b:.1e} (against {as_compared:.2g} as "
+        f"compared).{padding} {fix}."
+    )
+    return Diagnosis(code="pool_semantics", layer=ctx.match.a.name, message=msg, evidence=evidence)
+
+
 @detector("padding_asymmetry", {"conv", "pool"})
 def padding_asymmetry(ctx: Context) -> Diagnosis | None:
     layout = ctx.match.a.layout
@@ -283,23 +366,15 @@ def padding_asymmetry(ctx: Context) -> Diagnosis | None:
     # (recorded by rerunning A), wherever the layer sits: first, after an add, inside a branch;
     # without a recording, the previous pair's A value, which is the input only in a plain chain
     shift = None
-    x, source = _refit_input(ctx)
-    k = _pair(_attr(ctx.match, "kernel_size", "pool_size"))
-    s = _pair(_attr(ctx.match, "stride", "strides"), (1, 1))
-    d = _pair(_attr(ctx.match, "dilation", "dilation_rate"), (1, 1))
-    if x is not None and k is not None:
-        if x.shape[0] == a.shape[0] and np.all(np.isfinite(x)):
-            # enough positions for the unknowns of a conv's kernel, few enough to keep the windows small
-            groups = _attr(ctx.match, "groups")
-            groups = groups if isinstance(groups, (int, np.integer)) and groups >= 1 else 1
-            unknowns = (x.shape[1] // groups) * k[0] * k[1] + 1 if ctx.family == "conv" else 0
-            limit = int(min(_MAX_POSITIONS, max(3 * unknowns, _MAX_WINDOW_ELEMENTS // (x.shape[1] * k[0] * k[1]), 64)))
-            positions = _positions(a.shape[0], a.shape[2], a.shape[3], limit)
-            refit = _conv_shift if ctx.family == "conv" else _pool_shift
-            try:
-                shift = refit(ctx, x, a, b, k, s, d, positions)
-            except (ValueError, IndexError, np.linalg.LinAlgError):
-                shift = None
+    setup = _refit_setup(ctx, a)
+    source = setup[0] if setup is not None else ""
+    if setup is not None:
+        _, x, k, s, d, positions = setup
+        refit = _conv_shift if ctx.family == "conv" else _pool_shift
+        try:
+            shift = refit(ctx, x, a, b, k, s, d, positions)
+        except (ValueError, IndexError, np.linalg.LinAlgError):
+            shift = None
     if shift is not None:
         pad_a, pad_b, fit_err, refit_err, as_compared = shift
         if not (refit_err <= _REPRODUCED and as_compared > 10 * max(refit_err, 1e-12)):
