@@ -85,6 +85,7 @@ _FAMILIES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("upsample", r"^(upsample|upsampling[123]d|upsamplingnearest2d|upsamplingbilinear2d|resizing)$"),
         ("concat", r"^(concatenate|cat|concat|concatenation|concatv2)$"),
         ("attention", r"^(multiheadattention|attention)$"),
+        ("depth_to_space", r"^(pixelshuffle|depthtospace)$"),
     )
 )
 

@@ -1,0 +1,98 @@
+"""Ops applied along another axis or in another element order than A's: a softmax whose axis
+was not remapped with the layout (``axis_remap``), a depth-to-space in the other channel order
+(``depth_to_space_mode``).  Each bug is made by editing one attribute of a real ONNX export of a
+small torch model; the export itself is the faithful pair, and must give neither diagnosis."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+import parity
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+def _export(model, x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    torch.onnx.export(model, (torch.from_numpy(x),), buf, opset_version=17, dynamo=False)
+    return buf.getvalue()
+
+
+def _edited(data: bytes, op_type: str, name: str, value) -> "onnx.ModelProto":
+    model = onnx.load_from_string(data)
+    (node,) = [n for n in model.graph.node if n.op_type == op_type]
+    (attr,) = [a for a in node.attribute if a.name == name]
+    if isinstance(value, int):
+        attr.i = value
+    else:
+        attr.s = value
+    return model
+
+
+def _codes(report, layer):
+    return [g.code for g in report.layer(layer).diagnoses]
+
+
+def _diag(report, layer, code):
+    found = [g for g in report.layer(layer).diagnoses if g.code == code]
+    assert found, f"{code} not on {layer}: {report.layer(layer).diagnoses}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def softmax_pair():
+    """Conv → Softmax over the channels, C = H = W = 8 (a transpose cannot be told by the shape)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Softmax(dim=1),
+                                torch.nn.Conv2d(8, 4, 1)).eval()
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype("float32")
+    return model, x, _export(model, x)
+
+
+def test_a_softmax_over_another_axis_of_equal_size_is_axis_remap(softmax_pair):
+    model, x, data = softmax_pair
+    report = parity.diff(model, _edited(data, "Softmax", "axis", 2), x)  # over H, where A normalises C
+    assert report.first_divergence.a_name == "1"
+    diag = _diag(report, "1", "axis_remap")
+    ev = diag.evidence
+    assert (ev["axis_a"], ev["axis_b_in_a_layout"], ev["equal_sizes"]) == (1, 2, 1)
+    assert ev["rel_err_b_vs_other_axis"] < 1e-5 < 0.1 < ev["rel_err_as_compared"]
+    assert "axis 1 (C)" in diag.message and "axis 2 (H)" in diag.message
+
+
+def test_the_faithful_softmax_export_gives_no_axis_diagnosis(softmax_pair):
+    model, x, data = softmax_pair
+    report = parity.diff(model, onnx.load_from_string(data), x)
+    assert report.ok and not report.diagnoses
+
+
+@pytest.fixture(scope="module")
+def pixel_shuffle_pair():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.PixelShuffle(2),
+                                torch.nn.Conv2d(4, 4, 3, padding=1)).eval()
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 6)).astype("float32")
+    return model, x, _export(model, x)
+
+
+def test_depth_to_space_in_the_other_channel_order_is_depth_to_space_mode(pixel_shuffle_pair):
+    model, x, data = pixel_shuffle_pair
+    report = parity.diff(model, _edited(data, "DepthToSpace", "mode", b"DCR"), x)
+    assert report.first_divergence.a_name == "1"
+    diag = _diag(report, "1", "depth_to_space_mode")
+    ev = diag.evidence
+    assert (ev["block_size"], ev["a_is_crd"]) == (2, 1)
+    assert ev["rel_err_b_vs_other_order"] < 1e-5 < 0.1 < ev["rel_err_as_compared"]
+    assert "mode='CRD'" in diag.message
+    assert _codes(report, "1") == ["depth_to_space_mode"]
+
+
+def test_the_faithful_pixel_shuffle_export_gives_no_diagnosis(pixel_shuffle_pair):
+    model, x, data = pixel_shuffle_pair
+    report = parity.diff(model, onnx.load_from_string(data), x)
+    assert report.ok and not report.diagnoses
