@@ -1,7 +1,8 @@
 """Ops applied along another axis or in another element order than A's: a softmax whose axis
 was not remapped with the layout (``axis_remap``), a depth-to-space in the other channel order
-(``depth_to_space_mode``).  Each bug is made by editing one attribute of a real ONNX export of a
-small torch model; the export itself is the faithful pair, and must give neither diagnosis."""
+(``depth_to_space_mode``), outputs handed back in another order (``io_order``).  Each bug is made
+by editing a real ONNX export of a small torch model; the export itself is the faithful pair, and
+must give none of these diagnoses."""
 
 from __future__ import annotations
 
@@ -94,5 +95,53 @@ def test_depth_to_space_in_the_other_channel_order_is_depth_to_space_mode(pixel_
 
 def test_the_faithful_pixel_shuffle_export_gives_no_diagnosis(pixel_shuffle_pair):
     model, x, data = pixel_shuffle_pair
+    report = parity.diff(model, onnx.load_from_string(data), x)
+    assert report.ok and not report.diagnoses
+
+
+class _TwoHeads(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.head_a = torch.nn.Conv2d(8, 4, 1)
+        self.head_b = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.body(x))
+        return self.head_a(y), self.head_b(y)
+
+
+@pytest.fixture(scope="module")
+def two_heads():
+    torch.manual_seed(0)
+    model = _TwoHeads().eval()
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype("float32")
+    buf = io.BytesIO()
+    torch.onnx.export(model, (torch.from_numpy(x),), buf, opset_version=17, dynamo=False,
+                      output_names=["boxes", "scores"])
+    return model, x, buf.getvalue()
+
+
+def test_outputs_handed_back_in_another_order_are_io_order(two_heads):
+    model, x, data = two_heads
+    swapped = onnx.load_from_string(data)
+    first, second = (onnx.ValueInfoProto(), onnx.ValueInfoProto())
+    first.CopyFrom(swapped.graph.output[0])
+    second.CopyFrom(swapped.graph.output[1])
+    del swapped.graph.output[:]
+    swapped.graph.output.extend([second, first])  # what a signature sorted by name does
+    report = parity.diff(model, swapped, x)
+    assert not report.ok
+    assert all(d.ok for d in report.layers if d.role != "output")  # the layers inside agree
+    outputs = [d for d in report.layers if d.role == "output"]
+    assert [d.ok for d in outputs] == [False, False]
+    diag = _diag(report, outputs[0].a_name, "io_order")
+    assert diag.evidence["rel_err_vs_other_output"] < 1e-5 < 0.1 < diag.evidence["rel_err_as_compared"]
+    assert "B's output 'output[1]' (boxes)" in diag.message  # head_a's output, exported as 'boxes'
+    assert "io_order" in _codes(report, outputs[1].a_name)
+
+
+def test_outputs_in_the_same_order_give_no_io_order(two_heads):
+    model, x, data = two_heads
     report = parity.diff(model, onnx.load_from_string(data), x)
     assert report.ok and not report.diagnoses
