@@ -145,3 +145,51 @@ def test_outputs_in_the_same_order_give_no_io_order(two_heads):
     model, x, data = two_heads
     report = parity.diff(model, onnx.load_from_string(data), x)
     assert report.ok and not report.diagnoses
+
+
+# --- resize_mode -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def upsample_pair():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Upsample(scale_factor=2, mode="bilinear"),
+                                torch.nn.Conv2d(4, 4, 1)).eval()
+    x = np.random.default_rng(3).standard_normal((2, 3, 6, 6)).astype("float32")
+    return model, x, _export(model, x)
+
+
+@pytest.mark.parametrize("mode", [b"align_corners", b"asymmetric"])
+def test_a_bilinear_resize_under_another_coordinate_convention_is_resize_mode(upsample_pair, mode):
+    model, x, data = upsample_pair
+    report = parity.diff(model, _edited(data, "Resize", "coordinate_transformation_mode", mode), x)
+    assert report.first_divergence.a_name == "1"
+    diag = _diag(report, "1", "resize_mode")
+    ev = diag.evidence
+    assert ev["rel_err_b_vs_other_convention"] < 1e-5 < 1e-2 < ev["rel_err_as_compared"]
+    assert ev["nearest"] == 0
+    assert "half_pixel (torch align_corners=False" in diag.message  # A's
+    assert f"{mode.decode()} (" in diag.message.split("reproduces A")[1]  # B's
+
+
+def test_the_faithful_resize_export_gives_no_diagnosis(upsample_pair):
+    model, x, data = upsample_pair
+    report = parity.diff(model, onnx.load_from_string(data), x)
+    assert report.ok and not report.diagnoses
+
+
+def test_a_nearest_resize_rounding_otherwise_is_resize_mode():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Upsample(size=(9, 9), mode="nearest")).eval()
+    x = np.random.default_rng(4).standard_normal((2, 3, 6, 6)).astype("float32")
+    data = _export(model, x)
+    assert parity.diff(model, onnx.load_from_string(data), x).ok  # torch: asymmetric, floor
+    bug = _edited(onnx.load_from_string(data).SerializeToString(), "Resize", "coordinate_transformation_mode", b"half_pixel")
+    (node,) = [n for n in bug.graph.node if n.op_type == "Resize"]
+    (rounding,) = [a for a in node.attribute if a.name == "nearest_mode"]
+    rounding.s = b"round_prefer_ceil"
+    report = parity.diff(model, bug, x)
+    diag = _diag(report, "1", "resize_mode")
+    assert diag.evidence["nearest"] == 1
+    assert "asymmetric with floor rounding reproduces A" in diag.message
+    assert "half_pixel with round_prefer_ceil rounding reproduces B" in diag.message
