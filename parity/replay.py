@@ -7,8 +7,10 @@ matching layer (brought into B's layout), and its output is compared with A's
 output.  That is the layer's own error.
 
 Replay needs both sides to be callable layer by layer — their backends say so
-(:meth:`Backend.can_call`): live PyTorch modules and Keras layers.  Where it is impossible (graph formats, layers with several
-inputs, inputs whose layout cannot be converted) the own error is estimated
+(:meth:`Backend.can_call`): live PyTorch modules and Keras layers.  A graph format whose graph
+can be cut (ONNX: :meth:`Backend.call_from`) runs the piece between the B tensor whose A
+counterpart is the layer's recorded input and the layer's tensor.  Where it is impossible
+(TFLite, layers with several inputs, inputs whose layout cannot be converted) the own error is estimated
 from the error growth instead — this layer's error minus the error of the
 layer before it — and ``own_method`` says which was used.
 """
@@ -76,6 +78,46 @@ def to_b_layout(x: np.ndarray, match: Match, previous: Match | None) -> np.ndarr
     return None
 
 
+#: A's recorded layer input is the value of an earlier pair's A tap when they agree this well (the
+#: same tensor of A, recorded by two runs of it)
+SAME_TENSOR = 1e-6
+#: how far back, in pairs, the tap that is a layer's input is looked for
+_SOURCE_LOOKBACK = 16
+
+
+def _piece_replay(backend_b: Backend, m: Match, x_a: np.ndarray, before: list[Match], d: LayerDiff):
+    """B's tensor of pair ``m`` computed by the piece of B's graph from the B tensor whose A
+    counterpart *is* A's recorded input of this layer (an earlier pair's A tap holding the same
+    values), fed that input in B's layout; in A's layout, or None where no earlier pair is the
+    input, the graph cannot be cut there, or the piece fed B's own value does not give B's tensor
+    back (then it is not the computation between the two)."""
+    x_a = np.asarray(x_a)
+    for p in reversed(before[-_SOURCE_LOOKBACK:]):
+        if p.a.value is None or p.b.value is None or tuple(p.a.shape) != x_a.shape or p.b.role == "output":
+            continue
+        va = np.asarray(p.a.value)
+        if va.dtype != x_a.dtype or _rel(va, x_a) > SAME_TENSOR:
+            continue
+        x_b = to_b_layout(x_a, p, None)
+        if x_b is None:
+            return None
+        try:
+            own_b = np.asarray(backend_b.call_from(m.b.name, p.b.name, np.asarray(p.b.value)))
+            if own_b.shape != np.shape(m.b.value) or _rel(np.asarray(m.b.value), own_b) > 1e-5:
+                return None  # the piece is not what computes B's tensor from that one
+            out = np.asarray(m.transform.apply(backend_b.call_from(m.b.name, p.b.name, x_b.astype(va.dtype))))
+        except Exception:  # noqa: BLE001 - a graph that cannot be cut here: fall back to growth
+            return None
+        return out if out.shape == tuple(m.a.shape) else None
+    return None
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    norm = float(np.linalg.norm(a64))
+    return float(np.linalg.norm(a64 - b64)) / norm if norm > 0 else float(np.linalg.norm(b64))
+
+
 def own_errors(
     backend_a: Backend | None, backend_b: Backend | None, inputs_a: Any, alignment: Alignment, layers: tuple[LayerDiff, ...],
     recorder: InputRecorder | None = None,
@@ -88,7 +130,8 @@ def own_errors(
     ordered = sorted(alignment.matches, key=lambda m: m.a.index)
     match_of = {m.a.name: m for m in ordered}
     position = {m.a.name: i for i, m in enumerate(ordered)}
-    replayable = [d for d in flagged if _callable(backend_a, d.a_name) and _callable(backend_b, d.b_name)]
+    pieces = backend_b is not None and backend_b.runs_pieces
+    replayable = [d for d in flagged if _callable(backend_a, d.a_name) and (pieces or _callable(backend_b, d.b_name))]
     recorder = recorder or InputRecorder(backend_a, inputs_a)
     recorded = recorder.get([d.a_name for d in replayable]) if replayable else {}
     by_name = {d.a_name: d for d in layers}
@@ -98,7 +141,12 @@ def own_errors(
         i = position.get(d.a_name, 0)
         previous = ordered[i - 1] if i else None
         own = None
-        if m is not None and d.a_name in recorded:
+        if m is not None and d.a_name in recorded and not _callable(backend_b, d.b_name) and pieces:
+            out = _piece_replay(backend_b, m, recorded[d.a_name], ordered[:i], d)
+            if out is not None:
+                own = compute_metrics(np.asarray(m.a.value), out, d.rtol, d.atol).rel_err
+                recorder.replayed[d.a_name] = out
+        elif m is not None and d.a_name in recorded:
             x_b = to_b_layout(recorded[d.a_name], m, previous)
             if x_b is not None:
                 try:

@@ -298,3 +298,19 @@ def test_minus_inf_padding_before_max_pool_is_not_a_defect():
     assert np.isneginf(pad.value).any() and pad.attrs["padding_constant"] and pad.attrs["partial"]
     assert not any("NaN or Inf" in n for n in trace.notes)
     assert np.isfinite(trace.outputs[0].value).all()
+
+
+def test_a_model_with_select_tf_ops_is_refused_with_how_to_convert_it(tmp_path):
+    @tf.function(input_signature=[tf.TensorSpec([2, 3, 3], tf.float32)])
+    def det(x):
+        return tf.linalg.det(x) * 2.0
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([det.get_concrete_function()], det)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    path = tmp_path / "flex.tflite"
+    path.write_bytes(conv.convert())
+    with pytest.raises(CaptureError) as err:
+        parity.capture(str(path), np.eye(3, dtype="float32")[None].repeat(2, axis=0))
+    msg = str(err.value)
+    assert "uses Select TensorFlow (Flex) ops" in msg and "'flex.tflite'" in msg
+    assert "supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]" in msg

@@ -102,6 +102,17 @@ class Backend(ABC):
         inference mode; for a layer with a fused activation, the output its tap records."""
         raise NotImplementedError(f"{type(self).__name__} cannot call one layer alone")
 
+    #: whether :meth:`call_from` can run a piece of this graph (graph formats that can be cut)
+    runs_pieces: bool = False
+
+    def call_from(self, name: str, source: str, x: np.ndarray) -> np.ndarray:
+        """Tap ``name`` computed by the piece of the graph between tap ``source`` and it, fed
+        ``x`` (in this model's layout) at ``source``: the layer's own computation where the
+        model cannot call a layer alone, but its graph can be cut.  Raises
+        :class:`NotImplementedError` where the graph cannot be cut there (the piece needs
+        another input than ``source``, or holds control flow)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run a piece of its graph")
+
     def layer_params(self, name: str) -> LayerParams | None:
         """The parameters of layer ``name`` (a tap name) in the canonical layout, or ``None``
         when this backend cannot read parameters (graph formats).  Raises

@@ -507,6 +507,81 @@ class OnnxBackend(Backend):
             )
         return self._trace(taps, arrays, notes)
 
+    # --- a piece of the graph, run alone --------------------------------------------
+
+    runs_pieces = True
+    #: a piece holds at most this many nodes (a layer's ops: a decomposed GELU or LayerNorm is ~10)
+    MAX_PIECE_NODES = 64
+
+    def call_from(self, name: str, source: str, x: np.ndarray) -> np.ndarray:
+        session = self._piece(name, source, str(np.asarray(x).dtype))
+        feed_name = session.get_inputs()[0].name
+        return np.asarray(session.run([name], {feed_name: np.ascontiguousarray(x)})[0])
+
+    def _piece(self, target: str, source: str, dtype: str) -> Any:
+        """An onnxruntime session of the nodes that compute ``target`` from ``source`` and the
+        model's constants alone (cached)."""
+        cache = self.__dict__.setdefault("_pieces", {})
+        key = (target, source, dtype)
+        if key in cache:
+            if isinstance(cache[key], Exception):
+                raise cache[key]
+            return cache[key]
+        try:
+            cache[key] = self._build_piece(target, source, dtype)
+        except NotImplementedError as exc:
+            cache[key] = exc
+            raise
+        return cache[key]
+
+    def _build_piece(self, target: str, source: str, dtype: str) -> Any:
+        import onnx
+        import onnxruntime as ort
+        from onnx import helper
+
+        graph = self.model.graph
+        producers = {out: node for node in graph.node for out in node.output}
+        inits = self._initializer_names()
+        fed = {vi.name for vi in self._graph_inputs()}
+        picked: dict[int, Any] = {}
+
+        def need(value: str) -> None:
+            if not value or value == source or value in inits:
+                return
+            node = producers.get(value)
+            if node is None or value in fed:
+                raise NotImplementedError(f"{target!r} needs {value!r} besides {source!r}")
+            if id(node) in picked:
+                return
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+                raise NotImplementedError(f"{target!r} is computed inside control flow")
+            picked[id(node)] = node
+            if len(picked) > self.MAX_PIECE_NODES:
+                raise NotImplementedError(f"{target!r} is more than {self.MAX_PIECE_NODES} nodes from {source!r}")
+            for i in node.input:
+                need(i)
+
+        need(target)
+        if not picked:
+            raise NotImplementedError(f"{target!r} is no computed tensor")
+        nodes = [n for n in graph.node if id(n) in picked]
+        used = {i for n in nodes for i in n.input}
+        elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        piece = helper.make_graph(
+            nodes, "parity-piece", [helper.make_tensor_value_info(source, elem, None)],
+            [onnx.ValueInfoProto(name=target)],
+            initializer=[t for t in graph.initializer if t.name in used],
+        )
+        model = helper.make_model(piece, opset_imports=list(self.model.opset_import), ir_version=self.model.ir_version)
+        model.functions.extend(self.model.functions)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        providers = self.options.get("providers") or ["CPUExecutionProvider"]
+        try:
+            return ort.InferenceSession(model.SerializeToString(), opts, providers=list(providers))
+        except Exception as exc:  # noqa: BLE001 - a piece onnxruntime refuses: no own error measured here
+            raise NotImplementedError(f"onnxruntime refused the piece {source!r} → {target!r}: {exc}") from exc
+
     @staticmethod
     def _layout(node: Any, value: np.ndarray, layouts: dict, results: dict, feed: dict) -> str | None:
         """NCHW for 4-D float values (the ONNX convention), tracking Transposes and flattening."""

@@ -586,6 +586,14 @@ class TFLiteBackend(Backend):
                     resized = True
             interp.allocate_tensors()
         except Exception as exc:
+            if "Select TensorFlow op" in str(exc) or "Flex delegate" in str(exc):
+                raise CaptureError(
+                    f"TFLite model {self.model.name!r} uses Select TensorFlow (Flex) ops, which this interpreter "
+                    f"({_runtime()[2]}) cannot run: neither ai-edge-litert's interpreter nor TensorFlow's pip "
+                    "tf.lite.Interpreter links the Flex delegate. Convert without Select TF ops (TFLiteConverter: "
+                    "target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]; onnx2tf writes them for ops it "
+                    "cannot lower), or compare the SavedModel the TFLite file was made from."
+                ) from exc
             raise CaptureError(
                 f"TFLite model {self.model.name!r} cannot take inputs of shape "
                 f"{', '.join(f'{n}: {a.shape}' for n, a in zip(names, fed))}: {type(exc).__name__}: "

@@ -94,6 +94,17 @@ class Row:
         return (self.compared + self.accounted) / self.layers if self.layers else 0.0
 
 
+def _why_not_built(exc: BaseException) -> str:
+    """The reason a pair could not be built, short: the error's first words and, for a converter
+    that failed, the last error line of its log (where it says why: an op, a shape, a download)."""
+    detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    log = [line.strip() for line in str(getattr(exc, "log_tail", "") or "").splitlines() if line.strip()]
+    cause = next((line for line in reversed(log) if "Error" in line or "error" in line), log[-1] if log else "")
+    if cause:
+        return f"{detail[:140]} … {cause[:220]}"
+    return detail[:300]
+
+
 def judge(case: Case, bug: Bug | None = None) -> Row:
     """Build the pair, diff it, and say whether parity got it right."""
     if case.judge_elsewhere is not None:
@@ -109,7 +120,7 @@ def judge(case: Case, bug: Bug | None = None) -> Row:
     try:
         pair = case.build(bug)
     except Exception as exc:  # the model or its conversion could not be made: excluded, with the reason
-        detail = traceback.format_exception_only(type(exc), exc)[-1].strip()[:300]
+        detail = _why_not_built(exc)
         return Row(case.id, case.source, case.model, case.route, bug and bug.name, 0, 0, 0, 0,
                    float("nan"), f"excluded: {detail}", expected, False, time.perf_counter() - start,
                    excluded=detail)
