@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--factory-b", metavar="PKG.MOD:CLASS", help="builds model B when B is a state_dict file (.pth)")
     d.add_argument("--json", dest="json_out", metavar="PATH", help="write the report as JSON here")
     d.add_argument("--html", dest="html_out", metavar="PATH", help="write the report as a self-contained HTML page here")
+    d.add_argument("--repro", dest="repro_out", metavar="DIR",
+                   help="when the models diverge, write a repro of the first divergence here: the layer's input, "
+                        "both outputs, each layer alone and a repro.py that reruns them")
     d.add_argument(
         "--model-explorer", dest="explorer_out", metavar="PATH",
         help="write per-layer error as Model Explorer node data (overlaid on model B's graph) here",
@@ -315,6 +318,11 @@ def _write_outputs(report, args, console) -> None:
         if path:
             getattr(report, method)(path)
             console.print(f"{what} written to {path}", highlight=False)
+    repro = getattr(args, "repro_out", None)
+    if repro and report.first_divergence is not None:
+        report.save_repro(repro)
+        console.print(f"repro of {report.first_divergence.a_name} written to {repro} (run: python {repro}/repro.py)",
+                      highlight=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

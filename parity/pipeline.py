@@ -46,7 +46,7 @@ from .diagnose import diagnose
 from .errors import OptionError
 from .metrics import relative_error
 from .records import Alignment, InputsSummary, Report, Trace, UnmatchedLayer
-from .replay import InputRecorder, own_errors
+from .replay import InputRecorder, own_errors, to_b_layout
 from .spill import release_trace
 from .tolerance import Tolerances
 
@@ -181,7 +181,45 @@ def run(a: Side, b: Side, options: DiffOptions, inputs: InputsSummary | None = N
         from .baseline import DRIFT_FACTOR, apply_baseline
 
         report = apply_baseline(report, baseline, options.drift_factor or DRIFT_FACTOR)
-    return explain_first(report, alignment)
+    report = explain_first(report, alignment)
+    if both and recorder is not None:
+        keep_repro_sources(report, alignment, a.backend, b.backend, recorder)
+    return report
+
+
+def keep_repro_sources(report: Report, alignment: Alignment, backend_a: Any, backend_b: Any,
+                       recorder: InputRecorder) -> None:
+    """Keep on ``report`` what :meth:`Report.save_repro` needs for each layer where an error is
+    born (its recorded input, both outputs, the live backends): a few tensors, not the traces."""
+    from .repro import ReproSource
+
+    born = report.born_here
+    if not born:
+        return
+    ordered = sorted(alignment.matches, key=lambda m: m.a.index)
+    at = {m.a.name: i for i, m in enumerate(ordered)}
+    try:
+        inputs = recorder.get([d.a_name for d in born])
+    except Exception:  # noqa: BLE001 - a model that does not rerun: the repro holds the outputs only
+        inputs = {}
+    sources = {}
+    for d in born:
+        i = at.get(d.a_name)
+        if i is None or ordered[i].a.value is None or ordered[i].b.value is None:
+            continue
+        m = ordered[i]
+        x_a = inputs.get(d.a_name)
+        source, x_b = recorder.sources.get(d.a_name, (None, None))
+        if x_b is None and x_a is not None:
+            x_b = to_b_layout(x_a, m, ordered[i - 1] if i else None)
+        t = m.transform
+        sources[d.a_name] = ReproSource(
+            a_name=d.a_name, b_name=d.b_name, a_op=d.op, b_op=d.b_op, input_a=x_a, input_b=x_b,
+            output_a=np.asarray(m.a.value), output_b=np.asarray(m.b.value),
+            transform=(t.kind if t.kind in ("identity", "permute") else "identity", t.perm if t.kind == "permute" else None),
+            rel_err=float(d.metrics.rel_err), own_err=d.own_err, backend_a=backend_a, backend_b=backend_b, b_source=source,
+        )
+    object.__setattr__(report, "_repro_sources", sources)
 
 
 # --- the stages -------------------------------------------------------------------------

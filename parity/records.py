@@ -587,6 +587,16 @@ class Report:
     def to_dict(self) -> dict:
         return _rendering().to_dict(self)
 
+    def save_repro(self, out, layer: str | None = None):
+        """Write a repro bundle of ``layer`` (default: the first divergence) to the directory
+        ``out``: its recorded input, both outputs, each model's layer alone and a ``repro.py``
+        that reruns them (:mod:`parity.repro`).  Needs the report of a live :func:`parity.diff`
+        in this process; returns the directory."""
+        from .repro import save_repro
+
+        first = self.first_divergence
+        return save_repro(self.__dict__.get("_repro_sources"), out, layer, first.a_name if first else None)
+
     def to_json(self, path=None) -> str:
         """The report as versioned JSON; written to ``path`` when given."""
         return _rendering().to_json(self, path)

@@ -54,6 +54,8 @@ class InputRecorder:
         #: :func:`own_errors` computed): the detectors judge a layer whose input is already wrong
         #: by this, where the error is the layer's own
         self.replayed: dict[str, np.ndarray] = {}
+        #: by A's layer name: the tensor of a graph B its piece starts at, and the input fed there
+        self.sources: dict[str, tuple[str, np.ndarray]] = {}
 
     def get(self, names: list[str]) -> dict[str, np.ndarray]:
         """The first tensor input of each named layer the backend can call alone (one run of the
@@ -85,12 +87,12 @@ SAME_TENSOR = 1e-6
 _SOURCE_LOOKBACK = 16
 
 
-def _piece_replay(backend_b: Backend, m: Match, x_a: np.ndarray, before: list[Match], d: LayerDiff):
+def _piece_replay(backend_b: Backend, m: Match, x_a: np.ndarray, before: list[Match]):
     """B's tensor of pair ``m`` computed by the piece of B's graph from the B tensor whose A
     counterpart *is* A's recorded input of this layer (an earlier pair's A tap holding the same
-    values), fed that input in B's layout; in A's layout, or None where no earlier pair is the
-    input, the graph cannot be cut there, or the piece fed B's own value does not give B's tensor
-    back (then it is not the computation between the two)."""
+    values), fed that input in B's layout: ``(output in A's layout, that B tensor, the input fed)``,
+    or None where no earlier pair is the input, the graph cannot be cut there, or the piece fed B's
+    own value does not give B's tensor back (then it is not the computation between the two)."""
     x_a = np.asarray(x_a)
     for p in reversed(before[-_SOURCE_LOOKBACK:]):
         if p.a.value is None or p.b.value is None or tuple(p.a.shape) != x_a.shape or p.b.role == "output":
@@ -105,10 +107,11 @@ def _piece_replay(backend_b: Backend, m: Match, x_a: np.ndarray, before: list[Ma
             own_b = np.asarray(backend_b.call_from(m.b.name, p.b.name, np.asarray(p.b.value)))
             if own_b.shape != np.shape(m.b.value) or _rel(np.asarray(m.b.value), own_b) > 1e-5:
                 return None  # the piece is not what computes B's tensor from that one
-            out = np.asarray(m.transform.apply(backend_b.call_from(m.b.name, p.b.name, x_b.astype(va.dtype))))
+            x_b = x_b.astype(va.dtype)
+            out = np.asarray(m.transform.apply(backend_b.call_from(m.b.name, p.b.name, x_b)))
         except Exception:  # noqa: BLE001 - a graph that cannot be cut here: fall back to growth
             return None
-        return out if out.shape == tuple(m.a.shape) else None
+        return (out, p.b.name, x_b) if out.shape == tuple(m.a.shape) else None
     return None
 
 
@@ -142,10 +145,12 @@ def own_errors(
         previous = ordered[i - 1] if i else None
         own = None
         if m is not None and d.a_name in recorded and not _callable(backend_b, d.b_name) and pieces:
-            out = _piece_replay(backend_b, m, recorded[d.a_name], ordered[:i], d)
-            if out is not None:
+            found = _piece_replay(backend_b, m, recorded[d.a_name], ordered[:i])
+            if found is not None:
+                out, source, x_b = found
                 own = compute_metrics(np.asarray(m.a.value), out, d.rtol, d.atol).rel_err
                 recorder.replayed[d.a_name] = out
+                recorder.sources[d.a_name] = (source, x_b)
         elif m is not None and d.a_name in recorded:
             x_b = to_b_layout(recorded[d.a_name], m, previous)
             if x_b is not None:

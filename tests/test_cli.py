@@ -141,3 +141,21 @@ def test_diff_help_names_every_format_a_model_loads_from(capsys):
     for kind in ("package.module:factory", ".keras/.h5", ".pt (TorchScript)", ".pt2 (ExportedProgram)",
                  ".pth/.bin (state_dict", ".onnx", ".tflite", ".pb/.pbtxt", "SavedModel directory"):
         assert kind in out
+
+
+def test_diff_writes_a_repro_of_the_batchnorm_that_reruns_it(pair_module, capsys):
+    import re
+    import subprocess
+
+    bundle = pair_module / "repro-bn"
+    code = main(["diff", "cli_pair_module:torch_model", "cli_pair_module:keras_buggy", "--inputs",
+                 str(pair_module / "batch.npy"), "--repro", str(bundle)])
+    assert code == 1
+    assert f"repro of layer1.1 written to {bundle}" in capsys.readouterr().out
+    meta = json.loads((bundle / "meta.json").read_text())
+    assert meta["pieces"]["a"]["class"] == "BatchNorm2d" and meta["pieces"]["a"]["kwargs"]["eps"] == 1e-5
+    assert json.loads((bundle / "b_layer.json").read_text())["config"]["epsilon"] == 1e-3
+    done = subprocess.run([sys.executable, str(bundle / "repro.py")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    alone = float(re.search(r"alone on A's input: relative error ([0-9.e+-]+)", done.stdout).group(1))
+    assert alone == pytest.approx(meta["own_err"], rel=1e-3) and alone > 1e-3

@@ -15,7 +15,6 @@ import parity
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-from onnx import numpy_helper  # noqa: E402
 
 
 def _chain():

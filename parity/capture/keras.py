@@ -609,6 +609,30 @@ class KerasBackend(Backend):
                 out = layer(x)
         return np.asarray(out)
 
+    def export_piece(self, name: str, out: Any, side: str, source: str | None) -> dict:
+        """Write layer ``name`` alone for a repro (:mod:`parity.repro`): its serialized config
+        (``{side}_layer.json``; a fused activation set to linear, as its tap records the result
+        before it) and its weights (``{side}_weights.npz``).  Keras' own layers only."""
+        import json
+        from pathlib import Path
+
+        layer = self._layer(name)
+        if layer is None:
+            raise NotImplementedError(f"{name!r} is not one layer that can be cut out")
+        keras = self.keras
+        config = keras.saving.serialize_keras_object(layer)
+        if not str(config.get("module", "")).startswith("keras"):
+            raise NotImplementedError(
+                f"{name!r} is a {type(layer).__module__}.{type(layer).__qualname__}, not a Keras layer: rebuild it "
+                "from your code (its recorded input and output are in the bundle)"
+            )
+        if _fused_activation(layer):
+            config["config"]["activation"] = "linear"
+        config.pop("build_config", None)
+        (Path(out) / f"{side}_layer.json").write_text(json.dumps(config, default=str))
+        np.savez(Path(out) / f"{side}_weights.npz", **{f"w{i}": np.asarray(w) for i, w in enumerate(layer.get_weights())})
+        return {"kind": "keras", "config": f"{side}_layer.json", "weights": f"{side}_weights.npz"}
+
     # --- twins -----------------------------------------------------------------------
 
     def twin(self, kind: str, *, seed: int = 0) -> "KerasBackend | None":

@@ -534,9 +534,30 @@ class OnnxBackend(Backend):
             raise
         return cache[key]
 
-    def _build_piece(self, target: str, source: str, dtype: str) -> Any:
+    def export_piece(self, name: str, out: Path, side: str, source: str | None) -> dict:
+        """Write the piece of the graph that computes ``name`` from ``source`` as ``{side}_piece.onnx``."""
+        if source is None:
+            raise NotImplementedError(f"no recorded tensor of this graph is {name!r}'s input: its piece has no start")
         import onnx
+
+        onnx.save(self._piece_model(name, source, "float32"), str(Path(out) / f"{side}_piece.onnx"))
+        return {"kind": "onnx", "model": f"{side}_piece.onnx", "source": source}
+
+    def _build_piece(self, target: str, source: str, dtype: str) -> Any:
         import onnxruntime as ort
+
+        model = self._piece_model(target, source, dtype)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        providers = self.options.get("providers") or ["CPUExecutionProvider"]
+        try:
+            return ort.InferenceSession(model.SerializeToString(), opts, providers=list(providers))
+        except Exception as exc:  # noqa: BLE001 - a piece onnxruntime refuses: no own error measured here
+            raise NotImplementedError(f"onnxruntime refused the piece {source!r} → {target!r}: {exc}") from exc
+
+    def _piece_model(self, target: str, source: str, dtype: str) -> Any:
+        """The model of the nodes that compute ``target`` from ``source`` and constants alone."""
+        import onnx
         from onnx import helper
 
         graph = self.model.graph
@@ -574,13 +595,7 @@ class OnnxBackend(Backend):
         )
         model = helper.make_model(piece, opset_imports=list(self.model.opset_import), ir_version=self.model.ir_version)
         model.functions.extend(self.model.functions)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        providers = self.options.get("providers") or ["CPUExecutionProvider"]
-        try:
-            return ort.InferenceSession(model.SerializeToString(), opts, providers=list(providers))
-        except Exception as exc:  # noqa: BLE001 - a piece onnxruntime refuses: no own error measured here
-            raise NotImplementedError(f"onnxruntime refused the piece {source!r} → {target!r}: {exc}") from exc
+        return model
 
     @staticmethod
     def _layout(node: Any, value: np.ndarray, layouts: dict, results: dict, feed: dict) -> str | None:

@@ -24,6 +24,7 @@ import re
 import sys
 from collections import Counter
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -158,6 +159,13 @@ def _tensor_key(t: Any) -> tuple:
         return (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
     except RuntimeError:  # tensors without storage
         return (id(t),)
+
+
+def _plain(value: Any) -> bool:
+    """Whether a constructor argument read back from a module is plain data (JSON)."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return True
+    return isinstance(value, (tuple, list)) and all(isinstance(v, (bool, int, float, str)) for v in value)
 
 
 class TorchBackend(Backend):
@@ -503,6 +511,40 @@ class TorchBackend(Backend):
                 return module(torch.from_numpy(np.ascontiguousarray(x))).detach().cpu().numpy()
         finally:
             module.train(mode)
+
+    def export_piece(self, name: str, out: Any, side: str, source: str | None) -> dict:
+        """Write module ``name`` alone for a repro (:mod:`parity.repro`): a ``torch.nn`` layer as
+        its class, its constructor's arguments read back from its attributes, and its weights
+        (``{side}_weights.npz``) — rebuilt here first: refused unless those arguments make the
+        layer again and its weights load into it."""
+        import torch
+
+        module = self._module(name)
+        if module is None:
+            raise NotImplementedError(f"{name!r} is not one module that can be cut out")
+        cls = type(module)
+        if getattr(torch.nn, cls.__name__, None) is not cls or any(True for _ in module.children()):
+            raise NotImplementedError(
+                f"{name!r} is a {cls.__module__}.{cls.__qualname__}, not a torch.nn layer: rebuild it from your "
+                "code (its recorded input and output are in the bundle)"
+            )
+        kwargs: dict[str, Any] = {}
+        for param in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or param.name in ("device", "dtype"):
+                continue
+            if param.name == "bias" and hasattr(module, "bias") and not isinstance(module.bias, bool):
+                kwargs["bias"] = module.bias is not None
+            elif hasattr(module, param.name) and _plain(getattr(module, param.name)):
+                value = getattr(module, param.name)
+                kwargs[param.name] = list(value) if isinstance(value, tuple) else value
+        state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        try:
+            rebuilt = cls(**kwargs)
+            rebuilt.load_state_dict(state)
+        except Exception as exc:  # noqa: BLE001 - arguments that cannot be read back
+            raise NotImplementedError(f"{name!r} ({cls.__name__}) could not be rebuilt from its attributes: {exc}") from exc
+        np.savez(Path(out) / f"{side}_weights.npz", **{k: v.numpy() for k, v in state.items()})
+        return {"kind": "torch", "class": cls.__name__, "kwargs": kwargs, "weights": f"{side}_weights.npz"}
 
     # --- twins -----------------------------------------------------------------------
 

@@ -1,0 +1,93 @@
+"""A repro to file: ``report.save_repro(dir)`` writes the layer's recorded input, both outputs,
+each model's layer alone and a ``repro.py`` that reruns them with the frameworks only.  The
+generated script is run here, in a fresh interpreter, and must print the error parity measured."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import parity
+from parity.errors import ParityError
+
+torch = pytest.importorskip("torch")
+
+
+def _run(bundle):
+    done = subprocess.run([sys.executable, str(bundle / "repro.py")], cwd=bundle.parent, capture_output=True,
+                          text=True, timeout=300)
+    return done.returncode, done.stdout + done.stderr
+
+
+def _alone(text: str) -> float:
+    found = re.search(r"both layers alone on A's input: relative error ([0-9.e+-]+)", text)
+    assert found, text
+    return float(found.group(1))
+
+
+@pytest.fixture(scope="module")
+def onnx_pair():
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
+                            torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
+    import copy
+
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        b[2].weight.mul_(1.5)
+    x = np.random.default_rng(0).standard_normal((2, 3, 10, 10)).astype("float32")
+    buf = io.BytesIO()
+    torch.onnx.export(b, (torch.from_numpy(x),), buf, opset_version=17, dynamo=False)
+    return a, onnx.load_from_string(buf.getvalue()), x
+
+
+def test_a_torch_onnx_repro_reruns_the_divergence(onnx_pair, tmp_path):
+    a, b, x = onnx_pair
+    report = parity.diff(a, b, x)
+    assert report.first_divergence.a_name == "2"
+    bundle = report.save_repro(tmp_path / "repro")
+    names = {p.name for p in bundle.iterdir()}
+    assert {"input_a.npy", "input_b.npy", "output_a.npy", "output_b.npy", "a_weights.npz", "b_piece.onnx",
+            "repro.py", "meta.json", "README.txt"} <= names
+    assert np.load(bundle / "input_a.npy").shape == (2, 8, 10, 10)
+    code, text = _run(bundle)
+    assert code == 0, text
+    assert _alone(text) == pytest.approx(report.layer("2").own_err, rel=1e-3)
+    assert "A: 2 (Conv2d)" in text
+
+
+def test_a_repro_is_refused_clearly_where_there_is_none(onnx_pair, tmp_path):
+    a, b, x = onnx_pair
+    report = parity.diff(a, b, x)
+    with pytest.raises(ParityError, match=r"no repro for layer '4'.*\(2\)"):
+        report.save_repro(tmp_path / "r", layer="4")  # 4 only inherits the error
+    report.to_json(tmp_path / "report.json")
+    with pytest.raises(ParityError, match="no live models"):
+        parity.load_report(tmp_path / "report.json").save_repro(tmp_path / "r")
+    ok = parity.diff(a, a, x)
+    with pytest.raises(ParityError, match="no live models"):
+        ok.save_repro(tmp_path / "r")
+
+
+def test_a_torch_keras_repro_reruns_the_padding_bug(tmp_path):
+    keras = pytest.importorskip("keras")
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU()).eval()
+    b = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")])
+    b.layers[0].set_weights([a[0].weight.detach().numpy().transpose(2, 3, 1, 0), a[0].bias.detach().numpy()])
+    x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype("float32")
+    report = parity.diff(a, b, x)
+    assert report.first_divergence.a_name == "0"
+    bundle = report.save_repro(tmp_path / "pad")
+    assert {"a_weights.npz", "b_layer.json", "b_weights.npz"} <= {p.name for p in bundle.iterdir()}
+    code, text = _run(bundle)
+    assert code == 0, text
+    own = report.layer("0").own_err
+    assert _alone(text) == pytest.approx(own, rel=1e-3) and own > 0.1
