@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 #: the layer kinds whose parameters have roles (the others are compared by identical names)
-KNOWN_KINDS = frozenset({"conv", "depthwise", "convtranspose", "dense", "batchnorm", "norm", "embedding"})
+KNOWN_KINDS = frozenset({"conv", "depthwise", "convtranspose", "dense", "batchnorm", "norm", "embedding", "rnn"})
 
 
 @dataclass
@@ -177,9 +177,35 @@ def reorder_rows(b: np.ndarray, order: str, order_a: str, sizes_a: tuple[int, ..
 
 def alternatives(ctx: LayerPair, role: str, a: np.ndarray, b_raw: np.ndarray) -> list[Alternative]:
     """The wrong layouts worth trying for a parameter of this role (kernels only)."""
+    if ctx.a.kind == "rnn" and ctx.b.kind == "rnn":
+        return gate_alternatives(ctx, role, a, b_raw)
     if role == "kernel":
         return kernel_alternatives(ctx, a, b_raw)
     return []
+
+
+def gate_alternatives(ctx: LayerPair, role: str, a: np.ndarray, b_raw: np.ndarray) -> list[Alternative]:
+    """A recurrent layer's parameter with its gate blocks in another order: B's blocks (already
+    brought to torch's order) read as if they were in each other order of torch's gates."""
+    gates = tuple(str(ctx.a.attrs.get("gates", "")))
+    if len(gates) < 2 or b_raw.shape != a.shape or a.shape[0] % len(gates):
+        return []
+    out = []
+    blocks = np.split(b_raw, len(gates), axis=0)
+    keras_gates = str(ctx.b.attrs.get("gates", ""))
+    for order in itertools.permutations(range(len(gates))):
+        if order == tuple(range(len(gates))):
+            continue
+        value = np.concatenate([blocks[k] for k in order], axis=0)
+        seen = "".join(gates[k] for k in order)
+        out.append(Alternative(
+            status="transposed", value=value, code="rnn_gate_order",
+            label=f"with B's gate blocks read in the order {seen} (torch's is {''.join(gates)})",
+            message=(f"{role} of {ctx.b_layer!r} holds A's gate blocks in another order: B's blocks, read as "
+                     f"{seen}, are A's {''.join(gates)}"
+                     + (f" (Keras' own order is {keras_gates}; torch's {''.join(gates)})" if keras_gates else "")),
+        ))
+    return out
 
 
 def flat_info(tap: Tap, taps: Mapping[int, Tap], in_features: int) -> tuple[str, tuple[int, ...], bool] | None:

@@ -60,7 +60,7 @@ _TOL = {"float64": 1e-9, "float32": 1e-6, "float16": 2e-3, "bfloat16": 1.6e-2}
 _DEFAULT_TOL = 1e-6
 #: the value a parameter has when a layer leaves it out (no bias = zero bias)
 _NEUTRAL = {"bias": 0.0, "beta": 0.0, "mean": 0.0, "gamma": 1.0, "var": 1.0}
-_ROLE_ORDER = ("kernel", "bias", "gamma", "beta", "mean", "var", "embeddings")
+_ROLE_ORDER = ("kernel", "recurrent", "bias", "recurrent_bias", "gamma", "beta", "mean", "var", "embeddings")
 
 
 # --- reading parameters, through the backends ------------------------------------------------

@@ -28,7 +28,9 @@ import numpy as np
 from ..errors import CaptureError
 from ..layout import CHANNELS_FIRST, CHANNELS_LAST
 from ..records import InputSpec, ModelInfo, Tap, Trace
+
 from .base import Backend, Inputs, append_tap, flatten_outputs, numpy_dtype_name
+from .rnn import is_keras_rnn, keras_rnn_names
 from .keras_tree import tap_names
 from .twins import cast_floating, check_kind, random_statistics
 
@@ -365,10 +367,13 @@ class KerasBackend(Backend):
         inputs = cast_floating(inputs, self.input_dtype)
         model = self.model
         arrays = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
+        # a recurrent layer is one layer: its cell's steps run inside it
+        inside_rnn = {id(cell) for layer in _sublayers(model) if is_keras_rnn(layer) for cell in _sublayers(layer)}
         layers = [
             layer
             for layer in _sublayers(model)
-            if type(layer).__name__ != "InputLayer" and (containers or not _has_sublayers(layer))
+            if type(layer).__name__ != "InputLayer" and id(layer) not in inside_rnn
+            and (containers or not _has_sublayers(layer) or is_keras_rnn(layer))
         ]
         names = tap_names(model)
         taps: list[Tap] = []
@@ -404,7 +409,7 @@ class KerasBackend(Backend):
         applied: dict[int, bool] = {}
 
         def make_wrapper(layer: Any, original: Any) -> Any:
-            is_container = _has_sublayers(layer)
+            is_container = _has_sublayers(layer) and not is_keras_rnn(layer)
 
             def wrapped(*args: Any, **kwargs: Any) -> Any:
                 first = next((a for a in args if _is_tensor(a)), None)
@@ -434,7 +439,11 @@ class KerasBackend(Backend):
                 # a fused activation's result is the layer's output, named apart from the layer's
                 # own (linear) result recorded before it: ``fc`` then ``fc:activation``
                 op = str(attrs.get("activation")) if split else type(layer).__name__
-                for tensor_name, t in flatten_outputs(out, f"{name}:activation" if split else name, _is_tensor):
+                flat = flatten_outputs(out, f"{name}:activation" if split else name, _is_tensor)
+                renamed = keras_rnn_names(layer, name, [n for n, _ in flat])  # LSTM/GRU: `name`, `name[h]`, `name[c]`
+                if renamed is not None:
+                    flat = [(n, t) for n, (_, t) in zip(renamed, flat) if n is not None]
+                for tensor_name, t in flat:
                     value = _to_numpy(t)
                     layout, extra = layout_for(layer, value.ndim, in_layout, in_rank, in_shape)
                     layouts[id(t)] = (layout, value.ndim)

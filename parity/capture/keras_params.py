@@ -22,6 +22,7 @@ import numpy as np
 
 from ..records import LayerParams, Param
 from .keras_tree import tap_names
+from .rnn import KERAS_GATES, is_keras_rnn, keras_rnn_params
 from .torch_params import base_name
 
 __all__ = ["find_layer", "layer_params", "KerasLayers", "layer_record", "keras_canonical", "einsum_canonical"]
@@ -150,6 +151,15 @@ def layer_record(layer: Any) -> LayerParams:
     cls = type(layer).__name__
     kind = _kind(layer, cls)
     params: dict[str, Param] = {}
+    if is_keras_rnn(layer):
+        arrays = {}
+        for v in layer.weights:
+            name = str(getattr(v, "name", "") or getattr(v, "path", "")).split("/")[-1].split(":")[0]
+            arrays[name], dtype = _array(v)
+        rnn = keras_rnn_params(layer, arrays)
+        if rnn is not None:
+            return LayerParams("keras", "rnn", cls, {role: Param(n, val, dtype, tuple(val.shape)) for role, (n, val) in rnn.items()},
+                               {"gates": "".join(KERAS_GATES[cls])})
     for v in layer.weights:  # the layer's own variables (optimizer slots live on the optimizer)
         name = str(getattr(v, "name", "") or getattr(v, "path", "")).split("/")[-1].split(":")[0]
         value, dtype = _array(v)

@@ -33,6 +33,7 @@ from ..errors import CaptureError
 from ..layout import channels_first, channels_last
 from ..records import InputSpec, ModelInfo, Tap, Trace
 from .base import Backend, Inputs, append_tap, flatten_outputs, numpy_dtype_name
+from .rnn import torch_rnn_taps
 from .twins import cast_floating, check_kind, random_statistics
 from .torchlayout import FLATTEN_OPS, REORDER_OPS, as_numpy, default_layout, module_layout
 
@@ -340,7 +341,9 @@ class TorchBackend(Backend):
             if len(tensor_args) > 1 and any(_data_ptr(a) in constants for a in tensor_args):
                 # x + bias, x * scale (onnx2torch's Add/Mul of an initializer): an affine step, not a merge
                 attrs["constant_operand"] = True
-            for tensor_name, t in flatten_outputs(output, base, _is_tensor):
+            outputs = flatten_outputs(output, base, _is_tensor)
+            outputs = torch_rnn_taps(module, base, outputs) or outputs  # LSTM/GRU: `name`, `name[h]`, `name[c]`
+            for tensor_name, t in outputs:
                 record(tensor_name, t, _module_op(module), role, in_layout, in_rank, attrs)
 
         tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..records import LayerParams, Param
+from .rnn import TORCH_GATES, torch_rnn_params
 
 __all__ = ["find_module", "layer_params", "module_params", "base_name"]
 
@@ -66,6 +67,12 @@ def module_params(module: Any) -> LayerParams:
             own[n] = buf
     own = {n: t for n, t in own.items() if t is not None and not _is_uninitialized(t)}
     kind = _kind(module)
+    rnn = torch_rnn_params(module, {n: _array(t)[0] for n, t in own.items()}) if kind == "rnn" else None
+    if rnn is not None:
+        dtype = _array(next(iter(own.values())))[1]
+        return LayerParams("torch", "rnn", type(module).__name__,
+                           {role: Param(n, v, dtype, tuple(v.shape)) for role, (n, v) in rnn.items()},
+                           {"gates": "".join(TORCH_GATES[type(module).__name__])})
     roles = _ROLES.get(kind, {})
     hf_conv1d = is_hf_conv1d(module)
     params: dict[str, Param] = {}
@@ -95,6 +102,8 @@ def _kind(module: Any) -> str:
         return "norm"
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         return "embedding"
+    if isinstance(module, nn.RNNBase) and module.num_layers == 1 and not module.bidirectional:
+        return "rnn"
     return "generic"
 
 

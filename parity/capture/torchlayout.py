@@ -46,7 +46,8 @@ CHANNEL_FIRST_PREFIXES = (
     "Dropout3d",
 )
 # Modules that work on the last axis: features last.
-LAST_AXIS = {"Linear", "LazyLinear", "Bilinear", "LayerNorm", "RMSNorm", "Embedding", "EmbeddingBag"}
+LAST_AXIS = {"Linear", "LazyLinear", "Bilinear", "LayerNorm", "RMSNorm", "Embedding", "EmbeddingBag",
+             "LSTM", "GRU", "RNN"}  # recurrent outputs are recorded batch-first: (N, T, H), (N, H)
 
 
 def module_layout(op: str, rank: int, in_layout: str | None, in_rank: int | None) -> str | None:

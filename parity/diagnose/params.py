@@ -22,6 +22,9 @@ ADVICE = {
     "Permute B's tensor to A's layout before its Flatten.",
     "bn_statistics": "Copy running_mean into moving_mean and running_var into moving_variance.",
     "weight_mismatch": "Re-copy these parameters from model A (check the conversion script's mapping of names).",
+    "rnn_gate_order": "Reorder the gate blocks when copying: torch LSTM i,f,g,o is Keras i,f,c,o (the same); torch "
+    "GRU r,z,n is Keras z,r,h (swap the first two blocks of weight_ih/weight_hh and of both biases, and use "
+    "reset_after=True with the biases stacked (2, 3H)); kernels are transposed (weight_ih.T).",
 }
 
 _EVIDENCE = "_evidence"
@@ -74,6 +77,8 @@ def weight_code(p: ParamDiff) -> str:
         return str(ev["code"])
     # a ParamDiff read back from JSON: decide from status and wording
     if p.status == "transposed":
+        if "gate blocks" in p.message:
+            return "rnn_gate_order"
         return "flatten_order" if "flatten order" in p.message else "weight_transpose"
     if p.status == "swapped":
         stats = ("mean", "var")
