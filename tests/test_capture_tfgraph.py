@@ -262,3 +262,36 @@ def test_the_input_of_a_clip_written_as_minimum_and_maximum_is_partial():
     assert {"AddV2", "Minimum"} <= partial and "Maximum" in whole
     clip = next(t for t in trace.layers if t.op == "Maximum")
     np.testing.assert_array_equal(clip.value, trace.outputs[0].value)
+
+
+def test_a_frozen_graphs_own_error_is_measured_by_feeding_the_recorded_tensor(tmp_path):
+    """A frozen GraphDef takes any tensor as a feed: a flagged layer's own error is the piece of
+    the graph from the tensor whose A counterpart is the layer's input, fed that input — equal to
+    what replaying a live torch twin of B gives."""
+    torch = pytest.importorskip("torch")
+    import copy
+
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
+                            torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
+    b_torch = copy.deepcopy(a)
+    with torch.no_grad():
+        b_torch[2].weight.mul_(1.5)
+    L = keras.layers
+    km = keras.Sequential([keras.Input((10, 10, 3)), L.Conv2D(8, 3, padding="same", name="c0"), L.ReLU(name="r1"),
+                           L.Conv2D(8, 3, padding="same", name="c2"), L.ReLU(name="r3"), L.Conv2D(4, 1, name="c4")])
+    for name, t in (("c0", b_torch[0]), ("c2", b_torch[2]), ("c4", b_torch[4])):
+        km.get_layer(name).set_weights([t.weight.detach().numpy().transpose(2, 3, 1, 0), t.bias.detach().numpy()])
+    fn = tf.function(lambda x: km(x, training=False)).get_concrete_function(tf.TensorSpec((2, 10, 10, 3), tf.float32))
+    tf.io.write_graph(convert_variables_to_constants_v2(fn).graph.as_graph_def(), str(tmp_path), "m.pb", as_text=False)
+    x = np.random.default_rng(0).standard_normal((2, 3, 10, 10)).astype("float32")
+    on_torch = parity.diff(a, b_torch, x)
+    on_graph = parity.diff(a, str(tmp_path / "m.pb"), x)
+    assert on_graph.first_divergence.a_name == "2"
+    replayed = [d for d in on_graph.layers if d.own_method == "replay"]
+    assert replayed, [(d.a_name, d.b_name, d.own_method) for d in on_graph.layers]
+    for d in replayed:
+        assert d.own_err == pytest.approx(on_torch.layer(d.a_name).own_err, rel=1e-3, abs=1e-6), d.a_name
+    assert on_graph.layer("2").own_method == "replay" and on_graph.layer("2").own_err > 0.1

@@ -268,6 +268,30 @@ class TFGraphBackend(Backend):
         values = pruned(*[tf.constant(a) for a in arrays])
         return [np.array(v.numpy(), copy=True) for v in values]
 
+    # --- a piece of the graph, run alone --------------------------------------------
+
+    runs_pieces = True
+
+    def call_from(self, name: str, source: str, x: np.ndarray) -> np.ndarray:
+        """Tensor ``name`` computed from tensor ``source`` fed ``x``: the graph pruned to what lies
+        between them (a GraphDef takes any tensor as a feed); :class:`NotImplementedError` where
+        the piece needs a graph input besides ``source``."""
+        tf = import_tf()
+        key = ("piece", name, source)
+        pieces = self.__dict__.setdefault("_pieces", {})
+        piece = pieces.get(key)
+        if piece is None:
+            try:
+                piece = self.model.wrapped.prune([self.model.tensor(source)], [self.model.tensor(name)])
+            except Exception as exc:  # noqa: BLE001 - another placeholder feeds it, or no such tensor
+                raise NotImplementedError(f"{name!r} cannot be computed from {source!r} alone: {exc}") from exc
+            pieces[key] = piece
+        try:
+            (value,) = piece(tf.constant(np.ascontiguousarray(x)))
+        except Exception as exc:  # noqa: BLE001 - the piece needs a value it was not fed
+            raise NotImplementedError(f"{name!r} cannot be computed from {source!r} alone: {exc}") from exc
+        return np.array(value.numpy(), copy=True)
+
     def capture(self, inputs: Inputs, *, containers: bool = False) -> Trace:
         arrays = self._arrays(inputs)
         recorded = self.recorded_tensors()
