@@ -88,8 +88,11 @@ def test_converters_are_faithful_end_to_end(keras_model, onnx_path, torch_model,
     with torch.no_grad():
         via_torch = torch_model(torch.from_numpy(x)).numpy()
     assert via_torch.shape == ref.shape == (2, 10)  # NHWC in, like the Keras model
-    np.testing.assert_allclose(via_onnx, ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(via_torch, ref, rtol=1e-5, atol=1e-6)
+    # exact to float32 rounding, judged over the whole output (kernels round differently per CPU:
+    # one element of 20 differed by 2.3e-5 relative on an AVX-512 machine)
+    for got in (via_onnx, via_torch):
+        assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-5
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_keras_vs_onnx2torch_passes_with_automatic_alignment(keras_model, torch_model, x):
