@@ -101,17 +101,24 @@ def looks_like_spec(text: str) -> bool:
 
 
 
-def load_model(spec: Any, base_dir: str | Path | None = None) -> Any:
+#: the keys a model table ``{path = ..., ...}`` may have
+MODEL_TABLE_KEYS = frozenset({"path", "factory", "trust", "safe_mode", "weights_only", "signature", "inputs", "outputs", "keras"})
+
+
+def load_model(spec: Any, base_dir: str | Path | None = None, *, trust: bool = False) -> Any:
     """A live model from ``"package.module:factory"``, a path, a table
-    ``{path = "net.pth", factory = "pkg.mod:Net"}``, or a model object (returned as is)."""
+    ``{path = "net.pth", factory = "pkg.mod:Net"}``, or a model object (returned as is).
+    ``trust=True`` lets a model file run code (see :mod:`parity.trust`); a table's own ``trust``
+    key does so for its file."""
     if isinstance(spec, Mapping) and "path" in spec:
-        unknown = set(spec) - {"path", "factory", "safe_mode", "weights_only", "signature", "inputs", "outputs", "keras"}
+        unknown = set(spec) - MODEL_TABLE_KEYS
         if unknown:
             raise ModelError(
-                f"a model table needs 'path' (and optionally 'factory', 'safe_mode', 'weights_only', "
+                f"a model table needs 'path' (and optionally 'factory', 'trust', 'safe_mode', 'weights_only', "
                 f"'signature'); got keys {sorted(spec)}."
             )
         options = {k: v for k, v in spec.items() if k != "path"}
+        options["trust"] = bool(options.get("trust", False)) or trust
         path = _under(spec["path"], base_dir)
         if isinstance(options.get("factory"), str):
             _require_file(path)  # before the factory's module (and its framework) is imported
@@ -123,7 +130,7 @@ def load_model(spec: Any, base_dir: str | Path | None = None) -> Any:
     if looks_like_spec(text):
         obj = _resolve(text, "model", _dirs(base_dir))
         return obj() if callable(obj) and not _is_model(obj) else obj
-    return load(_under(text, base_dir))
+    return load(_under(text, base_dir), trust=trust)
 
 
 def require_files(spec: Any, base_dir: str | Path | None = None) -> None:
@@ -154,7 +161,7 @@ def _under(path: Any, base_dir: str | Path | None) -> Path:
     return path
 
 
-def load(path: str | Path, **options: Any) -> Any:
+def load(path: str | Path, *, trust: bool = False, **options: Any) -> Any:
     """A model saved at ``path``, read by the backend that takes its suffix
     (:func:`parity.capture.loader_for`):
 
@@ -168,7 +175,13 @@ def load(path: str | Path, **options: Any) -> Any:
       ``torch.load(weights_only=True)`` into ``factory()`` (``"package.module:Class"`` or a callable);
     - ``.onnx``, ``.tflite``.
 
-    Anything else raises a :class:`ModelError` that says what is supported."""
+    A file that would run code (TorchScript calling file I/O, a pickle, a graph op outside the
+    pure-math allow-list, a Keras custom object or Lambda) raises :class:`UntrustedModel` unless
+    ``trust=True`` (see :mod:`parity.trust`).  Anything else raises a :class:`ModelError` that says
+    what is supported.
+
+    >>> parity.load("model.pt2")                     # doctest: +SKIP
+    >>> parity.load("scripted.pt", trust=True)       # doctest: +SKIP"""
     from .capture import load_formats, loader_for
 
     path = Path(path)
@@ -179,6 +192,10 @@ def load(path: str | Path, **options: Any) -> Any:
             f"cannot load {str(path)!r}: parity loads {load_formats()} by path. Give the model as "
             "'package.module:factory' instead, or pass the live model object."
         )
+    from .trust import check, loader_options
+
+    check(path, trust=trust, **options)  # before anything in the file is read by its framework
+    options = loader_options(path, {**options, "trust": trust})
     if isinstance(options.get("factory"), str):
         options["factory"] = _resolve(options["factory"], "factory")
     return loader.load(path, **options)
