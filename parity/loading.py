@@ -88,11 +88,14 @@ def _is_model(obj: Any) -> bool:
     return is_model(obj)
 
 
-def looks_like_spec(text: str) -> bool:
+def looks_like_spec(text: str, base_dir: str | Path | None = None) -> bool:
     """Whether ``text`` is ``"package.module:attr"`` rather than a path to a saved model (whose
-    part before a colon ends with a suffix some backend loads)."""
+    part before a colon ends with a suffix some backend loads).  A file or directory of that name
+    (under ``base_dir``, or the current directory) is a path: ``net:v2.onnx`` is never imported."""
     from .capture import load_suffixes
 
+    if ":" in text and _under(text, base_dir).exists():
+        return False
     module, sep, attr = text.partition(":")
     return bool(sep) and bool(attr) and "/" not in module and "\\" not in module and not module.endswith(
         load_suffixes()
@@ -127,7 +130,7 @@ def load_model(spec: Any, base_dir: str | Path | None = None, *, trust: bool = F
     if not isinstance(spec, (str, Path)):
         return spec
     text = str(spec)
-    if looks_like_spec(text):
+    if looks_like_spec(text, base_dir):
         obj = _resolve(text, "model", _dirs(base_dir))
         return obj() if callable(obj) and not _is_model(obj) else obj
     return load(_under(text, base_dir), trust=trust)
@@ -138,7 +141,7 @@ def require_files(spec: Any, base_dir: str | Path | None = None) -> None:
     exist, without loading anything: a typo then costs no framework import."""
     if isinstance(spec, Mapping) and "path" in spec:
         spec = spec["path"]
-    if isinstance(spec, (str, Path)) and not looks_like_spec(str(spec)):
+    if isinstance(spec, (str, Path)) and not looks_like_spec(str(spec), base_dir):
         _require_file(_under(spec, base_dir))
 
 
@@ -221,7 +224,7 @@ def load_inputs(spec: Any, base_dir: str | Path | None = None) -> Any:
             return [(rng.standard_normal(tuple(s)) * scale).astype(dtype) for s in shapes]
         return (rng.standard_normal(tuple(shapes)) * scale).astype(dtype)
     text = str(spec)
-    if looks_like_spec(text):
+    if looks_like_spec(text, base_dir):
         obj = _resolve(text, "inputs", _dirs(base_dir))
         return obj() if callable(obj) else obj
     path = Path(text)
@@ -229,11 +232,20 @@ def load_inputs(spec: Any, base_dir: str | Path | None = None) -> Any:
         path = Path(base_dir) / path
     if not path.exists():
         raise InputError(f"inputs file {str(path)!r} does not exist; give a .npy or .npz file.")
-    if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise InputError(f"inputs file {str(path)!r} cannot be read: {exc}") from exc
+        raise InputError(
+            f"inputs file {str(path)!r} holds pickled Python objects (an object array), not numbers; "
+            "parity never unpickles inputs (a pickle can run code). Save plain numeric arrays: "
+            "np.save(path, np.asarray(x, dtype=np.float32))."
+        ) from exc
     raise InputError(f"inputs file {str(path)!r} is not .npy or .npz.")
 
 
