@@ -504,10 +504,13 @@ def _layer_name(obj: dict) -> str:
 
 
 def keras_load_error(path: Path, exc: Exception) -> ModelError:
-    """A Keras ``TypeError``/``ValueError`` from deserialising ``path``'s config, as a ModelError."""
+    """A Keras ``TypeError``/``ValueError`` from deserialising ``path``'s config, as a ModelError
+    (the innermost cause Keras reports, without the config it dumps)."""
+    text = str(exc)
+    inner = text.rsplit("Exception encountered:", 1)[-1].split("Full object config:")[0]
+    first = " ".join(inner.split()).split(". ")[0].rstrip(".")[:300]
     return ModelError(
-        f"Keras cannot rebuild the model in {str(path)!r}: {type(exc).__name__}: "
-        f"{(str(exc).strip().splitlines() or [''])[0][:300]} "
+        f"Keras cannot rebuild the model in {str(path)!r}: {first}. "
         "A custom layer or function must be importable (import the module that registers it with "
         "@keras.saving.register_keras_serializable before loading)."
     )

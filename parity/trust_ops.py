@@ -3,7 +3,7 @@
 TensorFlow graphs: :data:`TF_OPS` are the op types an untrusted SavedModel or GraphDef may hold —
 arithmetic, activations, convolutions and pooling, reductions, shapes and indexing, casts, random
 numbers from a seed, control flow and function calls (whose bodies are checked too), resource
-variables and constants.  None of them reads or writes a file, prints, runs Python, talks to another
+variables and constants, string formatting in memory.  None of them reads or writes a file, prints, runs Python, talks to another
 process or loads a library.  Everything else (``WriteFile``, ``ReadFile``, ``PrintV2`` — whose
 ``output_stream`` may be a file —, ``PyFunc``/``EagerPyFunc``, summaries, datasets, lookup tables
 read from files, ``ImmutableConst`` (maps a file), send/receive and collectives, custom ops) is
@@ -110,6 +110,9 @@ TF_OPS = frozenset(
         "Bucketize", "LowerBound", "UpperBound", "SearchSorted", "Diag", "DiagPart", "MatrixBandPart",
         "Empty", "DeepCopy", "InplaceUpdate", "InplaceAdd", "InplaceSub", "Unravel", "UnravelIndex",
         "ListDiff", "SetSize", "NonMaxSuppressionV3", "NonMaxSuppressionV4", "NonMaxSuppressionV5",
+        # strings held in memory (formatting, no I/O)
+        "AsString", "StringFormat", "StringLength", "StringToNumber", "Substr", "StringUpper", "StringLower",
+        "StringStrip", "StringSplitV2", "ReduceJoin",
         # quantisation (arithmetic)
         "FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel", "FakeQuantWithMinMaxArgs",
         "QuantizeV2", "Dequantize", "QuantizeAndDequantizeV2", "QuantizeAndDequantizeV3",
