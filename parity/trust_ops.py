@@ -107,7 +107,7 @@ TF_OPS = frozenset(
         "BroadcastGradientArgs", "SpaceToBatchND", "BatchToSpaceND", "SpaceToBatch", "BatchToSpace",
         "SpaceToDepth", "DepthToSpace", "ExtractImagePatches", "InvertPermutation", "Unique", "UniqueV2",
         "UniqueWithCounts", "SparseToDense", "DynamicStitch", "ParallelDynamicStitch", "DynamicPartition",
-        "Bucketize", "LowerBound", "UpperBound", "SearchSorted", "Diag", "DiagPart", "MatrixBandPart",
+        "Bucketize", "LowerBound", "UpperBound", "SearchSorted", "Diag", "DiagPart",
         "Empty", "DeepCopy", "InplaceUpdate", "InplaceAdd", "InplaceSub", "Unravel", "UnravelIndex",
         "ListDiff", "SetSize", "NonMaxSuppressionV3", "NonMaxSuppressionV4", "NonMaxSuppressionV5",
         # strings held in memory (formatting, no I/O)
