@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import ModelError, UntrustedModel
-from .trust_ops import KERAS_MODULES, TF_CHECKPOINT_OPS, TF_OPS, TORCH_DENIED_OPS, TORCH_NAMESPACES
+from .trust_ops import (
+    KERAS_MODULES,
+    TF_CHECKPOINT_OPS,
+    TF_OPS,
+    TF_SYMBOL_MODULES,
+    TF_SYMBOLS,
+    TORCH_DENIED_OPS,
+    TORCH_NAMESPACES,
+)
 
 __all__ = ["check", "UntrustedModel", "loader_options", "TRUST_HINT"]
 
@@ -493,8 +501,25 @@ def _check_keras_config(path: Path, config: Any) -> None:
             found.append(f"a Lambda layer {_layer_name(obj)}(Python bytecode)".replace("  ", " "))
         elif isinstance(module, str) and module.split(".")[0] not in KERAS_MODULES:
             found.append(f"{module}.{class_name} (Keras would import {module})")
+        elif class_name in ("TFOpLambda", "SlicingOpLambda"):
+            function = obj.get("config", {}).get("function") if isinstance(obj.get("config"), dict) else None
+            if not _tf_symbol_allowed(function):
+                found.append(f"tf.{function} in the TFOpLambda layer {_layer_name(obj)}(outside parity's allow-list)")
     if found:
         raise _refuse(path, "is a Keras model whose config names code outside Keras", found)
+
+
+def _tf_symbol_allowed(name: Any) -> bool:
+    """Whether the TF API function ``name`` (``math.add``, ``compat.v1.transpose``) is one an
+    untrusted Keras 2 ``TFOpLambda`` may call: :data:`TF_SYMBOL_MODULES` and :data:`TF_SYMBOLS`."""
+    if not isinstance(name, str):
+        return False
+    parts = name.split(".")
+    if parts[:1] == ["compat"] and len(parts) > 2 and parts[1] in ("v1", "v2"):
+        parts = parts[2:]
+    if len(parts) == 1:
+        return parts[0] in TF_SYMBOLS
+    return parts[0] in TF_SYMBOL_MODULES and not any(p.startswith("_") and p != "__operators__" for p in parts)
 
 
 def _layer_name(obj: dict) -> str:

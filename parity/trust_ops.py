@@ -18,7 +18,8 @@ other namespace (custom ops, C++ classes) are refused.
 
 from __future__ import annotations
 
-__all__ = ["TF_OPS", "TF_CHECKPOINT_OPS", "TORCH_DENIED_OPS", "TORCH_NAMESPACES", "KERAS_MODULES"]
+__all__ = ["TF_OPS", "TF_CHECKPOINT_OPS", "TORCH_DENIED_OPS", "TORCH_NAMESPACES", "KERAS_MODULES",
+           "TF_SYMBOL_MODULES", "TF_SYMBOLS"]
 
 #: ATen/prim operators that reach outside the tensors they are given, and what they would do
 TORCH_DENIED_OPS: dict[str, str] = {
@@ -39,6 +40,28 @@ TORCH_NAMESPACES = frozenset({"aten", "prim"})
 
 #: module roots a ``.keras`` config may name (Keras imports the module a config names)
 KERAS_MODULES = ("keras",)
+
+#: TensorFlow API modules whose functions a Keras 2 ``TFOpLambda`` layer may name (``math.add``):
+#: tf_keras looks the name up in the TF API and calls it while rebuilding the model
+TF_SYMBOL_MODULES = frozenset({"__operators__", "math", "nn", "linalg", "signal", "bitwise", "image"})
+
+#: top-level TensorFlow functions a ``TFOpLambda`` may name (``tf.print``, ``tf.py_function``,
+#: ``tf.load_op_library`` and ``tf.io``/``tf.raw_ops`` are not among them)
+TF_SYMBOLS = frozenset(
+    {
+        "abs", "add", "add_n", "argmax", "argmin", "argsort", "broadcast_to", "cast", "clip_by_norm",
+        "clip_by_value", "concat", "cos", "cumsum", "divide", "einsum", "equal", "exp", "expand_dims", "eye",
+        "fill", "floor", "gather", "gather_nd", "greater", "greater_equal", "identity", "less", "less_equal",
+        "linspace", "logical_and", "logical_not", "logical_or", "matmul", "maximum", "minimum", "multiply",
+        "negative", "norm", "not_equal", "one_hot", "ones", "ones_like", "pad", "pow", "range", "rank",
+        "realdiv", "reduce_all", "reduce_any", "reduce_logsumexp", "reduce_max", "reduce_mean", "reduce_min",
+        "reduce_prod", "reduce_sum", "repeat", "reshape", "reverse", "roll", "round", "rsqrt", "scatter_nd",
+        "searchsorted", "shape", "sigmoid", "sign", "sin", "size", "slice", "sort", "split", "sqrt", "square",
+        "squeeze", "stack", "stop_gradient", "strided_slice", "subtract", "tanh", "tensor_scatter_nd_update",
+        "tile", "transpose", "truediv", "unstack", "where", "zeros", "zeros_like", "ensure_shape",
+        "convert_to_tensor", "constant",
+    }
+)
 
 TF_CHECKPOINT_OPS = frozenset(
     {

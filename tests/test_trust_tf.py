@@ -149,3 +149,21 @@ def test_an_unregistered_custom_layer_is_a_model_error(plain_keras, tmp_path):
 
 def test_a_benign_keras_file_loads_without_trust(plain_keras):
     assert parity.load(plain_keras).get_layer("dense") is not None
+
+
+def test_a_keras_2_h5_whose_op_layer_names_a_file_writer_is_refused(tmp_path):
+    tf_keras = pytest.importorskip("tf_keras")
+    import h5py
+
+    inp = tf_keras.Input((3,), name="x")
+    model = tf_keras.Model(inp, tf.clip_by_value(tf_keras.layers.Dense(2, name="fc")(inp), 0.0, 6.0))
+    path = tmp_path / "clip.h5"
+    model.save(path)
+    assert isinstance(parity.load(path), tf_keras.Model)  # tf.clip_by_value: allowed without trust
+    with h5py.File(path, "r+") as f:
+        config = f.attrs["model_config"]
+        config = config.decode() if isinstance(config, bytes) else config
+        assert '"function": "clip_by_value"' in config
+        f.attrs["model_config"] = config.replace('"function": "clip_by_value"', '"function": "io.write_file"')
+    with pytest.raises(UntrustedModel, match=r"tf.io.write_file in the TFOpLambda layer .*\(outside parity's allow-list\)"):
+        parity.load(path)
