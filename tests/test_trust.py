@@ -329,3 +329,33 @@ def test_a_pair_table_opts_in_with_trust(tmp_path):
     assert not target.exists()
     assert trusted.run().ok
     assert target.exists()
+
+
+@pytest.mark.slow
+def test_the_parity_fixture_takes_trust(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    target = tmp_path / "written"
+    home = tmp_path / "project"
+    home.mkdir()
+    torch.jit.script(SavesItsInput(str(target))).save(str(home / "evil.pt"))
+    (home / "test_model.py").write_text(
+        "import numpy as np\nimport pytest\nfrom parity import UntrustedModel\n\n"
+        "X = np.ones((1, 3), np.float32)\n\n"
+        "def test_refused(parity):\n"
+        "    with pytest.raises(UntrustedModel, match='aten::save'):\n"
+        "        parity.check('evil.pt', 'evil.pt', X)\n\n"
+        "def test_trusted(parity):\n"
+        "    parity.check('evil.pt', 'evil.pt', X, trust=True)\n",
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(Path(parity.__file__).resolve().parent.parent)  # this parity, not an installed one
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "parity.plugin", "test_model.py"],
+        cwd=home, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert "2 passed" in done.stdout, done.stdout + done.stderr
+    assert target.exists()
