@@ -167,3 +167,36 @@ def test_a_keras_2_h5_whose_op_layer_names_a_file_writer_is_refused(tmp_path):
         f.attrs["model_config"] = config.replace('"function": "clip_by_value"', '"function": "io.write_file"')
     with pytest.raises(UntrustedModel, match=r"tf.io.write_file in the TFOpLambda layer .*\(outside parity's allow-list\)"):
         parity.load(path)
+
+
+class SavesACheckpoint(tf.Module):
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target
+
+    @tf.function(input_signature=SPEC)
+    def run(self, x):
+        tf.raw_ops.SaveV2(prefix=self.target, tensor_names=["x"], shape_and_slices=[""], tensors=[x])
+        return x * 3.0
+
+
+def test_checkpoint_ops_are_allowed_only_in_the_saved_models_own_saver(tmp_path):
+    # every SavedModel's saver holds SaveV2 (and loads without trust); the same op in a signature writes files
+    target = tmp_path / "ckpt"
+    saved = tmp_path / "saved"
+    obj = SavesACheckpoint(str(target))
+    tf.saved_model.save(obj, str(saved), signatures=obj.run)
+    with pytest.raises(UntrustedModel, match=r"allow-list: SaveV2 \(SaveV2 in __inference_run"):
+        parity.load(saved)
+    assert parity.load(saved, trust=True).kind.startswith("SavedModel")
+
+
+def test_a_keras_2_saved_model_with_a_lambda_needs_trust_as_a_keras_model(tmp_path):
+    tf_keras = pytest.importorskip("tf_keras")
+    inp = tf_keras.Input((3,))
+    model = tf_keras.Model(inp, tf_keras.layers.Lambda(lambda t: t * 2, name="double")(tf_keras.layers.Dense(2)(inp)))
+    model.save(tmp_path / "k2", save_format="tf")
+    with pytest.raises(UntrustedModel, match=r"Keras 2 SavedModel whose layers hold Python code: a Lambda layer"):
+        parity.load(tmp_path / "k2", keras=True)
+    assert isinstance(parity.load(tmp_path / "k2", keras=True, trust=True), tf_keras.Model)
+    assert parity.load(tmp_path / "k2").kind.startswith("SavedModel")  # as a graph it is pure math
