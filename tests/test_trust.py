@@ -250,7 +250,7 @@ def test_a_pickled_pth_names_the_global_and_the_trust_opt_in(tmp_path, capsys):
     target = tmp_path / "written"
     path = tmp_path / "evil.pth"
     torch.save({"w": torch.ones(2), "x": WritesOnUnpickle(str(target))}, path)
-    with pytest.raises(UntrustedModel, match=r"it names (builtins\.)?exec\). If you trust the file, opt in with trust=True"):
+    with pytest.raises(UntrustedModel, match=r"it names the Python global (builtins\.)?exec\). If you trust the file, opt in with trust=True"):
         parity.load(path)
     _assert_cli_refuses(["taps", str(path)], capsys, "exec", "--trust")
     assert not target.exists()

@@ -27,7 +27,7 @@ def _unsupported(exc: Exception) -> str:
     import re
 
     match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-    return f"it names {match.group(1)}" if match else "it names Python objects"
+    return f"it names the Python global {match.group(1)}" if match else "it names Python objects"
 
 
 def load_exported_program(path: Path) -> Any:
