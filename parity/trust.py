@@ -26,6 +26,7 @@ from .trust_ops import (
     TF_OPS,
     TF_SYMBOL_MODULES,
     TF_SYMBOLS,
+    TORCH_CLASS_NAMESPACES,
     TORCH_DENIED_OPS,
     TORCH_NAMESPACES,
 )
@@ -182,12 +183,14 @@ def _torchscript_calls(tree: ast.AST) -> Iterator[str]:
         top = outermost(node)
         chain = _dotted(top)
         assert chain is not None
-        if chain[0] == "__torch__":
-            if "classes" in chain[1:3]:
-                yield f"the C++ class {'.'.join(chain[1:])}"
+        classes = chain[1:] if chain[0] == "__torch__" else chain
+        if classes[:2] == ["torch", "classes"]:
+            if len(classes) < 4 or classes[2] not in TORCH_CLASS_NAMESPACES:
+                yield f"the C++ class {'.'.join(classes)}"
             continue
-        if chain[0] == "torch" and len(chain) > 1 and chain[1] == "classes":
-            yield f"the C++ class {'.'.join(chain)}"
+        if chain[0] == "__torch__":
+            if "classes" in chain[1:3]:  # a class named outside torch.classes still is one
+                yield f"the C++ class {'.'.join(chain[1:])}"
             continue
         if chain[0] == "torch" and len(chain) > 1 and chain[1] != "ops":
             namespace, op = "aten", chain[1]

@@ -10,15 +10,15 @@ read from files, ``ImmutableConst`` (maps a file), send/receive and collectives,
 refused: parity cannot tell what an op it does not know does.  :data:`TF_CHECKPOINT_OPS` are allowed
 only in the SavedModel's own saver (the graph its ``saver_def`` names), which loading never runs.
 
-TorchScript and ``torch.export``: every ATen and ``prim`` operator is a tensor computation except
+TorchScript and ``torch.export``: every ATen, ``prim`` and quantized operator is a tensor computation except
 :data:`TORCH_DENIED_OPS`, found by reading every registered schema for file names, printing, RPC and
 global state (``tests/test_trust.py`` re-checks the schemas of the installed torch); operators of any
-other namespace (custom ops, C++ classes) are refused.
+other namespace (custom ops) and C++ classes other than quantized packed weights are refused.
 """
 
 from __future__ import annotations
 
-__all__ = ["TF_OPS", "TF_CHECKPOINT_OPS", "TORCH_DENIED_OPS", "TORCH_NAMESPACES", "KERAS_MODULES",
+__all__ = ["TF_OPS", "TF_CHECKPOINT_OPS", "TORCH_DENIED_OPS", "TORCH_NAMESPACES", "TORCH_CLASS_NAMESPACES", "KERAS_MODULES",
            "TF_SYMBOL_MODULES", "TF_SYMBOLS"]
 
 #: ATen/prim operators that reach outside the tensors they are given, and what they would do
@@ -35,8 +35,13 @@ TORCH_DENIED_OPS: dict[str, str] = {
     "seed": "resets the process's random generator",
 }
 
-#: operator namespaces whose ops (minus :data:`TORCH_DENIED_OPS`) untrusted torch code may call
-TORCH_NAMESPACES = frozenset({"aten", "prim"})
+#: operator namespaces whose ops (minus :data:`TORCH_DENIED_OPS`) untrusted torch code may call:
+#: ATen, TorchScript's primitives, and the quantized kernels (none of whose schemas takes a string)
+TORCH_NAMESPACES = frozenset({"aten", "prim", "quantized", "_quantized"})
+
+#: ``torch.classes`` namespaces whose C++ classes untrusted TorchScript may hold: quantized packed
+#: weights (``LinearPackedParamsBase``, ``Conv2dPackedParamsBase``), restored as tensors
+TORCH_CLASS_NAMESPACES = frozenset({"quantized"})
 
 #: module roots a ``.keras`` config may name (Keras imports the module a config names)
 KERAS_MODULES = ("keras",)

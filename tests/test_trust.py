@@ -18,7 +18,7 @@ from parity.cli import main
 from parity.errors import InputError, MappingError, ModelError, UntrustedModel
 from parity.loading import load_inputs, load_model
 from parity.trust import _torchscript_calls
-from parity.trust_ops import TORCH_DENIED_OPS
+from parity.trust_ops import TORCH_DENIED_OPS, TORCH_NAMESPACES
 
 torch = pytest.importorskip("torch")
 
@@ -167,12 +167,19 @@ def test_benign_torchscript_loads_without_trust(tmp_path):
         assert isinstance(parity.load(file), torch.jit.ScriptModule)
 
 
+def test_quantized_torchscript_loads_without_trust(tmp_path):
+    # quantized::linear_dynamic and torch.classes.quantized packed weights are tensor arithmetic
+    quantized = torch.ao.quantization.quantize_dynamic(Plain().eval(), {torch.nn.Linear}, dtype=torch.qint8)
+    torch.jit.script(quantized).save(str(tmp_path / "quantized.pt"))
+    assert isinstance(parity.load(tmp_path / "quantized.pt"), torch.jit.ScriptModule)
+
+
 def test_the_denied_ops_cover_every_registered_op_taking_a_file_name():
     # a new torch release adding an ATen op that opens a file must not pass the allow-list unseen
     file_args = {"filename", "file", "path", "f", "fname", "filepath"}
     for schema in torch._C._jit_get_all_schemas():
         namespace, _, op = schema.name.partition("::")
-        if namespace in ("aten", "prim") and any(a.name in file_args and "str" in str(a.type) for a in schema.arguments):
+        if namespace in TORCH_NAMESPACES and any(a.name in file_args and "str" in str(a.type) for a in schema.arguments):
             assert op in TORCH_DENIED_OPS, schema
 
 
