@@ -31,6 +31,7 @@ from .errors import (
     ParityMismatch,
     ReportFormatError,
     ToleranceError,
+    UntrustedModel,
 )
 from .search import SearchResult, search
 from .records import (
@@ -84,15 +85,17 @@ __all__ = [
     "CaptureError",
     "AlignmentError",
     "ReportFormatError",
+    "UntrustedModel",
     "__version__",
 ]
 
 
-def load(path, **options):
-    """A model saved at ``path`` (``.keras``/``.h5`` in safe mode, ``.pt2``); see :mod:`parity.loading`."""
+def load(path, *, trust=False, **options):
+    """A model saved at ``path``; a file that would run code is refused unless ``trust=True``
+    (:mod:`parity.trust`).  See :func:`parity.loading.load`."""
     from .loading import load as _load
 
-    return _load(path, **options)
+    return _load(path, trust=trust, **options)
 
 
 def load_report(path):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Mapping
 
 from . import pipeline
 from .capture import backend_for
 from .errors import ParityMismatch
 from .inputs import prepare_inputs, random_inputs, normalize_inputs
-from .loading import load_model
+from .loading import load_mapping, load_model
 from .pipeline import DiffOptions
 from .progress import steps
 from .records import InputsSummary, Report, Trace
@@ -20,7 +21,8 @@ __all__ = ["diff", "diff_with", "diff_traces", "assert_parity", "capture", "Diff
 
 
 def capture(
-    model: Any, inputs: Any = None, *, containers: bool = False, granularity: str = "modules", seed: int = 0
+    model: Any, inputs: Any = None, *, containers: bool = False, granularity: str = "modules", seed: int = 0,
+    trust: bool = False,
 ) -> Trace:
     """Run ``model`` once and record every layer's output.
 
@@ -32,17 +34,17 @@ def capture(
     ((8, 16, 28, 28), 'NCHW')
 
     ``granularity="ops"`` also records the functional calls of PyTorch
-    models (``layer1.0:add#0``).
+    models (``layer1.0:add#0``).  ``trust=True`` lets a model file run code (:mod:`parity.trust`).
     """
-    backend = backend_for(load_model(model), granularity=granularity)
+    backend = backend_for(load_model(model, trust=trust), granularity=granularity)
     arrays = random_inputs(backend, backend, seed=seed) if inputs is None else normalize_inputs(inputs)
     return backend.capture(arrays, containers=containers)
 
 
 def capture_pair(a: Any, b: Any, inputs: Any = None, *, granularity: str = "modules", seed: int = 0,
-                 input_map: Mapping[str, str] | None = None) -> tuple[Trace, Trace]:
+                 input_map: Mapping[str, str] | None = None, trust: bool = False) -> tuple[Trace, Trace]:
     """Both models' traces on the same inputs (given in A's layout, converted for B)."""
-    a, b = load_model(a), load_model(b)
+    a, b = load_model(a, trust=trust), load_model(b, trust=trust)
     backend_a, backend_b = backend_for(a, granularity=granularity), backend_for(b, granularity=granularity)
     inputs_a, inputs_b, _ = prepare_inputs(inputs, backend_a, backend_b, seed=seed, input_map=input_map)
     return backend_a.capture(inputs_a), backend_b.capture(inputs_b)
@@ -53,7 +55,7 @@ def diff(
     b: Any,
     inputs: Any = None,
     *,
-    mapping: Mapping[str, str] | None = None,
+    mapping: Mapping[str, str] | str | Path | None = None,
     rtol: float | None = None,
     atol: float | None = None,
     tolerances: Mapping[str, Any] | Tolerances | None = None,
@@ -65,6 +67,7 @@ def diff(
     seed: int = 0,
     max_memory: int | str | None = None,
     input_map: Mapping[str, str] | None = None,
+    trust: bool = False,
 ) -> Report:
     """Compare models ``a`` and ``b`` layer by layer on the same inputs.
 
@@ -73,7 +76,8 @@ def diff(
     ``inputs`` (an array, a tuple/list of arrays, or a dict by input name) are
     in model A's layout and converted for B; ``None`` makes a seeded random
     batch.  ``mapping`` pairs A layer names with B layer names where automatic
-    alignment cannot.  ``rtol``/``atol`` (both or neither) override the
+    alignment cannot (a table, or a ``.toml``/``.json``/``.yaml`` file of them as
+    ``parity diff --map`` takes).  ``rtol``/``atol`` (both or neither) override the
     per-dtype defaults; ``tolerances`` maps layer names or globs to
     ``(rtol, atol)``.  ``granularity="ops"`` records PyTorch's functional
     calls too (``x + y``, ``F.relu``, ``x.view``), where residual and flatten
@@ -86,24 +90,29 @@ def diff(
     temporary directory (removed afterwards); the report is the same.
     ``input_map={"input_ids": "token_ids", …}`` binds A's named inputs to B's where
     the names differ and the evidence (dtype, rank, a 0/1 mask vs token ids) cannot.
+    A model file that would run code (TorchScript, a pickle, a graph op outside the pure-math
+    allow-list, a Keras custom object) is refused unless ``trust=True`` (:mod:`parity.trust`).
 
     >>> report = parity.diff(torch_model, keras_model, x)   # doctest: +SKIP
     >>> report.first_divergence.a_name                        # doctest: +SKIP
     'layer1.1'
     """
+    if isinstance(mapping, (str, Path)):
+        mapping = load_mapping(mapping)  # a file, as the CLI's --map takes it
     options = DiffOptions.build(
         mapping=mapping, rtol=rtol, atol=atol, tolerances=tolerances, min_argmax_agreement=min_argmax_agreement,
         containers=containers, granularity=granularity, baseline=baseline, drift_factor=drift_factor, seed=seed,
         max_memory=max_memory, input_map=input_map,
     )
-    return diff_with(a, b, inputs, options)
+    return diff_with(a, b, inputs, options, trust=trust)
 
 
-def diff_with(a: Any, b: Any, inputs: Any, options: DiffOptions) -> Report:
-    """:func:`diff` with its options as one :class:`~parity.pipeline.DiffOptions` record."""
+def diff_with(a: Any, b: Any, inputs: Any, options: DiffOptions, *, trust: bool = False) -> Report:
+    """:func:`diff` with its options as one :class:`~parity.pipeline.DiffOptions` record
+    (``trust``: let model files run code, :mod:`parity.trust`)."""
     with steps(4, "parity diff") as bar, Spill() as spill:
         bar.advance("loading the models")
-        a, b = load_model(a), load_model(b)  # paths and "package.module:factory" specs
+        a, b = load_model(a, trust=trust), load_model(b, trust=trust)  # paths and "package.module:factory" specs
         backend_a = backend_for(a, granularity=options.granularity)
         backend_b = backend_for(b, granularity=options.granularity)
         inputs_a, inputs_b, summary = prepare_inputs(inputs, backend_a, backend_b, seed=options.seed,
@@ -123,7 +132,7 @@ def diff_with(a: Any, b: Any, inputs: Any, options: DiffOptions) -> Report:
         baseline = options.baseline
         if baseline is not None and not isinstance(baseline, Report):
             a0, b0 = baseline
-            baseline = diff_with(a0, b0, inputs, dataclasses.replace(options, baseline=None))
+            baseline = diff_with(a0, b0, inputs, dataclasses.replace(options, baseline=None), trust=trust)
         return pipeline.run(
             pipeline.Side(trace_a, backend_a, inputs_a), pipeline.Side(trace_b, backend_b, inputs_b),
             options, summary, baseline,
@@ -140,7 +149,7 @@ def diff_traces(
     trace_a: Trace,
     trace_b: Trace,
     *,
-    mapping: Mapping[str, str] | None = None,
+    mapping: Mapping[str, str] | str | Path | None = None,
     tolerances: Tolerances | None = None,
     inputs: InputsSummary | None = None,
     rtol: float | None = None,
@@ -148,6 +157,8 @@ def diff_traces(
 ) -> Report:
     """Align and compare two recorded traces (the models are not needed; a layer's own
     error is then estimated from the error growth, since nothing can be replayed)."""
+    if isinstance(mapping, (str, Path)):
+        mapping = load_mapping(mapping)
     options = DiffOptions.build(where="parity.diff_traces", mapping=mapping, rtol=rtol, atol=atol,
                                 tolerances=tolerances)
     return pipeline.run(pipeline.Side(trace_a), pipeline.Side(trace_b), options, inputs)

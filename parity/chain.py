@@ -286,6 +286,7 @@ def chain(
     rtol: float | None = None,
     atol: float | None = None,
     precision: Sequence[str | None] | Mapping[Any, str] | None = None,
+    trust: bool = False,
     **diff_options: Any,
 ) -> ChainReport:
     """Compare stage 0 with every later stage of a conversion chain, layer by layer.
@@ -296,7 +297,8 @@ def chain(
     batch).  ``names`` name the stages (default: file names, or framework and model name).
     ``rtol``/``atol`` (both or neither) judge the full-precision stages; a precision stage is
     judged with the looser of them and its precision's default.  ``precision`` hints stages'
-    precisions (a list aligned with ``stages``, or a dict by stage name or index).  Also:
+    precisions (a list aligned with ``stages``, or a dict by stage name or index).  ``trust=True``
+    lets the stages' model files run code (:mod:`parity.trust`).  Also:
     ``tolerances`` (per-layer overrides, for every stage), ``min_argmax_agreement``,
     ``containers``, ``granularity``, ``seed``, ``mappings`` (a list aligned with ``stages``, or
     a dict by stage name, of stage-0-name → stage-name mappings).
@@ -309,7 +311,7 @@ def chain(
     if unknown:
         hint = " (per-stage mappings go in mappings=[…] or Stage(mapping=…))" if "mapping" in unknown else ""
         raise OptionError(f"chain() got unexpected keyword argument(s) {', '.join(unknown)}{hint}; "
-                          f"it accepts names, rtol, atol, precision and {', '.join(_DIFF_OPTIONS)}.")
+                          f"it accepts names, rtol, atol, precision, trust and {', '.join(_DIFF_OPTIONS)}.")
     from . import pipeline
     from .capture import backend_for
     from .inputs import prepare_inputs
@@ -322,7 +324,7 @@ def chain(
     granularity = diff_options.get("granularity", "modules")
     containers = bool(diff_options.get("containers", False))
     seed = int(diff_options.get("seed", 0))
-    models = [load_model(s.model) for s in specs]
+    models = [load_model(s.model, trust=trust) for s in specs]
     backends = [backend_for(m, granularity=granularity) for m in models]
     stage_names = name_stages(specs, names, backends)
     hints = precision_hints(precision, stage_names)

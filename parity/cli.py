@@ -118,10 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model(spec: str, factory: str | None, flag: str = "--factory"):
+def _model(spec: str, factory: str | None, flag: str = "--factory", *, trust: bool = False):
     """The model ``spec`` names; a state_dict without ``flag`` is refused naming that flag."""
     try:
-        return load_model({"path": spec, "factory": factory} if factory else spec)
+        return load_model({"path": spec, "factory": factory} if factory else spec, trust=trust)
     except StateDictWithoutFactory as exc:
         raise StateDictWithoutFactory(
             exc.path, exc.keys,
@@ -193,7 +193,8 @@ def _align_command(args, console) -> int:
     inputs, mapping = inputs_from_args(args), load_mapping(args.mapping)
     try:
         trace_a, trace_b = capture_pair(
-            _model(args.a, args.factory_a, "--factory-a"), _model(args.b, args.factory_b, "--factory-b"), inputs,
+            _model(args.a, args.factory_a, "--factory-a", trust=args.trust),
+            _model(args.b, args.factory_b, "--factory-b", trust=args.trust), inputs,
             granularity="ops" if args.ops else "modules", seed=args.seed,
         )
     except InputShapeUnknown as exc:
@@ -296,6 +297,7 @@ def run_chain_command(args: Any, console: Any = None) -> int:
         report = chain(
             models, inputs_from_args(args), names=names, rtol=args.rtol, atol=args.atol, precision=hints or None,
             seed=getattr(args, "seed", 0) or 0, granularity="ops" if getattr(args, "ops", False) else "modules",
+            trust=bool(getattr(args, "trust", False)),
         )
         console.print(report)
         for attr, method, what in (("json_out", "to_json", "JSON chain report"), ("html_out", "to_html", "HTML chain report")):
@@ -359,8 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             inputs = inputs_from_args(args)
             try:
                 report = diff_with(
-                    _model(args.a, args.factory_a, "--factory-a"),
-                    _model(args.b, args.factory_b, "--factory-b"),
+                    _model(args.a, args.factory_a, "--factory-a", trust=args.trust),
+                    _model(args.b, args.factory_b, "--factory-b", trust=args.trust),
                     inputs,
                     options,
                 )
@@ -386,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             require_arg_files(args, args.model)
             inputs = inputs_from_args(args)
             try:
-                trace = capture(_model(args.model, args.factory), inputs, granularity="ops" if args.ops else "modules")
+                trace = capture(_model(args.model, args.factory, trust=args.trust), inputs, granularity="ops" if args.ops else "modules")
             except InputShapeUnknown as exc:
                 raise _no_shape(exc, [args.model]) from None
             return _print_taps(trace, args.filter, console)

@@ -27,6 +27,7 @@ __all__ = [
     "ConversionError",
     "ConverterNotInstalled",
     "StateDictWithoutFactory",
+    "UntrustedModel",
     "closest",
 ]
 
@@ -58,6 +59,16 @@ class InputShapeUnknown(InputError):
 
 class ModelError(ParityError, TypeError):
     """An object handed in as a model is not one parity can run."""
+
+
+class UntrustedModel(ModelError):
+    """A model file would run code (TorchScript, a pickle, a graph op that writes files, a Keras
+    custom object) and was not trusted.  ``path`` is the file, ``found`` what it would run; the
+    message says how to opt in (``trust=True``, ``--trust``, ``trust = true``)."""
+
+    def __init__(self, message: str, *, path: Any = None, found: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.path, self.found = path, list(found)
 
 
 class MappingError(ParityError, LookupError):

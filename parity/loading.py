@@ -88,11 +88,14 @@ def _is_model(obj: Any) -> bool:
     return is_model(obj)
 
 
-def looks_like_spec(text: str) -> bool:
+def looks_like_spec(text: str, base_dir: str | Path | None = None) -> bool:
     """Whether ``text`` is ``"package.module:attr"`` rather than a path to a saved model (whose
-    part before a colon ends with a suffix some backend loads)."""
+    part before a colon ends with a suffix some backend loads).  A file or directory of that name
+    (under ``base_dir``, or the current directory) is a path: ``net:v2.onnx`` is never imported."""
     from .capture import load_suffixes
 
+    if ":" in text and _under(text, base_dir).exists():
+        return False
     module, sep, attr = text.partition(":")
     return bool(sep) and bool(attr) and "/" not in module and "\\" not in module and not module.endswith(
         load_suffixes()
@@ -101,17 +104,24 @@ def looks_like_spec(text: str) -> bool:
 
 
 
-def load_model(spec: Any, base_dir: str | Path | None = None) -> Any:
+#: the keys a model table ``{path = ..., ...}`` may have
+MODEL_TABLE_KEYS = frozenset({"path", "factory", "trust", "safe_mode", "weights_only", "signature", "inputs", "outputs", "keras"})
+
+
+def load_model(spec: Any, base_dir: str | Path | None = None, *, trust: bool = False) -> Any:
     """A live model from ``"package.module:factory"``, a path, a table
-    ``{path = "net.pth", factory = "pkg.mod:Net"}``, or a model object (returned as is)."""
+    ``{path = "net.pth", factory = "pkg.mod:Net"}``, or a model object (returned as is).
+    ``trust=True`` lets a model file run code (see :mod:`parity.trust`); a table's own ``trust``
+    key does so for its file."""
     if isinstance(spec, Mapping) and "path" in spec:
-        unknown = set(spec) - {"path", "factory", "safe_mode", "weights_only", "signature", "inputs", "outputs", "keras"}
+        unknown = set(spec) - MODEL_TABLE_KEYS
         if unknown:
             raise ModelError(
-                f"a model table needs 'path' (and optionally 'factory', 'safe_mode', 'weights_only', "
+                f"a model table needs 'path' (and optionally 'factory', 'trust', 'safe_mode', 'weights_only', "
                 f"'signature'); got keys {sorted(spec)}."
             )
         options = {k: v for k, v in spec.items() if k != "path"}
+        options["trust"] = bool(options.get("trust", False)) or trust
         path = _under(spec["path"], base_dir)
         if isinstance(options.get("factory"), str):
             _require_file(path)  # before the factory's module (and its framework) is imported
@@ -120,10 +130,10 @@ def load_model(spec: Any, base_dir: str | Path | None = None) -> Any:
     if not isinstance(spec, (str, Path)):
         return spec
     text = str(spec)
-    if looks_like_spec(text):
+    if looks_like_spec(text, base_dir):
         obj = _resolve(text, "model", _dirs(base_dir))
         return obj() if callable(obj) and not _is_model(obj) else obj
-    return load(_under(text, base_dir))
+    return load(_under(text, base_dir), trust=trust)
 
 
 def require_files(spec: Any, base_dir: str | Path | None = None) -> None:
@@ -131,7 +141,7 @@ def require_files(spec: Any, base_dir: str | Path | None = None) -> None:
     exist, without loading anything: a typo then costs no framework import."""
     if isinstance(spec, Mapping) and "path" in spec:
         spec = spec["path"]
-    if isinstance(spec, (str, Path)) and not looks_like_spec(str(spec)):
+    if isinstance(spec, (str, Path)) and not looks_like_spec(str(spec), base_dir):
         _require_file(_under(spec, base_dir))
 
 
@@ -154,7 +164,7 @@ def _under(path: Any, base_dir: str | Path | None) -> Path:
     return path
 
 
-def load(path: str | Path, **options: Any) -> Any:
+def load(path: str | Path, *, trust: bool = False, **options: Any) -> Any:
     """A model saved at ``path``, read by the backend that takes its suffix
     (:func:`parity.capture.loader_for`):
 
@@ -168,7 +178,13 @@ def load(path: str | Path, **options: Any) -> Any:
       ``torch.load(weights_only=True)`` into ``factory()`` (``"package.module:Class"`` or a callable);
     - ``.onnx``, ``.tflite``.
 
-    Anything else raises a :class:`ModelError` that says what is supported."""
+    A file that would run code (TorchScript calling file I/O, a pickle, a graph op outside the
+    pure-math allow-list, a Keras custom object or Lambda) raises :class:`UntrustedModel` unless
+    ``trust=True`` (see :mod:`parity.trust`).  Anything else raises a :class:`ModelError` that says
+    what is supported.
+
+    >>> parity.load("model.pt2")                     # doctest: +SKIP
+    >>> parity.load("scripted.pt", trust=True)       # doctest: +SKIP"""
     from .capture import load_formats, loader_for
 
     path = Path(path)
@@ -179,6 +195,10 @@ def load(path: str | Path, **options: Any) -> Any:
             f"cannot load {str(path)!r}: parity loads {load_formats()} by path. Give the model as "
             "'package.module:factory' instead, or pass the live model object."
         )
+    from .trust import check, loader_options
+
+    check(path, trust=trust, **options)  # before anything in the file is read by its framework
+    options = loader_options(path, {**options, "trust": trust})
     if isinstance(options.get("factory"), str):
         options["factory"] = _resolve(options["factory"], "factory")
     return loader.load(path, **options)
@@ -204,7 +224,7 @@ def load_inputs(spec: Any, base_dir: str | Path | None = None) -> Any:
             return [(rng.standard_normal(tuple(s)) * scale).astype(dtype) for s in shapes]
         return (rng.standard_normal(tuple(shapes)) * scale).astype(dtype)
     text = str(spec)
-    if looks_like_spec(text):
+    if looks_like_spec(text, base_dir):
         obj = _resolve(text, "inputs", _dirs(base_dir))
         return obj() if callable(obj) else obj
     path = Path(text)
@@ -212,11 +232,20 @@ def load_inputs(spec: Any, base_dir: str | Path | None = None) -> Any:
         path = Path(base_dir) / path
     if not path.exists():
         raise InputError(f"inputs file {str(path)!r} does not exist; give a .npy or .npz file.")
-    if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise InputError(f"inputs file {str(path)!r} cannot be read: {exc}") from exc
+        raise InputError(
+            f"inputs file {str(path)!r} holds pickled Python objects (an object array), not numbers; "
+            "parity never unpickles inputs (a pickle can run code). Save plain numeric arrays: "
+            "np.save(path, np.asarray(x, dtype=np.float32))."
+        ) from exc
     raise InputError(f"inputs file {str(path)!r} is not .npy or .npz.")
 
 

@@ -69,7 +69,8 @@ def add_verbose_option(add: Callable[..., Any], prefix: str = "") -> None:
 
 
 def add_input_options(parser: Any) -> None:
-    """``--inputs FILE``, ``--shape N,C,H,W`` and ``--ops`` on an argparse (sub)parser."""
+    """``--inputs FILE``, ``--shape N,C,H,W``, ``--ops`` and ``--trust`` on an argparse (sub)parser:
+    every subcommand that loads models takes them."""
     parser.add_argument("--inputs", metavar="FILE",
                         help=".npy/.npz inputs in model A's layout (default: a seeded random batch)")
     parser.add_argument(
@@ -77,6 +78,11 @@ def add_input_options(parser: Any) -> None:
         help="shape of a seeded random input batch (e.g. 1,3,224,224) when the model declares none",
     )
     parser.add_argument("--ops", action="store_true", help="record PyTorch functional calls too (x + y, F.relu, view)")
+    parser.add_argument(
+        "--trust", action="store_true",
+        help="let the model files run code: TorchScript, pickled .pth/.pt2 payloads, TensorFlow ops outside "
+        "parity's pure-math allow-list, Keras custom objects and Lambda layers (refused by default)",
+    )
 
 
 def inputs_from_args(args: Any) -> object:

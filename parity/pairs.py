@@ -9,6 +9,7 @@ mapping = "models/mapping.toml"            # optional: a file or an inline table
 rtol = 1e-4                                # optional, with atol
 atol = 1e-6
 tolerances = { "layer4.*" = [1e-2, 1e-4] } # optional per-layer overrides
+trust = true                               # optional: let these model files run code (TorchScript, pickles)
 ```
 
 Paths are relative to the file that declares them, and so are ``package.module`` specs
@@ -25,10 +26,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import PairConfigError
+from .loading import MODEL_TABLE_KEYS
 
 __all__ = ["PairSpec", "PairConfigError", "find_pair_config", "load_pairs"]
 
-_KEYS = {"a", "b", "inputs", "mapping", "rtol", "atol", "tolerances", "seed", "min_argmax_agreement", "input_map"}
+_KEYS = {"a", "b", "inputs", "mapping", "rtol", "atol", "tolerances", "seed", "min_argmax_agreement", "input_map",
+         "trust"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class PairSpec:
     min_argmax_agreement: float | None = None
     #: A's input name = B's, where the names differ (see ``parity.diff(input_map=...)``)
     input_map: Mapping[str, str] | None = None
+    #: let both model files run code (TorchScript, pickles, Keras custom objects; see parity.trust)
+    trust: bool = False
 
     def run(self, *, rtol: float | None = None, atol: float | None = None, seed: int | None = None,
             max_memory: int | str | None = None):
@@ -66,7 +71,8 @@ class PairSpec:
             tolerances=self.tolerances or None, min_argmax_agreement=self.min_argmax_agreement,
             seed=self.seed if seed is None else seed, max_memory=max_memory, input_map=self.input_map,
         )
-        return diff_with(load_model(self.a, base), load_model(self.b, base), inputs, options)
+        a, b = load_model(self.a, base, trust=self.trust), load_model(self.b, base, trust=self.trust)
+        return diff_with(a, b, inputs, options)
 
 
 def find_pair_config(root: str | Path) -> Path | None:
@@ -112,11 +118,13 @@ def load_pairs(path: str | Path) -> list[PairSpec]:
                 raise PairConfigError(f"{where} is missing key {key!r} (a path or 'package.module:factory').")
             value = table[key]
             if isinstance(value, dict):
-                if "path" not in value or set(value) - {"path", "factory", "safe_mode", "weights_only", "signature", "inputs", "outputs"}:
+                if "path" not in value or set(value) - (MODEL_TABLE_KEYS - {"keras"}):
                     raise PairConfigError(
-                        f"{where} key {key!r} as a table needs 'path' and may have 'factory', 'safe_mode', "
-                        f"'weights_only', 'signature'; got keys {sorted(value)}."
+                        f"{where} key {key!r} as a table needs 'path' and may have 'factory', 'trust', "
+                        f"'safe_mode', 'weights_only', 'signature'; got keys {sorted(value)}."
                     )
+                if "trust" in value and not isinstance(value["trust"], bool):
+                    raise PairConfigError(f"{where} key {key!r}: 'trust' must be true or false, got {value['trust']!r}.")
             elif not isinstance(value, str):
                 raise PairConfigError(
                     f"{where} key {key!r} must be a path, 'package.module:factory' or a table "
@@ -129,6 +137,8 @@ def load_pairs(path: str | Path) -> list[PairSpec]:
                 f"{where} gives key {given!r} without {missing!r}; give both, or the default {missing} "
                 "would silently still apply."
             )
+        if "trust" in table and not isinstance(table["trust"], bool):
+            raise PairConfigError(f"{where} key 'trust' must be true or false, got {table['trust']!r}.")
         for key in ("rtol", "atol", "min_argmax_agreement"):
             if key in table and not isinstance(table[key], (int, float)):
                 raise PairConfigError(f"{where} key {key!r} must be a number, got {table[key]!r}.")
@@ -168,6 +178,7 @@ def load_pairs(path: str | Path) -> list[PairSpec]:
                 seed=int(table.get("seed", 0)),
                 min_argmax_agreement=table.get("min_argmax_agreement"),
                 input_map=input_map,
+                trust=bool(table.get("trust", False)),
             )
         )
     return pairs

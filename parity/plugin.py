@@ -245,14 +245,16 @@ class ParityChecker:
         self.reports: list[Any] = []
 
     def check(self, a: Any, b: Any, inputs: Any = None, **options: Any):
-        """Compare ``a`` and ``b`` like :func:`parity.diff`; fail the test with the report unless they agree."""
+        """Compare ``a`` and ``b`` like :func:`parity.diff` (``trust=True`` too); fail the test with
+        the report unless they agree."""
         __tracebackhide__ = True
         from .api import diff_with
         from .pipeline import DiffOptions
 
         for key, value in self._session.options().items():
             options.setdefault(key, value)
-        report = diff_with(a, b, inputs, DiffOptions.build(where="parity.check", **options))
+        trust = bool(options.pop("trust", False))  # loading, not comparing: no DiffOptions field
+        report = diff_with(a, b, inputs, DiffOptions.build(where="parity.check", **options), trust=trust)
         self.reports.append(report)
         name = self._request.node.nodeid + (f"-{len(self.reports)}" if len(self.reports) > 1 else "")
         paths = self._session.record(name, report)

@@ -410,6 +410,7 @@ def search(
     batch: int = 2,
     patterns: Sequence[str] | None = None,
     max_shrinks: int | None = None,
+    trust: bool = False,
     **diff_options: Any,
 ) -> SearchResult:
     """Look for inputs on which ``a`` and ``b`` part, and shrink them to a minimal one.
@@ -427,7 +428,8 @@ def search(
     search reproducible.  ``rtol``/``atol`` and ``diff_options`` (``mapping``,
     ``tolerances``, ``granularity``, …) go to :func:`parity.diff`.  A
     diverging input is saved as ``.npy`` (``.npz`` for several inputs) under
-    ``save_to`` (``None``: not saved) and the path printed.
+    ``save_to`` (``None``: not saved) and the path printed.  ``trust=True`` lets model files run
+    code (:mod:`parity.trust`).
 
     >>> result = parity.search(torch_model, keras_model, max_examples=100)   # doctest: +SKIP
     >>> print(result.summary())                                              # doctest: +SKIP
@@ -444,7 +446,7 @@ def search(
     options = DiffOptions.build(where="parity.search", rtol=rtol, atol=atol, **diff_options)  # refused before any run
     if max_examples < 1:
         raise InputError(f"max_examples must be at least 1 (the number of inputs to try); got {max_examples}.")
-    a, b = load_model(a), load_model(b)
+    a, b = load_model(a, trust=trust), load_model(b, trust=trust)
     slots = _slots(a, b, shape, batch, options.granularity)
     shrink_budget = max(max_examples, 100) if max_shrinks is None else int(max_shrinks)
 

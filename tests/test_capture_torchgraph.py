@@ -79,9 +79,10 @@ def test_a_state_dict_needs_the_factory_that_builds_the_model(model, saved):
 def test_a_pickle_with_code_is_refused_unless_trusted(saved):
     path = saved / "pickled.pt"
     torch.save({"model": BasicBlock(2), "epoch": 3}, path)
-    with pytest.raises(parity.ParityError, match=r"weights_only=True\) refuses them .* opt in with parity.load\(path, weights_only=False\)"):
+    with pytest.raises(parity.UntrustedModel, match=r"weights_only=True\) refuses them .* opt in with trust=True"):
         load(path)
-    assert isinstance(load(path, weights_only=False), torch.nn.Module)
+    assert isinstance(load(path, trust=True), torch.nn.Module)
+    assert isinstance(load(path, weights_only=False), torch.nn.Module)  # the old opt-in
     with pytest.raises(parity.ParityError, match="is not a torch.export program"):
         (saved / "broken.pt2").write_bytes(b"not a zip")
         load(saved / "broken.pt2")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from parity import ParityError
+from parity import ParityError, UntrustedModel
 from parity.capture import loader_for
 from parity.loading import load, load_inputs, load_mapping, load_model, looks_like_spec
 from parity.pairs import PairConfigError, load_pairs
@@ -142,8 +142,10 @@ def test_a_keras_file_loads_in_safe_mode_and_a_lambda_needs_an_opt_in(tmp_path):
     doubled = keras.layers.Lambda(lambda t: t * 2, name="double")(inputs)
     risky = keras.Model(inputs, doubled)
     risky.save(tmp_path / "risky.keras")
-    with pytest.raises(ParityError, match=r"safe mode. If you trust the file, opt in with parity.load\(path, safe_mode=False\)"):
+    with pytest.raises(UntrustedModel, match=r"a Lambda layer 'double' .* opt in with trust=True"):
         load(tmp_path / "risky.keras")
+    assert load(tmp_path / "risky.keras", trust=True).get_layer("double") is not None
+    assert load(tmp_path / "risky.keras", safe_mode=False).get_layer("double") is not None  # the old opt-in
 
 
 def test_pair_tables_in_a_parity_toml(tmp_path):

@@ -24,15 +24,27 @@ def load_keras(path: Path, *, safe_mode: bool = True, **options: Any) -> Any:
     suffix = path.suffix.lower()
     try:
         return keras.saving.load_model(path, safe_mode=safe_mode, **options)
+    except TypeError as exc:  # a class or function the config names that Keras cannot find
+        from ..trust import keras_load_error
+
+        raise keras_load_error(path, exc) from exc
     except ValueError as exc:
         if "safe_mode" in str(exc) or ("lambda" in str(exc).lower() and "TFOpLambda" not in str(exc)):
-            raise ModelError(
-                f"{str(path)!r} holds code (a Lambda layer) that Keras refuses to load in safe mode. "
-                "If you trust the file, opt in with parity.load(path, safe_mode=False)."
-            ) from exc
+            raise _lambda_refused(path) from exc
         if suffix != ".h5" or str(keras.__version__).startswith("2.") or not saved_by_keras2(path):
             raise  # (where keras is Keras 2 itself, tf_keras would not do better)
         return _load_with_tf_keras(path, exc, safe_mode, **options)
+
+
+def _lambda_refused(path: Path) -> ModelError:
+    from ..errors import UntrustedModel
+    from ..trust import TRUST_HINT
+
+    return UntrustedModel(
+        f"{str(path)!r} holds code (a Lambda layer) that Keras refuses to load in safe mode. {TRUST_HINT} "
+        "(parity.load(path, safe_mode=False) opts in to Keras code only.)",
+        path=path, found=["a Lambda layer"],
+    )
 
 
 def saved_by_keras2(path: Path) -> bool:
@@ -81,10 +93,7 @@ def _load_with_tf_keras(path: Path, keras3_error: Exception, safe: bool, **optio
         return tf_keras.models.load_model(path, compile=False, safe_mode=safe, **options)
     except ValueError as exc:
         if "safe_mode" in str(exc):
-            raise ModelError(
-                f"{str(path)!r} holds code (a Lambda layer) that Keras refuses to load in safe mode. "
-                "If you trust the file, opt in with parity.load(path, safe_mode=False)."
-            ) from exc
+            raise _lambda_refused(path) from exc
         raise ModelError(
             f"{str(path)!r} was saved by Keras 2 and neither Keras 3 ({str(keras3_error).strip()[:200]}) "
             f"nor tf_keras ({type(exc).__name__}: {str(exc).strip()[:300]}) can load it. Save the model "

@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import ModelError, StateDictWithoutFactory
+from ..errors import ModelError, StateDictWithoutFactory, UntrustedModel
 
 __all__ = ["is_torchscript", "load_torch_file", "load_exported_program"]
 
@@ -20,6 +20,14 @@ def is_torchscript(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as archive:
         return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def _unsupported(exc: Exception) -> str:
+    """The global torch's restricted unpickler refused (``GLOBAL os.system``), as torch names it."""
+    import re
+
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    return f"it names the Python global {match.group(1)}" if match else "it names Python objects"
 
 
 def load_exported_program(path: Path) -> Any:
@@ -49,11 +57,13 @@ def load_torch_file(path: Path, *, factory: Any = None, weights_only: bool = Tru
         state = torch.load(str(path), map_location="cpu", weights_only=weights_only)
     except Exception as exc:
         if weights_only and ("safe_globals" in str(exc) or "Unsupported global" in str(exc)):
-            raise ModelError(
+            from ..trust import TRUST_HINT
+
+            raise UntrustedModel(
                 f"{str(path)!r} holds pickled Python objects, not only tensors, and "
-                "torch.load(weights_only=True) refuses them (pickles can run code). If you trust the "
-                "file, opt in with parity.load(path, weights_only=False) (or weights_only = false in "
-                "the model table); better, save a state_dict and give factory=."
+                f"torch.load(weights_only=True) refuses them (a pickle can run any code: {_unsupported(exc)}). "
+                f"{TRUST_HINT} Better, save a state_dict and give factory=.",
+                path=path, found=[_unsupported(exc)],
             ) from exc
         raise ModelError(f"{str(path)!r} is not a file torch.load can read: {type(exc).__name__}: {exc}") from exc
     if is_module(state):
