@@ -221,3 +221,54 @@ def test_a_float64_twin_keeps_integer_ids_as_integers():
     trace64 = KerasBackend(model).twin("float64").capture([tokens])
     assert trace64["emb"].dtype == "float64"
     np.testing.assert_allclose(trace64["head"].value, KerasBackend(model).capture([tokens])["head"].value, rtol=1e-5, atol=1e-6)
+
+
+def test_four_threads_sharing_a_keras_model_a_each_get_the_report_of_their_own_pair():
+    """Each capture patched the shared layers' ``call`` over the others' patches: a thread
+    recorded the other threads' layers, and the first to finish took every patch away."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    barrier, seen = threading.Barrier(4), set()
+
+    @keras.saving.register_keras_serializable(package="parity_tests")
+    class Rendezvous(keras.layers.Layer):
+        """Each thread's first forward waits here until all four are inside the model."""
+
+        def call(self, x):
+            me = threading.get_ident()
+            if me not in seen and len(seen) < 4:
+                seen.add(me)
+                try:
+                    barrier.wait(timeout=20)
+                except threading.BrokenBarrierError:  # a late thread: the test checks less, never hangs
+                    pass
+            return x
+
+    def mlp(meet: bool):
+        keras.utils.set_random_seed(0)
+        x = inp = keras.Input((8,), name="x")
+        for i in range(4):
+            x = keras.layers.Dense(8, activation="tanh", name=f"d{i}")(x)
+            if i == 1 and meet:
+                x = Rendezvous(name="meet")(x)
+        return keras.Model(inp, x, name="mlp")
+
+    a = mlp(True)
+    pairs = []
+    for i in range(4):
+        b = mlp(False)
+        kernel = b.get_layer(f"d{i}").kernel
+        kernel.assign(kernel.numpy() * 1.5)
+        pairs.append((f"d{i}", b))
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype("float32")
+    with ThreadPoolExecutor(4) as pool:
+        reports = list(pool.map(lambda pair: parity.diff(a, pair[1], x), pairs))
+    for (flagged, _), report in zip(pairs, reports):
+        names = [d.a_name for d in report.layers]
+        assert names == ["d0", "d0:activation", "d1", "d1:activation", "d2", "d2:activation", "d3",
+                         "d3:activation", "output"][: len(names)] and len(names) >= 7, names
+        # nothing left over from another thread's forward: only the rendezvous B does not have
+        assert [u.name for u in report.unmatched] == ["meet"], report.unmatched
+        assert report.first_divergence is not None and report.first_divergence.a_name == flagged
+    assert all("call" not in layer.__dict__ for layer in a.layers)  # every patch is gone

@@ -391,3 +391,84 @@ def test_float64_twin_takes_float32_inputs_and_records_float64(model, x):
 def test_an_unknown_twin_kind_is_a_model_error(model):
     with pytest.raises(parity.ModelError, match="a twin is one of 'fresh', 'randomized_stats', 'float64', not 'int8'"):
         TorchBackend(model).twin("int8")
+
+
+# --- one model A shared by threads -------------------------------------------------------------------
+
+
+class _Meeting:
+    """A barrier that only each thread's first arrival waits at (shared, not copied, by deepcopy)."""
+
+    def __init__(self, parties: int) -> None:
+        import threading
+
+        self.barrier = threading.Barrier(parties)
+        self.seen: set[int] = set()
+        self.ident = threading.get_ident
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def attend(self) -> None:
+        me = self.ident()
+        if me not in self.seen:
+            self.seen.add(me)
+            try:
+                self.barrier.wait(timeout=20)
+            except Exception:  # a thread arrived late: the test then checks less, it does not hang
+                pass
+
+
+class _Rendezvous(nn.Module):
+    """Holds each thread's first forward here until all of them are inside the model, so every
+    capture's hooks are registered while the others run (reruns pass straight through)."""
+
+    def __init__(self, meeting: _Meeting | None) -> None:
+        super().__init__()
+        self.meeting = meeting
+
+    def forward(self, x):
+        if self.meeting is not None:
+            self.meeting.attend()
+        return x
+
+
+def _mlp(meeting: _Meeting | None = None, width: int = 16) -> nn.Sequential:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for i in range(4):
+        layers += [nn.Linear(width, width), nn.Tanh()]
+        if i == 1:
+            layers.append(_Rendezvous(meeting))
+    return nn.Sequential(*layers).eval()
+
+
+def test_four_threads_sharing_model_a_each_get_the_report_of_their_own_pair():
+    """Hooks fire for every thread's forward: each report used to hold the other threads' taps
+    (and a thread could find the model put back into training mode by another's capture)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    a = _mlp(_Meeting(4))
+    a.train()  # handed in training: every capture must run it in eval() and say so, and leave it training
+    linears = [i for i, m in enumerate(a) if isinstance(m, nn.Linear)]
+    pairs = []
+    for k, idx in enumerate(linears):
+        b = _mlp()
+        b.train()
+        with torch.no_grad():
+            b[idx].weight.mul_(1.5)  # B_k's bug is in A's k-th Linear
+        pairs.append((str(idx), b))
+    x = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
+
+    def run(pair):
+        return parity.diff(a, pair[1], x)
+
+    with ThreadPoolExecutor(4) as pool:
+        reports = list(pool.map(run, pairs))
+    for (flagged, _), report in zip(pairs, reports):
+        names = [d.a_name for d in report.layers]
+        assert len(names) == len(set(names)) == 4 * 2 + 1 + 1  # 8 layers, the rendezvous, the output
+        assert report.first_divergence is not None and report.first_divergence.a_name == flagged
+        assert all(d.ok for d in report.layers if d.index < report.first_divergence.index)
+        assert any("training mode" in n for n in report.notes)
+    assert all(m.training for m in a.modules())  # the user's modes are back

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import re
 import sys
+import threading
 from collections import Counter
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -200,24 +201,68 @@ def _has_sublayers(layer: Any) -> bool:
         return False
 
 
+class _Patch:
+    """One layer attribute replaced by a dispatcher while any capture patches it: each thread
+    calls its own wrapper (the innermost it installed), other threads the original."""
+
+    def __init__(self, layer: Any, attr: str) -> None:
+        self.had_own = attr in layer.__dict__
+        self.own = layer.__dict__.get(attr)
+        self.original = getattr(layer, attr)
+        self.by_thread: dict[int, list[Any]] = {}
+        self.users = 0
+        by_thread, original = self.by_thread, self.original
+
+        @functools.wraps(original)  # keeps an activation's __name__: the layer's attrs say "relu"
+        def dispatch(*args: Any, **kwargs: Any) -> Any:
+            mine = by_thread.get(threading.get_ident())
+            return (mine[-1] if mine else original)(*args, **kwargs)
+
+        self.dispatch = dispatch
+
+
+_PATCHES: dict[tuple[int, str], _Patch] = {}
+_PATCH_LOCK = threading.Lock()
+
+
 @contextmanager
 def patched_calls(wrappers: Iterable[tuple[Any, Callable[[Any], Any]]], attr: str = "call") -> Iterator[None]:
     """Replace each layer's ``call`` (or another callable attribute, ``attr``) by
-    ``make(original)`` for the duration, on the instance; restore exactly what the instance
-    had before (its own attribute, or none)."""
-    patched: list[tuple[Any, bool, Any]] = []
+    ``make(original)`` for the duration, for the calling thread only; restore exactly what the
+    instance had before (its own attribute, or none) when the last thread is done.
+
+    Several threads may capture one model at once: the instance holds one dispatcher that
+    hands each thread its own wrapper, so a thread records only its own forward."""
+    me = threading.get_ident()
+    mine: list[tuple[tuple[int, str], Any]] = []
     try:
         for layer, make in wrappers:
-            had_own = attr in layer.__dict__
-            patched.append((layer, had_own, layer.__dict__.get(attr)))
-            object.__setattr__(layer, attr, make(getattr(layer, attr)))
+            key = (id(layer), attr)
+            with _PATCH_LOCK:
+                patch = _PATCHES.get(key)
+                if patch is None:
+                    patch = _PATCHES[key] = _Patch(layer, attr)
+                    object.__setattr__(layer, attr, patch.dispatch)
+                patch.users += 1
+                stack = patch.by_thread.setdefault(me, [])
+                stack.append(make(stack[-1] if stack else patch.original))
+                mine.append((key, layer))
         yield
     finally:
-        for layer, had_own, original in reversed(patched):
-            if had_own:
-                object.__setattr__(layer, attr, original)
-            else:
-                layer.__dict__.pop(attr, None)
+        with _PATCH_LOCK:
+            for key, layer in reversed(mine):
+                patch = _PATCHES[key]
+                stack = patch.by_thread[me]
+                stack.pop()
+                if not stack:
+                    del patch.by_thread[me]
+                patch.users -= 1
+                if patch.users == 0:
+                    del _PATCHES[key]
+                    if patch.had_own:
+                        object.__setattr__(layer, key[1], patch.own)
+                    else:
+                        layer.__dict__.pop(key[1], None)
 
 
 #: layers that apply their ``activation`` once, to their result.  PyTorch has a module of its

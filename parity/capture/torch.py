@@ -14,6 +14,13 @@ module path, the op and its index there: ``layer1.0:add#0``, ``:reshape#0``
 module's tap is their result.  The model runs once under ``torch.no_grad()``
 in ``eval()``; the modes the user had are restored afterwards, and a model
 handed in while training is said so in its :class:`ModelInfo`.
+
+One model object may be captured from several threads at once (``parity.diff``
+calls sharing model A): a hook registered by one capture records only the
+forward run by the thread that registered it (hooks fire for every thread's
+forward), and the switch to ``eval()`` is shared — the first capture to start
+saves the modes, the last to finish restores them — so no thread runs the model
+in training mode halfway through another's forward.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import dataclasses
 import inspect
 import re
 import sys
+import threading
 from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
@@ -279,6 +287,7 @@ class TorchBackend(Backend):
             if not is_leaf and not containers and _computes_itself(module):
                 owners[module] = name
         taps: list[Tap] = []
+        thread = threading.get_ident()
         constants = {_data_ptr(t) for t in (*model.parameters(), *model.buffers())} - {None, 0}
         keeper = _Keeper(taps, copy_all)
         calls: Counter[str] = Counter()
@@ -308,6 +317,8 @@ class TorchBackend(Backend):
                 keeper.watch(t, len(taps) - 1)
 
         def hook(module: Any, args: tuple, output: Any) -> None:
+            if threading.get_ident() != thread:
+                return  # another thread's forward of the same model: not this capture's
             name = names[module]
             k = calls[name]
             calls[name] += 1
@@ -342,7 +353,7 @@ class TorchBackend(Backend):
             layout = spec[i].layout if spec and i < len(spec) else default_layout(t.dim())
             is_input[_tensor_key(t)] = layout
         handles = [m.register_forward_hook(hook) for m in names]
-        handles += self._owner_hooks(owners, record, layouts, calls)
+        handles += self._owner_hooks(owners, record, layouts, calls, thread)
         if granularity == "ops":
             mode, op_handles = self._op_recorder(record, layouts, calls, keeper)
             handles += op_handles
@@ -382,7 +393,7 @@ class TorchBackend(Backend):
 
 
     @staticmethod
-    def _owner_hooks(owners: dict, record, layouts: dict, calls: Counter) -> list:
+    def _owner_hooks(owners: dict, record, layouts: dict, calls: Counter, thread: int) -> list:
         """Taps for modules that compute with their own parameters in their own forward and only
         then hand the result to children (timm's ``BatchNormAct2d`` normalises itself, then runs
         its ``drop`` and ``act`` children).  Leaf hooks never see that result: it is the input of
@@ -408,6 +419,8 @@ class TorchBackend(Backend):
             record(base, t, _torch_op(owner), "layer", in_layout, in_rank, attrs)
 
         def enter(mod, args):
+            if threading.get_ident() != thread:
+                return
             first = next((a for a in args if _is_tensor(a)), None)
             for entry in open_:  # a module running inside an owner that has not been decided yet
                 if not entry[3] and mod is not entry[0]:
@@ -419,6 +432,8 @@ class TorchBackend(Backend):
                 open_.append([mod, owners[mod], keys, False, first])
 
         def leave(mod, args, out):
+            if threading.get_ident() != thread:
+                return
             if mod in owners and open_ and open_[-1][0] is mod:
                 entry = open_.pop()
                 if not entry[3] and _is_tensor(out):
@@ -472,9 +487,12 @@ class TorchBackend(Backend):
 
         found: dict[str, np.ndarray] = {}
         modules = {n: m for n in names if (m := self._module(n)) is not None}
+        thread = threading.get_ident()
 
         def hook_for(name: str):
             def pre(module, args):
+                if threading.get_ident() != thread:
+                    return
                 if name not in found and len(args) == 1 and isinstance(args[0], torch.Tensor):
                     found[name] = args[0].detach().cpu().numpy().copy()
 
@@ -496,13 +514,8 @@ class TorchBackend(Backend):
         module = self._module(name)
         if module is None:
             raise CaptureError(f"{name!r} is not one module of {type(self.model).__name__} that can be called alone.")
-        mode = module.training
-        module.eval()
-        try:
-            with torch.no_grad():
-                return module(torch.from_numpy(np.ascontiguousarray(x))).detach().cpu().numpy()
-        finally:
-            module.train(mode)
+        with _inference(module):
+            return module(torch.from_numpy(np.ascontiguousarray(x))).detach().cpu().numpy()
 
     # --- twins -----------------------------------------------------------------------
 
@@ -539,14 +552,16 @@ class TorchBackend(Backend):
 
         stack: list[tuple[str, bool]] = []  # (module path, is leaf) of the modules running now
         handles = []
+        thread = threading.get_ident()
         for path, module in self.model.named_modules():
             is_leaf = next(iter(module.children()), None) is None and module is not self.model
 
             def push(mod, args, path=path, is_leaf=is_leaf):
-                stack.append((path, is_leaf))
+                if threading.get_ident() == thread:
+                    stack.append((path, is_leaf))
 
             def pop(mod, args, out):
-                if stack:
+                if stack and threading.get_ident() == thread:
                     stack.pop()
 
             handles.append(module.register_forward_pre_hook(push))
@@ -634,20 +649,37 @@ def _write_guard(keeper: _Keeper) -> Any:
     return _WRITE_GUARD(keeper)
 
 
+#: the modules in eval() for a capture under way: id(module) → [captures running, the modes saved]
+_IN_EVAL: dict[int, list] = {}
+_IN_EVAL_LOCK = threading.Lock()
+
+
 @contextmanager
 def _inference(model: Any) -> Iterator[dict]:
     """``model`` in ``eval()`` under ``no_grad``; every module's own mode is restored afterwards.
-    Yields the modes the modules had (a True among them: the model was handed in training)."""
+    Yields the modes the modules had (a True among them: the model was handed in training).
+
+    Shared between threads: the first capture of a model saves the modes and calls ``eval()``,
+    the last one to finish restores them, and each is told the modes the user had."""
     import torch
 
-    modes = {m: m.training for m in model.modules()}
+    key = id(model)
+    with _IN_EVAL_LOCK:
+        entry = _IN_EVAL.get(key)
+        if entry is None:
+            entry = _IN_EVAL[key] = [0, {m: m.training for m in model.modules()}]
+            model.eval()
+        entry[0] += 1
     try:
-        model.eval()
         with torch.no_grad():
-            yield modes
+            yield entry[1]
     finally:
-        for m, was_training in modes.items():
-            m.train(was_training)
+        with _IN_EVAL_LOCK:
+            entry[0] -= 1
+            if entry[0] == 0:
+                del _IN_EVAL[key]
+                for m, was_training in entry[1].items():
+                    m.train(was_training)
 
 
 def _fmt_shape(shape: tuple) -> str:
