@@ -472,3 +472,60 @@ def test_four_threads_sharing_model_a_each_get_the_report_of_their_own_pair():
         assert all(d.ok for d in report.layers if d.index < report.first_divergence.index)
         assert any("training mode" in n for n in report.notes)
     assert all(m.training for m in a.modules())  # the user's modes are back
+
+
+# --- models that raise ---------------------------------------------------------------------------------
+
+
+class _Exploder(nn.Module):
+    def forward(self, x):
+        raise ValueError("boom")
+
+
+def test_a_model_raising_inside_a_layer_is_reported_naming_that_layer():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.ReLU(), _Exploder()))
+    with pytest.raises(parity.CaptureError) as err:
+        parity.capture(model, np.ones((1, 3), np.float32))
+    assert str(err.value).startswith(
+        "running torch model Sequential on inputs of shape (1, 3) failed in layer '1.1' (_Exploder): ValueError: boom."
+    )
+
+
+class _SecondCallFails(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act, self.head = nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > 1:
+            raise RuntimeError("generator already exhausted")
+        return self.head(self.act(self.fc(x)))
+
+
+def test_a_model_that_fails_when_rerun_for_the_diagnoses_gets_its_report_saying_which_rerun_failed():
+    """The reruns raised out of parity.diff (the replay's) or were silently skipped (the others)."""
+    import copy
+
+    torch.manual_seed(0)
+    a = _SecondCallFails().eval()
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        b.fc.weight.mul_(1.5)
+    report = parity.diff(a, b, np.ones((2, 4), np.float32))
+    assert report.first_divergence.a_name == "fc"
+    reruns = [n for n in report.notes if n.startswith("rerunning model")]
+    assert reruns[0] == (
+        "rerunning model A in float64 (its float32 noise floor) failed (RuntimeError: generator already "
+        "exhausted); the flagged layers are judged by the tolerances given, not by A's own float32 precision. "
+        "The first run succeeded and its comparison stands (a model that fails only when called again may "
+        "keep state between calls)."
+    )
+    assert [n.split(" failed (")[0] for n in reruns] == [
+        "rerunning model A in float64 (its float32 noise floor)",
+        "rerunning model A to record its layers' inputs",
+        "rerunning model A to check that it is deterministic",
+        "rerunning model B to check that it is deterministic",
+        "rerunning model A to record the input of its first layer",
+    ]

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import CaptureError
+from ..errors import CaptureError, ParityError
 from ..layout import CHANNELS_FIRST, CHANNELS_LAST
 from ..records import InputSpec, ModelInfo, Tap, Trace
 from .base import Backend, Inputs, append_tap, flatten_outputs, numpy_dtype_name
@@ -446,6 +446,7 @@ class KerasBackend(Backend):
             return self._default_layout(rank), extra
 
         pending: dict[int, tuple[str, str | None, int | None, tuple]] = {}  # a fused layer's call under way
+        raised: list[str] = []  # where the forward raised, when a layer did
         applied: dict[int, bool] = {}
 
         def make_wrapper(layer: Any, original: Any) -> Any:
@@ -469,6 +470,10 @@ class KerasBackend(Backend):
                     pending[id(layer)] = (name, in_layout, in_rank, in_shape)
                 try:
                     out = original(*args, **kwargs)
+                except Exception:
+                    if not raised:  # the innermost layer raises first
+                        raised.append(f" in layer {name!r} ({type(layer).__name__})")
+                    raise
                 finally:
                     pending.pop(id(layer), None)
                     split = applied.pop(id(layer), False)
@@ -532,7 +537,7 @@ class KerasBackend(Backend):
             with wrapped_calls, wrapped_activations:
                 out = self.run(inputs)
         except Exception as exc:
-            if isinstance(exc, CaptureError):
+            if isinstance(exc, ParityError):  # parity's own (a full spill directory): as it is
                 raise
             if "only supports the NHWC tensor format on the CPU" in str(exc):
                 raise CaptureError(
@@ -549,7 +554,7 @@ class KerasBackend(Backend):
                     f"{s.name}: {tuple(s.shape)} ({s.layout})" for s in spec
                 ) + "."
             raise CaptureError(
-                f"running Keras model {model.name!r} on inputs of shape {shapes} failed: "
+                f"running Keras model {model.name!r} on inputs of shape {shapes} failed{''.join(raised[:1])}: "
                 f"{type(exc).__name__}: {str(exc).strip()[:600]}.{expected} Inputs are given in "
                 "model A's layout and converted for model B; check their shape and layout."
             ) from exc

@@ -36,7 +36,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import CaptureError
+from ..errors import CaptureError, ParityError
 from ..layout import channels_first, channels_last
 from ..records import InputSpec, ModelInfo, Tap, Trace
 from .base import Backend, Inputs, append_tap, flatten_outputs, numpy_dtype_name
@@ -222,6 +222,19 @@ class TorchBackend(Backend):
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         ]
 
+    def compute_dtype(self) -> str | None:
+        """float64 or float16 when every floating parameter and buffer is in it (float32, bfloat16
+        and mixed models get None: inputs stay float32)."""
+        cached = self.__dict__.get("_compute_dtype", False)
+        if cached is not False:
+            return cached
+        dtypes = {t.dtype for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()}
+        names = {numpy_dtype_name(d) for d in dtypes}
+        found = names.pop() if len(names) == 1 else None
+        found = found if found in ("float64", "float16") else None
+        self.__dict__["_compute_dtype"] = found
+        return found
+
     def input_spec(self) -> tuple[InputSpec, ...] | None:
         """Inferred from the first convolution: torch modules declare no input shape.
 
@@ -258,7 +271,7 @@ class TorchBackend(Backend):
     # --- running it ------------------------------------------------------------------
 
     def capture(self, inputs: Inputs, *, containers: bool = False) -> Trace:
-        inputs = cast_floating(inputs, self.input_dtype)
+        inputs = cast_floating(inputs, self.input_dtype or self.compute_dtype())
         trace, spoiled = self._capture(inputs, containers, copy_all=False)
         if spoiled:  # a write no in-place check saw changed recorded tensors: run again, copying all
             trace, _ = self._capture(inputs, containers, copy_all=True)
@@ -362,16 +375,19 @@ class TorchBackend(Backend):
         try:
             with _inference(model) as modes, mode:
                 out = self._call(model, inputs, tensors)
-        except Exception as exc:  # the user's model failed: say with what
+        except ParityError:
+            raise  # parity's own (a spill directory that is full): already says what happened
+        except Exception as exc:  # the user's model failed: say with what, and where
             shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
             expected = ""
             if spec:
                 expected = " The first layer suggests " + ", ".join(
                     f"{s.name}: {_fmt_shape(s.shape)} ({s.layout})" for s in spec
                 ) + "."
+            where = _raising_module(exc, model)
             raise CaptureError(
-                f"running torch model {type(model).__name__} on inputs of shape {shapes} failed: "
-                f"{type(exc).__name__}: {exc}.{expected} Inputs are given in model A's layout "
+                f"running torch model {type(model).__name__} on inputs of shape {shapes} failed"
+                f"{where}: {type(exc).__name__}: {exc}.{expected} Inputs are given in model A's layout "
                 "and converted for model B; check their shape and layout."
             ) from exc
         finally:
@@ -455,7 +471,7 @@ class TorchBackend(Backend):
         hooks the caller registered fire."""
         import torch
 
-        inputs = cast_floating(inputs, self.input_dtype)
+        inputs = cast_floating(inputs, self.input_dtype or self.compute_dtype())
         arrays = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
         tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
         with _inference(self.model):
@@ -680,6 +696,23 @@ def _inference(model: Any) -> Iterator[dict]:
                 del _IN_EVAL[key]
                 for m, was_training in entry[1].items():
                     m.train(was_training)
+
+
+def _raising_module(exc: BaseException, model: Any) -> str:
+    """`` in layer 'features.exploder' (Exploder)``: the innermost submodule of ``model`` whose
+    call the traceback passes through (read from the frames' ``self``, so the successful
+    forward pays nothing for it); ``""`` when the model's own forward raised."""
+    paths = {id(m): name for name, m in model.named_modules() if m is not model}
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if owner is not None and id(owner) in paths:
+            found = owner
+        tb = tb.tb_next
+    if found is None:
+        return ""
+    return f" in layer {paths[id(found)]!r} ({type(found).__name__})"
 
 
 def _fmt_shape(shape: tuple) -> str:
