@@ -712,3 +712,37 @@ def test_a_chain_that_diverges_from_one_layer_on_still_pairs_every_layer_in_orde
     pairs = {m.a.name: m.b.name for m in al.matches}
     expected = {a[0]: b[0] for a, b in zip(specs_a, specs_b)}
     assert pairs == expected, (pairs, expected, [(u.side, u.tap.name, u.reason) for u in al.unmatched])
+
+
+def test_alignment_work_grows_linearly_with_depth(monkeypatch):
+    """A 1000-layer MLP pair with other names did not align in 170 s: every same-shape pair was
+    scored, for value matching and for the order DP.  The pairs scored one by one now grow
+    with depth (not its square); the figures are in benchmarks/align_depth.py."""
+    from benchmarks.align_depth import pair
+
+    import parity.align as align_module
+
+    counts = {"similarity": 0, "score": 0}
+    real_similarity, real_score = align_module.similarity, align_module._Pairing.score
+
+    def counted_similarity(*args, **kwargs):
+        counts["similarity"] += 1
+        return real_similarity(*args, **kwargs)
+
+    def counted_score(self, a, b):
+        counts["score"] += 1
+        return real_score(self, a, b)
+
+    monkeypatch.setattr(align_module, "similarity", counted_similarity)
+    monkeypatch.setattr(align_module._Pairing, "score", counted_score)
+    work = {}
+    for case in ("faithful", "noise"):
+        for depth in (150, 300):
+            counts.update(similarity=0, score=0)
+            al = align(*pair(depth, 4, case))
+            assert len(al.matches) == 2 * depth + (case == "faithful")  # every layer paired (noise: not the output twice)
+            work[case, depth] = counts["similarity"] + counts["score"]
+    for case in ("faithful", "noise"):
+        assert work[case, 300] <= 2.2 * work[case, 150], work  # all pairs: 4×
+    # a score (with the similarity it takes) per cell of a band of about 2·48 taps, not of all 600²
+    assert work["noise", 300] < 2 * 600 * 110 < 2 * 600 * 600 / 5, work
