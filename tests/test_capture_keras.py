@@ -272,3 +272,39 @@ def test_four_threads_sharing_a_keras_model_a_each_get_the_report_of_their_own_p
         assert [u.name for u in report.unmatched] == ["meet"], report.unmatched
         assert report.first_divergence is not None and report.first_divergence.a_name == flagged
     assert all("call" not in layer.__dict__ for layer in a.layers)  # every patch is gone
+
+
+def test_a_layer_wired_in_with_training_true_is_said_in_the_report():
+    """Dropout(0.5)(x, training=True): parity's training=False run overrides it, the user's
+    model(x) does not — the report said the models agree, with no note."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8,), name="x")
+    x = keras.layers.Dense(8, name="d")(inp)
+    x = keras.layers.Dropout(0.5, name="drop")(x, training=True)
+    model = keras.Model(inp, keras.layers.Dense(2, name="head")(x), name="forced")
+    x = np.ones((2, 8), np.float32)
+    assert not np.allclose(np.asarray(model(x)), np.asarray(model(x, training=False)))  # what the user gets
+    report = parity.diff(model, model, x)
+    note = (
+        "1 layer(s) of Keras model 'forced' are wired in with training=True (drop): parity ran the model with "
+        "training=False, which overrides that (no dropout, BatchNorm on its moving statistics), but the model "
+        "called as model(x) runs those layers in training mode, so what it computes differs from this report. "
+        "Drop training=True from those calls if the model is meant for inference."
+    )
+    assert note in report.notes
+
+
+def test_a_keras_model_raising_inside_a_layer_is_reported_naming_that_layer():
+    @keras.saving.register_keras_serializable(package="parity_tests")
+    class Boom(keras.layers.Layer):
+        def call(self, x):
+            raise ValueError("boom")
+
+        def compute_output_shape(self, shape):  # builds without calling call
+            return shape
+
+    inp = keras.Input((4,), name="x")
+    model = keras.Model(inp, Boom(name="boom_layer")(keras.layers.Dense(4, name="d")(inp)), name="exploding")
+    with pytest.raises(parity.CaptureError, match=r"^running Keras model 'exploding' on inputs of shape \(1, 4\) "
+                                                 r"failed in layer 'boom_layer' \(Boom\): ValueError"):
+        parity.capture(model, np.ones((1, 4), np.float32))

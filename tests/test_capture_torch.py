@@ -529,3 +529,22 @@ def test_a_model_that_fails_when_rerun_for_the_diagnoses_gets_its_report_saying_
         "rerunning model B to check that it is deterministic",
         "rerunning model A to record the input of its first layer",
     ]
+
+
+class _AlwaysDropping(nn.Dropout):
+    """A dropout that refuses eval(): its train() keeps it training."""
+
+    def train(self, mode: bool = True):
+        return super().train(True)
+
+
+def test_a_module_that_stays_in_training_mode_under_eval_is_said_in_the_report():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), _AlwaysDropping(0.5), nn.Linear(4, 2)).eval()
+    trace = parity.capture(model, np.ones((2, 4), np.float32))
+    assert trace.notes == (
+        "1 module(s) of torch model Sequential stay in training mode under eval() ('1'): their dropout or "
+        "batch statistics were active in this run, so its values are not the model's inference.",
+    )
+    plain = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 2)).eval()
+    assert parity.capture(plain, np.ones((2, 4), np.float32)).notes == ()

@@ -164,6 +164,24 @@ def _sublayers(model: Any) -> list[Any]:
     return out
 
 
+def _forced_training(model: Any) -> list[str]:
+    """The layers of a functional model (nested ones included) called with ``training=True`` in
+    its graph: ``Dropout(0.5)(x, training=True)``."""
+    found: list[str] = []
+    try:
+        layers = _sublayers(model)
+    except AttributeError:
+        return found
+    for layer in layers:
+        for node in getattr(layer, "_inbound_nodes", None) or ():
+            arguments = getattr(node, "arguments", None)  # Keras 3
+            kwargs = getattr(arguments, "kwargs", None) if arguments is not None else getattr(node, "call_kwargs", None)
+            if isinstance(kwargs, dict) and kwargs.get("training") is True:
+                found.append(str(layer.name))
+                break
+    return found
+
+
 _INDEX_CACHE: ContextVar[dict[int, dict[str, list[Any]]] | None] = ContextVar("parity_keras_layer_index", default=None)
 
 
@@ -578,6 +596,15 @@ class KerasBackend(Backend):
                 f"{len(silent)} layer(s) of Keras model {model.name!r} ran without an eager output to record "
                 f"({', '.join(silent[:6])}{', …' if len(silent) > 6 else ''}): unused, or called inside a "
                 "tf.function / compiled step. Their tensors are not compared.",
+            )
+        forced = _forced_training(model)
+        if forced:
+            notes += (
+                f"{len(forced)} layer(s) of Keras model {model.name!r} are wired in with training=True "
+                f"({', '.join(forced[:6])}{', …' if len(forced) > 6 else ''}): parity ran the model with "
+                "training=False, which overrides that (no dropout, BatchNorm on its moving statistics), but the "
+                "model called as model(x) runs those layers in training mode, so what it computes differs from "
+                "this report. Drop training=True from those calls if the model is meant for inference.",
             )
         return self._trace(taps, arrays, notes)
 

@@ -372,8 +372,13 @@ class TorchBackend(Backend):
             handles += op_handles
         else:
             mode = _write_guard(keeper)
+        stuck: list[str] = []
+        stuck_ids: set[int] = set()
         try:
             with _inference(model) as modes, mode:
+                # a module whose train() is overridden stays in training mode under eval()
+                stuck = [n for n, m in model.named_modules() if m.training]
+                stuck_ids = {id(m) for m in model.modules() if m.training}
                 out = self._call(model, inputs, tensors)
         except ParityError:
             raise  # parity's own (a spill directory that is full): already says what happened
@@ -397,10 +402,17 @@ class TorchBackend(Backend):
         for tensor_name, t in outs:
             record(tensor_name, t, "output", "output", None, None, {})
         notes: tuple[str, ...] = ()
-        if any(modes.values()):
+        if any(was for m, was in modes.items() if id(m) not in stuck_ids):
             notes = (
                 f"torch model {type(model).__name__} was in training mode; parity ran it in eval() "
                 "(BatchNorm running statistics, no dropout) and restored the mode afterwards.",
+            )
+        if stuck:
+            notes += (
+                f"{len(stuck)} module(s) of torch model {type(model).__name__} stay in training mode under eval() "
+                f"({', '.join(repr(n or '(the model)') for n in stuck[:6])}{', …' if len(stuck) > 6 else ''}): "
+                "their dropout or batch statistics were active in this run, so its values are not the "
+                "model's inference.",
             )
         trace = self._trace(taps, arrays, notes)
         spoiled = keeper.spoiled()
