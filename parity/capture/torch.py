@@ -300,7 +300,7 @@ class TorchBackend(Backend):
             if not is_leaf and not containers and _computes_itself(module):
                 owners[module] = name
         taps: list[Tap] = []
-        thread = threading.get_ident()
+        mine = _Ours()
         constants = {_data_ptr(t) for t in (*model.parameters(), *model.buffers())} - {None, 0}
         keeper = _Keeper(taps, copy_all)
         calls: Counter[str] = Counter()
@@ -330,8 +330,8 @@ class TorchBackend(Backend):
                 keeper.watch(t, len(taps) - 1)
 
         def hook(module: Any, args: tuple, output: Any) -> None:
-            if threading.get_ident() != thread:
-                return  # another thread's forward of the same model: not this capture's
+            if not mine():
+                return  # another thread's forward of the same model (or of a copy of it): not this capture's
             name = names[module]
             k = calls[name]
             calls[name] += 1
@@ -366,9 +366,9 @@ class TorchBackend(Backend):
             layout = spec[i].layout if spec and i < len(spec) else default_layout(t.dim())
             is_input[_tensor_key(t)] = layout
         handles = [m.register_forward_hook(hook) for m in names]
-        handles += self._owner_hooks(owners, record, layouts, calls, thread)
+        handles += self._owner_hooks(owners, record, layouts, calls, mine)
         if granularity == "ops":
-            mode, op_handles = self._op_recorder(record, layouts, calls, keeper)
+            mode, op_handles = self._op_recorder(record, layouts, calls, keeper, mine)
             handles += op_handles
         else:
             mode = _write_guard(keeper)
@@ -396,6 +396,7 @@ class TorchBackend(Backend):
                 "and converted for model B; check their shape and layout."
             ) from exc
         finally:
+            mine.done = True  # a deep copy made meanwhile (a twin) carries these hooks: they go quiet
             for h in handles:
                 h.remove()
         outs = flatten_outputs(out, "output", _is_tensor)
@@ -421,7 +422,7 @@ class TorchBackend(Backend):
 
 
     @staticmethod
-    def _owner_hooks(owners: dict, record, layouts: dict, calls: Counter, thread: int) -> list:
+    def _owner_hooks(owners: dict, record, layouts: dict, calls: Counter, mine: Any) -> list:
         """Taps for modules that compute with their own parameters in their own forward and only
         then hand the result to children (timm's ``BatchNormAct2d`` normalises itself, then runs
         its ``drop`` and ``act`` children).  Leaf hooks never see that result: it is the input of
@@ -447,7 +448,7 @@ class TorchBackend(Backend):
             record(base, t, _torch_op(owner), "layer", in_layout, in_rank, attrs)
 
         def enter(mod, args):
-            if threading.get_ident() != thread:
+            if not mine():
                 return
             first = next((a for a in args if _is_tensor(a)), None)
             for entry in open_:  # a module running inside an owner that has not been decided yet
@@ -460,7 +461,7 @@ class TorchBackend(Backend):
                 open_.append([mod, owners[mod], keys, False, first])
 
         def leave(mod, args, out):
-            if threading.get_ident() != thread:
+            if not mine():
                 return
             if mod in owners and open_ and open_[-1][0] is mod:
                 entry = open_.pop()
@@ -515,11 +516,11 @@ class TorchBackend(Backend):
 
         found: dict[str, np.ndarray] = {}
         modules = {n: m for n in names if (m := self._module(n)) is not None}
-        thread = threading.get_ident()
+        mine = _Ours()
 
         def hook_for(name: str):
             def pre(module, args):
-                if threading.get_ident() != thread:
+                if not mine():
                     return
                 if name not in found and len(args) == 1 and isinstance(args[0], torch.Tensor):
                     found[name] = args[0].detach().cpu().numpy().copy()
@@ -532,6 +533,7 @@ class TorchBackend(Backend):
         try:
             self.run(inputs)
         finally:
+            mine.done = True
             for h in handles:
                 h.remove()
         return found
@@ -574,22 +576,21 @@ class TorchBackend(Backend):
                         m.running_var.copy_(torch.from_numpy(var))
         return type(self)(model, **self.options)
 
-    def _op_recorder(self, record, layouts: dict, calls: Counter, keeper: _Keeper) -> tuple[Any, list]:
+    def _op_recorder(self, record, layouts: dict, calls: Counter, keeper: _Keeper, mine: Any) -> tuple[Any, list]:
         """A TorchFunctionMode recording the ops each non-leaf module's forward calls itself."""
         from torch.overrides import TorchFunctionMode
 
         stack: list[tuple[str, bool]] = []  # (module path, is leaf) of the modules running now
         handles = []
-        thread = threading.get_ident()
         for path, module in self.model.named_modules():
             is_leaf = next(iter(module.children()), None) is None and module is not self.model
 
             def push(mod, args, path=path, is_leaf=is_leaf):
-                if threading.get_ident() == thread:
+                if mine():
                     stack.append((path, is_leaf))
 
             def pop(mod, args, out):
-                if stack and threading.get_ident() == thread:
+                if stack and mine():
                     stack.pop()
 
             handles.append(module.register_forward_pre_hook(push))
@@ -675,6 +676,19 @@ def _write_guard(keeper: _Keeper) -> Any:
 
         _WRITE_GUARD = WriteGuard
     return _WRITE_GUARD(keeper)
+
+
+class _Ours:
+    """Whether a hook fires for the capture that registered it: in the thread that registered
+    it, while that capture runs (hooks fire for every thread's forward of a shared module, and
+    ``copy.deepcopy`` of a model copies the hooks on it)."""
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+        self.done = False
+
+    def __call__(self) -> bool:
+        return not self.done and threading.get_ident() == self.thread
 
 
 #: the modules in eval() for a capture under way: id(module) → [captures running, the modes saved]
