@@ -50,7 +50,7 @@ from .errors import AlignmentError, MappingError
 from .layout import candidate_transforms
 from .ops import MERGE_FAMILIES, ONE_SIDED_OPS, PASS_THROUGH_OPS, normalize_name, op_family, tap_family
 from .records import Alignment, Match, Tap, Trace, Transform, Unmatched
-from .similarity import cached_sample, sample_b, sample_cache, sample_index, samples, similarity
+from .similarity import rescaled, cached_sample, sample_b, sample_cache, sample_index, samples, similarity
 from .unsure import unsure_pairs
 
 __all__ = ["align", "unsure_pairs", "normalize_name", "op_family", "tap_family", "ONE_SIDED_OPS", "PASS_THROUGH_OPS"]
@@ -718,6 +718,7 @@ _ROWS = 256
 
 
 def _unit(v: np.ndarray) -> np.ndarray | None:
+    v = rescaled(v)
     with np.errstate(all="ignore"):
         n = float(np.sqrt(np.dot(v, v)))
     return v / n if np.isfinite(n) and n > 0 else None

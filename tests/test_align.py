@@ -746,3 +746,15 @@ def test_alignment_work_grows_linearly_with_depth(monkeypatch):
         assert work[case, 300] <= 2.2 * work[case, 150], work  # all pairs: 4×
     # a score (with the similarity it takes) per cell of a band of about 2·48 taps, not of all 600²
     assert work["noise", 300] < 2 * 600 * 110 < 2 * 600 * 600 / 5, work
+
+
+def test_tensors_whose_squares_overflow_still_pair_by_value():
+    """Values of 1e154 and up: the sample norms overflowed, every similarity was 0 and nothing
+    paired by value."""
+    v = np.random.default_rng(1).standard_normal((2, 6, 4, 4)) * 1e160
+    w = np.random.default_rng(2).standard_normal((2, 6, 4, 4)) * 1e-160
+    ta = make_trace([("conv", "Conv2d", v, "NCHW"), ("bn", "BatchNorm2d", w, "NCHW"), ("output", "output", w, "NCHW")])
+    tb = make_trace([("c", "Conv2D", nchw_to_nhwc(v), "NHWC"), ("b", "BatchNormalization", nchw_to_nhwc(w), "NHWC"),
+                     ("output", "output", nchw_to_nhwc(w), "NHWC")], framework="keras")
+    al = align(ta, tb)
+    assert [(m.a.name, m.b.name, m.how) for m in al.matches[:2]] == [("conv", "c", "value"), ("bn", "b", "value")]
