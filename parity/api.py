@@ -87,6 +87,11 @@ def diff(
     ``input_map={"input_ids": "token_ids", …}`` binds A's named inputs to B's where
     the names differ and the evidence (dtype, rank, a 0/1 mask vs token ids) cannot.
 
+    Thread-safe, also for one model object shared by several calls at once (model A
+    against several Bs, each call in its own thread): each capture records only the
+    forward its own thread runs, and the model's train/eval modes are restored when the
+    last capture using it ends.
+
     >>> report = parity.diff(torch_model, keras_model, x)   # doctest: +SKIP
     >>> report.first_divergence.a_name                        # doctest: +SKIP
     'layer1.1'
