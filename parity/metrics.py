@@ -146,7 +146,8 @@ class _SumSq:
 
     def over(self, other: "_SumSq") -> float:
         """``self.norm() / other.norm()`` for a non-zero ``other``, without overflow."""
-        return _ldexp(math.sqrt(self.ssq / other.ssq), self.exp - other.exp)
+        # each root apart: the quotient of the two sums may overflow where that of the roots does not
+        return _ldexp(math.sqrt(self.ssq) / math.sqrt(other.ssq), self.exp - other.exp)
 
 
 def _exponent_of(x: float) -> int:
@@ -331,7 +332,9 @@ def _scaled_ratio(err: _SumSq, ref: _SumSq) -> float:
 
 def _cosine(acc: _Sums) -> float:
     """cos(a, b) from the explicit difference (accurate where 1 − cos is tiny), in units of the
-    largest of the three norms so that no square overflows; 1 for two zero tensors, 0 for one."""
+    largest of the three norms so that no square overflows; 1 for two zero tensors, 0 for one.
+    Where one tensor is orders of magnitude smaller than the other the difference is nearly the
+    larger one and the angle is imprecise (still within [−1, 1]); rel_err says that case."""
     sa, sb, sd = acc.sq_a, acc.sq_b, acc.sq_d
     if sa.ssq == 0.0 and sb.ssq == 0.0:
         return 1.0

@@ -384,13 +384,13 @@ def tolerance_ratio(m: Metrics, rtol: float, atol: float) -> float:
     if m.err_norm == 0 and m.rel_err == 0:
         return 0.0
     root_n = math.sqrt(max(m.numel, 1))
-    if m.norm_a > 0:
-        # (‖b−a‖/‖a‖) / (rtol + atol·√n/‖a‖): the norms themselves may be past float64's
-        # range (inf), their ratio rel_err is not
+    if m.norm_a > 1.0:
+        # (‖b−a‖/‖a‖) / (rtol + atol·√n/‖a‖): nothing overflows, even where the norms are past
+        # float64's range (inf) — rel_err comes from the scaled sums
         allowed_rel = rtol + atol * root_n / m.norm_a
         ratio = m.rel_err / allowed_rel if allowed_rel > 0 else math.inf
-    else:
-        allowed = atol * root_n
+    else:  # a small ‖a‖ (down to 5e-324, whose rel_err overflows): the allowed error itself
+        allowed = atol * root_n + rtol * m.norm_a
         ratio = m.err_norm / allowed if allowed > 0 else math.inf
     return math.inf if math.isnan(ratio) else float(ratio)
 
