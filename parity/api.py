@@ -35,7 +35,8 @@ def capture(
     models (``layer1.0:add#0``).
     """
     backend = backend_for(load_model(model), granularity=granularity)
-    arrays = random_inputs(backend, backend, seed=seed) if inputs is None else normalize_inputs(inputs)
+    keep64 = backend.compute_dtype() == "float64"  # a float64 model keeps a float64 batch's digits
+    arrays = random_inputs(backend, backend, seed=seed) if inputs is None else normalize_inputs(inputs, keep_float64=keep64)
     return backend.capture(arrays, containers=containers)
 
 

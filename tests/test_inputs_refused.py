@@ -80,3 +80,6 @@ def test_a_float64_torch_model_runs_in_float64_on_float32_or_float64_inputs():
     assert {d.dtype for d in report.layers} == {"float64/float32"} and report.ok
     trace = parity.capture(a, x64.astype(np.float32))
     assert trace["0"].dtype == "float64"
+    trace = parity.capture(a, x64)  # a float64 batch keeps its digits (it was rounded to float32)
+    with torch.no_grad():
+        np.testing.assert_array_equal(trace["0"].value, a[0](torch.from_numpy(x64)).numpy())
