@@ -141,3 +141,13 @@ def test_diff_help_names_every_format_a_model_loads_from(capsys):
     for kind in ("package.module:factory", ".keras/.h5", ".pt (TorchScript)", ".pt2 (ExportedProgram)",
                  ".pth/.bin (state_dict", ".onnx", ".tflite", ".pb/.pbtxt", "SavedModel directory"):
         assert kind in out
+
+
+def test_an_empty_batch_exits_2_saying_so(pair_module, capsys):
+    empty = pair_module / "empty.npy"
+    np.save(empty, np.zeros((0, 1, 28, 28), np.float32))  # x[:0]: it was "compared" and passed
+    code = main(["diff", "cli_pair_module:torch_model", "cli_pair_module:keras_good", "--inputs", str(empty)])
+    assert code == 2
+    assert "InputError: input 0 is empty (shape (0, 1, 28, 28)): a batch without samples compares nothing" in (
+        " ".join(capsys.readouterr().err.split())
+    )
