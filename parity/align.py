@@ -50,7 +50,7 @@ from .errors import AlignmentError, MappingError
 from .layout import candidate_transforms
 from .ops import MERGE_FAMILIES, ONE_SIDED_OPS, PASS_THROUGH_OPS, normalize_name, op_family, tap_family
 from .records import Alignment, Match, Tap, Trace, Transform, Unmatched
-from .similarity import cached_sample, sample_b, sample_cache, sample_index, similarity
+from .similarity import rescaled, cached_sample, sample_b, sample_cache, sample_index, samples, similarity
 from .unsure import unsure_pairs
 
 __all__ = ["align", "unsure_pairs", "normalize_name", "op_family", "tap_family", "ONE_SIDED_OPS", "PASS_THROUGH_OPS"]
@@ -72,7 +72,8 @@ class _Pairing:
     def __init__(self, folded_bn: bool = False, scope_ends: frozenset[int] = frozenset(),
                  folded_pairs: tuple[frozenset[int], frozenset[int]] = (frozenset(), frozenset()),
                  owners: dict[int, str] | None = None, conv_before: dict[str, str] | None = None) -> None:
-        self._transforms: dict[tuple[int, int], list[Transform]] = {}
+        self._transforms: dict[tuple, list[Transform]] = {}
+        self._families: dict[int, str] = {}
         self.folded_bn = folded_bn
         self.scope_ends = scope_ends
         self.folded_pairs = folded_pairs
@@ -91,8 +92,14 @@ class _Pairing:
             return False  # the conv B folded this BatchNorm into: its tensor is the BatchNorm's output
         return not (owner == base or base.startswith(owner + ".") or owner.startswith(base + "."))
 
+    def family(self, t: Tap) -> str:
+        f = self._families.get(id(t))
+        if f is None:
+            f = self._families[id(t)] = tap_family(t)
+        return f
+
     def same_family(self, a: Tap, b: Tap) -> bool:
-        fa, fb = tap_family(a), tap_family(b)
+        fa, fb = self.family(a), self.family(b)
         if fa == "conv" and self.folded_conv(a, b):
             return False
         return fa == fb or (self.folded_bn and fa == "batchnorm" and fb in ("conv", "affine"))
@@ -105,10 +112,12 @@ class _Pairing:
         return id(a) in self.folded_pairs[0] and (tap_family(b) != "conv" or id(b) in self.folded_pairs[1])
 
     def transforms(self, a: Tap, b: Tap) -> list[Transform]:
-        key = (id(a), id(b))
-        if key not in self._transforms:
-            self._transforms[key] = candidate_transforms(a, b)
-        return self._transforms[key]
+        # what candidate_transforms reads of the two taps: shapes, layouts and B's flat_from
+        key = (tuple(a.shape), a.layout, tuple(b.shape), b.layout, tuple(b.attrs.get("flat_from") or ()))
+        found = self._transforms.get(key)
+        if found is None:
+            found = self._transforms[key] = candidate_transforms(a, b)
+        return found
 
     def best(self, a: Tap, b: Tap) -> list[Transform]:
         """The candidate transforms, the one under which the values agree best first
@@ -122,7 +131,7 @@ class _Pairing:
         ts = self.transforms(a, b)
         if not ts:
             return 0.0
-        fa, fb = tap_family(a), tap_family(b)
+        fa, fb = self.family(a), self.family(b)
         if fa != fb and (fa in MERGE_FAMILIES or fb in MERGE_FAMILIES):
             return 0.0
         if fa == "conv" and self.folded_conv(a, b):
@@ -702,6 +711,47 @@ _VALUE_SIMILARITY = 2.0
 _VALUE_MARGIN = 0.5
 
 
+#: a pair whose similarity the matrix pass puts below this is no candidate nor rival (see below)
+_NEAR = 1.4
+#: rows of A's unit vectors per block of the matrix pass (bounds its memory to this × |B|)
+_ROWS = 256
+
+
+def _unit(v: np.ndarray) -> np.ndarray | None:
+    v = rescaled(v)
+    with np.errstate(all="ignore"):
+        n = float(np.sqrt(np.dot(v, v)))
+    return v / n if np.isfinite(n) and n > 0 else None
+
+
+def _near_pairs(group_a: list[Tap], group_b: list[Tap], ts: list[Transform]) -> list[tuple[int, int]]:
+    """The (i, j) whose similarity under some transform of ``ts`` may reach :data:`_NEAR`, from one
+    matrix product of unit sample vectors per transform (BLAS, not a Python call per pair)."""
+    near: set[tuple[int, int]] = set()
+    for t in ts:
+        rows_a, rows_b = [], []
+        for i, a in enumerate(group_a):
+            u = _unit(samples(a, group_b[0], t)[0])
+            if u is not None:
+                rows_a.append((i, u))
+        for j, b in enumerate(group_b):
+            u = _unit(samples(group_a[0], b, t)[1])
+            if u is not None:
+                rows_b.append((j, u))
+        if not rows_a or not rows_b:
+            continue
+        ub = np.stack([u for _, u in rows_b])
+        idx_b = np.array([j for j, _ in rows_b])
+        # 1 − cos ≤ 10^(−2·_NEAR), with slack for the rounding of 1 − u·v
+        cut = 1.0 - 10 ** (-2 * _NEAR) * 1.5
+        for lo in range(0, len(rows_a), _ROWS):
+            block = rows_a[lo:lo + _ROWS]
+            cos = np.stack([u for _, u in block]) @ ub.T
+            for r, c in zip(*np.nonzero(cos >= cut)):
+                near.add((block[r][0], int(idx_b[c])))
+    return sorted(near)
+
+
 def _value_matches(free_a: list[Tap], free_b: list[Tap], pairing: _Pairing) -> list[tuple[Tap, Tap, float]]:
     """Pairs whose values agree under a layout transform and that no other tensor rivals.
 
@@ -709,8 +759,14 @@ def _value_matches(free_a: list[Tap], free_b: list[Tap], pairing: _Pairing) -> l
     pass-through or plumbing ops, whose values repeat a neighbour's) take part.  A
     pair is accepted when each is the other's best candidate, they agree to
     ``1 − cos ≤ 1e-4`` on the fixed sample, and the runner-up of either side is at
-    least :data:`_VALUE_MARGIN` worse.  Candidates are only tensors with the same
-    number of elements, so the work is a few dot products per tensor."""
+    least :data:`_VALUE_MARGIN` worse.
+
+    Near-linear in depth: tensors are grouped by shape and layout (the candidate transforms
+    are the same for a whole group pair), and one matrix product of unit sample vectors per
+    group pair finds the pairs whose similarity can reach :data:`_NEAR`; only those are scored
+    one by one.  A pair below it can neither be accepted (that needs ≥ ``_VALUE_SIMILARITY``)
+    nor change an acceptance as a runner-up (a rival under ``_VALUE_SIMILARITY −
+    _VALUE_MARGIN`` leaves every gap at least the margin), so the result is the all-pairs one."""
 
     def eligible(t: Tap) -> bool:
         return (
@@ -720,22 +776,26 @@ def _value_matches(free_a: list[Tap], free_b: list[Tap], pairing: _Pairing) -> l
         )
 
     cand_a = [t for t in free_a if eligible(t)]
-    by_numel: dict[int, list[Tap]] = {}
+    groups_a: dict[tuple, list[Tap]] = {}
+    for t in cand_a:
+        groups_a.setdefault((tuple(t.shape), t.layout), []).append(t)
+    groups_b: dict[int, dict[tuple, list[Tap]]] = {}
     for t in free_b:
         if eligible(t):
-            by_numel.setdefault(t.numel, []).append(t)
-    sims: dict[tuple[int, int], float] = {}
+            key = (tuple(t.shape), t.layout, tuple(t.attrs.get("flat_from") or ()))
+            groups_b.setdefault(t.numel, {}).setdefault(key, []).append(t)
     best_a: dict[int, list[tuple[float, Tap]]] = {}
     best_b: dict[int, list[float]] = {}
-    for a in cand_a:
-        for b in by_numel.get(a.numel, ()):
-            ts = pairing.best(a, b)
+    for group_a in groups_a.values():
+        for group_b in groups_b.get(group_a[0].numel, {}).values():
+            ts = pairing.transforms(group_a[0], group_b[0])
             if not ts:
                 continue
-            sim = similarity(a, b, ts[0])
-            sims[(id(a), id(b))] = sim
-            best_a.setdefault(id(a), []).append((sim, b))
-            best_b.setdefault(id(b), []).append(sim)
+            for i, j in _near_pairs(group_a, group_b, ts):
+                a, b = group_a[i], group_b[j]
+                sim = similarity(a, b, pairing.best(a, b)[0])
+                best_a.setdefault(id(a), []).append((sim, b))
+                best_b.setdefault(id(b), []).append(sim)
     out = []
     for a in cand_a:
         ranked = sorted(best_a.get(id(a), []), key=lambda x: -x[0])
@@ -812,17 +872,38 @@ def _folded(ta: Trace, tb: Trace, matches: list[Match], used_a: set[int], used_b
 
 
 def _increasing_chain(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The longest chain of anchors increasing in both indices (they bound the DP segments)."""
+    """The longest chain of anchors increasing in both indices (they bound the DP segments).
+
+    ``pairs`` are sorted by A's index; of the longest chains, the one whose every link is the
+    earliest possible.  O(P log P): a Fenwick tree over B's ranks holds, for each prefix of
+    them, the longest chain ending there and its earliest end."""
     if not pairs:
         return []
+    ranks = {b: r for r, b in enumerate(sorted({b for _, b in pairs}), start=1)}
+    size = len(ranks)
+    tree: list[tuple[int, int]] = [(0, 0)] * (size + 1)  # (chain length, −position of its end)
     best: list[int] = [1] * len(pairs)
     prev: list[int] = [-1] * len(pairs)
+    start = 0
     for i, (ai, bi) in enumerate(pairs):
-        for j in range(i):
-            aj, bj = pairs[j]
-            if aj < ai and bj < bi and best[j] + 1 > best[i]:
-                best[i], prev[i] = best[j] + 1, j
-    i = int(np.argmax(best))
+        if i and pairs[i - 1][0] != ai:
+            start = i
+        # an anchor can only follow one with a smaller A index: a run of equal A indices is
+        # entered into the tree once all of it is queried
+        k, found = ranks[bi] - 1, (0, 0)
+        while k > 0:
+            found = max(found, tree[k])
+            k -= k & -k
+        if found[0]:
+            best[i], prev[i] = found[0] + 1, -found[1]
+        if i + 1 == len(pairs) or pairs[i + 1][0] != ai:
+            for j in range(start, i + 1):
+                k = ranks[pairs[j][1]]
+                while k <= size:
+                    if (best[j], -j) > tree[k]:
+                        tree[k] = (best[j], -j)
+                    k += k & -k
+    i = max(range(len(pairs)), key=lambda k: (best[k], -k))
     chain = []
     while i != -1:
         chain.append(pairs[i])
@@ -830,27 +911,68 @@ def _increasing_chain(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return chain[::-1]
 
 
+#: a segment of at most this many cells (A's taps × B's) is aligned by the full DP
+_FULL_DP = 1 << 16
+#: half-width of the band around the scaled diagonal that a larger segment's DP searches
+_BAND = 48
+
+
+def _band(n: int, m: int) -> list[tuple[int, int]]:
+    """For each row i in 0..n, the columns [lo, hi] of the DP that are searched: all of them
+    for a small segment, else a band around the diagonal from (0, 0) to (n, m), wide enough
+    that rows overlap (every monotone path inside it is connected)."""
+    if n * m <= _FULL_DP:
+        return [(0, m)] * (n + 1)
+    width = _BAND + 2 * (m // max(n, 1) + 1)
+    return [(max(0, (i * m) // n - width), min(m, -(-(i * m) // n) + width)) for i in range(n + 1)]
+
+
 def _order_alignment(seg_a: list[Tap], seg_b: list[Tap], pairing: _Pairing) -> list[tuple[Tap, Tap]]:
-    """A monotone matching maximising the summed pair scores (skips cost nothing)."""
+    """A monotone matching maximising the summed pair scores (skips cost nothing).
+
+    Near-linear in depth: a segment larger than :data:`_FULL_DP` cells is searched in a band of
+    :data:`_BAND` taps around its diagonal (a converted model keeps its layers in order; what it
+    adds or drops shifts the pairing by a few taps, not hundreds), so the pairs scored grow
+    with n + m, not n · m."""
     n, m = len(seg_a), len(seg_b)
     if n == 0 or m == 0:
         return []
-    score = np.zeros((n + 1, m + 1))
-    move = np.zeros((n + 1, m + 1), dtype=np.int8)  # 0: skip a, 1: skip b, 2: match
+    band = _band(n, m)
+    neg = float("-inf")
+    score: list[list[float]] = [[0.0] * (band[0][1] - band[0][0] + 1)]  # row 0: nothing of A taken
+    move: list[list[int]] = [[1] * (band[0][1] - band[0][0] + 1)]  # 0: skip a, 1: skip b, 2: match
+
+    def at(i: int, j: int) -> float:
+        lo, hi = band[i]
+        if j == 0:
+            return 0.0  # nothing of B taken: every row starts at 0
+        return score[i][j - lo] if lo <= j <= hi else neg
+
     for i in range(1, n + 1):
         a = seg_a[i - 1]
-        for j in range(1, m + 1):
-            best, how = score[i - 1, j], 0
-            if score[i, j - 1] > best:
-                best, how = score[i, j - 1], 1
-            s = pairing.score(a, seg_b[j - 1])
-            if s > 0 and score[i - 1, j - 1] + s > best:
-                best, how = score[i - 1, j - 1] + s, 2
-            score[i, j], move[i, j] = best, how
+        lo, hi = band[i]
+        row = [0.0] * (hi - lo + 1)
+        moves = [0] * (hi - lo + 1)
+        score.append(row)
+        move.append(moves)
+        for j in range(lo, hi + 1):
+            if j == 0:
+                continue
+            best, how = at(i - 1, j), 0
+            left = row[j - 1 - lo] if j - 1 >= lo else at(i, j - 1)
+            if left > best:
+                best, how = left, 1
+            diag = at(i - 1, j - 1)
+            if diag > neg:
+                s = pairing.score(a, seg_b[j - 1])
+                if s > 0 and diag + s > best:
+                    best, how = diag + s, 2
+            row[j - lo], moves[j - lo] = best, how
     out = []
     i, j = n, m
     while i > 0 and j > 0:
-        how = move[i, j]
+        lo, _ = band[i]
+        how = move[i][j - lo] if j >= lo else 0
         if how == 2:
             out.append((seg_a[i - 1], seg_b[j - 1]))
             i, j = i - 1, j - 1

@@ -37,7 +37,8 @@ def capture(
     models (``layer1.0:add#0``).  ``trust=True`` lets a model file run code (:mod:`parity.trust`).
     """
     backend = backend_for(load_model(model, trust=trust), granularity=granularity)
-    arrays = random_inputs(backend, backend, seed=seed) if inputs is None else normalize_inputs(inputs)
+    keep64 = backend.compute_dtype() == "float64"  # a float64 model keeps a float64 batch's digits
+    arrays = random_inputs(backend, backend, seed=seed) if inputs is None else normalize_inputs(inputs, keep_float64=keep64)
     return backend.capture(arrays, containers=containers)
 
 
@@ -92,6 +93,11 @@ def diff(
     the names differ and the evidence (dtype, rank, a 0/1 mask vs token ids) cannot.
     A model file that would run code (TorchScript, a pickle, a graph op outside the pure-math
     allow-list, a Keras custom object) is refused unless ``trust=True`` (:mod:`parity.trust`).
+
+    Thread-safe, also for one model object shared by several calls at once (model A
+    against several Bs, each call in its own thread): each capture records only the
+    forward its own thread runs, and the model's train/eval modes are restored when the
+    last capture using it ends.
 
     >>> report = parity.diff(torch_model, keras_model, x)   # doctest: +SKIP
     >>> report.first_divergence.a_name                        # doctest: +SKIP

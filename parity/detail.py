@@ -48,10 +48,11 @@ def error_map(a: np.ndarray, b: np.ndarray, layout: str | None) -> ErrorMap | No
     axes = _spatial_axes(a.ndim, layout)
     if axes is None or a.shape != b.shape:
         return None
-    diff = np.abs(b.astype(np.float64) - a.astype(np.float64))
-    diff[~np.isfinite(diff)] = 0.0
-    other = tuple(i for i in range(4) if i not in axes)
-    grid = diff.mean(axis=other)  # (H, W)
+    with np.errstate(over="ignore", invalid="ignore"):
+        diff = np.abs(b.astype(np.float64) - a.astype(np.float64))
+        diff[~np.isfinite(diff)] = 0.0
+        other = tuple(i for i in range(4) if i not in axes)
+        grid = diff.mean(axis=other)  # (H, W)
     rows, cols = grid.shape
     border = {
         "first_row": _round(grid[0].mean()),
@@ -72,10 +73,14 @@ def histogram(a: np.ndarray, b: np.ndarray, bins: int = BINS) -> Histogram:
     both = np.concatenate([fa, fb])
     if both.size == 0:
         return Histogram(edges=(0.0, 1.0), counts_a=(0,), counts_b=(0,), outside_a=a.size, outside_b=b.size)
-    lo, hi = np.percentile(both, [0.1, 99.9])
+    with np.errstate(over="ignore", invalid="ignore"):
+        lo, hi = np.percentile(both, [0.1, 99.9])
     if not hi > lo:
         lo, hi = float(both.min()) - 0.5, float(both.max()) + 0.5
-    edges = np.linspace(lo, hi, bins + 1)
+    if np.isfinite(hi / 2 - lo / 2) and abs(hi / 2 - lo / 2) < 8e307:
+        edges = np.linspace(lo, hi, bins + 1)
+    else:  # values near ±1.8e308: hi − lo overflows, halves do not
+        edges = np.linspace(lo / 2, hi / 2, bins + 1) * 2
     counts_a, _ = np.histogram(fa, edges)
     counts_b, _ = np.histogram(fb, edges)
     return Histogram(

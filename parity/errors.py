@@ -17,6 +17,7 @@ __all__ = [
     "MappingError",
     "ToleranceError",
     "CaptureError",
+    "SpillError",
     "AlignmentError",
     "ReportFormatError",
     "OptionError",
@@ -84,6 +85,10 @@ class ToleranceError(ParityError, ValueError):
 
 class CaptureError(ParityError, RuntimeError):
     """Running a model to record its intermediate tensors failed."""
+
+
+class SpillError(ParityError, OSError):
+    """Captured values could not be written to the spill directory (disk full, read-only)."""
 
 
 class AlignmentError(ParityError, ValueError):

@@ -8,6 +8,8 @@ side declares its input shape.
 
 from __future__ import annotations
 
+import math
+
 import re
 from typing import Any, Mapping, Sequence
 
@@ -23,7 +25,7 @@ __all__ = ["prepare_inputs", "normalize_inputs", "random_inputs", "bind_inputs",
 DEFAULT_BATCH = 2
 
 
-def _as_array(obj: Any, where: str) -> np.ndarray:
+def _as_array(obj: Any, where: str, keep_float64: bool = False) -> np.ndarray:
     if isinstance(obj, np.ndarray):
         arr = obj
     elif hasattr(obj, "detach") and hasattr(obj, "cpu"):  # a torch tensor
@@ -48,21 +50,27 @@ def _as_array(obj: Any, where: str) -> np.ndarray:
                 "parity compares models on finite inputs, where a difference means a bug. "
                 "Replace them (e.g. np.nan_to_num) or pick other samples."
             )
-    if arr.dtype == np.float64:
+    if arr.size == 0:
+        raise InputError(
+            f"{where} is empty (shape {tuple(arr.shape)}): a batch without samples compares nothing, "
+            "and every layer would pass. Give at least one sample, e.g. x[:1] instead of x[:0]."
+        )
+    if arr.dtype == np.float64 and not keep_float64:
         # models run in float32; a float64 batch would be cast differently by each framework
         arr = arr.astype(np.float32)
     return arr
 
 
-def normalize_inputs(inputs: Any) -> list[np.ndarray] | dict[str, np.ndarray]:
-    """An array, a tuple/list of arrays or a dict by input name → arrays (validated)."""
+def normalize_inputs(inputs: Any, *, keep_float64: bool = False) -> list[np.ndarray] | dict[str, np.ndarray]:
+    """An array, a tuple/list of arrays or a dict by input name → arrays (validated; float64
+    cast to float32 unless ``keep_float64``: the model computes in float64)."""
     if isinstance(inputs, Mapping):
         if not inputs:
             raise InputError("inputs is an empty dict; give one array per model input.")
-        return {str(k): _as_array(v, f"input {k!r}") for k, v in inputs.items()}
+        return {str(k): _as_array(v, f"input {k!r}", keep_float64) for k, v in inputs.items()}
     if isinstance(inputs, (tuple, list)) and inputs and not isinstance(inputs[0], (int, float)):
-        return [_as_array(v, f"input {i}") for i, v in enumerate(inputs)]
-    return [_as_array(inputs, "input 0")]
+        return [_as_array(v, f"input {i}", keep_float64) for i, v in enumerate(inputs)]
+    return [_as_array(inputs, "input 0", keep_float64)]
 
 
 def _arrays(inputs: list[np.ndarray] | dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -190,13 +198,35 @@ def random_inputs(
     )
 
 
+def _widened(arr: np.ndarray) -> np.ndarray:
+    return arr.astype(np.float64) if arr.dtype in (np.float16, np.float32) else arr
+
+
+#: the largest input parity generates itself (a declared shape past it is asked for instead)
+MAX_GENERATED_BYTES = 1 << 30
+
+
 def _random(rng: np.random.Generator, shape: tuple, spec: InputSpec) -> np.ndarray:
     if spec.dtype.startswith(("int", "uint", "bool")):
         raise InputError(
             f"input {spec.name!r} is {spec.dtype}: parity cannot guess valid values for it "
             "(token ids, indices). Pass inputs explicitly."
         )
-    return rng.standard_normal(shape).astype(spec.dtype if spec.dtype.startswith("float") else "float32")
+    dtype = np.dtype(spec.dtype if spec.dtype.startswith("float") else "float32")
+    nbytes = math.prod(int(d) for d in shape) * dtype.itemsize
+    if nbytes > MAX_GENERATED_BYTES:
+        raise InputError(
+            f"input {spec.name!r} is declared as {tuple(int(d) for d in shape)} ({dtype.name}, "
+            f"{nbytes / 2**30:,.1f} GiB): too large to generate a random batch for (parity generates at "
+            f"most {MAX_GENERATED_BYTES / 2**30:g} GiB per input). Pass inputs of the size you mean, "
+            "e.g. parity.diff(a, b, x) or parity diff A B --inputs x.npy."
+        )
+    if any(int(d) == 0 for d in shape):
+        raise InputError(
+            f"input {spec.name!r} is declared as {tuple(int(d) for d in shape)}: an empty batch compares "
+            "nothing. Pass inputs with at least one sample."
+        )
+    return rng.standard_normal(shape).astype(dtype)
 
 
 def prepare_inputs(
@@ -211,11 +241,14 @@ def prepare_inputs(
     ``input_map``, or by unambiguous evidence — never silently by position), convert them
     for B, and summarise both."""
     source = "given"
+    a64 = backend_a.compute_dtype() == "float64"
     if inputs is None:
         norm = random_inputs(backend_a, backend_b, seed=seed)
         source = f"generated ({_generated_what(norm)}, seed {seed})"
     else:
-        norm = normalize_inputs(inputs)
+        norm = normalize_inputs(inputs, keep_float64=a64)
+    if a64:  # a float64 model A runs in float64: given float32 samples (or generated ones) are widened
+        norm = {k: _widened(v) for k, v in norm.items()} if isinstance(norm, dict) else [_widened(v) for v in norm]
     spec_a, spec_b = backend_a.input_spec(), backend_b.input_spec()
     names = list(norm.keys()) if isinstance(norm, dict) else [None] * len(norm)
     arrays_a = _arrays(norm)
@@ -245,7 +278,10 @@ def prepare_inputs(
         layout_a = sa.layout if sa and sa.layout else conventional_layout(backend_a, arr.ndim)
         sb = _spec_named(spec_b, b_name) if b_name is not None else _spec_for(spec_b, i, None)
         t = _convert_for_b(arr, layout_a, sb, backend_b, i)
-        converted.append(np.ascontiguousarray(t.apply(arr)))
+        arr_b = np.ascontiguousarray(t.apply(arr))
+        if arr_b.dtype == np.float64 and backend_b.compute_dtype() != "float64":
+            arr_b = arr_b.astype(np.float32)  # B computes in float32: it gets what it would be given
+        converted.append(arr_b)
         labels.append(t.label + (" (ambiguous: equal dimensions)" if t.ambiguous else ""))
     inputs_b: Any = dict(zip(b_names, converted)) if isinstance(norm, dict) else converted
     summary = InputsSummary(

@@ -8,6 +8,8 @@ through are named here.
 
 from __future__ import annotations
 
+import functools
+
 import re
 
 from .records import Tap
@@ -90,6 +92,7 @@ _FAMILIES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 )
 
 
+@functools.lru_cache(maxsize=8192)
 def op_family(op: str) -> str:
     """The family an op belongs to across frameworks and formats (``Conv2d``, ``Conv2D``,
     ONNX ``Conv``, TFLite ``CONV_2D`` → ``conv``)."""

@@ -47,6 +47,7 @@ from .errors import OptionError
 from .metrics import relative_error
 from .records import Alignment, InputsSummary, Report, Trace, UnmatchedLayer
 from .replay import InputRecorder, own_errors, to_b_layout
+from .reruns import collecting, rerun_failed
 from .spill import release_trace
 from .tolerance import Tolerances
 
@@ -144,6 +145,17 @@ def run(a: Side, b: Side, options: DiffOptions, inputs: InputsSummary | None = N
         baseline: Report | None = None) -> Report:
     """The report of ``a`` against ``b``: every stage of the module docstring, in order.
     ``baseline`` is the baseline pair's report (the caller ran it), or None."""
+    with collecting() as failed_reruns:
+        report = _run(a, b, options, inputs, baseline)
+    if failed_reruns:
+        kept = report.__dict__.get("_repro_sources")
+        report = dataclasses.replace(report, notes=(*report.notes, *failed_reruns))
+        if kept is not None:  # what save_repro needs is off the record: carried by hand
+            object.__setattr__(report, "_repro_sources", kept)
+    return report
+
+
+def _run(a: Side, b: Side, options: DiffOptions, inputs: InputsSummary | None, baseline: Report | None) -> Report:
     tol = options.tolerances
     alignment = align(a.trace, b.trace, options.mapping)
     release_trace(a.trace)  # alignment read spilled values: their pages leave the process again
@@ -241,7 +253,9 @@ def noise_floor_tolerances(a: Side, layers: tuple, tol: Tolerances) -> tuple[Tol
         if twin is None:
             return None, None
         trace64 = twin.capture([np.asarray(x, dtype=np.float64) for x in inputs])
-    except Exception:  # noqa: BLE001 - a model that does not run in float64: keep the tolerances given
+    except Exception as exc:  # noqa: BLE001 - a model that does not run in float64: keep the tolerances given
+        rerun_failed("model A", "in float64 (its float32 noise floor)", exc,
+                     "the flagged layers are judged by the tolerances given, not by A's own float32 precision")
         return None, None
     by_name = {t.name: t for t in trace64.taps}
     overrides, worst = {}, 0.0

@@ -11,6 +11,8 @@ report can be re-rendered without the models.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Protocol
 
@@ -362,7 +364,7 @@ class LayerDiff:
         m = self.metrics
         if m.norm_a == 0:
             return float("inf")
-        return float((self.atol * np.sqrt(max(m.numel, 1)) + self.rtol * m.norm_a) / m.norm_a)
+        return float(self.rtol + self.atol * np.sqrt(max(m.numel, 1)) / m.norm_a)
 
     @property
     def own_ok(self) -> bool | None:
@@ -379,10 +381,18 @@ def tolerance_ratio(m: Metrics, rtol: float, atol: float) -> float:
     The ``rtol`` part makes it scale-free, the ``atol`` part keeps an all-zero
     tensor (a dead ReLU) comparable.
     """
-    allowed = atol * np.sqrt(max(m.numel, 1)) + rtol * m.norm_a
-    if allowed == 0:
-        return 0.0 if m.err_norm == 0 else float("inf")
-    return float(m.err_norm / allowed)
+    if m.err_norm == 0 and m.rel_err == 0:
+        return 0.0
+    root_n = math.sqrt(max(m.numel, 1))
+    if m.norm_a > 1.0:
+        # (‖b−a‖/‖a‖) / (rtol + atol·√n/‖a‖): nothing overflows, even where the norms are past
+        # float64's range (inf) — rel_err comes from the scaled sums
+        allowed_rel = rtol + atol * root_n / m.norm_a
+        ratio = m.rel_err / allowed_rel if allowed_rel > 0 else math.inf
+    else:  # a small ‖a‖ (down to 5e-324, whose rel_err overflows): the allowed error itself
+        allowed = atol * root_n + rtol * m.norm_a
+        ratio = m.err_norm / allowed if allowed > 0 else math.inf
+    return math.inf if math.isnan(ratio) else float(ratio)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import numpy as np
 from .capture.base import Backend
 from .metrics import compute_metrics
 from .records import Alignment, LayerDiff, Match
+from .reruns import rerun_failed
 
 __all__ = ["own_errors", "recorded_inputs", "InputRecorder", "to_b_layout", "REPLAYED_LAYERS"]
 
@@ -62,7 +63,12 @@ class InputRecorder:
         model for the names not recorded yet)."""
         missing = [n for n in names if n not in self._seen]
         if missing:
-            found = recorded_inputs(self.backend, self.inputs, missing)
+            try:
+                found = recorded_inputs(self.backend, self.inputs, missing)
+            except Exception as exc:  # noqa: BLE001 - the comparison stands without them; the report says so
+                rerun_failed("model A", "to record its layers' inputs", exc,
+                             "no layer's own error was measured by replay (growth was used) and the detectors went without them")
+                found = {}
             self._seen.update({n: found.get(n) for n in missing})
         return {n: v for n in names if (v := self._seen[n]) is not None}
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from .records import Tap, Transform
 
-__all__ = ["similarity", "samples", "sample_index", "cached_sample", "sample_cache"]
+__all__ = ["similarity", "samples", "sample_index", "cached_sample", "sample_cache", "rescaled"]
 
 
 _SAMPLE = 2048
@@ -97,11 +97,22 @@ def samples(a: Tap, b: Tap, t: Transform) -> tuple[np.ndarray, np.ndarray]:
     return va, vb
 
 
+def rescaled(v: np.ndarray) -> np.ndarray:
+    """``v`` divided by its largest magnitude when its squares would leave float64's range
+    (1e154 and up, 1e-154 and down): the direction is the same, the norm stays finite."""
+    with np.errstate(all="ignore"):
+        top = float(np.max(np.abs(v))) if v.size else 0.0
+    if np.isfinite(top) and top > 0 and not 1e-150 < top < 1e150:
+        return v / top
+    return v
+
+
 def similarity(a: Tap, b: Tap, t: Transform) -> float:
     """0 (unrelated) … 3 (equal to ~1e-6): ``−log10(1 − cos)/2`` on a fixed sample."""
     if a.value is None or b.value is None or a.numel == 0:
         return 0.0
-    va, vb = samples(a, b, t)
+    sa, sb = samples(a, b, t)
+    va, vb = rescaled(sa), rescaled(sb)
     with np.errstate(all="ignore"):
         na, nb = np.sqrt(np.dot(va, va)), np.sqrt(np.dot(vb, vb))
         if not (np.isfinite(na) and np.isfinite(nb)):

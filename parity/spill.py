@@ -8,22 +8,32 @@ directory and read back as a read-only memory map: the values are the same
 bytes, so the report is identical, but they live in the page cache (which the
 kernel can drop and reread) instead of the process's heap.  After a pair is
 compared, :func:`release` drops its pages from the process again.
+
+The directory goes when the comparison ends, also on an error, Ctrl-C (SIGINT)
+or SIGTERM (a CI time-out, ``docker stop``): while one exists, a SIGTERM handler
+removes every live spill directory and then hands the signal on to the handler
+there was before (the default one ends the process as SIGTERM would have).  A
+write that fails (disk full, a read-only temporary directory) is a
+:class:`~parity.errors.SpillError` naming the directory.
 """
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, SpillError
 from .records import Trace
 
 __all__ = ["parse_max_memory", "default_max_memory", "trace_nbytes", "Spill", "release", "release_trace",
@@ -71,6 +81,57 @@ def trace_nbytes(trace: Trace) -> int:
     )
 
 
+#: spill directories that exist now, removed by the SIGTERM handler
+_LIVE: set[Path] = set()
+_LIVE_LOCK = threading.Lock()
+#: the SIGTERM handler there was before ours (ours is installed while a directory exists)
+_PREVIOUS: Any = None
+_INSTALLED = False
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    with _LIVE_LOCK:
+        dirs = list(_LIVE)
+        _LIVE.clear()
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    previous = _PREVIOUS
+    _uninstall()
+    if callable(previous):
+        previous(signum, frame)
+    elif previous != signal.SIG_IGN:  # the default action: end the process as SIGTERM does
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _install() -> None:
+    """Our SIGTERM handler, in front of the one there is (only the main thread can set one;
+    elsewhere the directory relies on the main thread's, or on the ``with`` block)."""
+    global _PREVIOUS, _INSTALLED
+    if _INSTALLED or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous == signal.SIG_IGN:
+            return  # the process ignores SIGTERM: it goes on, and so does the directory
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):
+        return
+    _PREVIOUS, _INSTALLED = previous, True
+
+
+def _uninstall() -> None:
+    global _PREVIOUS, _INSTALLED
+    if not _INSTALLED:
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm:  # nobody put another in front since
+            signal.signal(signal.SIGTERM, _PREVIOUS if _PREVIOUS is not None else signal.SIG_DFL)
+    except (ValueError, OSError):  # not the main thread: leave ours, it finds nothing to remove
+        return
+    _PREVIOUS, _INSTALLED = None, False
+
+
 class Spill:
     """A private temporary directory of spilled values, removed on :meth:`close` (or leaving a
     ``with`` block).  The maps stay readable after removal on POSIX systems: an unlinked
@@ -90,14 +151,34 @@ class Spill:
     def close(self) -> None:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
+            with _LIVE_LOCK:
+                _LIVE.discard(self._dir)
+                if not _LIVE and threading.current_thread() is threading.main_thread():
+                    _uninstall()
             self._dir = None
+
+    @property
+    def directory(self) -> Path | None:
+        """The spill directory, once a value was spilled."""
+        return self._dir
 
     def _write(self, value: np.ndarray) -> np.ndarray:
         if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="parity-spill-"))
+            parent = tempfile.gettempdir()
+            try:
+                self._dir = Path(tempfile.mkdtemp(prefix="parity-spill-"))
+            except OSError as exc:
+                raise _spill_error(exc, f"creating a spill directory in {parent}", self) from exc
+            with _LIVE_LOCK:
+                _LIVE.add(self._dir)
+                _install()
         path = self._dir / f"{self.count}.npy"
         self.count += 1
-        np.save(path, value, allow_pickle=False)
+        try:
+            np.save(path, value, allow_pickle=False)
+        except OSError as exc:
+            path.unlink(missing_ok=True)  # a partial file
+            raise _spill_error(exc, f"writing captured values to the spill directory {self._dir}", self) from exc
         self.nbytes += int(value.nbytes)
         return np.load(path, mmap_mode="r", allow_pickle=False)
 
@@ -109,6 +190,22 @@ class Spill:
 
         with sink(_Budget(self, budget)):
             yield
+
+
+def _spill_error(exc: OSError, doing: str, spill: Spill) -> SpillError:
+    code = errno.errorcode.get(exc.errno or 0, "")
+    why = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC or (exc.errno is None and "requested and" in str(exc)):
+        why = "no space left on the device"  # numpy's short write says "N requested and M written"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why = f"the directory is not writable ({why})"
+    return SpillError(
+        f"{doing} failed: {why}{f' [{code}]' if code else ''}, after "
+        f"{spill.count - 1 if spill.count else 0} value(s) ({spill.nbytes / 1e6:,.1f} MB) were spilled. "
+        "parity spills activations to disk past max_memory: free space there, point TMPDIR at a "
+        "writable disk with room, or raise max_memory (parity.diff(..., max_memory='8GB'), "
+        "--max-memory 8GB) so that fewer values are spilled."
+    )
 
 
 class _Budget:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import assume
+from hypothesis import strategies as st
 
 from parity.align import align, normalize_name, op_family
 from parity.errors import MappingError
@@ -11,6 +13,7 @@ from parity.layout import candidate_transforms, input_transform, permutation
 from parity.records import Tap
 
 from .helpers import make_trace, nchw_to_nhwc
+from .properties import prop
 
 rng = np.random.default_rng(0)
 X = rng.standard_normal((2, 4, 6, 5)).astype("float32")
@@ -655,3 +658,103 @@ def test_a_scaled_copy_paired_by_order_that_heals_exactly_is_unsure():
     assert report.ok
     (u,) = [u for u in report.unmatched_a if u.name == "act1"]
     assert u.reason.startswith("unsure: paired by value with mul_9, but B is A × 1.019 (cos 1.000000)")
+
+
+# --- properties: whatever the names, a faithful chain pairs every layer with its counterpart ---------
+
+_A_OPS = {4: ["Conv2d", "BatchNorm2d", "ReLU"], 2: ["Linear", "ReLU", "Tanh"]}
+_B_OPS = {"Conv2d": "Conv2D", "BatchNorm2d": "BatchNormalization", "ReLU": "ReLU", "Linear": "Dense",
+          "Tanh": "Activation"}
+
+
+@st.composite
+def _chains(draw):
+    """Model A's chain (NCHW / NC tensors) and model B's: other names, NHWC, the same values
+    (optionally with B drifting by a constant factor from one layer on: it diverges there)."""
+    n = draw(st.integers(1, 10))
+    seed = draw(st.integers(0, 2**16))
+    r = np.random.default_rng(seed)
+    specs_a, specs_b = [], []
+    for i in range(n):
+        rank = draw(st.sampled_from([4, 2]))
+        shape = (2, *draw(st.lists(st.integers(1, 5), min_size=rank - 1, max_size=rank - 1)))
+        assume(np.prod(shape) >= 4)
+        value = r.standard_normal(shape).astype(np.float32)
+        op = draw(st.sampled_from(_A_OPS[rank]))
+        layout = "NCHW" if rank == 4 else "NC"
+        specs_a.append((f"features.{i}", op, value, layout))
+        b_value, b_layout = (nchw_to_nhwc(value), "NHWC") if rank == 4 else (value, "NC")
+        specs_b.append((f"{_B_OPS[op].lower()}_{i + 7}", _B_OPS[op], b_value, b_layout))
+    out = r.standard_normal((2, 3)).astype(np.float32)
+    specs_a.append(("output", "output", out, "NC"))
+    specs_b.append(("output", "output", out, "NC"))
+    return specs_a, specs_b
+
+
+@prop(_chains(), fast=25, deep=1000)
+def test_a_faithful_chain_in_another_layout_and_other_names_pairs_every_layer_with_its_own(chains):
+    specs_a, specs_b = chains
+    al = align(make_trace(specs_a), make_trace(specs_b, framework="keras"))
+    pairs = {m.a.name: m.b.name for m in al.matches}
+    expected = {a[0]: b[0] for a, b in zip(specs_a, specs_b)}
+    assert pairs == expected, (pairs, expected)
+    for m in al.matches:
+        assert np.array_equal(m.transform.apply(m.b.value), m.a.value)
+    assert not al.unmatched
+
+
+@prop(_chains(), st.integers(0, 9), fast=25, deep=1000)
+def test_a_chain_that_diverges_from_one_layer_on_still_pairs_every_layer_in_order(chains, first_bad):
+    specs_a, specs_b = chains
+    first_bad = min(first_bad, len(specs_a) - 2)
+    bad = [(n, op, v * np.float32(1.5) if i >= first_bad else v, lay) for i, (n, op, v, lay) in enumerate(specs_b)]
+    al = align(make_trace(specs_a), make_trace(bad, framework="keras"))
+    pairs = {m.a.name: m.b.name for m in al.matches}
+    expected = {a[0]: b[0] for a, b in zip(specs_a, specs_b)}
+    assert pairs == expected, (pairs, expected, [(u.side, u.tap.name, u.reason) for u in al.unmatched])
+
+
+def test_alignment_work_grows_linearly_with_depth(monkeypatch):
+    """A 1000-layer MLP pair with other names did not align in 170 s: every same-shape pair was
+    scored, for value matching and for the order DP.  The pairs scored one by one now grow
+    with depth (not its square); the figures are in benchmarks/align_depth.py."""
+    from benchmarks.align_depth import pair
+
+    import parity.align as align_module
+
+    counts = {"similarity": 0, "score": 0}
+    real_similarity, real_score = align_module.similarity, align_module._Pairing.score
+
+    def counted_similarity(*args, **kwargs):
+        counts["similarity"] += 1
+        return real_similarity(*args, **kwargs)
+
+    def counted_score(self, a, b):
+        counts["score"] += 1
+        return real_score(self, a, b)
+
+    monkeypatch.setattr(align_module, "similarity", counted_similarity)
+    monkeypatch.setattr(align_module._Pairing, "score", counted_score)
+    work = {}
+    for case in ("faithful", "noise"):
+        for depth in (150, 300):
+            counts.update(similarity=0, score=0)
+            al = align(*pair(depth, 4, case))
+            assert len(al.matches) == 2 * depth + (case == "faithful")  # every layer paired (noise: not the output twice)
+            work[case, depth] = counts["similarity"] + counts["score"]
+    for case in ("faithful", "noise"):
+        assert work[case, 300] <= 2.2 * work[case, 150], work  # all pairs: 4×
+    # a score (with the similarity it takes) per cell of a band of about 2·48 taps, not of all 600²
+    assert work["noise", 300] < 2 * 600 * 110 < 2 * 600 * 600 / 5, work
+
+
+def test_tensors_whose_squares_overflow_still_pair_by_value():
+    """Values of 1e154 and up: the sample norms overflowed, every similarity was 0 and nothing
+    paired by value."""
+    v = np.random.default_rng(1).standard_normal((2, 6, 4, 4)) * 1e160
+    w = np.random.default_rng(2).standard_normal((2, 6, 4, 4)) * 1e-160
+    ta = make_trace([("conv", "Conv2d", v, "NCHW"), ("bn", "BatchNorm2d", w, "NCHW"), ("output", "output", w, "NCHW")])
+    tb = make_trace([("c", "Conv2D", nchw_to_nhwc(v), "NHWC"), ("b", "BatchNormalization", nchw_to_nhwc(w), "NHWC"),
+                     ("output", "output", nchw_to_nhwc(w), "NHWC")], framework="keras")
+    al = align(ta, tb)
+    assert [(m.a.name, m.b.name, m.how) for m in al.matches[:2]] == [("conv", "c", "value"), ("bn", "b", "value")]

@@ -221,3 +221,90 @@ def test_a_float64_twin_keeps_integer_ids_as_integers():
     trace64 = KerasBackend(model).twin("float64").capture([tokens])
     assert trace64["emb"].dtype == "float64"
     np.testing.assert_allclose(trace64["head"].value, KerasBackend(model).capture([tokens])["head"].value, rtol=1e-5, atol=1e-6)
+
+
+def test_four_threads_sharing_a_keras_model_a_each_get_the_report_of_their_own_pair():
+    """Each capture patched the shared layers' ``call`` over the others' patches: a thread
+    recorded the other threads' layers, and the first to finish took every patch away."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    barrier, seen = threading.Barrier(4), set()
+
+    @keras.saving.register_keras_serializable(package="parity_tests")
+    class Rendezvous(keras.layers.Layer):
+        """Each thread's first forward waits here until all four are inside the model."""
+
+        def call(self, x):
+            me = threading.get_ident()
+            if me not in seen and len(seen) < 4:
+                seen.add(me)
+                try:
+                    barrier.wait(timeout=20)
+                except threading.BrokenBarrierError:  # a late thread: the test checks less, never hangs
+                    pass
+            return x
+
+    def mlp(meet: bool):
+        keras.utils.set_random_seed(0)
+        x = inp = keras.Input((8,), name="x")
+        for i in range(4):
+            x = keras.layers.Dense(8, activation="tanh", name=f"d{i}")(x)
+            if i == 1 and meet:
+                x = Rendezvous(name="meet")(x)
+        return keras.Model(inp, x, name="mlp")
+
+    a = mlp(True)
+    pairs = []
+    for i in range(4):
+        b = mlp(False)
+        kernel = b.get_layer(f"d{i}").kernel
+        kernel.assign(kernel.numpy() * 1.5)
+        pairs.append((f"d{i}", b))
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype("float32")
+    with ThreadPoolExecutor(4) as pool:
+        reports = list(pool.map(lambda pair: parity.diff(a, pair[1], x), pairs))
+    for (flagged, _), report in zip(pairs, reports):
+        names = [d.a_name for d in report.layers]
+        assert names == ["d0", "d0:activation", "d1", "d1:activation", "d2", "d2:activation", "d3",
+                         "d3:activation", "output"][: len(names)] and len(names) >= 7, names
+        # nothing left over from another thread's forward: only the rendezvous B does not have
+        assert [u.name for u in report.unmatched] == ["meet"], report.unmatched
+        assert report.first_divergence is not None and report.first_divergence.a_name == flagged
+    assert all("call" not in layer.__dict__ for layer in a.layers)  # every patch is gone
+
+
+def test_a_layer_wired_in_with_training_true_is_said_in_the_report():
+    """Dropout(0.5)(x, training=True): parity's training=False run overrides it, the user's
+    model(x) does not — the report said the models agree, with no note."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8,), name="x")
+    x = keras.layers.Dense(8, name="d")(inp)
+    x = keras.layers.Dropout(0.5, name="drop")(x, training=True)
+    model = keras.Model(inp, keras.layers.Dense(2, name="head")(x), name="forced")
+    x = np.ones((2, 8), np.float32)
+    assert not np.allclose(np.asarray(model(x)), np.asarray(model(x, training=False)))  # what the user gets
+    report = parity.diff(model, model, x)
+    note = (
+        "1 layer(s) of Keras model 'forced' are wired in with training=True (drop): parity ran the model with "
+        "training=False, which overrides that (no dropout, BatchNorm on its moving statistics), but the model "
+        "called as model(x) runs those layers in training mode, so what it computes differs from this report. "
+        "Drop training=True from those calls if the model is meant for inference."
+    )
+    assert note in report.notes
+
+
+def test_a_keras_model_raising_inside_a_layer_is_reported_naming_that_layer():
+    @keras.saving.register_keras_serializable(package="parity_tests")
+    class Boom(keras.layers.Layer):
+        def call(self, x):
+            raise ValueError("boom")
+
+        def compute_output_shape(self, shape):  # builds without calling call
+            return shape
+
+    inp = keras.Input((4,), name="x")
+    model = keras.Model(inp, Boom(name="boom_layer")(keras.layers.Dense(4, name="d")(inp)), name="exploding")
+    with pytest.raises(parity.CaptureError, match=r"^running Keras model 'exploding' on inputs of shape \(1, 4\) "
+                                                 r"failed in layer 'boom_layer' \(Boom\): ValueError"):
+        parity.capture(model, np.ones((1, 4), np.float32))

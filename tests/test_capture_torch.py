@@ -391,3 +391,160 @@ def test_float64_twin_takes_float32_inputs_and_records_float64(model, x):
 def test_an_unknown_twin_kind_is_a_model_error(model):
     with pytest.raises(parity.ModelError, match="a twin is one of 'fresh', 'randomized_stats', 'float64', not 'int8'"):
         TorchBackend(model).twin("int8")
+
+
+# --- one model A shared by threads -------------------------------------------------------------------
+
+
+class _Meeting:
+    """A barrier that only each thread's first arrival waits at (shared, not copied, by deepcopy)."""
+
+    def __init__(self, parties: int) -> None:
+        import threading
+
+        self.barrier = threading.Barrier(parties)
+        self.seen: set[int] = set()
+        self.ident = threading.get_ident
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def attend(self) -> None:
+        me = self.ident()
+        if me not in self.seen:
+            self.seen.add(me)
+            try:
+                self.barrier.wait(timeout=20)
+            except Exception:  # a thread arrived late: the test then checks less, it does not hang
+                pass
+
+
+class _Rendezvous(nn.Module):
+    """Holds each thread's first forward here until all of them are inside the model, so every
+    capture's hooks are registered while the others run (reruns pass straight through)."""
+
+    def __init__(self, meeting: _Meeting | None) -> None:
+        super().__init__()
+        self.meeting = meeting
+
+    def forward(self, x):
+        if self.meeting is not None:
+            self.meeting.attend()
+        return x
+
+
+def _mlp(meeting: _Meeting | None = None, width: int = 16) -> nn.Sequential:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for i in range(4):
+        layers += [nn.Linear(width, width), nn.Tanh()]
+        if i == 1:
+            layers.append(_Rendezvous(meeting))
+    return nn.Sequential(*layers).eval()
+
+
+def test_four_threads_sharing_model_a_each_get_the_report_of_their_own_pair():
+    """Hooks fire for every thread's forward: each report used to hold the other threads' taps
+    (and a thread could find the model put back into training mode by another's capture)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    a = _mlp(_Meeting(4))
+    a.train()  # handed in training: every capture must run it in eval() and say so, and leave it training
+    linears = [i for i, m in enumerate(a) if isinstance(m, nn.Linear)]
+    pairs = []
+    for k, idx in enumerate(linears):
+        b = _mlp()
+        b.train()
+        with torch.no_grad():
+            b[idx].weight.mul_(1.5)  # B_k's bug is in A's k-th Linear
+        pairs.append((str(idx), b))
+    x = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
+
+    def run(pair):
+        return parity.diff(a, pair[1], x)
+
+    with ThreadPoolExecutor(4) as pool:
+        reports = list(pool.map(run, pairs))
+    for (flagged, _), report in zip(pairs, reports):
+        names = [d.a_name for d in report.layers]
+        assert len(names) == len(set(names)) == 4 * 2 + 1 + 1  # 8 layers, the rendezvous, the output
+        assert report.first_divergence is not None and report.first_divergence.a_name == flagged
+        assert all(d.ok for d in report.layers if d.index < report.first_divergence.index)
+        assert any("training mode" in n for n in report.notes)
+    assert all(m.training for m in a.modules())  # the user's modes are back
+
+
+# --- models that raise ---------------------------------------------------------------------------------
+
+
+class _Exploder(nn.Module):
+    def forward(self, x):
+        raise ValueError("boom")
+
+
+def test_a_model_raising_inside_a_layer_is_reported_naming_that_layer():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.ReLU(), _Exploder()))
+    with pytest.raises(parity.CaptureError) as err:
+        parity.capture(model, np.ones((1, 3), np.float32))
+    assert str(err.value).startswith(
+        "running torch model Sequential on inputs of shape (1, 3) failed in layer '1.1' (_Exploder): ValueError: boom."
+    )
+
+
+class _SecondCallFails(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act, self.head = nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > 1:
+            raise RuntimeError("generator already exhausted")
+        return self.head(self.act(self.fc(x)))
+
+
+def test_a_model_that_fails_when_rerun_for_the_diagnoses_gets_its_report_saying_which_rerun_failed():
+    """The reruns raised out of parity.diff (the replay's) or were silently skipped (the others)."""
+    import copy
+
+    torch.manual_seed(0)
+    a = _SecondCallFails().eval()
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        b.fc.weight.mul_(1.5)
+    report = parity.diff(a, b, np.ones((2, 4), np.float32))
+    assert report.first_divergence.a_name == "fc"
+    reruns = [n for n in report.notes if n.startswith("rerunning model")]
+    assert reruns[0] == (
+        "rerunning model A in float64 (its float32 noise floor) failed (RuntimeError: generator already "
+        "exhausted); the flagged layers are judged by the tolerances given, not by A's own float32 precision. "
+        "The first run succeeded and its comparison stands (a model that fails only when called again may "
+        "keep state between calls)."
+    )
+    assert [n.split(" failed (")[0] for n in reruns] == [
+        "rerunning model A in float64 (its float32 noise floor)",
+        "rerunning model A to record its layers' inputs",
+        "rerunning model A to check that it is deterministic",
+        "rerunning model B to check that it is deterministic",
+        "rerunning model A to record the input of its first layer",
+    ]
+
+
+class _AlwaysDropping(nn.Dropout):
+    """A dropout that refuses eval(): its train() keeps it training."""
+
+    def train(self, mode: bool = True):
+        return super().train(True)
+
+
+def test_a_module_that_stays_in_training_mode_under_eval_is_said_in_the_report():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), _AlwaysDropping(0.5), nn.Linear(4, 2)).eval()
+    trace = parity.capture(model, np.ones((2, 4), np.float32))
+    assert trace.notes == (
+        "1 module(s) of torch model Sequential stay in training mode under eval() ('1'): their dropout or "
+        "batch statistics were active in this run, so its values are not the model's inference.",
+    )
+    plain = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 2)).eval()
+    assert parity.capture(plain, np.ones((2, 4), np.float32)).notes == ()

@@ -159,3 +159,13 @@ def test_diff_writes_a_repro_of_the_batchnorm_that_reruns_it(pair_module, capsys
     assert done.returncode == 0, done.stdout + done.stderr
     alone = float(re.search(r"alone on A's input: relative error ([0-9.e+-]+)", done.stdout).group(1))
     assert alone == pytest.approx(meta["own_err"], rel=1e-3) and alone > 1e-3
+
+
+def test_an_empty_batch_exits_2_saying_so(pair_module, capsys):
+    empty = pair_module / "empty.npy"
+    np.save(empty, np.zeros((0, 1, 28, 28), np.float32))  # x[:0]: it was "compared" and passed
+    code = main(["diff", "cli_pair_module:torch_model", "cli_pair_module:keras_good", "--inputs", str(empty)])
+    assert code == 2
+    assert "InputError: input 0 is empty (shape (0, 1, 28, 28)): a batch without samples compares nothing" in (
+        " ".join(capsys.readouterr().err.split())
+    )

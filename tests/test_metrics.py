@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
+from decimal import Decimal, localcontext
 
 import numpy as np
 import pytest
@@ -12,6 +14,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from parity.metrics import compute_metrics, relative_error, verdict
+from parity.records import tolerance_ratio
+
+from .properties import prop
 
 
 def test_known_scaling_and_positions():
@@ -260,3 +265,152 @@ def test_relative_error_of_zeros_and_of_different_shapes():
     assert relative_error(zeros, np.zeros((3, 2), np.float32)) == math.inf  # cannot be the same tensor
     big = np.full(10, 1e25, np.float32)  # squares beyond float32's range are summed in float64
     assert relative_error(big, big * np.float32(1.001)) == pytest.approx(1e-3, rel=1e-4)
+
+
+# --- soundness: never NaN, never a pass that hides a wild element, right at any magnitude -------------
+
+_WILD = [np.inf, -np.inf, np.nan, 1.34e154, -1.34e154, 1e308, -1e308, 1.7976931348623157e308, 5e-324, 1e-200, 0.0, 1.0]
+_ELEMENTS = st.one_of(st.floats(width=64), st.sampled_from(_WILD))
+_FINITE = st.one_of(st.floats(allow_nan=False, allow_infinity=False, width=64),
+                    st.sampled_from([v for v in _WILD if np.isfinite(v)]))
+
+
+def _pair(elements, dtypes=(np.float64, np.float32)):
+    """Two arrays of one shape and dtype; ``b`` often a perturbed copy of ``a``."""
+    shapes = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=5)
+
+    def build(spec):
+        shape, dtype = spec
+        arr = hnp.arrays(np.float64, shape, elements=elements)
+        return st.tuples(arr, arr, st.integers(0, 2), st.just(dtype))
+
+    def mix(t):
+        a, b, how, dtype = t
+        if how == 1:  # b is a with a few elements replaced
+            b = np.where(np.arange(a.size).reshape(a.shape) % 3 == 0, b, a)
+        elif how == 2:
+            b = a.copy()
+        with np.errstate(over="ignore"):  # float32: what overflows is inf, deliberately
+            return a.astype(dtype), b.astype(dtype)
+
+    return st.tuples(shapes, st.sampled_from(dtypes)).flatmap(build).map(mix)
+
+
+def _nonfinite_patterns_differ(a, b) -> bool:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    same = (fa & fb) | (np.isnan(a) & np.isnan(b)) | (np.isinf(a) & (a == b))
+    return not bool(same.all())
+
+
+@prop(_pair(_ELEMENTS), fast=60, deep=4000)
+def test_no_figure_is_ever_nan_and_a_one_sided_or_misplaced_nonfinite_element_fails(pair):
+    a, b = pair
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = compute_metrics(a, b, 1e-3, 1e-5)
+        ok, reasons = verdict(m, 1e-3, 1e-5)
+        ratio = tolerance_ratio(m, 1e-3, 1e-5)
+    figures = {k: getattr(m, k) for k in ("rel_err", "err_norm", "max_abs", "mean_abs", "cosine", "norm_a",
+                                          "norm_b", "rms_a")}
+    if m.argmax_agreement is not None:
+        figures["argmax_agreement"] = m.argmax_agreement
+    figures["tolerance_ratio"] = ratio
+    assert not [k for k, v in figures.items() if math.isnan(v)], (figures, a, b)
+    assert -1.0 <= m.cosine <= 1.0 and m.rel_err >= 0.0 and 0 <= m.mismatched <= m.numel
+    if _nonfinite_patterns_differ(a, b):
+        assert not ok and m.nonfinite_mismatch > 0
+        assert math.isinf(relative_error(a, b))
+    if np.array_equal(a, b, equal_nan=True):
+        assert ok and m.rel_err == 0.0 and m.max_abs == 0.0 and m.mismatched == 0
+    assert ok == (not reasons)
+
+
+def _exact(a, b, rtol, atol):
+    """rel_err and tolerance ratio from the definitions, in 50-digit decimals (no overflow)."""
+    with localcontext() as ctx:
+        ctx.prec = 50
+        da = [Decimal(float(x)) for x in a.astype(np.float64).ravel()]
+        db = [Decimal(float(x)) for x in b.astype(np.float64).ravel()]
+        err = sum(((y - x) ** 2 for x, y in zip(da, db)), Decimal(0)).sqrt()
+        norm_a = sum((x * x for x in da), Decimal(0)).sqrt()
+        rel = Decimal("Infinity") if norm_a == 0 and err else (Decimal(0) if not err else err / norm_a)
+        allowed = Decimal(atol) * Decimal(len(da)).sqrt() + Decimal(rtol) * norm_a
+        ratio = err / allowed if allowed else (Decimal(0) if not err else Decimal("Infinity"))
+        return float(rel), ratio
+
+
+@prop(_pair(_FINITE, dtypes=(np.float64,)), fast=60, deep=4000)
+def test_finite_pairs_of_any_magnitude_measure_their_exact_error_and_pass_exactly_when_within_tolerance(pair):
+    a, b = pair
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = compute_metrics(a, b, 1e-3, 1e-5)
+    rel, ratio = _exact(a, b, 1e-3, 1e-5)
+    if math.isinf(rel) or rel > 1.797e308:  # past float64's range, or at its edge (rounds either way)
+        assert math.isinf(m.rel_err) or m.rel_err > 1.797e308
+    else:
+        assert m.rel_err == pytest.approx(rel, rel=1e-9, abs=1e-300)
+        assert relative_error(a, b) == pytest.approx(rel, rel=1e-9, abs=1e-300)
+    assert -1.0 <= m.cosine <= 1.0
+    if abs(ratio - 1) > Decimal("1e-9"):
+        assert verdict(m, 1e-3, 1e-5)[0] == (ratio <= 1), (float(ratio), m)
+
+
+def test_squares_past_float64s_range_are_measured_not_nan_and_the_layer_fails():
+    """The issue's case: 1.34e154² overflows float64; the error norm was inf, the norm inf,
+    rel_err inf/inf = NaN and the verdict ``ok=True``."""
+    a = np.array([1.34e154, 1.34e154, 1.0])
+    b = np.array([1.34e154, 1.34e154 * 1.5, 1.0])
+    m = compute_metrics(a, b, 1e-3, 1e-5)
+    norm_a = 1.34e154 * math.sqrt(2)  # √(2·1.34e154² + 1) in float64
+    assert m.norm_a == pytest.approx(norm_a, rel=1e-12)
+    assert m.err_norm == pytest.approx(0.67e154, rel=1e-12)
+    assert m.rel_err == pytest.approx(0.5 / math.sqrt(2), rel=1e-12)
+    assert m.cosine == pytest.approx(2.5 / math.sqrt(2 * (1 + 2.25)), rel=1e-12)
+    ok, reasons = verdict(m, 1e-3, 1e-5)
+    assert not ok and reasons[0].startswith("relative error 3.5e-01 exceeds rtol 1e-03 (354× the allowed error")
+
+
+def test_a_difference_past_float64s_range_keeps_rel_err_and_the_verdict():
+    a, b = np.array([1e308, 1.0]), np.array([-1e308, 1.0])  # b − a is −2e308: no float64 holds it
+    m = compute_metrics(a, b, 1e-3, 1e-5)
+    assert m.rel_err == pytest.approx(2.0, rel=1e-12) and m.cosine == pytest.approx(-1.0)
+    assert m.max_abs == math.inf and m.max_abs_index == (0,)  # larger than any float64, said as inf
+    assert tolerance_ratio(m, 1e-3, 1e-5) == pytest.approx(2000.0, rel=1e-9)
+    assert not verdict(m, 1e-3, 1e-5)[0]
+    # tiny numbers whose squares underflow are measured too
+    m = compute_metrics(np.array([1e-200, 2e-200]), np.array([1e-200, 3e-200]), 0.0, 0.0)
+    assert m.rel_err == pytest.approx(1 / math.sqrt(5), rel=1e-12)
+
+
+def test_the_same_infinity_at_the_same_place_agrees_and_anything_else_nonfinite_fails():
+    a = np.array([-np.inf, 1.0, 2.0])  # a masked attention score: −inf on both sides is the same tensor
+    m = compute_metrics(a, a.copy(), 1e-3, 1e-5)
+    assert verdict(m, 1e-3, 1e-5)[0] and (m.inf_a, m.inf_b, m.nonfinite_mismatch, m.rel_err) == (1, 1, 0, 0.0)
+    for b in ([np.inf, 1.0, 2.0], [-1e308, 1.0, 2.0], [np.nan, 1.0, 2.0], [1.0, -np.inf, 2.0]):
+        m = compute_metrics(a, np.array(b), 1e-3, 1e-5)
+        ok, reasons = verdict(m, 1e-3, 1e-5)
+        assert not ok and m.nonfinite_mismatch >= 1 and "NaN/Inf on one side only" in reasons[-1], b
+    assert relative_error(a, np.array([np.inf, 1.0, 2.0])) == math.inf
+
+
+def test_a_nan_tolerance_ratio_never_passes():
+    """A Metrics holding NaN (a hand-edited report, an old one) fails rather than passes."""
+    m = compute_metrics(np.ones(3), np.ones(3), 1e-3, 1e-5)
+    nan = replace(m, rel_err=math.nan, err_norm=math.nan)
+    ok, reasons = verdict(nan, 1e-3, 1e-5)
+    assert not ok and reasons == ("the error could not be measured (NaN): the layer cannot pass",)
+    assert tolerance_ratio(replace(m, rel_err=math.inf, err_norm=math.inf, norm_a=math.inf), 1e-3, 1e-5) == math.inf
+
+
+def test_a_flagged_layer_holding_values_near_float64s_limit_still_gets_its_pictures():
+    from parity.detail import layer_detail
+
+    a = np.array([[[[1e308, -1e308], [1.0, np.inf]]]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        detail = layer_detail(a, -a, "NCHW")  # hi − lo of the histogram overflowed: ValueError
+    assert detail.histogram.edges[0] == -1e308 and detail.histogram.edges[-1] == 1e308
+    assert sum(detail.histogram.counts_a) == 3 and detail.histogram.outside_a == 1  # the inf
+    assert detail.error_map is not None and detail.error_map.values == ((0.0, 0.0), (2.0, 0.0))

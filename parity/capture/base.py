@@ -132,6 +132,12 @@ class Backend(ABC):
         and the model refuses."""
         return None
 
+    def compute_dtype(self) -> str | None:
+        """The floating dtype the model's parameters are in, when the backend can tell and they
+        all agree (``"float64"`` for a ``model.double()``): floating inputs are cast to it, so a
+        float64 model runs in float64.  ``None``: the inputs are given as they are (float32)."""
+        return None
+
     def precision(self) -> tuple[str, str] | None:
         """The precision the model computes in, read from the model itself (a TFLite
         flatbuffer's tensor types), and how it was found: ``("int8", "detected: …")``;

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import re
 import sys
+import threading
 from collections import Counter
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -25,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import CaptureError
+from ..errors import CaptureError, ParityError
 from ..layout import CHANNELS_FIRST, CHANNELS_LAST
 from ..records import InputSpec, ModelInfo, Tap, Trace
 
@@ -165,6 +166,24 @@ def _sublayers(model: Any) -> list[Any]:
     return out
 
 
+def _forced_training(model: Any) -> list[str]:
+    """The layers of a functional model (nested ones included) called with ``training=True`` in
+    its graph: ``Dropout(0.5)(x, training=True)``."""
+    found: list[str] = []
+    try:
+        layers = _sublayers(model)
+    except AttributeError:
+        return found
+    for layer in layers:
+        for node in getattr(layer, "_inbound_nodes", None) or ():
+            arguments = getattr(node, "arguments", None)  # Keras 3
+            kwargs = getattr(arguments, "kwargs", None) if arguments is not None else getattr(node, "call_kwargs", None)
+            if isinstance(kwargs, dict) and kwargs.get("training") is True:
+                found.append(str(layer.name))
+                break
+    return found
+
+
 _INDEX_CACHE: ContextVar[dict[int, dict[str, list[Any]]] | None] = ContextVar("parity_keras_layer_index", default=None)
 
 
@@ -202,24 +221,68 @@ def _has_sublayers(layer: Any) -> bool:
         return False
 
 
+class _Patch:
+    """One layer attribute replaced by a dispatcher while any capture patches it: each thread
+    calls its own wrapper (the innermost it installed), other threads the original."""
+
+    def __init__(self, layer: Any, attr: str) -> None:
+        self.had_own = attr in layer.__dict__
+        self.own = layer.__dict__.get(attr)
+        self.original = getattr(layer, attr)
+        self.by_thread: dict[int, list[Any]] = {}
+        self.users = 0
+        by_thread, original = self.by_thread, self.original
+
+        @functools.wraps(original)  # keeps an activation's __name__: the layer's attrs say "relu"
+        def dispatch(*args: Any, **kwargs: Any) -> Any:
+            mine = by_thread.get(threading.get_ident())
+            return (mine[-1] if mine else original)(*args, **kwargs)
+
+        self.dispatch = dispatch
+
+
+_PATCHES: dict[tuple[int, str], _Patch] = {}
+_PATCH_LOCK = threading.Lock()
+
+
 @contextmanager
 def patched_calls(wrappers: Iterable[tuple[Any, Callable[[Any], Any]]], attr: str = "call") -> Iterator[None]:
     """Replace each layer's ``call`` (or another callable attribute, ``attr``) by
-    ``make(original)`` for the duration, on the instance; restore exactly what the instance
-    had before (its own attribute, or none)."""
-    patched: list[tuple[Any, bool, Any]] = []
+    ``make(original)`` for the duration, for the calling thread only; restore exactly what the
+    instance had before (its own attribute, or none) when the last thread is done.
+
+    Several threads may capture one model at once: the instance holds one dispatcher that
+    hands each thread its own wrapper, so a thread records only its own forward."""
+    me = threading.get_ident()
+    mine: list[tuple[tuple[int, str], Any]] = []
     try:
         for layer, make in wrappers:
-            had_own = attr in layer.__dict__
-            patched.append((layer, had_own, layer.__dict__.get(attr)))
-            object.__setattr__(layer, attr, make(getattr(layer, attr)))
+            key = (id(layer), attr)
+            with _PATCH_LOCK:
+                patch = _PATCHES.get(key)
+                if patch is None:
+                    patch = _PATCHES[key] = _Patch(layer, attr)
+                    object.__setattr__(layer, attr, patch.dispatch)
+                patch.users += 1
+                stack = patch.by_thread.setdefault(me, [])
+                stack.append(make(stack[-1] if stack else patch.original))
+                mine.append((key, layer))
         yield
     finally:
-        for layer, had_own, original in reversed(patched):
-            if had_own:
-                object.__setattr__(layer, attr, original)
-            else:
-                layer.__dict__.pop(attr, None)
+        with _PATCH_LOCK:
+            for key, layer in reversed(mine):
+                patch = _PATCHES[key]
+                stack = patch.by_thread[me]
+                stack.pop()
+                if not stack:
+                    del patch.by_thread[me]
+                patch.users -= 1
+                if patch.users == 0:
+                    del _PATCHES[key]
+                    if patch.had_own:
+                        object.__setattr__(layer, key[1], patch.own)
+                    else:
+                        layer.__dict__.pop(key[1], None)
 
 
 #: layers that apply their ``activation`` once, to their result.  PyTorch has a module of its
@@ -406,6 +469,7 @@ class KerasBackend(Backend):
             return self._default_layout(rank), extra
 
         pending: dict[int, tuple[str, str | None, int | None, tuple]] = {}  # a fused layer's call under way
+        raised: list[str] = []  # where the forward raised, when a layer did
         applied: dict[int, bool] = {}
 
         def make_wrapper(layer: Any, original: Any) -> Any:
@@ -429,6 +493,10 @@ class KerasBackend(Backend):
                     pending[id(layer)] = (name, in_layout, in_rank, in_shape)
                 try:
                     out = original(*args, **kwargs)
+                except Exception:
+                    if not raised:  # the innermost layer raises first
+                        raised.append(f" in layer {name!r} ({type(layer).__name__})")
+                    raise
                 finally:
                     pending.pop(id(layer), None)
                     split = applied.pop(id(layer), False)
@@ -496,7 +564,7 @@ class KerasBackend(Backend):
             with wrapped_calls, wrapped_activations:
                 out = self.run(inputs)
         except Exception as exc:
-            if isinstance(exc, CaptureError):
+            if isinstance(exc, ParityError):  # parity's own (a full spill directory): as it is
                 raise
             if "only supports the NHWC tensor format on the CPU" in str(exc):
                 raise CaptureError(
@@ -513,7 +581,7 @@ class KerasBackend(Backend):
                     f"{s.name}: {tuple(s.shape)} ({s.layout})" for s in spec
                 ) + "."
             raise CaptureError(
-                f"running Keras model {model.name!r} on inputs of shape {shapes} failed: "
+                f"running Keras model {model.name!r} on inputs of shape {shapes} failed{''.join(raised[:1])}: "
                 f"{type(exc).__name__}: {str(exc).strip()[:600]}.{expected} Inputs are given in "
                 "model A's layout and converted for model B; check their shape and layout."
             ) from exc
@@ -537,6 +605,15 @@ class KerasBackend(Backend):
                 f"{len(silent)} layer(s) of Keras model {model.name!r} ran without an eager output to record "
                 f"({', '.join(silent[:6])}{', …' if len(silent) > 6 else ''}): unused, or called inside a "
                 "tf.function / compiled step. Their tensors are not compared.",
+            )
+        forced = _forced_training(model)
+        if forced:
+            notes += (
+                f"{len(forced)} layer(s) of Keras model {model.name!r} are wired in with training=True "
+                f"({', '.join(forced[:6])}{', …' if len(forced) > 6 else ''}): parity ran the model with "
+                "training=False, which overrides that (no dropout, BatchNorm on its moving statistics), but the "
+                "model called as model(x) runs those layers in training mode, so what it computes differs from "
+                "this report. Drop training=True from those calls if the model is meant for inference.",
             )
         return self._trace(taps, arrays, notes)
 

@@ -14,6 +14,13 @@ module path, the op and its index there: ``layer1.0:add#0``, ``:reshape#0``
 module's tap is their result.  The model runs once under ``torch.no_grad()``
 in ``eval()``; the modes the user had are restored afterwards, and a model
 handed in while training is said so in its :class:`ModelInfo`.
+
+One model object may be captured from several threads at once (``parity.diff``
+calls sharing model A): a hook registered by one capture records only the
+forward run by the thread that registered it (hooks fire for every thread's
+forward), and the switch to ``eval()`` is shared — the first capture to start
+saves the modes, the last to finish restores them — so no thread runs the model
+in training mode halfway through another's forward.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import dataclasses
 import inspect
 import re
 import sys
+import threading
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +37,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import CaptureError
+from ..errors import CaptureError, ParityError
 from ..layout import channels_first, channels_last
 from ..records import InputSpec, ModelInfo, Tap, Trace
 from .base import Backend, Inputs, append_tap, flatten_outputs, numpy_dtype_name
@@ -223,6 +231,19 @@ class TorchBackend(Backend):
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         ]
 
+    def compute_dtype(self) -> str | None:
+        """float64 or float16 when every floating parameter and buffer is in it (float32, bfloat16
+        and mixed models get None: inputs stay float32)."""
+        cached = self.__dict__.get("_compute_dtype", False)
+        if cached is not False:
+            return cached
+        dtypes = {t.dtype for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()}
+        names = {numpy_dtype_name(d) for d in dtypes}
+        found = names.pop() if len(names) == 1 else None
+        found = found if found in ("float64", "float16") else None
+        self.__dict__["_compute_dtype"] = found
+        return found
+
     def input_spec(self) -> tuple[InputSpec, ...] | None:
         """Inferred from the first convolution: torch modules declare no input shape.
 
@@ -259,7 +280,7 @@ class TorchBackend(Backend):
     # --- running it ------------------------------------------------------------------
 
     def capture(self, inputs: Inputs, *, containers: bool = False) -> Trace:
-        inputs = cast_floating(inputs, self.input_dtype)
+        inputs = cast_floating(inputs, self.input_dtype or self.compute_dtype())
         trace, spoiled = self._capture(inputs, containers, copy_all=False)
         if spoiled:  # a write no in-place check saw changed recorded tensors: run again, copying all
             trace, _ = self._capture(inputs, containers, copy_all=True)
@@ -288,6 +309,7 @@ class TorchBackend(Backend):
             if not is_leaf and not containers and _computes_itself(module):
                 owners[module] = name
         taps: list[Tap] = []
+        mine = _Ours()
         constants = {_data_ptr(t) for t in (*model.parameters(), *model.buffers())} - {None, 0}
         keeper = _Keeper(taps, copy_all)
         calls: Counter[str] = Counter()
@@ -317,6 +339,8 @@ class TorchBackend(Backend):
                 keeper.watch(t, len(taps) - 1)
 
         def hook(module: Any, args: tuple, output: Any) -> None:
+            if not mine():
+                return  # another thread's forward of the same model (or of a copy of it): not this capture's
             name = names[module]
             k = calls[name]
             calls[name] += 1
@@ -353,38 +377,54 @@ class TorchBackend(Backend):
             layout = spec[i].layout if spec and i < len(spec) else default_layout(t.dim())
             is_input[_tensor_key(t)] = layout
         handles = [m.register_forward_hook(hook) for m in names]
-        handles += self._owner_hooks(owners, record, layouts, calls)
+        handles += self._owner_hooks(owners, record, layouts, calls, mine)
         if granularity == "ops":
-            mode, op_handles = self._op_recorder(record, layouts, calls, keeper)
+            mode, op_handles = self._op_recorder(record, layouts, calls, keeper, mine)
             handles += op_handles
         else:
             mode = _write_guard(keeper)
+        stuck: list[str] = []
+        stuck_ids: set[int] = set()
         try:
             with _inference(model) as modes, mode:
+                # a module whose train() is overridden stays in training mode under eval()
+                stuck = [n for n, m in model.named_modules() if m.training]
+                stuck_ids = {id(m) for m in model.modules() if m.training}
                 out = self._call(model, inputs, tensors)
-        except Exception as exc:  # the user's model failed: say with what
+        except ParityError:
+            raise  # parity's own (a spill directory that is full): already says what happened
+        except Exception as exc:  # the user's model failed: say with what, and where
             shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
             expected = ""
             if spec:
                 expected = " The first layer suggests " + ", ".join(
                     f"{s.name}: {_fmt_shape(s.shape)} ({s.layout})" for s in spec
                 ) + "."
+            where = _raising_module(exc, model)
             raise CaptureError(
-                f"running torch model {type(model).__name__} on inputs of shape {shapes} failed: "
-                f"{type(exc).__name__}: {exc}.{expected} Inputs are given in model A's layout "
+                f"running torch model {type(model).__name__} on inputs of shape {shapes} failed"
+                f"{where}: {type(exc).__name__}: {exc}.{expected} Inputs are given in model A's layout "
                 "and converted for model B; check their shape and layout."
             ) from exc
         finally:
+            mine.done = True  # a deep copy made meanwhile (a twin) carries these hooks: they go quiet
             for h in handles:
                 h.remove()
         outs = flatten_outputs(out, "output", _is_tensor)
         for tensor_name, t in outs:
             record(tensor_name, t, "output", "output", None, None, {})
         notes: tuple[str, ...] = ()
-        if any(modes.values()):
+        if any(was for m, was in modes.items() if id(m) not in stuck_ids):
             notes = (
                 f"torch model {type(model).__name__} was in training mode; parity ran it in eval() "
                 "(BatchNorm running statistics, no dropout) and restored the mode afterwards.",
+            )
+        if stuck:
+            notes += (
+                f"{len(stuck)} module(s) of torch model {type(model).__name__} stay in training mode under eval() "
+                f"({', '.join(repr(n or '(the model)') for n in stuck[:6])}{', …' if len(stuck) > 6 else ''}): "
+                "their dropout or batch statistics were active in this run, so its values are not the "
+                "model's inference.",
             )
         trace = self._trace(taps, arrays, notes)
         spoiled = keeper.spoiled()
@@ -393,7 +433,7 @@ class TorchBackend(Backend):
 
 
     @staticmethod
-    def _owner_hooks(owners: dict, record, layouts: dict, calls: Counter) -> list:
+    def _owner_hooks(owners: dict, record, layouts: dict, calls: Counter, mine: Any) -> list:
         """Taps for modules that compute with their own parameters in their own forward and only
         then hand the result to children (timm's ``BatchNormAct2d`` normalises itself, then runs
         its ``drop`` and ``act`` children).  Leaf hooks never see that result: it is the input of
@@ -419,6 +459,8 @@ class TorchBackend(Backend):
             record(base, t, _torch_op(owner), "layer", in_layout, in_rank, attrs)
 
         def enter(mod, args):
+            if not mine():
+                return
             first = next((a for a in args if _is_tensor(a)), None)
             for entry in open_:  # a module running inside an owner that has not been decided yet
                 if not entry[3] and mod is not entry[0]:
@@ -430,6 +472,8 @@ class TorchBackend(Backend):
                 open_.append([mod, owners[mod], keys, False, first])
 
         def leave(mod, args, out):
+            if not mine():
+                return
             if mod in owners and open_ and open_[-1][0] is mod:
                 entry = open_.pop()
                 if not entry[3] and _is_tensor(out):
@@ -451,7 +495,7 @@ class TorchBackend(Backend):
         hooks the caller registered fire."""
         import torch
 
-        inputs = cast_floating(inputs, self.input_dtype)
+        inputs = cast_floating(inputs, self.input_dtype or self.compute_dtype())
         arrays = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
         tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
         with _inference(self.model):
@@ -483,9 +527,12 @@ class TorchBackend(Backend):
 
         found: dict[str, np.ndarray] = {}
         modules = {n: m for n in names if (m := self._module(n)) is not None}
+        mine = _Ours()
 
         def hook_for(name: str):
             def pre(module, args):
+                if not mine():
+                    return
                 if name not in found and len(args) == 1 and isinstance(args[0], torch.Tensor):
                     found[name] = args[0].detach().cpu().numpy().copy()
 
@@ -497,6 +544,7 @@ class TorchBackend(Backend):
         try:
             self.run(inputs)
         finally:
+            mine.done = True
             for h in handles:
                 h.remove()
         return found
@@ -507,13 +555,8 @@ class TorchBackend(Backend):
         module = self._module(name)
         if module is None:
             raise CaptureError(f"{name!r} is not one module of {type(self.model).__name__} that can be called alone.")
-        mode = module.training
-        module.eval()
-        try:
-            with torch.no_grad():
-                return module(torch.from_numpy(np.ascontiguousarray(x))).detach().cpu().numpy()
-        finally:
-            module.train(mode)
+        with _inference(module):
+            return module(torch.from_numpy(np.ascontiguousarray(x))).detach().cpu().numpy()
 
     def export_piece(self, name: str, out: Any, side: str, source: str | None) -> dict:
         """Write module ``name`` alone for a repro (:mod:`parity.repro`): a ``torch.nn`` layer as
@@ -578,7 +621,7 @@ class TorchBackend(Backend):
                         m.running_var.copy_(torch.from_numpy(var))
         return type(self)(model, **self.options)
 
-    def _op_recorder(self, record, layouts: dict, calls: Counter, keeper: _Keeper) -> tuple[Any, list]:
+    def _op_recorder(self, record, layouts: dict, calls: Counter, keeper: _Keeper, mine: Any) -> tuple[Any, list]:
         """A TorchFunctionMode recording the ops each non-leaf module's forward calls itself."""
         from torch.overrides import TorchFunctionMode
 
@@ -588,10 +631,11 @@ class TorchBackend(Backend):
             is_leaf = next(iter(module.children()), None) is None and module is not self.model
 
             def push(mod, args, path=path, is_leaf=is_leaf):
-                stack.append((path, is_leaf))
+                if mine():
+                    stack.append((path, is_leaf))
 
             def pop(mod, args, out):
-                if stack:
+                if stack and mine():
                     stack.pop()
 
             handles.append(module.register_forward_pre_hook(push))
@@ -679,20 +723,67 @@ def _write_guard(keeper: _Keeper) -> Any:
     return _WRITE_GUARD(keeper)
 
 
+class _Ours:
+    """Whether a hook fires for the capture that registered it: in the thread that registered
+    it, while that capture runs (hooks fire for every thread's forward of a shared module, and
+    ``copy.deepcopy`` of a model copies the hooks on it)."""
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+        self.done = False
+
+    def __call__(self) -> bool:
+        return not self.done and threading.get_ident() == self.thread
+
+
+#: the modules in eval() for a capture under way: id(module) → [captures running, the modes saved]
+_IN_EVAL: dict[int, list] = {}
+_IN_EVAL_LOCK = threading.Lock()
+
+
 @contextmanager
 def _inference(model: Any) -> Iterator[dict]:
     """``model`` in ``eval()`` under ``no_grad``; every module's own mode is restored afterwards.
-    Yields the modes the modules had (a True among them: the model was handed in training)."""
+    Yields the modes the modules had (a True among them: the model was handed in training).
+
+    Shared between threads: the first capture of a model saves the modes and calls ``eval()``,
+    the last one to finish restores them, and each is told the modes the user had."""
     import torch
 
-    modes = {m: m.training for m in model.modules()}
+    key = id(model)
+    with _IN_EVAL_LOCK:
+        entry = _IN_EVAL.get(key)
+        if entry is None:
+            entry = _IN_EVAL[key] = [0, {m: m.training for m in model.modules()}]
+            model.eval()
+        entry[0] += 1
     try:
-        model.eval()
         with torch.no_grad():
-            yield modes
+            yield entry[1]
     finally:
-        for m, was_training in modes.items():
-            m.train(was_training)
+        with _IN_EVAL_LOCK:
+            entry[0] -= 1
+            if entry[0] == 0:
+                del _IN_EVAL[key]
+                for m, was_training in entry[1].items():
+                    m.train(was_training)
+
+
+def _raising_module(exc: BaseException, model: Any) -> str:
+    """`` in layer 'features.exploder' (Exploder)``: the innermost submodule of ``model`` whose
+    call the traceback passes through (read from the frames' ``self``, so the successful
+    forward pays nothing for it); ``""`` when the model's own forward raised."""
+    paths = {id(m): name for name, m in model.named_modules() if m is not model}
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if owner is not None and id(owner) in paths:
+            found = owner
+        tb = tb.tb_next
+    if found is None:
+        return ""
+    return f" in layer {paths[id(found)]!r} ({type(found).__name__})"
 
 
 def _fmt_shape(shape: tuple) -> str:

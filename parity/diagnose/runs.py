@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..records import Alignment, Diagnosis, Report
+from ..reruns import rerun_failed
 from .base import channel_axis as _channel_axis
 from .base import rel_diff as _rel
 
@@ -35,7 +36,9 @@ def nondeterminism(backend_a: Any, backend_b: Any, inputs_a: Any, inputs_b: Any,
     ):
         try:
             again = backend.capture(inputs)
-        except Exception:  # noqa: BLE001 - a second run that fails says nothing about determinism
+        except Exception as exc:  # noqa: BLE001 - a second run that fails says nothing about determinism
+            rerun_failed(f"model {side}", "to check that it is deterministic", exc,
+                         "whether its outputs change between runs was not checked")
             continue
         second = {t.name: t for t in again.taps}
         for tap in trace.taps:
@@ -74,8 +77,15 @@ def input_preprocessing(
     match = next((m for m in alignment.matches if m.a.name == first.a_name), None)
     if match is None:
         return None
-    seen_a = recorded_inputs(backend_a, inputs_a, [first.a_name]).get(first.a_name)
-    seen_b = recorded_inputs(backend_b, inputs_b, [first.b_name]).get(first.b_name)
+    seen = []
+    for side, backend, inputs, name in (("A", backend_a, inputs_a, first.a_name), ("B", backend_b, inputs_b, first.b_name)):
+        try:
+            seen.append(recorded_inputs(backend, inputs, [name]).get(name))
+        except Exception as exc:  # noqa: BLE001 - the comparison stands; the report says the rerun failed
+            rerun_failed(f"model {side}", "to record the input of its first layer", exc,
+                         "whether the two models' inputs are preprocessed differently was not checked")
+            return None
+    seen_a, seen_b = seen
     if seen_a is None or seen_b is None:
         return None
     xa = to_b_layout(seen_a, match, None)
