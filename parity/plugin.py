@@ -162,7 +162,9 @@ class ParityItem(pytest.Item):
             paths = excinfo.value.paths
             return text + ("\nreports: " + ", ".join(paths) if paths else "")
         if isinstance(excinfo.value, ParityError):
-            return f"{type(excinfo.value).__name__}: {excinfo.value}"
+            from .report.text import shown_lines
+
+            return f"{type(excinfo.value).__name__}: {shown_lines(str(excinfo.value))}"
         return super().repr_failure(excinfo)
 
     def reportinfo(self):
@@ -274,9 +276,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     session = config.stash.get(_SESSION, None)
     if not session or not session.outcomes:
         return
+    from .report.text import shown
+
     terminalreporter.section("parity")
     for outcome in session.outcomes:
         mark = "✓" if outcome.ok else "✗"
-        terminalreporter.write_line(f"{mark} {outcome.name}: {outcome.summary}")
+        terminalreporter.write_line(f"{mark} {shown(outcome.name)}: {shown(outcome.summary)}")
         if outcome.paths:
-            terminalreporter.write_line(f"    {', '.join(outcome.paths)}")
+            terminalreporter.write_line(f"    {shown(', '.join(outcome.paths))}")
