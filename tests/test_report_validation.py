@@ -236,3 +236,30 @@ def test_a_permission_denied_is_a_parity_error_naming_the_path(tmp_path, capsys,
     assert capsys.readouterr().err == (
         f"parity: OutputError: cannot write {str(target)!r}: Permission denied. Give a path in a directory you can write to.\n"
     )
+
+
+def test_a_report_holding_every_record_round_trips_and_fits_the_schema(tmp_path):
+    from parity.records import ErrorMap, Histogram, InputSpec, LayerDetail, ModelInfo, ParamDiff
+
+    base = valid_report()
+    detail = LayerDetail(
+        histogram=Histogram(edges=(0.0, 0.5, 1.0), counts_a=(3, 4), counts_b=(4, 3), outside_a=1),
+        error_map=ErrorMap(rows=2, cols=2, values=((0.0, 0.25), (float("inf"), 1.0)),
+                           border={"first_row": 0.1, "interior": float("nan")}),
+    )
+    layers = (base.layers[0], base.layers[1].__class__(**{**base.layers[1].__dict__, "detail": detail,
+                                                            "own_err": 0.04, "own_method": "replay"}))
+    a = ModelInfo("torch", "2", "Net", "nn.Module", 10,
+                  input_spec=(InputSpec("x", (None, 3, 8, 8), layout="NCHW"), InputSpec("mask", (1,), required=False)))
+    report = base.__class__(**{
+        **base.__dict__, "a": a, "layers": layers, "notes": ("a note",), "environment": {"parity": "0", "numpy": "2"},
+        "params": (ParamDiff("conv", "conv", "weight", "kernel", "differs", 0.5, "scaled"),
+                   ParamDiff("bn", "bn", "running_var", "moving_variance", "missing")),
+        "rtol": 1e-3, "atol": 1e-5,
+    })
+    report.to_json(tmp_path / "r.json")
+    back = load_report(tmp_path / "r.json")
+    assert back.to_json() == report.to_json()
+    assert back.a.input_spec[0].shape == (None, 3, 8, 8)
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(report.to_dict(), json.loads(SCHEMA.read_text(encoding="utf-8")))
