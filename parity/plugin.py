@@ -132,8 +132,11 @@ class ParityConfigFile(pytest.File):
             specs = load_pairs(self.path)
         except PairConfigError as exc:
             raise pytest.UsageError(f"parity: {exc}") from exc
+        from .report.text import shown
+
         for spec in specs:
-            yield ParityItem.from_parent(self, name=spec.name, spec=spec)
+            # the item's name is its node id, which pytest prints as is: shown, like every name
+            yield ParityItem.from_parent(self, name=shown(spec.name), spec=spec)
 
 
 class ParityItem(pytest.Item):
@@ -168,7 +171,9 @@ class ParityItem(pytest.Item):
         return super().repr_failure(excinfo)
 
     def reportinfo(self):
-        return self.path, _table_line(self.path, self.name), f"parity pair {self.name}: {self.spec.a} ↔ {self.spec.b}"
+        from .report.text import shown
+
+        return self.path, _table_line(self.path, self.spec.name), shown(f"parity pair {self.name}: {self.spec.a} ↔ {self.spec.b}")
 
 
 def _table_line(path: Path, name: str) -> int:

@@ -213,3 +213,58 @@ def test_unmatched_layers_in_html_are_isolated():
     page = render_html(report)
     assert f'<span class="name"><bdi>{BIDI_SHOWN}</bdi></span>' in page
     assert f'<td class="name"><bdi>{BIDI_SHOWN}</bdi></td>' in page
+
+
+def _onnx_model(path, first: str, second_op: str = "Neg") -> None:
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("Relu", ["x"], [first], name=first), helper.make_node(second_op, [first], ["y"], name="neg")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_onnx_tensor_names_reach_taps_and_diff_shown(tmp_path, capsys):
+    """The issue's case: an ONNX tensor named to erase the verdict line and print a fake one."""
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    _onnx_model(a, ERASER)
+    _onnx_model(b, BIDI)
+    assert main(["taps", str(a)]) == 0
+    out = capsys.readouterr().out
+    assert_clean(out)
+    assert f"0\t{ERASER_SHOWN}\tRelu\t1×4\tfloat32\t–" in out.splitlines()
+    html = tmp_path / "r.html"
+    assert main(["diff", str(a), str(b), "--html", str(html), "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert_clean(out)
+    assert ERASER_SHOWN in out and BIDI_SHOWN in out
+    page = html.read_text(encoding="utf-8")
+    assert_clean(page)
+    assert f"<bdi>{ERASER_SHOWN}</bdi>" in page
+    layer = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["layers"][0]
+    assert (layer["a_name"], layer["b_name"]) == (ERASER, BIDI)
+
+
+pytest_plugins = ["pytester"]
+
+
+def test_the_plugins_messages_show_names(pytester):
+    _onnx_model(pytester.path / "a.onnx", ERASER)
+    _onnx_model(pytester.path / "b.onnx", ERASER, second_op="Abs")  # B diverges at y
+    pytester.makefile(".toml", pyproject=(
+        '[tool.parity.pairs."evil\\u001b[2K"]\na = "a.onnx"\nb = "b.onnx"\ninputs = { shape = [1, 4], seed = 0 }\n'
+    ))
+    result = pytester.runpytest("--parity", "-p", "no:cacheprovider")  # in-process: this worktree's parity
+    result.assert_outcomes(failed=1)
+    text = result.stdout.str()
+    assert "\x1b[2K" not in text and "\r" not in text.replace("\r\n", "\n")
+    result.stdout.fnmatch_lines([
+        "*first divergence: y (Neg) in A*",
+        "*= parity =*",
+        "*✗ evil\\x1b[2K: ✗ DIVERGES at y (Neg ↔ Abs y)*",
+    ])
+    assert ERASER_SHOWN in text

@@ -263,3 +263,19 @@ def test_a_report_holding_every_record_round_trips_and_fits_the_schema(tmp_path)
     assert back.a.input_spec[0].shape == (None, 3, 8, 8)
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(report.to_dict(), json.loads(SCHEMA.read_text(encoding="utf-8")))
+
+
+def test_the_command_exits_2_with_one_line_and_no_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    bad = write(tmp_path, json.dumps(broken(valid_report().to_dict(), ("layers", 0, "index"), 1e12)))
+    root = Path(parity.__file__).resolve().parent.parent
+    run = subprocess.run(
+        [sys.executable, "-c", "import sys; from parity.cli import main; sys.exit(main(sys.argv[1:]))", "show", str(bad)],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)}, timeout=120,
+    )
+    assert run.returncode == 2
+    assert run.stderr == (f"parity: ReportFormatError: report {str(bad)!r} is not a valid parity report: "
+                          "at $.layers[0].index expected an index of the layer list (0 to 1), got 1000000000000.\n")
