@@ -56,17 +56,17 @@ CASES = [
      "at $.layers[0].metrics.mismatched expected an integer ≥ 0, got -3."),
     ("negative numel", ("layers", 1, "metrics", "numel"), -1, "at $.layers[1].metrics.numel expected an integer ≥ 0, got -1."),
     ("missing field", ("layers", 0, "metrics"), "DELETE",
-     "at $.layers[0].metrics expected a value (required field of LayerDiff is missing)."),
-    ("missing top-level field", ("inputs",), "DELETE", "at $.inputs expected a value (required field of Report is missing)."),
+     "at $.layers[0].metrics: missing (LayerDiff requires metrics)."),
+    ("missing top-level field", ("inputs",), "DELETE", "at $.inputs: missing (Report requires inputs)."),
     ("string for a number", ("layers", 0, "metrics", "rel_err"), "big",
      "at $.layers[0].metrics.rel_err expected a number (or \"inf\", \"-inf\", \"nan\"), got a string 'big'."),
     ("number for a string", ("layers", 0, "a_name"), 3, "at $.layers[0].a_name expected a string, got 3."),
     ("bool for a count", ("layers", 0, "metrics", "numel"), True, "at $.layers[0].metrics.numel expected an integer ≥ 0, got true."),
     ("object for a list", ("layers",), {}, "at $.layers expected an array, got an object."),
     ("unknown field", ("layers", 0, "evil"), 1,
-     "at $.layers[0].evil expected no such field: LayerDiff has index, a_name, b_name, op, b_op, shape, b_shape, "
-     "dtype, transform, ambiguous, how, metrics, rtol, atol, ok, reasons, role, diagnoses, detail, own_err, "
-     "own_method, baseline_err, drift, confidence."),
+     "at $.layers[0].evil: LayerDiff has no such field (its fields: index, a_name, b_name, op, b_op, shape, "
+     "b_shape, dtype, transform, ambiguous, how, metrics, rtol, atol, ok, reasons, role, diagnoses, detail, "
+     "own_err, own_method, baseline_err, drift, confidence)."),
     ("infinite tolerance", ("layers", 0, "rtol"), "inf", "at $.layers[0].rtol expected a finite number, got a string 'inf'."),
     ("negative tolerance", ("layers", 0, "atol"), -1e-5, "at $.layers[0].atol expected a number ≥ 0, got -1e-05."),
     ("confidence over 1", ("layers", 1, "confidence"), 7, "at $.layers[1].confidence expected a number from 0 to 1, got 7."),
@@ -75,7 +75,7 @@ CASES = [
      "at $.layers[1].diagnoses[0].evidence.ratio expected a number (or \"inf\", \"-inf\", \"nan\"), got an array of 1."),
     ("null for a record", ("a",), None, "at $.a expected an object (ModelInfo), got null."),
     ("huge name", ("layers", 0, "b_name"), "x" * 100_001,
-     "at $.layers[0].b_name expected a string of at most 100,000 characters, got a string '100,001 characters'."),
+     "at $.layers[0].b_name expected a string of at most 100,000 characters, got 100,001."),
 ]
 
 
@@ -238,7 +238,8 @@ def test_a_permission_denied_is_a_parity_error_naming_the_path(tmp_path, capsys,
     )
 
 
-def test_a_report_holding_every_record_round_trips_and_fits_the_schema(tmp_path):
+def full_report():
+    """A report holding every record kind: heat map, histogram, input specs, parameters."""
     from parity.records import ErrorMap, Histogram, InputSpec, LayerDetail, ModelInfo, ParamDiff
 
     base = valid_report()
@@ -257,6 +258,11 @@ def test_a_report_holding_every_record_round_trips_and_fits_the_schema(tmp_path)
                    ParamDiff("bn", "bn", "running_var", "moving_variance", "missing")),
         "rtol": 1e-3, "atol": 1e-5,
     })
+    return report
+
+
+def test_a_report_holding_every_record_round_trips_and_fits_the_schema(tmp_path):
+    report = full_report()
     report.to_json(tmp_path / "r.json")
     back = load_report(tmp_path / "r.json")
     assert back.to_json() == report.to_json()
@@ -279,3 +285,33 @@ def test_the_command_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert run.returncode == 2
     assert run.stderr == (f"parity: ReportFormatError: report {str(bad)!r} is not a valid parity report: "
                           "at $.layers[0].index expected an index of the layer list (0 to 1), got 1000000000000.\n")
+
+
+DETAIL = ("layers", 1, "detail")
+
+
+@pytest.mark.parametrize(
+    "path, value, tail",
+    [
+        (DETAIL + ("histogram", "counts_b"), [1, 2, 3],
+         "at $.layers[1].detail.histogram.counts_b expected one count per bin (2), got an array of 3."),
+        (DETAIL + ("histogram", "edges"), [0.0], "at $.layers[1].detail.histogram.edges expected at least 2 bin edges, got an array of 1."),
+        (DETAIL + ("histogram", "edges"), [0.0, "inf", 2.0],
+         "at $.layers[1].detail.histogram.edges[1] expected a finite number, got a string 'inf'."),
+        (DETAIL + ("error_map", "values"), [[1.0, 2.0], [3.0]],
+         "at $.layers[1].detail.error_map.values[1] expected a row of 2 values, got an array of 1."),
+        (DETAIL + ("error_map", "values"), [], "at $.layers[1].detail.error_map.values expected 1 to 64 rows, got an array of 0."),
+        (DETAIL + ("error_map", "values"), [[0.0] * 65], "at $.layers[1].detail.error_map.values[0] expected a row of 1 to 64 values, got an array of 65."),
+        (DETAIL + ("error_map", "rows"), -2, "at $.layers[1].detail.error_map.rows expected an integer ≥ 0, got -2."),
+        (("a", "input_spec", 0, "shape", 0), "x",
+         "at $.a.input_spec[0].shape[0] expected an integer ≥ 0 or null, got a string 'x'."),
+        (("params", 0, "rel_err"), {}, 'at $.params[0].rel_err expected a number (or "inf", "-inf", "nan") or null, got an object.'),
+    ],
+    ids=["counts per bin", "one edge", "infinite edge", "ragged heat map", "empty heat map", "wide heat map",
+         "negative rows", "shape of a string", "object for an error"],
+)
+def test_a_crafted_detail_is_refused_naming_it(tmp_path, path, value, tail):
+    file = write(tmp_path, json.dumps(broken(full_report().to_dict(), path, value)))
+    with pytest.raises(ReportFormatError) as info:
+        load_report(file)
+    assert str(info.value) == f"report {str(file)!r} is not a valid parity report: {tail}"

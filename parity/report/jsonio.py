@@ -88,7 +88,7 @@ _COUNTS = frozenset({
 })
 #: fields that must be finite numbers (the others may be "inf"/"nan": an error can be infinite)
 _FINITE = frozenset({"LayerDiff.rtol", "LayerDiff.atol", "Report.rtol", "Report.atol", "LayerDiff.confidence",
-                     "Metrics.argmax_agreement"})
+                     "Metrics.argmax_agreement", "Histogram.edges"})
 #: fields between 0 and 1
 _SHARES = frozenset({"LayerDiff.confidence", "Metrics.argmax_agreement"})
 #: fields that are tolerances (≥ 0)
@@ -99,10 +99,18 @@ class _Invalid(Exception):
     """A value that is not what the schema says: ``path`` (``$.layers[3].metrics.numel``) and
     what was expected there."""
 
-    def __init__(self, path: str, expected: str, value: Any = None, *, show_value: bool = True) -> None:
+    def __init__(self, path: str, expected: str, value: Any = None, *, show_value: bool = True,
+                 bound: bool = False) -> None:
         super().__init__(path, expected)
-        self.path, self.expected = path, expected
+        #: ``bound``: the value is of the right kind, out of bounds
+        self.path, self.expected, self.bound = path, expected, bound
         self.got = _describe(value) if show_value else None
+
+    def __str__(self) -> str:
+        if self.expected.startswith(":"):  # a whole phrase: ": LayerDiff has no field 'evil' …"
+            return f"at {self.path}{self.expected}"
+        got = f", got {self.got}" if self.got is not None else ""
+        return f"at {self.path} expected {self.expected}{got}"
 
 
 def _describe(value: Any) -> str:
@@ -132,27 +140,54 @@ def _decode(cls: type, data: Any, path: str = "$") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "schema_version"}
     for key in data:
         if key not in fields:
-            raise _Invalid(f"{path}.{_key(key)}",
-                           f"no such field: {cls.__name__} has {', '.join(fields)}", show_value=False)
+            raise _Invalid(f"{path}.{_key(key)}", f": {cls.__name__} has no such field (its fields: {', '.join(fields)})",
+                           show_value=False)
     kwargs = {}
     for name, f in fields.items():
         where = f"{path}.{name}"
         if name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise _Invalid(where, f"a value (required field of {cls.__name__} is missing)", show_value=False)
+                raise _Invalid(where, f": missing ({cls.__name__} requires {name})", show_value=False)
             continue
         kwargs[name] = _value(hints[name], data[name], where, f"{cls.__name__}.{name}")
-    return cls(**kwargs)
+    record = cls(**kwargs)
+    check = _CHECKS.get(cls.__name__)
+    if check is not None:
+        check(record, path)
+    return record
+
+
+def _histogram_fits(h: Any, path: str) -> None:
+    if len(h.edges) < 2:
+        raise _Invalid(f"{path}.edges", "at least 2 bin edges", list(h.edges))
+    for side in ("counts_a", "counts_b"):
+        counts = getattr(h, side)
+        if len(counts) != len(h.edges) - 1:
+            raise _Invalid(f"{path}.{side}", f"one count per bin ({len(h.edges) - 1})", list(counts))
+
+
+def _error_map_fits(m: Any, path: str) -> None:
+    from ..detail import MAX_MAP
+
+    if not 1 <= len(m.values) <= MAX_MAP:
+        raise _Invalid(f"{path}.values", f"1 to {MAX_MAP} rows", list(m.values))
+    width = len(m.values[0])
+    for i, row in enumerate(m.values):
+        if len(row) != width or not 1 <= width <= MAX_MAP:
+            raise _Invalid(f"{path}.values[{i}]", f"a row of {width if 1 <= width <= MAX_MAP else f'1 to {MAX_MAP}'} values",
+                           list(row))
+
+
+#: checks across the fields of one record, by record name
+_CHECKS = {"Histogram": _histogram_fits, "ErrorMap": _error_map_fits}
 
 
 def _value(hint: Any, value: Any, path: str, key: str) -> Any:
     """``value`` read as type ``hint`` (``key``: the record field it belongs to, for bounds)."""
     origin, args = get_origin(hint), get_args(hint)
     if origin in (Union, types.UnionType):
-        if value is None:
-            if type(None) in args:
-                return None
-            raise _Invalid(path, _expected(hint), value)
+        if value is None and type(None) in args:
+            return None
         options = [a for a in args if a is not type(None)]
         failures = []
         for option in options:
@@ -161,9 +196,10 @@ def _value(hint: Any, value: Any, path: str, key: str) -> Any:
             except _Invalid as exc:
                 failures.append(exc)
         deepest = max(failures, key=lambda e: len(e.path))
-        if len(options) == 1 or deepest.path != path:
-            raise deepest
-        raise _Invalid(path, _expected(hint), value)
+        if deepest.path != path or deepest.bound:
+            raise deepest  # the value was of the right kind, but it, or something inside it, is out of bounds
+        said = [f.expected for f in failures] + (["null"] if type(None) in args else [])
+        raise _Invalid(path, " or ".join(said), value)
     if hint is type(None):
         if value is not None:
             raise _Invalid(path, "null", value)
@@ -178,7 +214,7 @@ def _value(hint: Any, value: Any, path: str, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _Invalid(path, "an integer" + (" ≥ 0" if key in _COUNTS else ""), value)
         if key in _COUNTS and value < 0:
-            raise _Invalid(path, "an integer ≥ 0", value)
+            raise _Invalid(path, "an integer ≥ 0", value, bound=True)
         return value
     if hint is float:
         if isinstance(value, str) and value in _NONFINITE and key not in _FINITE:
@@ -188,18 +224,19 @@ def _value(hint: Any, value: Any, path: str, key: str) -> Any:
             raise _Invalid(path, what, value)
         number = float(value)
         if key in _FINITE and not math.isfinite(number):
-            raise _Invalid(path, "a finite number", value)
+            raise _Invalid(path, "a finite number", value, bound=True)
         if key in _SHARES and not 0.0 <= number <= 1.0:
-            raise _Invalid(path, "a number from 0 to 1", value)
+            raise _Invalid(path, "a number from 0 to 1", value, bound=True)
         if key in _TOLERANCES and number < 0:
-            raise _Invalid(path, "a number ≥ 0", value)
+            raise _Invalid(path, "a number ≥ 0", value, bound=True)
         return number
     if hint is str:
         if not isinstance(value, str):
             raise _Invalid(path, "a string", value)
         if len(value) > MAX_STRING:
-            raise _Invalid(path, f"a string of at most {MAX_STRING:,} characters",
-                           f"{len(value):,} characters", show_value=True)
+            too_long = _Invalid(path, f"a string of at most {MAX_STRING:,} characters", show_value=False, bound=True)
+            too_long.got = f"{len(value):,}"
+            raise too_long
         return value
     if dataclasses.is_dataclass(hint):
         return _decode(hint, value, path)  # type: ignore[arg-type]
@@ -228,15 +265,6 @@ def _value(hint: Any, value: Any, path: str, key: str) -> Any:
 def _key(key: str) -> str:
     """An object's key as a step of a JSON path in a message (a long one cut)."""
     return key if len(key) <= 40 else key[:37] + "…"
-
-
-def _expected(hint: Any) -> str:
-    args = [a for a in get_args(hint) if a is not type(None)]
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-    said = [names.get(a, "an array" if get_origin(a) is tuple else getattr(a, "__name__", str(a))) for a in args]
-    if type(None) in get_args(hint):
-        said.append("null")
-    return " or ".join(said)
 
 
 def _check_report(report: Report) -> None:
@@ -296,8 +324,7 @@ def report_from_dict(data: Any, *, source: str | None = None) -> Report:
         report = _decode(Report, body)
         _check_report(report)
     except _Invalid as exc:
-        got = f", got {exc.got}" if exc.got is not None else ""
-        raise ReportFormatError(f"{where} is not a valid parity report: at {exc.path} expected {exc.expected}{got}.") from None
+        raise ReportFormatError(f"{where} is not a valid parity report: {exc}.") from None
     return dataclasses.replace(report, schema_version=version)
 
 
