@@ -74,6 +74,9 @@ CASES = [
     ("evidence not a number", ("layers", 1, "diagnoses", 0, "evidence", "ratio"), [1],
      "at $.layers[1].diagnoses[0].evidence.ratio expected a number (or \"inf\", \"-inf\", \"nan\"), got an array of 1."),
     ("null for a record", ("a",), None, "at $.a expected an object (ModelInfo), got null."),
+    ("count past 2**53", ("layers", 0, "metrics", "numel"), 1e308,
+     "at $.layers[0].metrics.numel expected an integer of at most 2**53 (9,007,199,254,740,992), got "
+     + repr(int(1e308))[:37] + "…."),
     ("huge name", ("layers", 0, "b_name"), "x" * 100_001,
      "at $.layers[0].b_name expected a string of at most 100,000 characters, got 100,001."),
 ]
@@ -267,6 +270,8 @@ def test_a_report_holding_every_record_round_trips_and_fits_the_schema(tmp_path)
     back = load_report(tmp_path / "r.json")
     assert back.to_json() == report.to_json()
     assert back.a.input_spec[0].shape == (None, 3, 8, 8)
+    assert "border mean |b−a|: first row 1.0e-01, last row –, first col –, last col –, interior nan" in back.to_html()
+    assert "DIVERGES at bn" in str(back)
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(report.to_dict(), json.loads(SCHEMA.read_text(encoding="utf-8")))
 

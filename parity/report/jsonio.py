@@ -77,6 +77,8 @@ MAX_DEPTH = 32
 MAX_STRING = 100_000
 MAX_ITEMS = 1_000_000
 MAX_BYTES = 1 << 30
+#: JSON's safe integers: a count, shape or index beyond them was not measured
+MAX_INTEGER = 2**53
 
 #: fields whose values are counts, sizes or indices (integers ≥ 0)
 _COUNTS = frozenset({
@@ -215,6 +217,8 @@ def _value(hint: Any, value: Any, path: str, key: str) -> Any:
             raise _Invalid(path, "an integer" + (" ≥ 0" if key in _COUNTS else ""), value)
         if key in _COUNTS and value < 0:
             raise _Invalid(path, "an integer ≥ 0", value, bound=True)
+        if abs(value) > MAX_INTEGER:
+            raise _Invalid(path, f"an integer of at most 2**53 ({MAX_INTEGER:,})", value, bound=True)
         return value
     if hint is float:
         if isinstance(value, str) and value in _NONFINITE and key not in _FINITE:
