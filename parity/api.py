@@ -187,7 +187,9 @@ def assert_parity(a: Any, b: Any, inputs: Any = None, **options: Any) -> Report:
 def mismatch_message(report: Report) -> str:
     """The assertion text: where the models part, and by how much."""
     from .report.console import fmt_float
+    from .report.text import displayed
 
+    report = displayed(report)  # names are data: shown with their control characters visible
     d = report.first_divergence
     if d is None:
         return "No layers could be compared: " + "; ".join(report.notes or ("nothing matched",))

@@ -151,6 +151,9 @@ def _print_taps(trace, pattern: str | None, console) -> int:
     import re
 
     from rich.table import Table
+    from rich.text import Text
+
+    from .report.text import shown
 
     taps = list(trace.taps)
     if pattern and pattern.startswith("import/"):
@@ -162,12 +165,13 @@ def _print_taps(trace, pattern: str | None, console) -> int:
         else:
             taps = [t for t in taps if fnmatch.fnmatchcase(t.name, pattern)]
     info = trace.model
-    heading = (f"{info.name} · {info.framework} {info.framework_version} · {info.kind} · "
-               f"{len(taps)} of {len(trace.taps)} tensors{f' matching {pattern!r}' if pattern else ''}")
+    # names are data: every one shown() (escapes visible), and given to rich as Text, never markup
+    heading = shown(f"{info.name} · {info.framework} {info.framework_version} · {info.kind} · "
+                    f"{len(taps)} of {len(trace.taps)} tensors{f' matching {pattern!r}' if pattern else ''}")
     if not console.is_terminal:  # piped: one tab-separated line per tensor, names never wrapped
         print(heading)
         for t in taps:
-            print("\t".join([str(t.index), t.name, t.op, "×".join(map(str, t.shape)) or "scalar", t.dtype, t.layout or "–"]))
+            print("\t".join(shown(s) for s in _tap_row(t)))
         if pattern and not taps:
             raise InputError(f"no tensor name matches {pattern!r}; run without --filter to see them all.")
         return 0
@@ -175,16 +179,24 @@ def _print_taps(trace, pattern: str | None, console) -> int:
     for col in ("#", "name", "op", "shape", "dtype", "layout"):
         table.add_column(col, no_wrap=col != "name", overflow="fold")
     for t in taps:
-        table.add_row(str(t.index), t.name, t.op, "×".join(map(str, t.shape)) or "scalar", t.dtype, t.layout or "–")
-    console.print(heading, highlight=False)
+        table.add_row(*(Text(shown(s)) for s in _tap_row(t)))
+    console.print(Text(heading))
     console.print(table)
     if pattern and not taps:
         raise InputError(f"no tensor name matches {pattern!r}; run without --filter to see them all.")
     return 0
 
 
+def _tap_row(t) -> list[str]:
+    """One tensor of ``parity taps``: index, name, op, shape, dtype, layout (as the model says them)."""
+    return [str(t.index), t.name, t.op, "×".join(map(str, t.shape)) or "scalar", t.dtype, t.layout or "–"]
+
+
 def _align_command(args, console) -> int:
     from rich.table import Table
+    from rich.text import Text
+
+    from .report.text import shown
 
     from .align import align
     from .api import capture_pair
@@ -211,7 +223,8 @@ def _align_command(args, console) -> int:
     ]
     for m in matches:
         cos = _cosine(m)
-        table.add_row(m.a.name, m.b.name, m.how, m.transform.label + (" ?" if m.transform.ambiguous else ""), f"{cos:.6f}")
+        table.add_row(Text(shown(m.a.name)), Text(shown(m.b.name)), m.how,
+                      m.transform.label + (" ?" if m.transform.ambiguous else ""), f"{cos:.6f}")
         lines.append(f"{json.dumps(m.a.name)} = {json.dumps(m.b.name)}  # {m.how}, {m.transform.label}, cosine {cos:.6f}")
     unmatched = [u for u in alignment.unmatched_a]
     for u in unmatched:
@@ -228,7 +241,7 @@ def _align_command(args, console) -> int:
         from .files import write_text
 
         path = write_text(args.write, "\n".join(lines) + "\n")
-        console.print(f"mapping written to {path}", highlight=False)
+        console.print(Text(f"mapping written to {shown(str(path))}"))
     return 0
 
 
@@ -304,7 +317,7 @@ def run_chain_command(args: Any, console: Any = None) -> int:
             path = getattr(args, attr, None)
             if path:
                 getattr(report, method)(path)
-                console.print(f"{what} written to {path}", highlight=False)
+                console.print(_written_line(what, path))
         return 0 if report.ok else 1
     except ParityError as exc:
         return exit_on_parity_error(exc)
@@ -319,12 +332,24 @@ def _write_outputs(report, args, console) -> None:
         path = getattr(args, attr, None)
         if path:
             getattr(report, method)(path)
-            console.print(f"{what} written to {path}", highlight=False)
+            console.print(_written_line(what, path))
     repro = getattr(args, "repro_out", None)
     if repro and report.first_divergence is not None:
+        from rich.text import Text
+
+        from .report.text import shown
+
         report.save_repro(repro)
-        console.print(f"repro of {report.first_divergence.a_name} written to {repro} (run: python {repro}/repro.py)",
-                      highlight=False)
+        console.print(Text(f"repro of {shown(report.first_divergence.a_name)} written to {shown(str(repro))} "
+                           f"(run: python {shown(str(repro))}/repro.py)"))
+
+
+def _written_line(what: str, path: str):
+    from rich.text import Text
+
+    from .report.text import shown
+
+    return Text(f"{what} written to {shown(str(path))}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

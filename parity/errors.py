@@ -7,6 +7,7 @@ not know parity.  Messages say what was expected, what came, and what to do.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "SpillError",
     "AlignmentError",
     "ReportFormatError",
+    "OutputError",
     "OptionError",
     "StageNotFound",
     "PairConfigError",
@@ -96,7 +98,26 @@ class AlignmentError(ParityError, ValueError):
 
 
 class ReportFormatError(ParityError, ValueError):
-    """A saved report has an unknown schema or version."""
+    """A saved report cannot be read: not JSON, another schema, a newer version, or a field
+    that is not what the schema says (the message names it by its JSON path)."""
+
+
+class OutputError(ParityError, OSError):
+    """A report (or mapping) file cannot be written; ``path`` is the file, ``cause`` the
+    :class:`OSError` that stopped it."""
+
+    def __init__(self, path: Any, cause: OSError) -> None:
+        self.path, self.cause = path, cause
+        if isinstance(cause, (FileExistsError, NotADirectoryError)):  # a file where a directory goes
+            why = f"{str(cause.filename or Path(path).parent)!r} is not a directory"
+        else:
+            why = cause.strerror or type(cause).__name__
+            if cause.filename and str(cause.filename) != str(path):
+                why += f" ({cause.filename})"
+        super().__init__(f"cannot write {str(path)!r}: {why}. Give a path in a directory you can write to.")
+
+    def __str__(self) -> str:  # OSError would format its own "[Errno …]" text
+        return str(self.args[0])
 
 
 class OptionError(ParityError, TypeError):

@@ -120,5 +120,7 @@ def exit_on_parity_error(exc: ParityError) -> int:
 
     errors = Console(stderr=True, soft_wrap=True)
     errors.print(f"[bold red]parity:[/] {type(exc).__name__}: ", end="")
-    errors.print(str(exc), markup=False, highlight=False)
+    from .report.text import shown_lines
+
+    errors.print(shown_lines(str(exc)), markup=False, highlight=False)
     return 2

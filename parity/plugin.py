@@ -132,8 +132,11 @@ class ParityConfigFile(pytest.File):
             specs = load_pairs(self.path)
         except PairConfigError as exc:
             raise pytest.UsageError(f"parity: {exc}") from exc
+        from .report.text import shown
+
         for spec in specs:
-            yield ParityItem.from_parent(self, name=spec.name, spec=spec)
+            # the item's name is its node id, which pytest prints as is: shown, like every name
+            yield ParityItem.from_parent(self, name=shown(spec.name), spec=spec)
 
 
 class ParityItem(pytest.Item):
@@ -162,11 +165,15 @@ class ParityItem(pytest.Item):
             paths = excinfo.value.paths
             return text + ("\nreports: " + ", ".join(paths) if paths else "")
         if isinstance(excinfo.value, ParityError):
-            return f"{type(excinfo.value).__name__}: {excinfo.value}"
+            from .report.text import shown_lines
+
+            return f"{type(excinfo.value).__name__}: {shown_lines(str(excinfo.value))}"
         return super().repr_failure(excinfo)
 
     def reportinfo(self):
-        return self.path, _table_line(self.path, self.name), f"parity pair {self.name}: {self.spec.a} ↔ {self.spec.b}"
+        from .report.text import shown
+
+        return self.path, _table_line(self.path, self.spec.name), shown(f"parity pair {self.name}: {self.spec.a} ↔ {self.spec.b}")
 
 
 def _table_line(path: Path, name: str) -> int:
@@ -276,9 +283,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     session = config.stash.get(_SESSION, None)
     if not session or not session.outcomes:
         return
+    from .report.text import shown
+
     terminalreporter.section("parity")
     for outcome in session.outcomes:
         mark = "✓" if outcome.ok else "✗"
-        terminalreporter.write_line(f"{mark} {outcome.name}: {outcome.summary}")
+        terminalreporter.write_line(f"{mark} {shown(outcome.name)}: {shown(outcome.summary)}")
         if outcome.paths:
-            terminalreporter.write_line(f"    {', '.join(outcome.paths)}")
+            terminalreporter.write_line(f"    {shown(', '.join(outcome.paths))}")

@@ -26,8 +26,9 @@ class _Renderer:
 
     def summary(self, report: Report) -> str:
         from .console import verdict_line
+        from .text import shown
 
-        return verdict_line(report)
+        return shown(verdict_line(report))
 
     def text(self, report: Report) -> str:
         from .console import render_text

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, TypeAlias
 
@@ -23,6 +22,7 @@ from ..records import Report
 from ..tolerance import DEFAULT_TOLERANCES
 from .console import fmt_float
 from .jsonio import dumps, encode, report_to_dict
+from .text import shown, shown_lines
 
 # parity.chain's records call into this module (function-level imports in their methods); importing
 # them back, even only for type checking, would close an import circle, so their names are aliases
@@ -257,20 +257,23 @@ def shown_rows(chain: ChainReport, limit: int | None = None) -> list[ChainRow | 
 
 def render_chain(chain: ChainReport, width: int = 200) -> Iterator[Any]:
     """The rich renderables of a chain: verdict, matrix (fitted to ``width``), legend, stages, notes."""
+    from rich.markup import escape
     from rich.text import Text
 
     from .columns import Column, fitted_table, left_out_line
 
-    head, *lines = chain.summary().splitlines()
+    # names (stages, layers, ops, notes) are data: shown() and never markup
+    head, *lines = shown_lines(chain.summary()).splitlines()
     yield Text(head, style="bold green" if chain.ok else "bold red")
     # the layer names stay whole; "introduced by" (the ◀ marks say it too) goes first, then op
     columns = [
         Column("#", justify="right", style="dim"),
-        Column("layer", floor=max((len(r.layer) for r in chain.matrix), default=5), give=1),
+        Column("layer", floor=max((len(shown(r.layer)) for r in chain.matrix), default=5), give=1),
         Column("op", style="dim", floor=8, give=2, drop=1),
     ]
     columns += [
-        Column(name + (f"\n({chain.precisions[i]})" if chain.is_precision_stage(i) else ""), justify="right")
+        Column(escape(shown(name)) + (f"\n({escape(shown(chain.precisions[i]))})" if chain.is_precision_stage(i) else ""),
+               justify="right")
         for i, name in enumerate(chain.stages[1:], start=1)
     ]
     columns.append(Column("introduced by", drop=2))
@@ -283,9 +286,9 @@ def render_chain(chain: ChainReport, width: int = 200) -> Iterator[Any]:
                 col.cells.append(Text(f"… {count} rows as above …", style="dim") if col is columns[1] else "")
             loose.add(r)
             continue
-        cells: list[Any] = [str(row.index), row.layer, row.op]
+        cells: list[Any] = [str(row.index), Text(shown(row.layer)), Text(shown(row.op))]
         cells += [Text(*cell_text(c, (row.layer, c.stage) in guilty)) for c in row.cells]
-        cells.append(Text(row.introduced_by or "", style="bold red"))
+        cells.append(Text(shown(row.introduced_by or ""), style="bold red"))
         for col, cell in zip(columns, cells):
             col.cells.append(cell)
     columns[1].loose = frozenset(loose)
@@ -298,24 +301,18 @@ def render_chain(chain: ChainReport, width: int = 200) -> Iterator[Any]:
     for line, report in zip(lines, chain.reports):
         yield Text(line.strip(), style="green" if report.ok else "red")
     for note in chain.notes:
-        yield Text(f"note: {note}", style="yellow")
+        yield Text(f"note: {shown(note)}", style="yellow")
 
 
 # --- HTML ------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
 def _environment():
-    import jinja2
+    """The HTML report's Jinja2 environment: autoescaping, every value :func:`~.text.shown`, and
+    the ``name`` filter (``<bdi>``) for names."""
+    from .html import _environment as environment
 
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("parity.report", "templates"),
-        autoescape=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined,
-    )
+    return environment()
 
 
 def chain_html(chain: ChainReport, path: str | Path | None = None, *, fragment: bool = False) -> str:
@@ -337,7 +334,7 @@ def chain_html(chain: ChainReport, path: str | Path | None = None, *, fragment: 
     columns = [{"name": name, "precision": chain.precisions[i] if chain.is_precision_stage(i) else None}
                for i, name in enumerate(chain.stages) if i]
     text = _environment().get_template("chain.html.j2").render(
-        fragment=fragment, stages=list(chain.stages), ok=chain.ok, head=head,
+        fragment=fragment, stages=[shown(s) for s in chain.stages], ok=chain.ok, head=head,
         stage_lines=[{"text": line.strip(), "ok": r.ok} for line, r in zip(lines, chain.reports)],
         columns=columns, rows=rows, notes=list(chain.notes), legend=LEGEND,
     )

@@ -4,7 +4,9 @@ The report renders itself (``rich.print(report)``, Jupyter, or
 ``str(report)``): a one-line verdict, both models, the inputs, the layer
 table with the first divergence highlighted (folded around it for long
 models), the divergence in detail, diagnoses, notes, and unmatched layers.
-Names come from models and are escaped before they meet rich markup.
+Names come from models: they meet rich only as :class:`~rich.text.Text` (never markup), and
+every string of the report is shown through :func:`~.text.shown` (control characters, bidi
+overrides and invisibles written as escapes) by :func:`~.text.displayed`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from rich.text import Text
 from ..records import LayerDiff, ModelInfo, Report, tolerance_ratio
 from .columns import Column, fit_columns, fitted_table, left_out_line
 from .folding import FOLD_ABOVE, TERMINAL, runs
+from .text import displayed
 
 __all__ = [
     "render_report", "render_text", "render_failure_text", "verdict_line", "coverage_line", "fmt_float",
@@ -348,6 +351,7 @@ def match_summary(report: Report) -> str:
 
 
 def render_report(report: Report, console: Console, options: ConsoleOptions) -> Iterator[RenderableType]:
+    report = displayed(report)
     ok = report.ok
     yield Text(verdict_line(report), style="bold green" if ok else "bold red")
     yield _model_line("A", report.a, report.inputs.shapes_a)
@@ -443,6 +447,7 @@ def fmt_evidence(v: float) -> str:
 def render_failure_text(report: Report, width: int = 100) -> str:
     """A failure message: the verdict, the first divergence and its diagnoses first, then the
     whole report (plain text, no ANSI)."""
+    report = displayed(report)
     buf = io.StringIO()
     console = Console(file=buf, width=width, color_system=None, force_terminal=False)
     console.print(Text(verdict_line(report)))

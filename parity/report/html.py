@@ -6,6 +6,11 @@ drawn by :mod:`parity.report.charts` (matplotlib) and inlined: an SVG for the
 error chart and histograms, PNG data URIs for heat maps.  A Content-Security-
 Policy forbids every network request, so the page cannot fetch anything even
 by accident.  Identical reports give identical bytes.
+
+Names are data (:mod:`.text`): the report is rendered through :func:`~.text.displayed`, every
+value a template prints passes :func:`~.text.shown` (the environment's ``finalize``), and names
+are printed with the ``name`` filter, which isolates them in ``<bdi>`` so a right-to-left name
+cannot reorder the text around it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from .console import (
     coverage_line, fmt_evidence, fmt_float, largest_jump, own_err_legend, verdict_line, weak_matches,
 )
 from .folding import PAGE
+from .text import displayed, shown
 
 __all__ = ["render_html", "render_compact_html", "fold_set"]
 
@@ -36,9 +42,30 @@ def _environment():
         lstrip_blocks=True,
         keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined,
+        finalize=_shown_value,
     )
     env.filters["breakable"] = breakable
+    env.filters["name"] = isolated
     return env
+
+
+def _shown_value(value):
+    """Every printed value: strings through :func:`~.text.shown` (markup the templates made, such
+    as :func:`breakable`'s, is already shown and left alone)."""
+    from markupsafe import Markup
+
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return shown(value)
+    return value
+
+
+def isolated(name: str, *, wrap: bool = False):
+    """``name`` shown (:func:`~.text.shown`), escaped and isolated in ``<bdi>``; with ``wrap``,
+    breakable at its separators (:func:`breakable`)."""
+    from markupsafe import Markup, escape
+
+    inner = breakable(shown(name)) if wrap else escape(shown(name))
+    return Markup("<bdi>") + inner + Markup("</bdi>")
 
 
 def breakable(name: str):
@@ -47,7 +74,7 @@ def breakable(name: str):
     from markupsafe import Markup, escape
 
     # escaping makes only ``&…;`` entities, which hold none of these but ";" (at their end)
-    return Markup(_SEPARATORS.sub(r"\1<wbr>", str(escape(name))))
+    return Markup(_SEPARATORS.sub(r"\1<wbr>", str(escape(shown(name)))))
 
 
 _SEPARATORS = re.compile(r"([/._;:\-])(?=.)")
@@ -120,6 +147,7 @@ def render_html(report: Report, path: str | Path | None = None) -> str:
     """The full report page; written to ``path`` (parents created) when given."""
     from .charts import error_chart, heatmap_png, histogram_svg
 
+    report = displayed(report)
     detailed = []
     for d in report.layers:
         if d.detail is None:
@@ -139,6 +167,7 @@ def render_html(report: Report, path: str | Path | None = None) -> str:
 def render_compact_html(report: Report) -> str:
     """The notebook view (``Report._repr_html_``): verdict, first divergence, diagnoses,
     models and the folded layer table; no charts, no script."""
+    report = displayed(report)
     fold = fold_set(report.layers)
     rows = [d for d in report.layers if d.index not in fold]
     context = _context(report, compact=True)

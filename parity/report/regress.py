@@ -73,28 +73,30 @@ class ReportComparison:
 
         from .columns import Column, fitted_table, left_out_line
         from .console import fmt_float
+        from .text import shown
 
-        yield Text(self.summary(), style="bold red" if self.regressed else "bold green")
+        # layer names, op names and notes come from the reports' files: shown(), never markup
+        yield Text(shown(self.summary()), style="bold red" if self.regressed else "bold green")
         for note in self.notes:
-            yield Text(f"note: {note}", style="yellow")
-        shown = [c for c in self.changes if c.status != "same"]
-        if not shown:
+            yield Text(f"note: {shown(note)}", style="yellow")
+        rows = [c for c in self.changes if c.status != "same"]
+        if not rows:
             return
         style = {"now fails": "red", "worse": "red", "better": "green", "now passes": "green", "new": "yellow", "gone": "yellow"}
         columns = [
-            Column("layer (A)", floor=max(len(c.a_name) for c in shown), give=1),
+            Column("layer (A)", floor=max(len(shown(c.a_name)) for c in rows), give=1),
             Column("op", floor=8, give=2, drop=1),
             Column("rel err\nbefore", justify="right"),
             Column("rel err\nnow", justify="right"),
             Column("× allowed\nbefore → now", justify="right"),
             Column("change"),
         ]
-        for c in shown:
+        for c in rows:
             ratio = f"{c.old_ratio:.3g} → {c.new_ratio:.3g}" if c.old_ratio is not None and c.new_ratio is not None else "–"
             growth = c.growth
             label = c.status + (f" ({growth:.3g}×)" if growth not in (None, 1.0) and c.status in ("worse", "better") else "")
             cells: tuple[RenderableType, ...] = (
-                Text(c.a_name), Text(c.op), fmt_float(c.old_err), fmt_float(c.new_err), ratio,
+                Text(shown(c.a_name)), Text(shown(c.op)), fmt_float(c.old_err), fmt_float(c.new_err), ratio,
                 Text(label, style=style[c.status]),
             )
             for col, cell in zip(columns, cells):
