@@ -174,14 +174,20 @@ def _mark_module_outputs(taps: list[Tap]) -> None:
     that value is the module's output, the tensor a torch forward hook records.
 
     The aligner reads it as ``module_outputs`` (``scope``, ``scope#k`` for the k-th call of a
-    module), each marked ``module_unsure``: an exporter may have folded the module's last step
-    into the next module's op (a BatchNorm into its Conv), so such a pair is kept only where the
-    values agree, and otherwise left to the other evidence."""
+    module).  Where an onnxscript rewrite rule made an op of the scope (or the op right after it:
+    ``FuseBatchNormIntoConv`` folds a BatchNorm's last step into the next module's Conv), the
+    output is marked ``module_unsure`` too: such a pair is kept only where the values agree, and
+    otherwise left to the other evidence.  Elsewhere the scope's last tensor *is* the module's
+    output, and a pair that disagrees there is a divergence at that module (an activation or a
+    kernel changed inside it), not a reason to look for another tensor."""
     calls: dict[str, int] = {}
+    rewritten: set[str] = set()  # scopes holding an op an onnxscript rewrite rule made
     for i, tap in enumerate(taps):
         scope = tap.attrs.get("torch_scope")
         if not scope:
             continue
+        if tap.attrs.get("rewrites") or (i + 1 < len(taps) and taps[i + 1].attrs.get("rewrites")):
+            rewritten.add(scope)
         nxt = taps[i + 1].attrs.get("torch_scope") if i + 1 < len(taps) else None
         if nxt is not None and (nxt == scope or nxt.startswith(scope + ".")):
             continue  # the module is still computing
@@ -190,7 +196,8 @@ def _mark_module_outputs(taps: list[Tap]) -> None:
         calls[scope] = k + 1
         key = scope if k == 0 else f"{scope}#{k}"
         tap.attrs["module_outputs"] = (key,)  # type: ignore[index]
-        tap.attrs["module_unsure"] = (key,)  # type: ignore[index]
+        if scope in rewritten:
+            tap.attrs["module_unsure"] = (key,)  # type: ignore[index]
 
 
 class OnnxBackend(Backend):
