@@ -174,9 +174,9 @@ def _mark_module_outputs(taps: list[Tap]) -> None:
     that value is the module's output, the tensor a torch forward hook records.
 
     The aligner reads it as ``module_outputs`` (``scope``, ``scope#k`` for the k-th call of a
-    module).  Where an onnxscript rewrite rule made an op of the scope (or the op right after it:
-    ``FuseBatchNormIntoConv`` folds a BatchNorm's last step into the next module's Conv), the
-    output is marked ``module_unsure`` too: such a pair is kept only where the values agree, and
+    module).  Where an onnxscript rewrite rule made an op of the scope (``FuseBatchNormIntoConv``
+    folds the next module's BatchNorm into this one's Conv: its last tensor is the BatchNorm's
+    output), the output is marked ``module_unsure`` too: such a pair is kept only where the values agree, and
     otherwise left to the other evidence.  Elsewhere the scope's last tensor *is* the module's
     output, and a pair that disagrees there is a divergence at that module (an activation or a
     kernel changed inside it), not a reason to look for another tensor."""
@@ -186,7 +186,7 @@ def _mark_module_outputs(taps: list[Tap]) -> None:
         scope = tap.attrs.get("torch_scope")
         if not scope:
             continue
-        if tap.attrs.get("rewrites") or (i + 1 < len(taps) and taps[i + 1].attrs.get("rewrites")):
+        if tap.attrs.get("rewrites"):
             rewritten.add(scope)
         nxt = taps[i + 1].attrs.get("torch_scope") if i + 1 < len(taps) else None
         if nxt is not None and (nxt == scope or nxt.startswith(scope + ".")):
