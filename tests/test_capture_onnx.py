@@ -429,3 +429,20 @@ def test_linears_on_channels_last_pixels_keep_their_layout_through_matmul_and_bi
     compared = {d.a_name: d for d in report.layers if d.role != "output"}
     assert {"conv", "norm", "fc1", "act", "fc2"} <= set(compared)
     assert all(compared[n].transform == "identity" and compared[n].rel_err < 1e-5 for n in ("fc1", "act", "fc2"))
+
+
+def test_a_dynamo_module_whose_activation_differs_is_compared_at_its_last_tensor(tmp_path):
+    """The dynamo exporter stamps each node with its torch module's scope; the scope's last tensor
+    is the module's output even where the values disagree (an activation swapped inside it): the
+    pair is that tensor, not the Sigmoid computed halfway, and the cause is named there."""
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Hardswish(), torch.nn.Conv2d(8, 4, 1)).eval()
+    b = torch.nn.Sequential(a[0], torch.nn.SiLU(), a[2]).eval()  # SiLU exports as Sigmoid, then Mul
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype("float32"))
+    onnx_b = _export_or_skip(b, x, tmp_path / "b.onnx", dynamo=True)
+    report = parity.diff(a, onnx_b, x.numpy())
+    first = report.first_divergence
+    assert first.a_name == "1"
+    assert first.b_op == "Mul"  # x·σ(x): the module's output, not σ(x)
+    assert "activation_approximation" in [g.code for g in first.diagnoses]
