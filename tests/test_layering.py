@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1] / "parity"
 #: the frameworks a library module may import only when first used
 FRAMEWORKS = ("torch", "tensorflow", "keras", "tf_keras", "onnx", "onnxruntime")
 #: the shells over the library: what the library never imports
-SHELLS = ("parity.cli", "parity.demo")
+SHELLS = ("parity.cli", "parity.demo", "parity.__main__")
 #: modules whose job is a framework, so they may import it at import time: the capture
 #: backends, and the private demo/test models (``parity._zoo``, imported by the demo and tests only)
 FRAMEWORK_MODULES = ("parity.capture.", "parity._zoo.")

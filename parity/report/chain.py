@@ -310,7 +310,7 @@ def render_chain(chain: ChainReport, width: int = 200) -> Iterator[Any]:
 def _environment():
     """The HTML report's Jinja2 environment: autoescaping, every value :func:`~.text.shown`, and
     the ``name`` filter (``<bdi>``) for names."""
-    from .html import _environment as environment
+    from .html import environment
 
     return environment()
 

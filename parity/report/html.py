@@ -32,7 +32,7 @@ __all__ = ["render_html", "render_compact_html", "fold_set"]
 
 
 @lru_cache(maxsize=1)
-def _environment():
+def environment():
     import jinja2
 
     env = jinja2.Environment(
@@ -158,7 +158,7 @@ def render_html(report: Report, path: str | Path | None = None) -> str:
     fold = fold_set(report.layers)
     context = _context(report, compact=False)
     context.update(chart=error_chart(report), detailed=detailed, rows=report.layers, fold=fold, folded=len(fold))
-    text = _environment().get_template("report.html.j2").render(**context)
+    text = environment().get_template("report.html.j2").render(**context)
     if path is not None:
         write_text(path, text)
     return text
@@ -172,4 +172,4 @@ def render_compact_html(report: Report) -> str:
     rows = [d for d in report.layers if d.index not in fold]
     context = _context(report, compact=True)
     context.update(rows=rows, fold=set(), folded=len(fold))
-    return _environment().get_template("compact.html.j2").render(**context)
+    return environment().get_template("compact.html.j2").render(**context)
