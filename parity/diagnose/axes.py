@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..records import Diagnosis
-from .base import Context, detector
+from .base import Context, detector, to_nchw
 from .base import rel_diff as _rel
 
 #: A's function recomputed from its input must reproduce A this well (relative)
@@ -97,21 +97,13 @@ def _depth_to_space(x: np.ndarray, r: int, mode: str) -> np.ndarray:
     return y.reshape(n, out_c, h * r, w * r)
 
 
-def _nchw(x: np.ndarray, layout: str | None) -> np.ndarray | None:
-    if x.ndim != 4:
-        return None
-    if layout == "NHWC":
-        return np.transpose(x, (0, 3, 1, 2))
-    return x if layout in (None, "NCHW") else None
-
-
 @detector("depth_to_space_mode", {"depth_to_space"})
 def depth_to_space_mode(ctx: Context) -> Diagnosis | None:
     layout = ctx.match.a.layout
     x = ctx.own_input()
     if x is None:
         return None
-    x4, a4, b4 = _nchw(np.asarray(x), layout), _nchw(ctx.a, layout), _nchw(ctx.b, layout)
+    x4, a4, b4 = to_nchw(np.asarray(x), layout), to_nchw(ctx.a, layout), to_nchw(ctx.b, layout)
     if x4 is None or a4 is None or b4 is None or a4.shape != b4.shape or x4.shape[0] != a4.shape[0]:
         return None
     if a4.shape[2] % x4.shape[2] or a4.shape[2] // x4.shape[2] < 2:

@@ -127,3 +127,14 @@ def detector(code: str, families: set[str] | None = None):
         return fn
 
     return register
+
+
+def to_nchw(x: np.ndarray, layout: str | None) -> np.ndarray | None:
+    """A 4-D tensor in NCHW from the layout it declares (NCHW or NHWC); None otherwise."""
+    if x.ndim != 4:
+        return None
+    if layout == "NCHW":
+        return x
+    if layout == "NHWC":
+        return np.transpose(x, (0, 3, 1, 2))
+    return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..records import Diagnosis
-from .base import Context, detector
+from .base import Context, detector, to_nchw
 from .base import rel_diff as _rel
 
 _FIT_OK = 1e-4
@@ -74,14 +74,6 @@ def _resized(x: np.ndarray, out_hw: tuple[int, int], convention) -> np.ndarray:
     return _linear_axis(_linear_axis(x, 2, out_hw[0], convention), 3, out_hw[1], convention)
 
 
-def _nchw(x: np.ndarray, layout: str | None) -> np.ndarray | None:
-    if x.ndim != 4:
-        return None
-    if layout == "NHWC":
-        return np.transpose(x, (0, 3, 1, 2))
-    return x if layout in (None, "NCHW") else None
-
-
 def _name(convention) -> str:
     return f"{convention[0]} with {convention[1]} rounding" if isinstance(convention, tuple) else _WORDS[convention]
 
@@ -92,7 +84,7 @@ def resize_mode(ctx: Context) -> Diagnosis | None:
     x = ctx.own_input()
     if x is None:
         return None
-    x4, a4, b4 = _nchw(np.asarray(x, dtype=np.float64), layout), _nchw(ctx.a, layout), _nchw(ctx.b, layout)
+    x4, a4, b4 = to_nchw(np.asarray(x, dtype=np.float64), layout), to_nchw(ctx.a, layout), to_nchw(ctx.b, layout)
     if x4 is None or a4 is None or b4 is None or a4.shape != b4.shape or x4.shape[:2] != a4.shape[:2]:
         return None
     if not np.all(np.isfinite(x4)) or (a4.shape[2] <= x4.shape[2] and a4.shape[3] <= x4.shape[3]):

@@ -26,6 +26,7 @@ from itertools import permutations, product
 import numpy as np
 
 from .base import Context, detector
+from .base import to_nchw as _to_nchw
 from .base import rel_diff as _rel
 from ..records import Diagnosis
 
@@ -46,14 +47,6 @@ _SURPLUS = 32
 _MAX_WINDOW_ELEMENTS = 4_000_000
 
 
-def _to_nchw(x: np.ndarray, layout: str | None) -> np.ndarray | None:
-    if x.ndim != 4:
-        return None
-    if layout == "NCHW":
-        return x
-    if layout == "NHWC":
-        return np.transpose(x, (0, 3, 1, 2))
-    return None
 
 
 def _pair(value, default=None) -> tuple[int, int] | None:
