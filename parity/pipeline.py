@@ -446,12 +446,13 @@ def _weight_parity(report: Report, backend_a: Any, backend_b: Any, alignment: Al
 
 
 def _model_level_diagnoses(report: Report, alignment: Alignment, a: Side, b: Side) -> Report:
-    """Diagnoses that rerun the models: nondeterminism, input preprocessing."""
-    from .diagnose.runs import attach, detach, input_preprocessing, nondeterminism
+    """Diagnoses that rerun the models: nondeterminism, input preprocessing, inputs in another order."""
+    from .diagnose.runs import attach, detach, input_order, input_preprocessing, nondeterminism
 
     for found in (
         nondeterminism(a.backend, b.backend, a.inputs, b.inputs, (a.trace, b.trace), alignment),
         input_preprocessing(a.backend, b.backend, a.inputs, b.inputs, report, alignment),
+        input_order(b.backend, b.inputs, report, alignment),
     ):
         if found is not None:
             if found.code == "input_preprocessing":

@@ -193,3 +193,42 @@ def test_a_nearest_resize_rounding_otherwise_is_resize_mode():
     assert diag.evidence["nearest"] == 1
     assert "asymmetric with floor rounding reproduces A" in diag.message
     assert "half_pixel with round_prefer_ceil rounding reproduces B" in diag.message
+
+
+class _TwoInputs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.mix = torch.nn.Conv2d(3, 4, 1)
+
+    def forward(self, image, guide):
+        return self.conv(image) - self.mix(guide)
+
+
+class _Swapped(torch.nn.Module):
+    """The same model with its two inputs taken in the other order (a signature sorted by name)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, guide, image):
+        return self.net(image, guide)
+
+
+def test_inputs_taken_in_another_order_are_io_order(tmp_path):
+    torch.manual_seed(0)
+    a = _TwoInputs().eval()
+    rng = np.random.default_rng(5)
+    x, g = (rng.standard_normal((2, 3, 8, 8)).astype("float32") for _ in range(2))
+    buf = io.BytesIO()
+    torch.onnx.export(_Swapped(a).eval(), (torch.from_numpy(g), torch.from_numpy(x)), buf, opset_version=17,
+                      dynamo=False, input_names=["in_0", "in_1"])
+    report = parity.diff(a, onnx.load_from_string(buf.getvalue()), [x, g])
+    assert not report.ok
+    (diag,) = [d for d in report.diagnoses if d.code == "io_order"]
+    assert diag.evidence["rel_err_outputs_reordered"] < 1e-5
+    assert "0 → 1, 1 → 0" in diag.message
+    faithful = io.BytesIO()
+    torch.onnx.export(a, (torch.from_numpy(x), torch.from_numpy(g)), faithful, opset_version=17, dynamo=False)
+    assert parity.diff(a, onnx.load_from_string(faithful.getvalue()), [x, g]).ok

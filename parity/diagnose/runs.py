@@ -157,6 +157,67 @@ def input_preprocessing(
     return None
 
 
+#: at most this many orders of B's inputs are tried (3 inputs of one shape: all 6)
+_MAX_ORDERS = 6
+
+
+def input_order(backend_b: Any, inputs_b: Any, report: Report, alignment: Alignment) -> Diagnosis | None:
+    """``io_order`` for inputs: B fed its inputs in another order (among inputs of one shape and
+    dtype) reproduces A's outputs — a converter (a TFLite signature sorting its inputs by name)
+    reordered them.  Reruns B once per order tried."""
+    import itertools
+
+    first = report.first_divergence
+    outs = [m for m in alignment.matches if m.how == "output" and m.a.value is not None]
+    if first is None or not outs or inputs_b is None:
+        return None
+    keys = list(inputs_b) if isinstance(inputs_b, dict) else list(range(len(inputs_b)))
+    values = [np.asarray(inputs_b[k]) for k in keys]
+    if len(values) < 2:
+        return None
+    groups: dict[tuple, list[int]] = {}
+    for i, v in enumerate(values):
+        groups.setdefault((v.shape, str(v.dtype)), []).append(i)
+    for idx in (g for g in groups.values() if len(g) > 1):
+        for order in list(itertools.permutations(idx))[1:_MAX_ORDERS + 1]:
+            moved = list(values)
+            for src, dst in zip(idx, order):
+                moved[dst] = values[src]
+            fed = dict(zip(keys, moved)) if isinstance(inputs_b, dict) else moved
+            try:
+                trace = backend_b.capture(fed)
+            except Exception as exc:  # noqa: BLE001 - the report stands; the note says what was not checked
+                rerun_failed("model B", "with its inputs in another order", exc, "whether B takes its inputs in "
+                             "another order was not checked")
+                return None
+            by_name = {t.name: t for t in trace.outputs}
+            worst = 0.0
+            for m in outs:
+                t = by_name.get(m.b.name)
+                if t is None or t.value is None:
+                    worst = np.inf
+                    break
+                got = np.asarray(m.transform.apply(np.asarray(t.value)))
+                worst = max(worst, _rel(np.asarray(m.a.value), got) if got.shape == tuple(m.a.shape) else np.inf)
+            allowed = min(d.allowed_rel for d in report.outputs) if report.outputs else 1e-3
+            if worst <= allowed:
+                names = [str(k) for k in keys]
+                fed_as = ", ".join(f"{names[src]} → {names[dst]}" for src, dst in zip(idx, order) if src != dst)
+                return Diagnosis(
+                    code="io_order",
+                    layer=first.a_name,
+                    message=(
+                        f"B takes its inputs in another order: fed with {fed_as} (inputs of one shape swapped), B "
+                        f"reproduces A's outputs (rel err {worst:.1e}). A TFLite signature (and some converters) "
+                        "sort inputs by name: bind them by name (input_map=…), or reorder them, before comparing or "
+                        "deploying."
+                    ),
+                    evidence={"rel_err_outputs_reordered": float(worst), "inputs_moved": float(sum(
+                        1 for src, dst in zip(idx, order) if src != dst))},
+                )
+    return None
+
+
 def attach(report: Report, diagnosis: Diagnosis) -> Report:
     """``report`` with ``diagnosis`` added to the report and to its layer."""
     layers = tuple(
