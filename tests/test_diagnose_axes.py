@@ -232,3 +232,26 @@ def test_inputs_taken_in_another_order_are_io_order(tmp_path):
     faithful = io.BytesIO()
     torch.onnx.export(a, (torch.from_numpy(x), torch.from_numpy(g)), faithful, opset_version=17, dynamo=False)
     assert parity.diff(a, onnx.load_from_string(faithful.getvalue()), [x, g]).ok
+
+
+class _GlobalMean(torch.nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+
+def test_a_global_mean_over_other_axes_of_equal_size_is_axis_remap():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), _GlobalMean(), torch.nn.Linear(8, 4)).eval()
+    x = np.random.default_rng(6).standard_normal((2, 3, 8, 8)).astype("float32")  # C = H = W = 8
+    data = _export(model, x)
+    assert parity.diff(model, onnx.load_from_string(data), x).ok
+    bug = onnx.load_from_string(data)
+    (node,) = [n for n in bug.graph.node if n.op_type == "ReduceMean"]
+    (axes,) = [a for a in node.attribute if a.name == "axes"]
+    axes.ints[:] = [1, 3]  # the channels and W, where A averages H and W
+    report = parity.diff(model, bug, x)
+    assert report.first_divergence.a_name == "1"
+    diag = _diag(report, "1", "axis_remap")
+    ev = diag.evidence
+    assert (ev["axis_a_0"], ev["axis_a_1"], ev["axis_b_0"], ev["axis_b_1"]) == (2, 3, 1, 3)
+    assert ev["rel_err_b_vs_other_axes"] < 1e-5

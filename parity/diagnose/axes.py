@@ -131,3 +131,59 @@ def depth_to_space_mode(ctx: Context) -> Diagnosis | None:
         f"(its kernel's output channels) from one order to the other, or use DepthToSpace mode='{mode_a}'."
     )
     return Diagnosis(code="depth_to_space_mode", layer=ctx.match.a.name, message=msg, evidence=evidence)
+
+
+_REDUCTIONS = {"mean": np.mean, "sum": np.sum, "max": np.max}
+
+
+@detector("axis_remap")
+def reduction_axes(ctx: Context) -> Diagnosis | None:
+    """A reduction (mean / sum / max over some axes — a global pooling) taken over other axes in
+    B: A's input reduced over every choice of axes, the one that reproduces A against the one that
+    reproduces B (shapes only coincide where the dimensions are equal, so the values decide)."""
+    import itertools
+
+    x = ctx.own_input()
+    a, b = ctx.a, ctx.b
+    if x is None or a.shape != b.shape or x.ndim <= a.ndim or x.shape[0] != a.shape[0]:
+        return None
+    x64 = np.asarray(x, dtype=np.float64)
+    if x64.size > 5_000_000 or not np.all(np.isfinite(x64)):
+        return None
+    drop = x64.ndim - a.ndim
+    fits = {}
+    for kind, fn in _REDUCTIONS.items():
+        for axes in itertools.combinations(range(1, x64.ndim), drop):
+            y = fn(x64, axis=axes)
+            if y.shape == a.shape:
+                fits[(kind, axes)] = (_rel(a, y), _rel(b, y))
+    if len(fits) < 2:
+        return None
+    key_a = min(fits, key=lambda k: fits[k][0])
+    if fits[key_a][0] > _FIT_OK:
+        return None
+    others = [k for k in fits if k[0] == key_a[0] and k[1] != key_a[1]]
+    if not others:
+        return None
+    key_b = min(others, key=lambda k: fits[k][1])
+    fit_b, as_compared = fits[key_b][1], _rel(a, b)
+    if not (fit_b <= _REPRODUCED and as_compared > 10 * max(fit_b, 1e-12)):
+        return None
+    layout = ctx.match.a.layout
+    letters = layout if layout and "(" not in layout and len(layout) == x64.ndim else None
+
+    def named(axes: tuple[int, ...]) -> str:
+        return ", ".join(f"{k} ({letters[k]})" if letters else str(k) for k in axes)
+
+    evidence = {"rel_err_as_compared": float(as_compared), "rel_err_a_vs_recomputed": float(fits[key_a][0]),
+                "rel_err_b_vs_other_axes": float(fit_b)}
+    evidence.update({f"axis_a_{i}": float(k) for i, k in enumerate(key_a[1])})
+    evidence.update({f"axis_b_{i}": float(k) for i, k in enumerate(key_b[1])})
+    msg = (
+        f"B's {key_a[0]} reduces other axes: recomputed from A's input, the {key_a[0]} over axes {named(key_a[1])} "
+        f"reproduces A ({fits[key_a][0]:.1e}) and over axes {named(key_b[1])} (A's layout) reproduces B "
+        f"({fit_b:.1e}, against {as_compared:.2g} as compared). The axes were not remapped with the layout "
+        "(NCHW's spatial axes 2, 3 are NHWC's 1, 2; a global pooling with the wrong data_format reduces the "
+        "channels); give B's reduction A's axes after the transpose."
+    )
+    return Diagnosis(code="axis_remap", layer=ctx.match.a.name, message=msg, evidence=evidence)
