@@ -173,7 +173,7 @@ def _run(a: Side, b: Side, options: DiffOptions, inputs: InputsSummary | None, b
     alignment, compared = unsure_pairs(alignment, compared, same_params(a.backend, b.backend))
     # A's layer inputs, recorded once for replay and the detectors
     recorder = InputRecorder(a.backend, a.inputs) if a.backend is not None and a.inputs is not None else None
-    compared = own_errors(a.backend, b.backend, a.inputs, alignment, compared, recorder)
+    compared = own_errors(a.backend, b.backend, a.inputs, alignment, compared, recorder, b.inputs)
     both = a.backend is not None and b.backend is not None
     models = (a.backend, b.backend) if both else None
     recorder = recorder if both else None

@@ -121,6 +121,32 @@ def _piece_replay(backend_b: Backend, m: Match, x_a: np.ndarray, before: list[Ma
     return None
 
 
+def _input_replay(backend_b: Backend, m: Match, x_a: np.ndarray, inputs_a: Any, inputs_b: Any):
+    """:func:`_piece_replay` for a layer whose recorded input *is* one of A's model inputs: B's
+    piece starts at B's matching graph input, fed what B was fed there (then the own error is the
+    error as compared: the input is exact — but measured, and the piece is known)."""
+    if inputs_a is None or inputs_b is None:
+        return None
+    arrs_a = list(inputs_a.values()) if isinstance(inputs_a, dict) else list(inputs_a)
+    arrs_b = list(inputs_b.values()) if isinstance(inputs_b, dict) else list(inputs_b)
+    spec = backend_b.input_spec() or ()
+    x_a = np.asarray(x_a)
+    for k, (xa_k, xb_k) in enumerate(zip(arrs_a, arrs_b)):
+        xa_k = np.asarray(xa_k)
+        if k >= len(spec) or xa_k.shape != x_a.shape or xa_k.dtype != x_a.dtype or _rel(xa_k, x_a) > SAME_TENSOR:
+            continue
+        try:
+            x_b = np.asarray(xb_k)
+            own_b = np.asarray(backend_b.call_from(m.b.name, spec[k].name, x_b))
+            if own_b.shape != np.shape(m.b.value) or _rel(np.asarray(m.b.value), own_b) > 1e-5:
+                return None
+            out = np.asarray(m.transform.apply(own_b))
+        except Exception:  # noqa: BLE001 - a graph that cannot be cut here: fall back to growth
+            return None
+        return (out, spec[k].name, x_b) if out.shape == tuple(m.a.shape) else None
+    return None
+
+
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
     a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     norm = float(np.linalg.norm(a64))
@@ -129,10 +155,12 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 def own_errors(
     backend_a: Backend | None, backend_b: Backend | None, inputs_a: Any, alignment: Alignment, layers: tuple[LayerDiff, ...],
-    recorder: InputRecorder | None = None,
+    recorder: InputRecorder | None = None, inputs_b: Any = None,
 ) -> tuple[LayerDiff, ...]:
     """The layers with ``own_err``/``own_method`` set for the first flagged ones (A's layer inputs
-    through ``recorder`` when one is given, so that what it records serves the detectors too)."""
+    through ``recorder`` when one is given, so that what it records serves the detectors too).
+    ``inputs_b`` (B's inputs, in B's layout) lets a graph B's piece start at its own input for
+    a layer whose input is the model's."""
     flagged = [d for d in layers if not d.ok and d.role != "output"][:REPLAYED_LAYERS]
     if not flagged:
         return layers
@@ -151,7 +179,8 @@ def own_errors(
         previous = ordered[i - 1] if i else None
         own = None
         if m is not None and d.a_name in recorded and not _callable(backend_b, d.b_name) and pieces:
-            found = _piece_replay(backend_b, m, recorded[d.a_name], ordered[:i])
+            found = _piece_replay(backend_b, m, recorded[d.a_name], ordered[:i]) or _input_replay(
+                backend_b, m, recorded[d.a_name], inputs_a, inputs_b)
             if found is not None:
                 out, source, x_b = found
                 own = compute_metrics(np.asarray(m.a.value), out, d.rtol, d.atol).rel_err

@@ -5,6 +5,7 @@ generated script is run here, in a fresh interpreter, and must print the error p
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import sys
@@ -91,3 +92,23 @@ def test_a_torch_keras_repro_reruns_the_padding_bug(tmp_path):
     assert code == 0, text
     own = report.layer("0").own_err
     assert _alone(text) == pytest.approx(own, rel=1e-3) and own > 0.1
+
+
+def test_a_first_layer_repro_starts_the_onnx_piece_at_the_graph_input(onnx_pair, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    a, _, x = onnx_pair
+    import copy
+
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        b[0].weight.mul_(1.5)
+    buf = io.BytesIO()
+    torch.onnx.export(b, (torch.from_numpy(x),), buf, opset_version=17, dynamo=False)
+    report = parity.diff(a, onnx.load_from_string(buf.getvalue()), x)
+    first = report.first_divergence
+    assert first.a_name == "0" and first.own_method == "replay"  # measured from the graph input
+    bundle = report.save_repro(tmp_path / "first")
+    assert json.loads((bundle / "meta.json").read_text())["pieces"]["b"]["kind"] == "onnx"
+    code, text = _run(bundle)
+    assert code == 0, text
+    assert _alone(text) == pytest.approx(first.own_err, rel=1e-3)
