@@ -210,10 +210,7 @@ def keep_repro_sources(report: Report, alignment: Alignment, backend_a: Any, bac
         return
     ordered = sorted(alignment.matches, key=lambda m: m.a.index)
     at = {m.a.name: i for i, m in enumerate(ordered)}
-    try:
-        inputs = recorder.get([d.a_name for d in born])
-    except Exception:  # noqa: BLE001 - a model that does not rerun: the repro holds the outputs only
-        inputs = {}
+    inputs = recorder.get([d.a_name for d in born])  # recorded for replay already; a failed rerun is a note
     sources = {}
     for d in born:
         i = at.get(d.a_name)

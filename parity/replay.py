@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .capture.base import Backend
-from .metrics import compute_metrics
+from .metrics import compute_metrics, relative_error
 from .records import Alignment, LayerDiff, Match
 from .reruns import rerun_failed
 
@@ -93,38 +93,44 @@ SAME_TENSOR = 1e-6
 _SOURCE_LOOKBACK = 16
 
 
+def _checked_piece(backend_b: Backend, m: Match, source: str, own: np.ndarray, x_b: np.ndarray):
+    """Pair ``m``'s B tensor computed by the piece of B's graph from tensor ``source`` fed ``x_b``:
+    ``(output in A's layout, source, x_b)``, or None where the graph cannot be cut there or the
+    piece fed B's own value there (``own``) does not give B's tensor back (then it is not the
+    computation between the two)."""
+    try:
+        again = np.asarray(backend_b.call_from(m.b.name, source, own))
+        if again.shape != np.shape(m.b.value) or relative_error(np.asarray(m.b.value), again) > 1e-5:
+            return None
+        fed = again if x_b is own else np.asarray(backend_b.call_from(m.b.name, source, x_b))
+        out = np.asarray(m.transform.apply(fed))
+    except Exception:  # noqa: BLE001 - a graph that cannot be cut here: fall back to growth
+        return None
+    return (out, source, x_b) if out.shape == tuple(m.a.shape) else None
+
+
 def _piece_replay(backend_b: Backend, m: Match, x_a: np.ndarray, before: list[Match]):
-    """B's tensor of pair ``m`` computed by the piece of B's graph from the B tensor whose A
-    counterpart *is* A's recorded input of this layer (an earlier pair's A tap holding the same
-    values), fed that input in B's layout: ``(output in A's layout, that B tensor, the input fed)``,
-    or None where no earlier pair is the input, the graph cannot be cut there, or the piece fed B's
-    own value does not give B's tensor back (then it is not the computation between the two)."""
+    """:func:`_checked_piece` from the B tensor whose A counterpart *is* A's recorded input of this
+    layer (an earlier pair's A tap holding the same values), fed that input in B's layout; None
+    where no earlier pair is the input."""
     x_a = np.asarray(x_a)
     for p in reversed(before[-_SOURCE_LOOKBACK:]):
         if p.a.value is None or p.b.value is None or tuple(p.a.shape) != x_a.shape or p.b.role == "output":
             continue
         va = np.asarray(p.a.value)
-        if va.dtype != x_a.dtype or _rel(va, x_a) > SAME_TENSOR:
+        if va.dtype != x_a.dtype or relative_error(va, x_a) > SAME_TENSOR:
             continue
         x_b = to_b_layout(x_a, p, None)
         if x_b is None:
             return None
-        try:
-            own_b = np.asarray(backend_b.call_from(m.b.name, p.b.name, np.asarray(p.b.value)))
-            if own_b.shape != np.shape(m.b.value) or _rel(np.asarray(m.b.value), own_b) > 1e-5:
-                return None  # the piece is not what computes B's tensor from that one
-            x_b = x_b.astype(va.dtype)
-            out = np.asarray(m.transform.apply(backend_b.call_from(m.b.name, p.b.name, x_b)))
-        except Exception:  # noqa: BLE001 - a graph that cannot be cut here: fall back to growth
-            return None
-        return (out, p.b.name, x_b) if out.shape == tuple(m.a.shape) else None
+        return _checked_piece(backend_b, m, p.b.name, np.asarray(p.b.value), x_b.astype(va.dtype))
     return None
 
 
 def _input_replay(backend_b: Backend, m: Match, x_a: np.ndarray, inputs_a: Any, inputs_b: Any):
-    """:func:`_piece_replay` for a layer whose recorded input *is* one of A's model inputs: B's
-    piece starts at B's matching graph input, fed what B was fed there (then the own error is the
-    error as compared: the input is exact — but measured, and the piece is known)."""
+    """:func:`_checked_piece` for a layer whose recorded input *is* one of A's model inputs: from
+    B's matching graph input, fed what B was fed there (then the own error is the error as
+    compared: the input is exact — but measured, and the piece is known)."""
     if inputs_a is None or inputs_b is None:
         return None
     arrs_a = list(inputs_a.values()) if isinstance(inputs_a, dict) else list(inputs_a)
@@ -133,24 +139,10 @@ def _input_replay(backend_b: Backend, m: Match, x_a: np.ndarray, inputs_a: Any, 
     x_a = np.asarray(x_a)
     for k, (xa_k, xb_k) in enumerate(zip(arrs_a, arrs_b)):
         xa_k = np.asarray(xa_k)
-        if k >= len(spec) or xa_k.shape != x_a.shape or xa_k.dtype != x_a.dtype or _rel(xa_k, x_a) > SAME_TENSOR:
-            continue
-        try:
+        if k < len(spec) and xa_k.shape == x_a.shape and xa_k.dtype == x_a.dtype and relative_error(xa_k, x_a) <= SAME_TENSOR:
             x_b = np.asarray(xb_k)
-            own_b = np.asarray(backend_b.call_from(m.b.name, spec[k].name, x_b))
-            if own_b.shape != np.shape(m.b.value) or _rel(np.asarray(m.b.value), own_b) > 1e-5:
-                return None
-            out = np.asarray(m.transform.apply(own_b))
-        except Exception:  # noqa: BLE001 - a graph that cannot be cut here: fall back to growth
-            return None
-        return (out, spec[k].name, x_b) if out.shape == tuple(m.a.shape) else None
+            return _checked_piece(backend_b, m, spec[k].name, x_b, x_b)
     return None
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    norm = float(np.linalg.norm(a64))
-    return float(np.linalg.norm(a64 - b64)) / norm if norm > 0 else float(np.linalg.norm(b64))
 
 
 def own_errors(

@@ -199,3 +199,29 @@ class ChainBackend(Backend):
         if kind != "float64" or self.model.float64 is None:
             return None
         return ChainBackend(Chain(self.model.name, self.model.float64, features=self.model.features))
+
+
+# --- small torch models (torch imported when called) -------------------------------------------
+
+
+def conv_chain():
+    """conv 3→8, ReLU, conv 8→8, ReLU, conv 1×1 8→4 (seeded, eval): the chain the replay and
+    repro tests break one layer of."""
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
+                               torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
+
+
+def scaled_copy(model, scales: dict[str, float]):
+    """A copy of torch ``model`` with the weights of the named submodules scaled."""
+    import copy
+
+    import torch
+
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, k in scales.items():
+            twin.get_submodule(name).weight.mul_(k)
+    return twin

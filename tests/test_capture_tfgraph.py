@@ -268,17 +268,13 @@ def test_a_frozen_graphs_own_error_is_measured_by_feeding_the_recorded_tensor(tm
     """A frozen GraphDef takes any tensor as a feed: a flagged layer's own error is the piece of
     the graph from the tensor whose A counterpart is the layer's input, fed that input — equal to
     what replaying a live torch twin of B gives."""
-    torch = pytest.importorskip("torch")
-    import copy
-
+    pytest.importorskip("torch")
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    torch.manual_seed(0)
-    a = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
-                            torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
-    b_torch = copy.deepcopy(a)
-    with torch.no_grad():
-        b_torch[2].weight.mul_(1.5)
+    from .helpers import conv_chain, scaled_copy
+
+    a = conv_chain()
+    b_torch = scaled_copy(a, {"2": 1.5})
     L = keras.layers
     km = keras.Sequential([keras.Input((10, 10, 3)), L.Conv2D(8, 3, padding="same", name="c0"), L.ReLU(name="r1"),
                            L.Conv2D(8, 3, padding="same", name="c2"), L.ReLU(name="r3"), L.Conv2D(4, 1, name="c4")])

@@ -12,6 +12,8 @@ import pytest
 
 import parity
 
+from .helpers import scaled_copy
+
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -23,17 +25,6 @@ def _chain():
         torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
         torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1),
     ).eval()
-
-
-def _scaled(model, scales: dict[str, float]):
-    """A copy of ``model`` with the weights of the named layers scaled."""
-    import copy
-
-    twin = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, k in scales.items():
-            dict(twin.named_modules())[name].weight.mul_(k)
-    return twin
 
 
 def _export(model, x) -> "onnx.ModelProto":
@@ -49,7 +40,7 @@ def x():
 
 def test_an_onnx_layers_own_error_is_the_replay_of_its_torch_twin(x):
     a = _chain()
-    b_torch = _scaled(a, {"2": 1.5})
+    b_torch = scaled_copy(a, {"2": 1.5})
     on_torch = parity.diff(a, b_torch, x)
     on_onnx = parity.diff(a, _export(b_torch, x), x)
     assert on_onnx.first_divergence.a_name == on_torch.first_divergence.a_name == "2"
@@ -63,7 +54,7 @@ def test_an_onnx_layers_own_error_is_the_replay_of_its_torch_twin(x):
 
 def test_the_layers_after_the_bug_inherit_and_a_second_bug_is_born_here(x):
     a = _chain()
-    b = _export(_scaled(a, {"0": 1.5, "6": 0.5}), x)
+    b = _export(scaled_copy(a, {"0": 1.5, "6": 0.5}), x)
     report = parity.diff(a, b, x)
     assert report.first_divergence.a_name == "0"
     assert [d.a_name for d in report.born_here] == ["0", "6"]
@@ -87,7 +78,7 @@ def test_a_piece_that_needs_another_input_is_not_replayed(x):
 
     torch.manual_seed(0)
     a = Residual().eval()
-    b = _export(_scaled(a, {"stem": 1.5}), x)
+    b = _export(scaled_copy(a, {"stem": 1.5}), x)
     report = parity.diff(a, b, x)
     assert report.first_divergence.a_name == "stem"
     assert report.layer("stem").own_method == "replay"  # its input is the graph input: the piece starts there

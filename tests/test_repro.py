@@ -16,6 +16,8 @@ import pytest
 import parity
 from parity.errors import ParityError
 
+from .helpers import conv_chain, scaled_copy
+
 torch = pytest.importorskip("torch")
 
 
@@ -35,14 +37,8 @@ def _alone(text: str) -> float:
 def onnx_pair():
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    torch.manual_seed(0)
-    a = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
-                            torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
-    import copy
-
-    b = copy.deepcopy(a)
-    with torch.no_grad():
-        b[2].weight.mul_(1.5)
+    a = conv_chain()
+    b = scaled_copy(a, {"2": 1.5})
     x = np.random.default_rng(0).standard_normal((2, 3, 10, 10)).astype("float32")
     buf = io.BytesIO()
     torch.onnx.export(b, (torch.from_numpy(x),), buf, opset_version=17, dynamo=False)
@@ -97,11 +93,7 @@ def test_a_torch_keras_repro_reruns_the_padding_bug(tmp_path):
 def test_a_first_layer_repro_starts_the_onnx_piece_at_the_graph_input(onnx_pair, tmp_path):
     onnx = pytest.importorskip("onnx")
     a, _, x = onnx_pair
-    import copy
-
-    b = copy.deepcopy(a)
-    with torch.no_grad():
-        b[0].weight.mul_(1.5)
+    b = scaled_copy(a, {"0": 1.5})
     buf = io.BytesIO()
     torch.onnx.export(b, (torch.from_numpy(x),), buf, opset_version=17, dynamo=False)
     report = parity.diff(a, onnx.load_from_string(buf.getvalue()), x)

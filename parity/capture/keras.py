@@ -431,10 +431,11 @@ class KerasBackend(Backend):
         model = self.model
         arrays = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
         # a recurrent layer is one layer: its cell's steps run inside it
-        inside_rnn = {id(cell) for layer in _sublayers(model) if is_keras_rnn(layer) for cell in _sublayers(layer)}
+        every = _sublayers(model)
+        inside_rnn = {id(cell) for layer in every if is_keras_rnn(layer) for cell in _sublayers(layer)}
         layers = [
             layer
-            for layer in _sublayers(model)
+            for layer in every
             if type(layer).__name__ != "InputLayer" and id(layer) not in inside_rnn
             and (containers or not _has_sublayers(layer) or is_keras_rnn(layer))
         ]

@@ -154,14 +154,13 @@ def layer_record(layer: Any) -> LayerParams:
     if is_keras_rnn(layer):
         arrays = {}
         for v in layer.weights:
-            name = str(getattr(v, "name", "") or getattr(v, "path", "")).split("/")[-1].split(":")[0]
-            arrays[name], dtype = _array(v)
+            arrays[_weight_name(v)], dtype = _array(v)
         rnn = keras_rnn_params(layer, arrays)
         if rnn is not None:
             return LayerParams("keras", "rnn", cls, {role: Param(n, val, dtype, tuple(val.shape)) for role, (n, val) in rnn.items()},
                                {"gates": "".join(KERAS_GATES[cls])})
     for v in layer.weights:  # the layer's own variables (optimizer slots live on the optimizer)
-        name = str(getattr(v, "name", "") or getattr(v, "path", "")).split("/")[-1].split(":")[0]
+        name = _weight_name(v)
         value, dtype = _array(v)
         role = _ROLES.get(name, name) if kind != "generic" else name
         if cls == "TFConv1D" and name == "weight":
@@ -172,6 +171,11 @@ def layer_record(layer: Any) -> LayerParams:
         canonical = einsum_canonical(equation, role, value) if cls == "EinsumDense" else keras_canonical(kind, role, value)
         params[role] = Param(name, canonical, dtype, tuple(value.shape))
     return LayerParams("keras", kind, cls, params)
+
+
+def _weight_name(v: Any) -> str:
+    """A Keras variable's own name (``kernel``), without its layer path or ``:0``."""
+    return str(getattr(v, "name", "") or getattr(v, "path", "")).split("/")[-1].split(":")[0]
 
 
 def _kind(layer: Any, cls: str) -> str:

@@ -17,6 +17,7 @@ run: ``import parity`` stays light.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -385,7 +386,7 @@ class OnnxBackend(Backend):
         import onnx
 
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401 - installed? (_session makes the session)
         except ImportError as exc:
             raise CaptureError(
                 "running an ONNX model needs onnxruntime, which is not installed. "
@@ -441,12 +442,9 @@ class OnnxBackend(Backend):
                 graph.output.append(onnx.ValueInfoProto(name=name))
             added.append(name)
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        providers = self.options.get("providers") or ["CPUExecutionProvider"]
         name = graph.name or "onnx model"
         try:
-            session = ort.InferenceSession(model.SerializeToString(), opts, providers=list(providers))
+            session = self._session(model)
         except Exception as exc:
             raise CaptureError(
                 f"onnxruntime could not load ONNX model {name!r} (opset {self.opset()}): "
@@ -550,15 +548,24 @@ class OnnxBackend(Backend):
         onnx.save(self._piece_model(name, source, "float32"), str(Path(out) / f"{side}_piece.onnx"))
         return {"kind": "onnx", "model": f"{side}_piece.onnx", "source": source}
 
-    def _build_piece(self, target: str, source: str, dtype: str) -> Any:
+    def _session(self, model: Any) -> Any:
+        """An onnxruntime session of ``model`` with this backend's providers, its log quiet."""
         import onnxruntime as ort
 
-        model = self._piece_model(target, source, dtype)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         providers = self.options.get("providers") or ["CPUExecutionProvider"]
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=list(providers))
+
+    @functools.cached_property
+    def _producers(self) -> dict[str, Any]:
+        """The node that computes each value of the graph."""
+        return {out: node for node in self.model.graph.node for out in node.output}
+
+    def _build_piece(self, target: str, source: str, dtype: str) -> Any:
+        model = self._piece_model(target, source, dtype)
         try:
-            return ort.InferenceSession(model.SerializeToString(), opts, providers=list(providers))
+            return self._session(model)
         except Exception as exc:  # noqa: BLE001 - a piece onnxruntime refuses: no own error measured here
             raise NotImplementedError(f"onnxruntime refused the piece {source!r} → {target!r}: {exc}") from exc
 
@@ -568,7 +575,7 @@ class OnnxBackend(Backend):
         from onnx import helper
 
         graph = self.model.graph
-        producers = {out: node for node in graph.node for out in node.output}
+        producers = self._producers
         inits = self._initializer_names()
         fed = {vi.name for vi in self._graph_inputs()}
         picked: dict[int, Any] = {}

@@ -277,7 +277,7 @@ class TFGraphBackend(Backend):
         between them (a GraphDef takes any tensor as a feed); :class:`NotImplementedError` where
         the piece needs a graph input besides ``source``."""
         tf = import_tf()
-        key = ("piece", name, source)
+        key = (name, source)
         pieces = self.__dict__.setdefault("_pieces", {})
         piece = pieces.get(key)
         if piece is None:

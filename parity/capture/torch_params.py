@@ -67,9 +67,10 @@ def module_params(module: Any) -> LayerParams:
             own[n] = buf
     own = {n: t for n, t in own.items() if t is not None and not _is_uninitialized(t)}
     kind = _kind(module)
-    rnn = torch_rnn_params(module, {n: _array(t)[0] for n, t in own.items()}) if kind == "rnn" else None
+    read = {n: _array(t) for n, t in own.items()} if kind == "rnn" else {}
+    rnn = torch_rnn_params(module, {n: value for n, (value, _) in read.items()}) if read else None
     if rnn is not None:
-        dtype = _array(next(iter(own.values())))[1]
+        dtype = next(iter(read.values()))[1]
         return LayerParams("torch", "rnn", type(module).__name__,
                            {role: Param(n, v, dtype, tuple(v.shape)) for role, (n, v) in rnn.items()},
                            {"gates": "".join(TORCH_GATES[type(module).__name__])})

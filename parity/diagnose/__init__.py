@@ -97,7 +97,7 @@ def diagnose(
     _load_detectors()
     backends = _backends(models)
     own_inputs = _own_inputs(recorder, alignment, layers)
-    replays = getattr(recorder, "replayed", {}) if recorder is not None else {}
+    replays = recorder.replayed if recorder is not None else {}
     ordered = sorted(alignment.matches, key=lambda m: m.a.index)
     by_a = {m.a.name: i for i, m in enumerate(ordered)}
     found: list[Diagnosis] = []

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..records import Diagnosis
-from .base import Context, detector, to_nchw
+from .base import Context, detector, nchw_io
 from .base import rel_diff as _rel
 
 #: A's function recomputed from its input must reproduce A this well (relative)
@@ -36,8 +36,13 @@ def _softmax(x: np.ndarray, axis: int, log: bool) -> np.ndarray:
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
+def _letters(layout: str | None, ndim: int) -> str | None:
+    """The axis letters of a plain layout of this rank (None for flattened or unknown)."""
+    return layout if layout and "(" not in layout and len(layout) == ndim else None
+
+
 def _axis_words(axis: int, layout: str | None, ndim: int) -> str:
-    letters = layout if layout and "(" not in layout and len(layout) == ndim else None
+    letters = _letters(layout, ndim)
     return f"axis {axis} ({letters[axis]})" if letters else f"axis {axis}"
 
 
@@ -99,13 +104,10 @@ def _depth_to_space(x: np.ndarray, r: int, mode: str) -> np.ndarray:
 
 @detector("depth_to_space_mode", {"depth_to_space"})
 def depth_to_space_mode(ctx: Context) -> Diagnosis | None:
-    layout = ctx.match.a.layout
-    x = ctx.own_input()
-    if x is None:
+    io = nchw_io(ctx)
+    if io is None:
         return None
-    x4, a4, b4 = to_nchw(np.asarray(x), layout), to_nchw(ctx.a, layout), to_nchw(ctx.b, layout)
-    if x4 is None or a4 is None or b4 is None or a4.shape != b4.shape or x4.shape[0] != a4.shape[0]:
-        return None
+    x4, a4, b4 = io
     if a4.shape[2] % x4.shape[2] or a4.shape[2] // x4.shape[2] < 2:
         return None
     r = a4.shape[2] // x4.shape[2]
@@ -169,8 +171,7 @@ def reduction_axes(ctx: Context) -> Diagnosis | None:
     fit_b, as_compared = fits[key_b][1], _rel(a, b)
     if not (fit_b <= _REPRODUCED and as_compared > 10 * max(fit_b, 1e-12)):
         return None
-    layout = ctx.match.a.layout
-    letters = layout if layout and "(" not in layout and len(layout) == x64.ndim else None
+    letters = _letters(ctx.match.a.layout, x64.ndim)
 
     def named(axes: tuple[int, ...]) -> str:
         return ", ".join(f"{k} ({letters[k]})" if letters else str(k) for k in axes)

@@ -138,3 +138,16 @@ def to_nchw(x: np.ndarray, layout: str | None) -> np.ndarray | None:
     if layout == "NHWC":
         return np.transpose(x, (0, 3, 1, 2))
     return None
+
+
+def nchw_io(ctx: Context) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """A's own input of the layer, A's output and B's (in A's layout), all three in NCHW; None
+    when there is no input, a layout is not NCHW/NHWC, or the outputs or batches differ in shape."""
+    x = ctx.own_input()
+    if x is None:
+        return None
+    layout = ctx.match.a.layout
+    x4, a4, b4 = to_nchw(np.asarray(x), layout), to_nchw(ctx.a, layout), to_nchw(ctx.b, layout)
+    if x4 is None or a4 is None or b4 is None or a4.shape != b4.shape or x4.shape[0] != a4.shape[0]:
+        return None
+    return x4, a4, b4

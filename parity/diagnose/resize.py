@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..records import Diagnosis
-from .base import Context, detector, to_nchw
+from .base import Context, detector, nchw_io
 from .base import rel_diff as _rel
 
 _FIT_OK = 1e-4
@@ -80,13 +80,10 @@ def _name(convention) -> str:
 
 @detector("resize_mode", {"upsample"})
 def resize_mode(ctx: Context) -> Diagnosis | None:
-    layout = ctx.match.a.layout
-    x = ctx.own_input()
-    if x is None:
+    io = nchw_io(ctx)
+    if io is None or io[0].shape[1] != io[1].shape[1]:
         return None
-    x4, a4, b4 = to_nchw(np.asarray(x, dtype=np.float64), layout), to_nchw(ctx.a, layout), to_nchw(ctx.b, layout)
-    if x4 is None or a4 is None or b4 is None or a4.shape != b4.shape or x4.shape[:2] != a4.shape[:2]:
-        return None
+    x4, a4, b4 = io[0].astype(np.float64), io[1], io[2]
     if not np.all(np.isfinite(x4)) or (a4.shape[2] <= x4.shape[2] and a4.shape[3] <= x4.shape[3]):
         return None
     out_hw = (a4.shape[2], a4.shape[3])

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..metrics import relative_error
 from ..records import Alignment, Diagnosis, Report
 from ..reruns import rerun_failed
 from .base import channel_axis as _channel_axis
@@ -175,6 +176,7 @@ def input_order(backend_b: Any, inputs_b: Any, report: Report, alignment: Alignm
     values = [np.asarray(inputs_b[k]) for k in keys]
     if len(values) < 2:
         return None
+    allowed = min(d.allowed_rel for d in report.outputs) if report.outputs else 1e-3
     groups: dict[tuple, list[int]] = {}
     for i, v in enumerate(values):
         groups.setdefault((v.shape, str(v.dtype)), []).append(i)
@@ -190,16 +192,7 @@ def input_order(backend_b: Any, inputs_b: Any, report: Report, alignment: Alignm
                 rerun_failed("model B", "with its inputs in another order", exc, "whether B takes its inputs in "
                              "another order was not checked")
                 return None
-            by_name = {t.name: t for t in trace.outputs}
-            worst = 0.0
-            for m in outs:
-                t = by_name.get(m.b.name)
-                if t is None or t.value is None:
-                    worst = np.inf
-                    break
-                got = np.asarray(m.transform.apply(np.asarray(t.value)))
-                worst = max(worst, _rel(np.asarray(m.a.value), got) if got.shape == tuple(m.a.shape) else np.inf)
-            allowed = min(d.allowed_rel for d in report.outputs) if report.outputs else 1e-3
+            worst = _outputs_error(trace, outs)
             if worst <= allowed:
                 names = [str(k) for k in keys]
                 fed_as = ", ".join(f"{names[src]} → {names[dst]}" for src, dst in zip(idx, order) if src != dst)
@@ -216,6 +209,19 @@ def input_order(backend_b: Any, inputs_b: Any, report: Report, alignment: Alignm
                         1 for src, dst in zip(idx, order) if src != dst))},
                 )
     return None
+
+
+def _outputs_error(trace: Any, outs: list) -> float:
+    """The worst relative error of B's outputs in ``trace`` against A's of the output pairs
+    ``outs`` (inf where one is missing or of another shape)."""
+    by_name = {t.name: t for t in trace.outputs}
+    worst = 0.0
+    for m in outs:
+        t = by_name.get(m.b.name)
+        if t is None or t.value is None:
+            return float("inf")
+        worst = max(worst, relative_error(np.asarray(m.a.value), np.asarray(m.transform.apply(np.asarray(t.value)))))
+    return worst
 
 
 def attach(report: Report, diagnosis: Diagnosis) -> Report:

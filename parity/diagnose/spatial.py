@@ -47,8 +47,6 @@ _SURPLUS = 32
 _MAX_WINDOW_ELEMENTS = 4_000_000
 
 
-
-
 def _pair(value, default=None) -> tuple[int, int] | None:
     if value is None:
         return default
