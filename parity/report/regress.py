@@ -27,6 +27,9 @@ class LayerChange:
     new_err: float | None = None
     old_ratio: float | None = None  # error over the error the tolerance allows
     new_ratio: float | None = None
+    #: the error in units of the float32 noise floor, where a float64 reference judged the layer
+    old_noise: float | None = None
+    new_noise: float | None = None
 
     @property
     def growth(self) -> float | None:
@@ -89,14 +92,19 @@ class ReportComparison:
             Column("rel err\nbefore", justify="right"),
             Column("rel err\nnow", justify="right"),
             Column("× allowed\nbefore → now", justify="right"),
+            Column("× noise\nbefore → now", justify="right"),
             Column("change"),
         ]
+        with_noise = any(c.old_noise is not None or c.new_noise is not None for c in rows)
+        if not with_noise:
+            del columns[-2]
         for c in rows:
             ratio = f"{c.old_ratio:.3g} → {c.new_ratio:.3g}" if c.old_ratio is not None and c.new_ratio is not None else "–"
             growth = c.growth
             label = c.status + (f" ({growth:.3g}×)" if growth not in (None, 1.0) and c.status in ("worse", "better") else "")
             cells: tuple[RenderableType, ...] = (
                 Text(shown(c.a_name)), Text(shown(c.op)), fmt_float(c.old_err), fmt_float(c.new_err), ratio,
+                *((f"{_times(c.old_noise)} → {_times(c.new_noise)}",) if with_noise else ()),
                 Text(label, style=style[c.status]),
             )
             for col, cell in zip(columns, cells):
@@ -106,6 +114,12 @@ class ReportComparison:
         left_out = left_out_line(dropped, options.max_width)
         if left_out is not None:
             yield left_out
+
+
+def _times(r: float | None) -> str:
+    if r is None:
+        return "–"
+    return "∞" if r == float("inf") else f"{r:,.0f}×" if r >= 10 else f"{r:.2g}×"
 
 
 def compare_reports(old: Report, new: Report, *, factor: float = 2.0, floor: float = 0.1) -> ReportComparison:
@@ -120,7 +134,8 @@ def compare_reports(old: Report, new: Report, *, factor: float = 2.0, floor: flo
     for d in new.layers:
         prev = before.get(d.a_name)
         if prev is None:
-            changes.append(LayerChange(d.a_name, d.op, "new", new_err=d.rel_err, new_ratio=d.tolerance_ratio))
+            changes.append(LayerChange(d.a_name, d.op, "new", new_err=d.rel_err, new_ratio=d.tolerance_ratio,
+                                       new_noise=d.noise_ratio))
             continue
         r0, r1 = prev.tolerance_ratio, d.tolerance_ratio
         if prev.ok and not d.ok:
@@ -133,16 +148,23 @@ def compare_reports(old: Report, new: Report, *, factor: float = 2.0, floor: flo
             status = "better"
         else:
             status = "same"
-        changes.append(LayerChange(d.a_name, d.op, status, prev.rel_err, d.rel_err, r0, r1))
+        changes.append(LayerChange(d.a_name, d.op, status, prev.rel_err, d.rel_err, r0, r1, prev.noise_ratio,
+                                   d.noise_ratio))
     for d in old.layers:
         if d.a_name not in after:
-            changes.append(LayerChange(d.a_name, d.op, "gone", old_err=d.rel_err, old_ratio=d.tolerance_ratio))
+            changes.append(LayerChange(d.a_name, d.op, "gone", old_err=d.rel_err, old_ratio=d.tolerance_ratio,
+                                       old_noise=d.noise_ratio))
     notes = []
     if old.inputs.digest and new.inputs.digest and old.inputs.digest != new.inputs.digest:
         notes.append(
             f"the runs used different inputs (digest {old.inputs.digest} vs {new.inputs.digest}); "
             "errors may differ for that reason alone"
         )
+    judged = [r.reference.kind if r.reference is not None else "dtype" for r in (old, new)]
+    if judged[0] != judged[1]:
+        words = {"dtype": "the per-dtype tolerance table", "float64": "a float64 reference"}
+        notes.append(f"the verdicts were reached differently: by {words[judged[0]]} before, by {words[judged[1]]} now "
+                     "(an error allowed under one may not be under the other)")
     if (old.rtol, old.atol) != (new.rtol, new.atol):
         notes.append(f"tolerances differ: rtol/atol {old.rtol}/{old.atol} before, {new.rtol}/{new.atol} now")
     for side, o, n in (("A", old.a, new.a), ("B", old.b, new.b)):
