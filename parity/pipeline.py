@@ -169,7 +169,7 @@ def _run(a: Side, b: Side, options: DiffOptions, inputs: InputsSummary | None, b
     notes: list[str] = []
     reference = None
     if options.reference == "float64":
-        compared, reference = float64_reference(a, b, alignment, compared, tol)
+        compared, reference = float64_reference(a, b, alignment, compared, tol, options.max_memory)
         if reference.note is not None:
             notes.append(reference.note)
     elif not options.user_tolerance and not all(d.ok for d in compared):
@@ -246,19 +246,26 @@ def keep_repro_sources(report: Report, alignment: Alignment, backend_a: Any, bac
 # --- the stages -------------------------------------------------------------------------
 
 
-def float64_reference(a: Side, b: Side, alignment: Alignment, layers: tuple,
-                      tol: Tolerances) -> tuple[tuple, Reference]:
+def float64_reference(a: Side, b: Side, alignment: Alignment, layers: tuple, tol: Tolerances,
+                      max_memory: int | None) -> tuple[tuple, Reference]:
     """``layers`` judged against a float64 twin's run (:mod:`parity.reference`): model A's twin
     when A has one, else model B's; where neither has one, the dtype table's verdicts with the
-    reason in :attr:`Reference.note`."""
+    reason in :attr:`Reference.note`.  The twin's values (twice the float32 model's bytes) are
+    held within what ``max_memory`` leaves beside the two traces, the rest spilled to disk."""
     from .reference import NOISE_FACTOR, NOISE_FLOOR, float64_trace, judge
+    from .spill import Spill, trace_nbytes
 
     reasons = []
+    budget = None if max_memory is None else max(max_memory - trace_nbytes(a.trace) - trace_nbytes(b.trace), 0)
     for side, who, here in (("a", "model A", a), ("b", "model B", b)):
-        trace64, why = float64_trace(here.backend, here.inputs, who)
-        if trace64 is not None:
-            judged, ref = judge(alignment, layers, trace64, side, tol.min_argmax_agreement)
-            return judged, ref
+        with Spill() as spill:
+            if budget is None:
+                trace64, why = float64_trace(here.backend, here.inputs, who)
+            else:
+                with spill.capturing(budget):
+                    trace64, why = float64_trace(here.backend, here.inputs, who)
+            if trace64 is not None:
+                return judge(alignment, layers, trace64, side, tol.min_argmax_agreement)
         reasons.append(why)
     note = ("reference='float64' was asked for, but no float64 twin ran (" + "; ".join(r for r in reasons if r)
             + "): every layer is judged by the per-dtype tolerance table")

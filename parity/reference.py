@@ -35,6 +35,7 @@ import numpy as np
 from .metrics import relative_error, verdict
 from .records import Alignment, LayerDiff, Reference, Trace
 from .reruns import rerun_failed
+from .spill import release
 
 __all__ = ["NOISE_FACTOR", "NOISE_FLOOR", "REFERENCES", "check_reference", "float64_trace", "judge", "min_factor"]
 
@@ -140,6 +141,14 @@ def _reading(m: Any, by_name: Mapping[str, Any], side: str) -> tuple[float, floa
         return None
     if tuple(t64.shape) != tuple(own.shape):
         return None
+    try:
+        return _measured(m, t64, own, other, side)
+    finally:  # a spilled pair's pages leave the process once measured
+        for value in (t64.value, own.value, other.value):
+            release(value)
+
+
+def _measured(m: Any, t64: Any, own: Any, other: Any, side: str) -> tuple[float, float] | None:
     v64 = np.asarray(t64.value, dtype=np.float64)
     if not v64.size or not np.any(v64) or not np.all(np.isfinite(v64)):
         return None

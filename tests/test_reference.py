@@ -177,3 +177,10 @@ def test_an_unknown_reference_is_refused(block, twins, x):
 
     with pytest.raises(OptionError, match=r"reference must be one of dtype, float64, got 'float16'"):
         parity.diff(block, twins["faithful"], x, reference="float16")
+
+
+def test_the_float64_twin_spills_past_max_memory_and_measures_the_same(block, twins, x):
+    held = parity.diff(block, twins["eps"], x, reference="float64")
+    spilled = parity.diff(block, twins["eps"], x, reference="float64", max_memory=1)
+    assert [(d.a_name, d.noise, d.ref_err, d.ok) for d in spilled.layers] == \
+        [(d.a_name, d.noise, d.ref_err, d.ok) for d in held.layers]
