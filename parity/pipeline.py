@@ -40,6 +40,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .align import align, unsure_pairs
+from .conflicts import shape_conflicts
 from .unsure import folded_scales
 from .compare import compare
 from .diagnose import diagnose
@@ -412,10 +413,12 @@ def _assemble(trace_a: Trace, trace_b: Trace, alignment: Alignment, layers: tupl
     inside = inside_a_layer(alignment, trace_a)
     inside_b = inside_b_layer(alignment, trace_b)
     inside_any = {**inside, **inside_b}
+    conflicts = shape_conflicts(alignment)
+    differ = {("a", c.a_name) for c in conflicts} | {("b", c.b_name) for c in conflicts}
     unmatched = tuple(
         UnmatchedLayer(
             side=u.side, name=u.tap.name, op=u.tap.op, shape=tuple(u.tap.shape),
-            reason="inside" if id(u.tap) in inside_any else u.reason,
+            reason="inside" if id(u.tap) in inside_any else "shape" if (u.side, u.tap.name) in differ else u.reason,
         )
         for u in alignment.unmatched
     )
@@ -449,7 +452,7 @@ def _assemble(trace_a: Trace, trace_b: Trace, alignment: Alignment, layers: tupl
     return Report(
         a=trace_a.model, b=trace_b.model, layers=layers, unmatched=unmatched, inputs=inputs,
         rtol=tol.rtol, atol=tol.atol, notes=tuple(notes), diagnoses=diagnoses,
-        environment=environment(trace_a.model, trace_b.model),
+        environment=environment(trace_a.model, trace_b.model), conflicts=conflicts,
     )
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "REPORT_RECORDS",
     "Reference",
     "Suggestion",
+    "ShapeConflict",
     "min_rtol",
 ]
 
@@ -507,6 +508,25 @@ class UnmatchedLayer:
     reason: str
 
 
+@dataclass(frozen=True)
+class ShapeConflict:
+    """A layer of A and one of B that carry the same name (or are the models' outputs in the same
+    place) with shapes no layout transform reconciles: the models compute different tensors there."""
+
+    a_name: str
+    b_name: str
+    a_op: str
+    b_op: str
+    a_shape: tuple[int, ...]
+    #: B's shape, its axes in A's layout where both layouts are known
+    b_shape: tuple[int, ...]
+    b_layout: str | None
+    #: a model output: the report fails
+    output: bool
+    code: str  # "pool_ceil_mode" | "shape_mismatch"
+    message: str
+
+
 SCHEMA_VERSION = 1
 
 
@@ -601,11 +621,14 @@ class Report:
     reference: Reference | None = None
     #: the tightest tolerance this pair passes at
     suggestion: Suggestion | None = None
+    #: layers (and model outputs) whose shapes differ between the two models
+    conflicts: tuple[ShapeConflict, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     @property
     def ok(self) -> bool:
-        return bool(self.layers) and all(d.ok for d in self.layers)
+        """Every compared layer within tolerance, and no model output of another shape."""
+        return bool(self.layers) and all(d.ok for d in self.layers) and not any(c.output for c in self.conflicts)
 
     @property
     def first_divergence(self) -> LayerDiff | None:
@@ -700,5 +723,5 @@ class Report:
 #: the records a saved report is made of, the report first (JSON decoding and the JSON Schema)
 REPORT_RECORDS: tuple[type, ...] = (
     Report, ModelInfo, InputSpec, InputsSummary, LayerDiff, Metrics, LayerDetail, ErrorMap, Histogram, Diagnosis,
-    UnmatchedLayer, ParamDiff, Reference, Suggestion,
+    UnmatchedLayer, ParamDiff, Reference, Suggestion, ShapeConflict,
 )

@@ -62,6 +62,15 @@ def verdict_line(report: Report) -> str:
     inner = [d for d in layers if d.role != "output"]
     outputs = [d for d in layers if d.role == "output"]
     d = report.first_divergence
+    conflict = next((c for c in report.conflicts), None)
+    if conflict is not None and (d is None or not report.ok and _before(report, conflict, d)):
+        shape = lambda s: "×".join(str(x) for x in s)  # noqa: E731
+        matched = sum(1 for x in inner if x.ok)
+        return (f"✗ SHAPES DIFFER at {conflict.a_name} ({conflict.a_op} ↔ {conflict.b_op} {conflict.b_name}): A "
+                f"{shape(conflict.a_shape)}, B {shape(conflict.b_shape)}"
+                + (f" ({conflict.code})" if conflict.code != "shape_mismatch" else "")
+                + (" — the model outputs differ in shape" if any(c.output for c in report.conflicts) else "")
+                + f"; {matched} of {len(inner)} compared layers match")
     if d is None:
         worst = max(layers, key=lambda x: x.metrics.rel_err)
         if not inner:
@@ -83,6 +92,13 @@ def verdict_line(report: Report) -> str:
     else:
         error = f"rel err {fmt_float(d.metrics.rel_err)} > rtol {fmt_float(d.rtol)}"
     return f"✗ DIVERGES at {d.a_name} ({d.op} ↔ {d.b_op} {d.b_name}): {error} — {counts}"
+
+
+def _before(report: Report, conflict, d: LayerDiff) -> bool:
+    """Whether a shape conflict comes before the first divergence in A's order (by position among
+    the unmatched and compared layers: a conflict past the last compared layer is after it)."""
+    last = max((x.index for x in report.layers if x.role != "output"), default=-1)
+    return d.role == "output" or d.index >= last
 
 
 def coverage_line(report: Report) -> str:
@@ -411,6 +427,14 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
             f"{fmt_float(layer.metrics.rel_err)}" + (" — within tolerance, but more than round-off" if layer.ok else ""),
             style="yellow",
         )
+    if report.conflicts:
+        c = report.conflicts[0]
+        yield Text.assemble((f"{c.code}", "bold magenta"), (f" at {c.a_name}: ", "bold"), c.message)
+        later = report.conflicts[1:]
+        if later:
+            yield Text("shapes differ after it too, most likely inherited: "
+                       + ", ".join(f"{x.a_name} ({x.a_op}{', a model output' if x.output else ''})" for x in later[:8])
+                       + (", …" if len(later) > 8 else ""), style="red" if any(x.output for x in later) else "")
     if report.diagnoses:
         body = Group(
             *(
@@ -445,6 +469,7 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
                 ("placeholder", "an identity at inference (Identity, eval-mode Dropout, DropPath): nothing to compare", "dim"),
                 ("no-match", "NOT COMPARED: no counterpart found", "yellow"),
                 ("unsure", "NOT COMPARED: the pairing found could not be justified by the values", "yellow"),
+                ("shape", "NOT COMPARED: its shape differs from the other model's layer of that name (above)", "red"),
             ):
                 names = [u for u in unmatched if u.side == side and (u.reason == reason or u.reason.startswith(reason + ":"))]
                 if names:

@@ -66,7 +66,9 @@ def suggestion_lines(report: Any) -> list[str]:
     if s is None:
         return []
     lines = []
-    if s.rtol is not None and s.atol is not None:
+    if s.rtol == 0 and s.atol is not None:
+        lines.append(f"every layer passes at rtol 0 (atol {_fmt(s.atol)} alone)")
+    elif s.rtol is not None and s.atol is not None:
         where = f" (set by {s.rtol_layer})" if s.rtol_layer else ""
         lines.append(
             f"tightest tolerance that passes: rtol = {_fmt(s.rtol)}, atol = {_fmt(s.atol)}{where} — "

@@ -29,10 +29,12 @@ def main(argv: list[str]) -> int:
 
     lines = [json.loads(x) for path in argv for x in open(path, encoding="utf-8") if x.strip()]
     faithful = [x for x in lines if x["bug"] is None]
-    layer_ratios, pair_max, over = [], [], []
+    layer_ratios, pair_max, over, raw = [], [], [], []
     for x in faithful:
         rs = []
         for name, op, _rel, noise, ref, _ok in x["layers"]:
+            if noise and ref is not None:
+                raw.append(ref / noise)
             r = _ratio(noise, ref, NOISE_FLOOR)
             if r is None:
                 continue
@@ -46,6 +48,9 @@ def main(argv: list[str]) -> int:
     finite = np.array([r for r in layer_ratios if math.isfinite(r)])
     print(f"faithful pairs: {len(faithful)}, layers with a float64 reading: {len(layer_ratios)} "
           f"({sum(1 for r in layer_ratios if not math.isfinite(r))} over a zero noise floor)")
+    if raw:
+        print("ref_err / noise per layer (no floor), quantiles " + ", ".join(
+            f"p{100 * q:g} {np.quantile(raw, q):.3g}" for q in qs))
     if finite.size:
         print("(ref_err − floor) / noise per layer, quantiles " + ", ".join(
             f"p{100 * q:g} {np.quantile(finite, q):.3g}" for q in qs))
