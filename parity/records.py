@@ -36,6 +36,8 @@ __all__ = [
     "ParamDiff",
     "InputsSummary",
     "UnmatchedLayer",
+    "QuantVerdict",
+    "QuantSummary",
     "Report",
     "ReportRenderer",
     "set_report_renderer",
@@ -348,6 +350,9 @@ class LayerDiff:
     drift: float | None = None
     #: how sure the pairing of the two tensors is, 0–1 (see :mod:`parity.align`)
     confidence: float | None = None
+    #: a quantized layer of B judged in steps of its output scale (:mod:`parity.quantsteps`):
+    #: its verdict replaces the float tolerance's in ``ok``
+    quant: QuantVerdict | None = None
 
     @property
     def rel_err(self) -> float:
@@ -469,7 +474,53 @@ class UnmatchedLayer:
     reason: str
 
 
-SCHEMA_VERSION = 1
+@dataclass(frozen=True)
+class QuantVerdict:
+    """A quantized tensor of B against A's float one, in steps of its quantization scale
+    (RMSE / scale; rounding alone gives 1/√12 ≈ 0.29), see :mod:`parity.quantsteps`."""
+
+    #: the output scale (per tensor; for a per-channel scale, their mean) and zero point
+    scale: float
+    zero_point: int
+    #: "int8", "uint8", ...
+    dtype: str
+    #: the axis of a per-channel scale in B's layout, None for one scale per tensor
+    axis: int | None
+    #: where the parameters were read: "tensor" (TFLite), "DequantizeLinear", "QuantizeLinear", "DEQUANTIZE"
+    via: str
+    #: B's dequantized output against A's, in steps
+    cumulative: float
+    #: the layer alone, in steps (None when not measurable: ``local_note`` says why)
+    local: float | None
+    #: how ``local`` was measured, or why it could not be
+    local_note: str
+    #: the figure judged (``local`` where measured, else ``cumulative``) and the limit it is held to
+    steps: float
+    limit: float
+    ok: bool
+    #: share of elements where B sits at its integer range's limit while A is past it by a step
+    clipped: float
+    #: what to name in the converter's selective-quantization option to keep this layer float
+    #: (a TFLite tensor name, an ONNX node name)
+    exclude: str
+
+
+@dataclass(frozen=True)
+class QuantSummary:
+    """A quantized B's layers judged in steps, and the deny-list for its converter."""
+
+    #: "tflite" or "onnxruntime"
+    converter: str
+    #: the layers of B judged in steps, and the limit in steps each is held to
+    layers: int
+    limit: float
+    #: the names to keep in float, worst first (TFLite tensor names / ONNX node names)
+    exclude: tuple[str, ...] = ()
+    #: the converter's option, ready to paste
+    option: str = ""
+
+
+SCHEMA_VERSION = 2
 
 
 class ReportRenderer(Protocol):
@@ -530,6 +581,8 @@ class Report:
     environment: Mapping[str, str] = field(default_factory=dict)
     #: parameters of aligned layers compared before any activation (weight parity)
     params: tuple[ParamDiff, ...] = ()
+    #: a quantized B judged by its quantization step: the deny-list for its converter
+    quant: QuantSummary | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -629,5 +682,5 @@ class Report:
 #: the records a saved report is made of, the report first (JSON decoding and the JSON Schema)
 REPORT_RECORDS: tuple[type, ...] = (
     Report, ModelInfo, InputSpec, InputsSummary, LayerDiff, Metrics, LayerDetail, ErrorMap, Histogram, Diagnosis,
-    UnmatchedLayer, ParamDiff,
+    UnmatchedLayer, ParamDiff, QuantVerdict, QuantSummary,
 )
