@@ -224,8 +224,9 @@ def quant_steps(a: Any, b: Any, alignment: Alignment, layers: tuple[LayerDiff, .
             except Exception:  # noqa: BLE001 - no recorded inputs: local not measured by A's layers
                 by_layer = {}
             recorded = {t: by_layer[n] for t, n in wanted.items() if n is not None and n in by_layer}
-    out = {}
-    for d in judged:
+    out: dict[str, LayerDiff] = {}
+    local_of: dict[str, tuple[float | None, str]] = {}  # by exclude name: a model output is its layer
+    for d in sorted(judged, key=lambda d: d.role == "output"):
         m = matches[d.a_name]
         q = m.b.attrs["quantized"]
         scale_b = _scales(q, tuple(m.b.shape))
@@ -235,8 +236,12 @@ def quant_steps(a: Any, b: Any, alignment: Alignment, layers: tuple[LayerDiff, .
         if scale.shape != value_a.shape:
             scale = np.broadcast_to(np.float64(np.mean(q["scale"])), value_a.shape)
         cumulative = steps_of(value_a, value_b, scale)
-        local, note = _local(graph, m, value_b, scale, recorded) if d.role != "output" else (
-            None, "not measured: a model output (its layer is judged above)")
+        name = _exclude_name(graph, m.b)
+        if d.role == "output":
+            local, note = local_of.get(name, (None, "not measurable: a model output whose layer was not compared"))
+        else:
+            local, note = _local(graph, m, value_b, scale, recorded)
+            local_of.setdefault(name, (local, note))
         judged_steps = local if local is not None else cumulative
         ok = bool(judged_steps <= STEP_LIMIT) and not d.metrics.nonfinite_mismatch
         which = "alone" if local is not None else "cumulative"
@@ -248,7 +253,7 @@ def quant_steps(a: Any, b: Any, alignment: Alignment, layers: tuple[LayerDiff, .
             scale=float(np.mean(q["scale"])), zero_point=int(zp[0]) if zp.size else 0, dtype=str(q["dtype"]),
             axis=q.get("axis"), via=str(q.get("via", "tensor")), cumulative=cumulative, local=local,
             local_note=note, steps=judged_steps, limit=STEP_LIMIT, ok=ok,
-            clipped=_clipped(value_a, value_b, scale, q), exclude=_exclude_name(graph, m.b),
+            clipped=_clipped(value_a, value_b, scale, q), exclude=name,
         )
         out[d.a_name] = dataclasses.replace(d, quant=verdict, ok=ok, reasons=reasons)
     return tuple(out.get(d.a_name, d) for d in layers)
