@@ -134,16 +134,23 @@ def _inputs(side: Any) -> list[np.ndarray] | None:
     return [np.asarray(v) for v in (inputs.values() if isinstance(inputs, dict) else inputs)]
 
 
+def _input_pair(graph: _Graph, m: Match) -> tuple[Tap | str | None, Match | None, int | None]:
+    """What B's layer of pair ``m`` reads, and its counterpart in A: the pair or model input."""
+    found = graph.layer_input(m.b)
+    if found is None:
+        return None, None, None
+    p, k = graph.counterpart(found[0])
+    return found[0], p, k
+
+
 def _local(graph: _Graph, m: Match, value_b: np.ndarray, scale: np.ndarray,
            recorded: dict[str, np.ndarray]) -> tuple[float | None, str]:
     """The layer's own error in steps (A's float layer fed B's dequantized input of it), or
     None and why it cannot be measured."""
     a, b = graph.a, graph.b
-    found = graph.layer_input(m.b)
-    if found is None:
+    x, p, k = _input_pair(graph, m)
+    if x is None:
         return None, "not measurable: B's trace does not say which tensor this op reads"
-    x, _ = found
-    p, k = graph.counterpart(x)
     inputs_a, inputs_b = _inputs(a), _inputs(b)
     if p is not None and p.a.value is not None:
         if not isinstance(x, Tap) or x.value is None:
@@ -198,6 +205,9 @@ def _exclude_name(graph: _Graph, tap: Tap) -> str:
     q = tap.attrs["quantized"]
     if "tensor" in q:
         return str(q["tensor"]).split("#")[0]
+    if tap.role == "output":  # a model output is the tensor it copies
+        inner = graph.producer(tap)
+        tap = inner if isinstance(inner, Tap) and "quantized" in inner.attrs else tap
     found = graph.layer_input(tap)
     node_tap = found[1] if found is not None else tap
     return str(node_tap.attrs.get("node") or node_tap.name)
@@ -226,6 +236,7 @@ def quant_steps(a: Any, b: Any, alignment: Alignment, layers: tuple[LayerDiff, .
             recorded = {t: by_layer[n] for t, n in wanted.items() if n is not None and n in by_layer}
     out: dict[str, LayerDiff] = {}
     local_of: dict[str, tuple[float | None, str]] = {}  # by exclude name: a model output is its layer
+    inputs_of: dict[str, float | None] = {}
     for d in sorted(judged, key=lambda d: d.role == "output"):
         m = matches[d.a_name]
         q = m.b.attrs["quantized"]
@@ -242,6 +253,13 @@ def quant_steps(a: Any, b: Any, alignment: Alignment, layers: tuple[LayerDiff, .
         else:
             local, note = _local(graph, m, value_b, scale, recorded)
             local_of.setdefault(name, (local, note))
+        _, p, _ = _input_pair(graph, m) if d.role != "output" else (None, None, None)
+        before = out.get(p.a.name) if p is not None else None
+        input_steps = before.quant.cumulative if before is not None and before.quant is not None else None
+        if d.role == "output":
+            input_steps = inputs_of.get(name)
+        else:
+            inputs_of.setdefault(name, input_steps)
         judged_steps = local if local is not None else cumulative
         ok = bool(judged_steps <= STEP_LIMIT) and not d.metrics.nonfinite_mismatch
         which = "alone" if local is not None else "cumulative"
@@ -253,7 +271,7 @@ def quant_steps(a: Any, b: Any, alignment: Alignment, layers: tuple[LayerDiff, .
             scale=float(np.mean(q["scale"])), zero_point=int(zp[0]) if zp.size else 0, dtype=str(q["dtype"]),
             axis=q.get("axis"), via=str(q.get("via", "tensor")), cumulative=cumulative, local=local,
             local_note=note, steps=judged_steps, limit=STEP_LIMIT, ok=ok,
-            clipped=_clipped(value_a, value_b, scale, q), exclude=name,
+            clipped=_clipped(value_a, value_b, scale, q), exclude=name, input_steps=input_steps,
         )
         out[d.a_name] = dataclasses.replace(d, quant=verdict, ok=ok, reasons=reasons)
     return tuple(out.get(d.a_name, d) for d in layers)
@@ -266,7 +284,9 @@ def quant_summary(report: Report) -> Report:
     if not judged:
         return report
     tflite = report.b.framework == "tflite"
-    flagged = sorted((d for d in judged if d.quant is not None and not d.quant.ok),
+    # a layer whose input is already off by more than the limit was calibrated for other inputs:
+    # its error follows the one before it, and keeping it float would not remove it
+    flagged = sorted((d for d in judged if d.quant is not None and not d.quant.ok and d.quant.born_here),
                      key=lambda d: -(d.quant.steps if d.quant is not None else 0.0))
     names = tuple(dict.fromkeys(d.quant.exclude for d in flagged if d.quant is not None))
     listed = "[" + ", ".join(repr(n) for n in names) + "]"

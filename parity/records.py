@@ -503,6 +503,14 @@ class QuantVerdict:
     #: what to name in the converter's selective-quantization option to keep this layer float
     #: (a TFLite tensor name, an ONNX node name)
     exclude: str
+    #: the cumulative steps of B's input of this layer, where that input is a quantized pair too
+    input_steps: float | None = None
+
+    @property
+    def born_here(self) -> bool:
+        """Whether the layer's error is its own: flagged on an input within the limit (a layer
+        fed an input already off was calibrated for other values: it inherits)."""
+        return not self.ok and (self.input_steps is None or self.input_steps <= self.limit)
 
 
 @dataclass(frozen=True)
