@@ -36,7 +36,7 @@ import numpy as np
 from .metrics import relative_error
 from .records import Alignment, LayerDiff, Match, QuantSummary, QuantVerdict, Report, Tap
 
-__all__ = ["ROUNDING_FLOOR", "STEP_LIMIT", "quant_steps", "quant_summary", "steps_of"]
+__all__ = ["CLIPPED_SHARE", "ROUNDING_FLOOR", "STEP_LIMIT", "quant_steps", "quant_summary", "steps_of"]
 
 #: RMS of rounding to a grid of step 1: the error of a healthy quantized layer, in steps
 ROUNDING_FLOOR = 1.0 / math.sqrt(12.0)
@@ -46,6 +46,10 @@ ROUNDING_FLOOR = 1.0 / math.sqrt(12.0)
 #: cumulative; a range clipped to a quarter measures 20+ steps.  TFLite's debugger guide takes
 #: 0.7 as "suspect"; 1.5 (≈5× the rounding floor) passes every healthy layer seen with margin.
 STEP_LIMIT = 1.5
+#: a range is clipped when at least this share of B's elements sit at a limit A goes past
+#: (healthy layers measured 0–0.04%, and 1.25% at a dense head with 80 elements; the ranges
+#: clipped in the tests 25% and 43%)
+CLIPPED_SHARE = 0.01
 #: ops that only quantize or dequantize a tensor: the same values on another grid
 _PLUMBING = frozenset({"QuantizeLinear", "DequantizeLinear", "QUANTIZE", "DEQUANTIZE"})
 #: A's recorded input is the tensor B's layer reads when they agree this well
@@ -99,6 +103,20 @@ class _Graph:
             return None
         first = fed[0]
         return first if first.startswith("<input ") else self.taps.get(first)
+
+    def readers(self, tap: Tap) -> list[str]:
+        """The nodes that compute with ``tap``'s values, past its quantize/dequantize steps."""
+        out: list[str] = []
+        frontier = [tap.name]
+        while frontier:
+            name = frontier.pop(0)
+            for t in self.taps.values():
+                if name in (t.attrs.get("fed_by") or ()):
+                    if t.op in _PLUMBING:
+                        frontier.append(t.name)
+                    else:
+                        out.append(str(t.attrs.get("node") or t.name))
+        return out
 
     def layer_input(self, tap: Tap) -> tuple[Tap | str, Tap] | None:
         """(what B's layer of ``tap`` reads, the tap that computes the layer): past the
@@ -199,18 +217,23 @@ def _local(graph: _Graph, m: Match, value_b: np.ndarray, scale: np.ndarray,
     return steps_of(out, value_b, scale), how
 
 
-def _exclude_name(graph: _Graph, tap: Tap) -> str:
-    """The name the converter's selective quantization takes for B's layer of ``tap``: the
-    TFLite tensor name, or the ONNX node that computes it (not its Q/DQ steps)."""
+def _exclude_names(graph: _Graph, tap: Tap, clipped: bool) -> tuple[str, ...]:
+    """The names the converter's selective quantization takes to keep B's layer of ``tap`` in
+    float: the TFLite tensor name; the ONNX node that computes it (not its Q/DQ steps) — and,
+    for a clipped range, the nodes that read the tensor too: ONNX Runtime quantizes a tensor
+    while any node reading it is quantized, so only excluding its readers drops its range."""
     q = tap.attrs["quantized"]
     if "tensor" in q:
-        return str(q["tensor"]).split("#")[0]
+        return (str(q["tensor"]).split("#")[0],)
     if tap.role == "output":  # a model output is the tensor it copies
         inner = graph.producer(tap)
         tap = inner if isinstance(inner, Tap) and "quantized" in inner.attrs else tap
     found = graph.layer_input(tap)
     node_tap = found[1] if found is not None else tap
-    return str(node_tap.attrs.get("node") or node_tap.name)
+    names = [str(node_tap.attrs.get("node") or node_tap.name)]
+    if clipped:
+        names.extend(graph.readers(node_tap))
+    return tuple(dict.fromkeys(names))
 
 
 def quant_steps(a: Any, b: Any, alignment: Alignment, layers: tuple[LayerDiff, ...]) -> tuple[LayerDiff, ...]:
@@ -247,7 +270,9 @@ def quant_steps(a: Any, b: Any, alignment: Alignment, layers: tuple[LayerDiff, .
         if scale.shape != value_a.shape:
             scale = np.broadcast_to(np.float64(np.mean(q["scale"])), value_a.shape)
         cumulative = steps_of(value_a, value_b, scale)
-        name = _exclude_name(graph, m.b)
+        clipped = _clipped(value_a, value_b, scale, q)
+        names = _exclude_names(graph, m.b, clipped >= CLIPPED_SHARE)
+        name = names[0]
         if d.role == "output":
             local, note = local_of.get(name, (None, "not measurable: a model output whose layer was not compared"))
         else:
@@ -271,7 +296,7 @@ def quant_steps(a: Any, b: Any, alignment: Alignment, layers: tuple[LayerDiff, .
             scale=float(np.mean(q["scale"])), zero_point=int(zp[0]) if zp.size else 0, dtype=str(q["dtype"]),
             axis=q.get("axis"), via=str(q.get("via", "tensor")), cumulative=cumulative, local=local,
             local_note=note, steps=judged_steps, limit=STEP_LIMIT, ok=ok,
-            clipped=_clipped(value_a, value_b, scale, q), exclude=name, input_steps=input_steps,
+            clipped=clipped, exclude=names, input_steps=input_steps,
         )
         out[d.a_name] = dataclasses.replace(d, quant=verdict, ok=ok, reasons=reasons)
     return tuple(out.get(d.a_name, d) for d in layers)
@@ -288,7 +313,7 @@ def quant_summary(report: Report) -> Report:
     # its error follows the one before it, and keeping it float would not remove it
     flagged = sorted((d for d in judged if d.quant is not None and not d.quant.ok and d.quant.born_here),
                      key=lambda d: -(d.quant.steps if d.quant is not None else 0.0))
-    names = tuple(dict.fromkeys(d.quant.exclude for d in flagged if d.quant is not None))
+    names = tuple(dict.fromkeys(n for d in flagged if d.quant is not None for n in d.quant.exclude))
     listed = "[" + ", ".join(repr(n) for n in names) + "]"
     option = (f"tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes={listed})" if tflite
               else f"quantize_static(..., nodes_to_exclude={listed})")

@@ -501,8 +501,8 @@ class QuantVerdict:
     #: share of elements where B sits at its integer range's limit while A is past it by a step
     clipped: float
     #: what to name in the converter's selective-quantization option to keep this layer float
-    #: (a TFLite tensor name, an ONNX node name)
-    exclude: str
+    #: (a TFLite tensor name; ONNX node names: the layer's, and for a clipped range its readers')
+    exclude: tuple[str, ...]
     #: the cumulative steps of B's input of this layer, where that input is a quantized pair too
     input_steps: float | None = None
 

@@ -98,7 +98,7 @@ def test_json_round_trip_and_stable_bytes(small, tmp_path):
     text = small.to_json(tmp_path / "sub" / "r.json")
     assert text == small.to_json()  # identical reports, identical bytes
     data = json.loads(text)
-    assert (data["schema"], data["version"]) == ("parity.report", 1)
+    assert (data["schema"], data["version"]) == ("parity.report", 2)
     back = parity.load_report(tmp_path / "sub" / "r.json")
     assert back == small
     assert back.first_divergence.a_name == "bn"

@@ -145,8 +145,8 @@ def test_brackets_inside_strings_do_not_count_as_nesting(tmp_path):
         (b"\xff\xfe{}", "is not UTF-8 text (byte 0): not a parity report."),
         ("[1, 2]", "is not a parity report: $.schema is 'an array of 2', expected 'parity.report'. "
                    "Give a file written by report.to_json() or `parity diff --json`."),
-        ('{"schema": "parity.report", "version": 2}',
-         "has schema version 2; this parity reads versions up to 1. Upgrade parity to read it."),
+        ('{"schema": "parity.report", "version": 3}',
+         "has schema version 3; this parity reads versions up to 2. Upgrade parity to read it."),
         ('{"schema": "parity.report", "version": "1"}',
          "is not readable: at $.version expected an integer ≥ 1, got a string '1'."),
         ('{"schema": "parity.report", "version": 1, "rtol": NaN}',

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..quantsteps import ROUNDING_FLOOR, _scales, steps_of
+from ..quantsteps import CLIPPED_SHARE, ROUNDING_FLOOR, _scales, steps_of
 from ..records import Diagnosis
 from .base import Context, detector
 
-__all__ = ["CLIPPED_SHARE"]
-
-#: a range is clipped when at least this share of B's elements sit at a limit A goes past
-CLIPPED_SHARE = 0.01
+__all__: list[str] = []
 
 
 @detector("quant_range_clipped")
@@ -33,7 +30,8 @@ def quant_range_clipped(ctx: Context) -> Diagnosis | None:
     a, b = np.asarray(ctx.a, np.float64), np.asarray(ctx.b, np.float64)
     zp = float(np.mean(q["zero_point"]))
     lo, hi = (q["qmin"] - zp) * scale, (q["qmax"] - zp) * scale
-    clipped = ((np.abs(b - hi) <= scale / 2) & (a > hi + scale)) | ((np.abs(b - lo) <= scale / 2) & (a < lo - scale))
+    # every element held at a limit A is past, by any amount: what the layer is without clipping
+    clipped = ((np.abs(b - hi) <= scale / 2) & (a > hi)) | ((np.abs(b - lo) <= scale / 2) & (a < lo))
     rest = ~clipped
     unclipped = steps_of(a[rest], b[rest], scale[rest]) if np.any(rest) else float("inf")
     if not unclipped < v.steps / 2:
@@ -53,6 +51,6 @@ def quant_range_clipped(ctx: Context) -> Diagnosis | None:
         f"values reach [{a_min:.4g}, {a_max:.4g}]" + (f" ({reach:.1f}× the range)" if reach > 1 else "")
         + f"; without them the layer is {unclipped:.2f} steps off (rounding alone: {ROUNDING_FLOOR:.2f}), with them "
         f"{v.steps:.1f}. Calibrate with a representative dataset that covers these inputs, or keep this layer in "
-        f"float: exclude {v.exclude!r} from quantization."
+        f"float: exclude {', '.join(map(repr, v.exclude))} from quantization."
     )
     return Diagnosis(code="quant_range_clipped", layer=ctx.match.a.name, message=message, evidence=evidence)

@@ -1,0 +1,301 @@
+"""Quantized models judged by their quantization step (:mod:`parity.quantsteps`).
+
+A small Keras CNN against its full-integer int8 TFLite conversion (a representative dataset),
+and a small torch CNN exported to ONNX against its ``quantize_static`` QDQ model (a calibration
+reader): every quantized layer's error in steps of its output scale, cumulative and alone, near
+the rounding floor 1/√12 ≈ 0.29 when healthy; a range clipped on purpose (a TFLite tensor's scale
+cut to a quarter in the flatbuffer; an ONNX tensor's range pinned by ``TensorQuantOverrides``)
+flagged, named ``quant_range_clipped`` and listed for the converter's deny-list — and the ONNX
+model re-quantized with that list is healthy again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+
+import parity
+from parity.quantsteps import ROUNDING_FLOOR, STEP_LIMIT
+from parity.report.jsonio import load_report
+
+SCHEMA = Path(parity.__file__).parent / "schemas" / "report.schema.json"
+X_NHWC = np.random.default_rng(1).uniform(-1, 1, (8, 16, 16, 3)).astype("float32")
+X_NCHW = np.random.default_rng(1).uniform(-1, 1, (8, 3, 16, 16)).astype("float32")
+
+
+# --- TFLite -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def keras_cnn():
+    pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    inp = keras.Input((16, 16, 3), name="image")
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(inp)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2")(x)
+    x = layers.MaxPooling2D(2, name="pool")(x)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="conv3")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    out = layers.Dense(10, name="fc")(x)
+    return keras.Model(inp, out, name="cnn")
+
+
+def _representative():
+    rng = np.random.default_rng(0)
+    for _ in range(32):
+        yield [rng.uniform(-1, 1, (1, 16, 16, 3)).astype("float32")]
+
+
+def _int8_converter(model):
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = _representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return converter
+
+
+@pytest.fixture(scope="session")
+def int8_tflite(keras_cnn):
+    return _int8_converter(keras_cnn).convert()
+
+
+def _scaled_tensor(content: bytes, part: str, factor: float) -> bytes:
+    """The flatbuffer with the scale of the activation tensor whose name holds ``part`` divided
+    by ``factor``: its range is clipped to 1/factor of the calibrated one."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    (tensor,) = [t for t in model.subgraphs[0].tensors if part in t.name.decode() and "Relu" in t.name.decode()]
+    tensor.quantization.scale = [tensor.quantization.scale[0] / factor]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+@pytest.fixture(scope="session")
+def tflite_reports(keras_cnn, int8_tflite):
+    from parity.capture.tflite import TFLiteModel
+
+    healthy = parity.diff(keras_cnn, TFLiteModel(int8_tflite, "cnn_int8.tflite"), X_NHWC)
+    clipped = parity.diff(keras_cnn, TFLiteModel(_scaled_tensor(int8_tflite, "conv3", 4.0), "cnn_clipped.tflite"),
+                          X_NHWC)
+    return healthy, clipped
+
+
+CONVS = ("conv1:activation", "conv2:activation", "conv3:activation")
+
+
+def test_tflite_capture_records_scale_zero_point_axis_and_inputs(int8_tflite):
+    from parity.capture.tflite import TFLiteModel
+
+    trace = parity.capture(TFLiteModel(int8_tflite), X_NHWC)
+    conv2 = next(t for t in trace.layers if "conv2" in t.name and t.op == "CONV_2D")
+    q = conv2.attrs["quantized"]
+    assert (q["dtype"], q["axis"], q["qmin"], q["qmax"], q["via"]) == ("int8", None, -128, 127, "tensor")
+    assert q["zero_point"] == -128 and 0 < q["scale"] < 0.05  # after a ReLU: the range starts at 0
+    conv1 = next(t for t in trace.layers if "conv1" in t.name and t.op == "CONV_2D")
+    assert conv2.attrs["fed_by"] == (conv1.name,)
+    assert next(t for t in trace.layers if t.op == "QUANTIZE").attrs["fed_by"] == ("<input 0>",)
+    (out,) = trace.outputs  # float output DEQUANTIZE made of the dense layer's int8 tensor
+    assert out.attrs["quantized"]["via"] == "DEQUANTIZE" and out.attrs["fed_by"] == (out.attrs["quantized"]["tensor"],)
+
+
+def test_healthy_int8_tflite_layers_sit_at_the_rounding_floor(tflite_reports):
+    report, _ = tflite_reports
+    assert report.ok
+    for name in CONVS:
+        q = report.layer(name).quant
+        assert q is not None and q.ok and q.via == "tensor" and q.dtype == "int8"
+        assert 0.2 <= q.local <= 0.4, (name, q.local)  # measured 0.27, 0.25, 0.32
+        assert 0.25 <= q.cumulative <= 0.6, (name, q.cumulative)  # measured 0.32, 0.38, 0.53: rounding adds up
+        assert q.local_note == "A's layer fed B's dequantized input" and q.steps == q.local
+        assert q.clipped == 0.0 and q.limit == STEP_LIMIT
+    # a max-pool picks one of its input's levels: alone it is exact
+    assert report.layer("pool").quant.local == 0.0
+    # every layer of the int8 model is judged in steps, the float tolerance would fail them all
+    assert all(d.quant is not None for d in report.layers)
+    assert all(d.rel_err > d.rtol for d in report.layers)
+    assert report.quant is not None and report.quant.exclude == () and report.quant.option == ""
+    assert report.quant.layers == len(report.layers) and report.quant.converter == "tflite"
+    assert ROUNDING_FLOOR == pytest.approx(0.2887, abs=1e-4)
+
+
+def test_a_clipped_tflite_range_is_flagged_named_and_listed(tflite_reports):
+    _, report = tflite_reports
+    flagged = [d.a_name for d in report.layers if not d.ok]
+    assert flagged == ["conv3:activation"]
+    conv3 = report.layer("conv3:activation")
+    q = conv3.quant
+    assert q.local > 50 and q.cumulative > 50  # measured 87 steps: a quarter of the range kept
+    assert q.clipped == pytest.approx(0.249, abs=0.02)
+    assert report.first_divergence is conv3
+    assert re.fullmatch(r"\d+\.\d\d steps of its output scale \S+ \(alone\), over the limit of 1\.5 \(rounding "
+                        r"alone gives 0\.29\)", conv3.reasons[0]), conv3.reasons
+    # the layers after it are fed an input far off, yet alone each is at the floor
+    for name in ("gap", "fc"):
+        d = report.layer(name)
+        assert d.ok and d.quant.cumulative > 10 and d.quant.local < 0.4
+    (diag,) = [g for g in report.diagnoses if g.code == "quant_range_clipped"]
+    assert diag.layer == "conv3:activation"
+    assert diag.evidence["a_max"] == pytest.approx(3.5 * diag.evidence["range_max"], rel=0.05)  # A's max 0.68
+    # without the clipped elements: 1.65 steps of the quartered scale (0.41 of the calibrated one)
+    assert diag.evidence["steps_unclipped"] < 2.0 < 50 < diag.evidence["steps"]
+    assert "sit at the highest level of [0, " in diag.message and "Calibrate with a representative dataset" in diag.message
+    tensor = conv3.b_name
+    assert "conv3" in tensor and q.exclude == (tensor,)
+    assert report.quant.exclude == (tensor,)
+    assert report.quant.option == f"tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=[{tensor!r}])"
+
+
+def test_the_tflite_deny_list_names_tensors_the_debugger_keeps_float(keras_cnn, tflite_reports):
+    tf = pytest.importorskip("tensorflow")
+    _, report = tflite_reports
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(report.quant.exclude))
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=_int8_converter(keras_cnn), debug_dataset=_representative, debug_options=options)
+    from parity.capture.tflite import TFLiteModel
+
+    selective = parity.capture(TFLiteModel(debugger.get_nondebug_quantized_model()), X_NHWC)
+    conv3 = [t for t in selective.layers if "conv3" in t.name and t.op == "CONV_2D"]
+    assert conv3 and all("quantized" not in t.attrs for t in conv3)  # computed in float now
+    conv2 = next(t for t in selective.layers if "conv2" in t.name and t.op == "CONV_2D")
+    assert "quantized" in conv2.attrs
+
+
+# --- ONNX QDQ ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def float_onnx(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime.quantization")
+    torch.manual_seed(0)
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(16, 10)).eval()
+    buf = io.BytesIO()
+    torch.onnx.export(net, (torch.from_numpy(X_NCHW[:1]),), buf, opset_version=17, dynamo=False,
+                      input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}})
+    path = tmp_path_factory.mktemp("qdq") / "float.onnx"
+    path.write_bytes(buf.getvalue())
+    return path, onnx.load_from_string(buf.getvalue())
+
+
+def _qdq(float_path: Path, out: Path, **options):
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.batches = iter([{"image": rng.uniform(-1, 1, (1, 3, 16, 16)).astype("float32")} for _ in range(16)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(float_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, **options)
+    return onnx.load(str(out))
+
+
+#: the range of the second conv's (ReLU'd) output pinned to [0, 0.05]: A reaches 0.6 there
+CLIP = {"extra_options": {"TensorQuantOverrides": {"/3/Relu_output_0": [{"rmin": np.float32(0.0),
+                                                                         "rmax": np.float32(0.05)}]}}}
+
+
+@pytest.fixture(scope="session")
+def onnx_reports(float_onnx):
+    path, model = float_onnx
+    healthy = parity.diff(model, _qdq(path, path.with_name("qdq.onnx")), X_NCHW)
+    clipped = parity.diff(model, _qdq(path, path.with_name("clipped.onnx"), **CLIP), X_NCHW)
+    return healthy, clipped
+
+
+def test_onnx_capture_reads_the_qdq_nodes(onnx_reports):
+    healthy, _ = onnx_reports
+    dq = healthy.layer("/3/Relu_output_0")  # A's ReLU ↔ B's DequantizeLinear after the fused Conv
+    assert dq.b_name == "/3/Relu_output_0_DequantizeLinear_Output"
+    q = dq.quant
+    assert (q.via, q.dtype, q.zero_point, q.axis) == ("DequantizeLinear", "int8", -128, None)
+    assert q.exclude == ("/2/Conv",)  # the node of the float model that computes it
+    before_q = healthy.layer("/2/Conv_output_0")  # B's Conv output, rounded by the QuantizeLinear next
+    assert before_q.quant.via == "QuantizeLinear" and before_q.quant.scale == q.scale
+
+
+def test_healthy_onnx_qdq_layers_sit_at_the_rounding_floor(onnx_reports):
+    report, _ = onnx_reports
+    assert report.ok and report.quant.exclude == () and report.quant.converter == "onnxruntime"
+    for name in ("/1/Relu_output_0", "/3/Relu_output_0", "/5/Relu_output_0", "logits"):
+        q = report.layer(name).quant
+        assert 0.2 <= q.local <= 0.35, (name, q.local)  # measured 0.25, 0.28, 0.23, 0.28
+        assert 0.25 <= q.cumulative <= 0.5, (name, q.cumulative)  # measured 0.29, 0.42, 0.40, 0.27
+        assert q.local_note == "A's graph piece fed B's dequantized input"
+    assert report.layer("output").quant.local == report.layer("logits").quant.local  # the output is its layer
+
+
+def test_a_clipped_onnx_range_is_flagged_named_and_listed(onnx_reports, float_onnx):
+    _, report = onnx_reports
+    flagged = [d.a_name for d in report.layers if not d.ok]
+    # the clipped tensor (and the Conv before its QuantizeLinear, in the clipped scale's units);
+    # the logits after it: its input is far off (46 steps), so it inherits and is not listed
+    assert flagged == ["/2/Conv_output_0", "/3/Relu_output_0", "logits", "output"]
+    relu = report.layer("/3/Relu_output_0")
+    assert relu.quant.local > 100 and relu.quant.clipped == pytest.approx(0.427, abs=0.03)
+    logits = report.layer("logits").quant
+    assert logits.input_steps > 10 and not logits.born_here
+    (diag,) = [g for g in report.diagnoses if g.code == "quant_range_clipped"]
+    assert diag.layer == "/3/Relu_output_0"
+    assert diag.evidence["range_max"] == pytest.approx(0.05, abs=1e-3) and diag.evidence["a_max"] > 0.5
+    # the Conv that computes it, and the Conv that reads it: ONNX Runtime quantizes a tensor
+    # any quantized node reads
+    assert report.quant.exclude == ("/2/Conv", "/4/Conv")
+    assert report.quant.option == "quantize_static(..., nodes_to_exclude=['/2/Conv', '/4/Conv'])"
+    # re-quantized with that list (the pinned range still asked for), the model is healthy again
+    path, model = float_onnx
+    fixed = parity.diff(model, _qdq(path, path.with_name("fixed.onnx"), nodes_to_exclude=list(report.quant.exclude),
+                                    **CLIP), X_NCHW)
+    assert fixed.quant.exclude == ()
+    assert fixed.layer("logits").quant.cumulative < 0.4
+
+
+# --- the report -------------------------------------------------------------------------
+
+
+def test_the_quantized_verdict_round_trips_through_json_and_the_schema(tflite_reports, tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
+    _, report = tflite_reports
+    path = tmp_path / "clipped.json"
+    report.to_json(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    jsonschema.validate(data, json.loads(SCHEMA.read_text(encoding="utf-8")))
+    assert data["version"] == 2
+    back = load_report(path)
+    assert back.quant == report.quant
+    assert [d.quant for d in back.layers] == [d.quant for d in report.layers]
+    assert back.to_json() == report.to_json()
+
+
+def test_a_version_1_report_still_loads(tflite_reports, tmp_path):
+    _, report = tflite_reports
+    data = report.to_dict()
+    data["version"] = 1
+    del data["quant"]
+    for layer in data["layers"]:
+        del layer["quant"]
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    old = load_report(path)
+    assert old.schema_version == 1 and old.quant is None and all(d.quant is None for d in old.layers)
