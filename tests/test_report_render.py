@@ -119,7 +119,7 @@ def test_non_finite_floats_survive_as_strict_json():
 
 def test_unknown_schema_or_newer_version_is_refused(small):
     data = small.to_dict()
-    with pytest.raises(parity.ReportFormatError, match="reads versions up to 1"):
+    with pytest.raises(parity.ReportFormatError, match="reads versions up to 2"):
         report_from_dict({**data, "version": 99})
     with pytest.raises(parity.ReportFormatError, match="not a parity report"):
         report_from_dict({"schema": "other"})
