@@ -299,3 +299,37 @@ def test_a_version_1_report_still_loads(tflite_reports, tmp_path):
     path.write_text(json.dumps(data), encoding="utf-8")
     old = load_report(path)
     assert old.schema_version == 1 and old.quant is None and all(d.quant is None for d in old.layers)
+
+
+def test_the_terminal_shows_steps_and_the_deny_list(tflite_reports):
+    from parity.report.console import render_text
+
+    healthy, clipped = tflite_reports
+    text = render_text(clipped, width=200)
+    tensor = clipped.layer("conv3:activation").b_name
+    q = clipped.layer("conv3:activation").quant
+    assert text.startswith(f"✗ DIVERGES at conv3:activation (relu ↔ CONV_2D {tensor}): {q.steps:.2f} steps of its "
+                           "int8 scale > 1.5 — 1 of 6 layers over tolerance; the model output within it")
+    (header,) = [line for line in text.splitlines() if line.startswith("# A layer")]
+    assert re.search(r"own err +steps +max abs", header)  # the column
+    assert f"{q.local:.2f}/{q.cumulative:.2f}" in text
+    assert "steps: a quantized layer's error in steps of its output scale (RMSE/scale), alone/cumulative" in text
+    assert (f"quantized conv3:activation (CONV_2D {tensor}): {q.local:.2f} steps of its scale alone "
+            f"({q.cumulative:.2f} cumulative), 24.9% clipped at its range") in text
+    assert ("keep in float (TFLite's quantization debugger, worst first): "
+            f"tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=[{tensor!r}])") in text
+    ok = render_text(healthy, width=200)
+    worst = max((d for d in healthy.layers if d.role != "output"), key=lambda d: d.quant.steps)
+    assert worst.a_name == "fc"  # the dense head: 0.85 alone, a test input a little past its range
+    assert f"; 6 quantized layers within 1.5 steps of their scale (worst {worst.quant.steps:.2f} at fc)" in ok
+    assert "keep in float" not in ok
+
+
+def test_float_pairs_show_no_steps(tmp_path):
+    torch = pytest.importorskip("torch")
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    report = parity.diff(net, net, np.ones((2, 4), "float32"))
+    assert report.quant is None and all(d.quant is None for d in report.layers)
+    from parity.report.console import render_text
+
+    assert "steps" not in render_text(report, width=200)

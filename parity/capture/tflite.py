@@ -578,8 +578,8 @@ class TFLiteBackend(Backend):
         if quantized:
             notes.append(
                 f"{len(quantized)} quantized tensor(s) of TFLite model {self.model.name!r} were dequantized "
-                "to float32 with their scale and zero point; expect quantization error, and give a "
-                "tolerance that allows it."
+                "to float32 with their scale and zero point; parity judges them in steps of that scale, not "
+                "by the float tolerance."
             )
         if nonfinite:
             notes.append(

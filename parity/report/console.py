@@ -23,6 +23,7 @@ from rich.text import Text
 from ..records import LayerDiff, ModelInfo, Report, tolerance_ratio
 from .columns import Column, fit_columns, fitted_table, left_out_line
 from .folding import FOLD_ABOVE, TERMINAL, runs
+from .quant import divergence_words, passing_words, quant_lines, steps_cell, steps_phrase
 from .text import displayed
 
 __all__ = [
@@ -69,7 +70,8 @@ def verdict_line(report: Report) -> str:
             what = f"{len(inner)} layers and {_outputs_phrase(outputs, over=False)} match"
         else:
             what = f"{len(inner)} layers match"
-        return f"✓ PARITY: {what} within tolerance (max rel err {fmt_float(worst.metrics.rel_err)} at {worst.a_name})"
+        return (f"✓ PARITY: {what} within tolerance (max rel err {fmt_float(worst.metrics.rel_err)} at {worst.a_name})"
+                + passing_words(report))
     over = sum(1 for x in inner if not x.ok)
     counts = f"{over} of {len(inner)} layers over tolerance"
     if outputs:
@@ -77,10 +79,8 @@ def verdict_line(report: Report) -> str:
             counts += f", and {_outputs_phrase(outputs, over=True)}"
         else:
             counts += f"; {_outputs_phrase(outputs, over=False)} within it"
-    return (
-        f"✗ DIVERGES at {d.a_name} ({d.op} ↔ {d.b_op} {d.b_name}): rel err "
-        f"{fmt_float(d.metrics.rel_err)} > rtol {fmt_float(d.rtol)} — {counts}"
-    )
+    figure = divergence_words(d) or f"rel err {fmt_float(d.metrics.rel_err)} > rtol {fmt_float(d.rtol)}"
+    return f"✗ DIVERGES at {d.a_name} ({d.op} ↔ {d.b_op} {d.b_name}): {figure} — {counts}"
 
 
 def coverage_line(report: Report) -> str:
@@ -155,6 +155,7 @@ def _layer_columns(report: Report, stacked: bool) -> list[Column]:
         "transform": Column("transform", drop=4),
         "rel err": Column("rel err", justify="right"),
         "own err": Column("own err", justify="right"),
+        "steps": Column("steps", justify="right"),  # quantized layers: alone/cumulative, in steps of their scale
         "drift": Column("drift", justify="right"),
         "max abs": Column("max abs", justify="right", drop=3),
         "cosine": Column("cosine", justify="right"),
@@ -164,6 +165,8 @@ def _layer_columns(report: Report, stacked: bool) -> list[Column]:
         del cols["B"]
     if not own:
         del cols["own err"]
+    if report.quant is None:
+        del cols["steps"]
     if not drift:
         del cols["drift"]
     loose = set()
@@ -204,6 +207,8 @@ def _layer_columns(report: Report, stacked: bool) -> list[Column]:
             else:
                 suffix = "" if d.own_method == "replay" else "~"  # ~: estimated from the error growth
                 cells["own err"] = Text(fmt_float(d.own_err) + suffix, style="bold red" if d.own_ok is False else "green")
+        if report.quant is not None:
+            cells["steps"] = Text(steps_cell(d), style="" if d.quant is None else "green" if d.quant.ok else "bold red")
         if drift:
             grown = d.drift is not None and d.drift > 10 and not d.ok
             cells["drift"] = Text(
@@ -291,6 +296,8 @@ def divergence_detail(d: LayerDiff) -> list[RenderableType]:
         lines.append(
             Text(f"  NaN A/B: {m.nan_a}/{m.nan_b} · Inf A/B: {m.inf_a}/{m.inf_b}", style="red")
         )
+    if d.quant is not None:
+        lines.append(Text(f"  quantized: {steps_phrase(d)}; {d.quant.local_note}"))
     for reason in d.reasons:
         lines.append(Text(f"  • {reason}"))
     return lines
@@ -381,6 +388,8 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
         legend = own_err_legend(report)
         if legend:
             yield Text(legend, style="dim")
+        for line, style in quant_lines(report):  # quantized layers judged in steps, the deny-list
+            yield Text(line, style=style)
     d = report.first_divergence
     if d is not None:
         yield Text("")
