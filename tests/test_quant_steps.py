@@ -333,3 +333,39 @@ def test_float_pairs_show_no_steps(tmp_path):
     from parity.report.console import render_text
 
     assert "steps" not in render_text(report, width=200)
+
+
+def test_the_html_report_shows_steps_and_the_deny_list(tflite_reports):
+    _, report = tflite_reports
+    html = report.to_html()
+    q = report.layer("conv3:activation").quant
+    assert 'steps <span class="op">alone/cum</span></th>' in html
+    assert f'class="num steps ownbad">{q.local:.2f}/{q.cumulative:.2f}</td>' in html
+    assert '<section id="quantized">' in html
+    tensor = report.layer("conv3:activation").b_name
+    assert (f'<code class="deny-list">tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=[&#39;{tensor}'
+            "&#39;])</code>") in html
+
+
+def test_compare_reports_judges_quantized_layers_in_steps(tflite_reports, tmp_path, capsys):
+    from parity.cli import main
+    from parity.report.regress import compare_reports
+
+    healthy, clipped = tflite_reports
+    comparison = compare_reports(healthy, clipped)
+    changes = {c.a_name: c for c in comparison.changes}
+    conv3 = changes["conv3:activation"]
+    assert conv3.status == "now fails"
+    assert conv3.old_steps == healthy.layer("conv3:activation").quant.steps
+    assert conv3.new_ratio == pytest.approx(clipped.layer("conv3:activation").quant.steps / STEP_LIMIT)
+    # the layers after it are judged alone, not by the error they inherit: the pooling stays at the
+    # floor; the dense head, fed values inside its range now, is 2.6× better (0.85 → 0.32 steps)
+    assert changes["gap"].status == "same" and changes["fc"].status == "better"
+    assert {c.status for c in comparison.changes} == {"same", "now fails", "better"}
+    tensor = clipped.layer("conv3:activation").b_name
+    assert f"layers to keep in float (quantized, over 1.5 steps): none before, {tensor} now" in comparison.notes
+    healthy.to_json(tmp_path / "old.json")
+    clipped.to_json(tmp_path / "new.json")
+    assert main(["compare-reports", str(tmp_path / "old.json"), str(tmp_path / "new.json")]) == 1
+    out = capsys.readouterr().out
+    assert re.search(rf"conv3:activation\s+.*{conv3.old_steps:.2f} → {conv3.new_steps:.2f}\s+now fails", out), out
