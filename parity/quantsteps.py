@@ -161,8 +161,21 @@ def _input_pair(graph: _Graph, m: Match) -> tuple[Tap | str | None, Match | None
     return found[0], p, k
 
 
+def _kept(q: dict, scale: np.ndarray):
+    """What a ``QuantizeLinear`` keeps of the float values it is fed, for each side: B's clamped
+    to the grid's range; A's clamped at a lower end of 0 (a ReLU the quantizer folded into the
+    range: ``zero_point`` at the type's minimum) — past the upper end A is left as it is, so a
+    range clipped short shows.  Identity for a tensor already on its grid."""
+    if q.get("via") != "QuantizeLinear":
+        return (lambda x: x), (lambda x: x)
+    zp = float(np.mean(q["zero_point"]))
+    lo, hi = (q["qmin"] - zp) * scale, (q["qmax"] - zp) * scale
+    relu = zp == q["qmin"]
+    return (lambda x: np.maximum(x, lo) if relu else x), (lambda x: np.clip(x, lo, hi))
+
+
 def _local(graph: _Graph, m: Match, value_b: np.ndarray, scale: np.ndarray,
-           recorded: dict[str, np.ndarray]) -> tuple[float | None, str]:
+           recorded: dict[str, np.ndarray], keep_a: Any = None) -> tuple[float | None, str]:
     """The layer's own error in steps (A's float layer fed B's dequantized input of it), or
     None and why it cannot be measured."""
     a, b = graph.a, graph.b
@@ -212,6 +225,8 @@ def _local(graph: _Graph, m: Match, value_b: np.ndarray, scale: np.ndarray,
     except Exception as exc:  # noqa: BLE001 - a layer that cannot run alone: the cumulative figure stands
         return None, f"not measurable: A's layer did not run alone ({type(exc).__name__})"
     out = np.asarray(out, np.float64)
+    if keep_a is not None:
+        out = keep_a(out)
     if out.shape != value_b.shape:
         return None, "not measurable: A's layer alone gave another shape"
     return steps_of(out, value_b, scale), how
@@ -269,6 +284,8 @@ def quant_steps(a: Any, b: Any, alignment: Alignment, layers: tuple[LayerDiff, .
         value_b = np.asarray(m.transform.apply(m.b.value), np.float64)
         if scale.shape != value_a.shape:
             scale = np.broadcast_to(np.float64(np.mean(q["scale"])), value_a.shape)
+        keep_a, keep_b = _kept(q, scale)
+        value_a, value_b = keep_a(value_a), keep_b(value_b)
         cumulative = steps_of(value_a, value_b, scale)
         clipped = _clipped(value_a, value_b, scale, q)
         names = _exclude_names(graph, m.b, clipped >= CLIPPED_SHARE)
@@ -276,7 +293,7 @@ def quant_steps(a: Any, b: Any, alignment: Alignment, layers: tuple[LayerDiff, .
         if d.role == "output":
             local, note = local_of.get(name, (None, "not measurable: a model output whose layer was not compared"))
         else:
-            local, note = _local(graph, m, value_b, scale, recorded)
+            local, note = _local(graph, m, value_b, scale, recorded, keep_a)
             local_of.setdefault(name, (local, note))
         _, p, _ = _input_pair(graph, m) if d.role != "output" else (None, None, None)
         before = out.get(p.a.name) if p is not None else None
@@ -291,12 +308,16 @@ def quant_steps(a: Any, b: Any, alignment: Alignment, layers: tuple[LayerDiff, .
         reasons = () if ok else (
             f"{judged_steps:.2f} steps of its output scale {float(np.mean(q['scale'])):.3g} ({which}), over the "
             f"limit of {STEP_LIMIT:g} (rounding alone gives {ROUNDING_FLOOR:.2f})",)
+        found = graph.layer_input(m.b) if d.role != "output" else None
+        weights = found[1].attrs.get("weight_quant") if found is not None else None
         zp = np.asarray(q["zero_point"]).reshape(-1)
         verdict = QuantVerdict(
             scale=float(np.mean(q["scale"])), zero_point=int(zp[0]) if zp.size else 0, dtype=str(q["dtype"]),
             axis=q.get("axis"), via=str(q.get("via", "tensor")), cumulative=cumulative, local=local,
             local_note=note, steps=judged_steps, limit=STEP_LIMIT, ok=ok,
             clipped=clipped, exclude=names, input_steps=input_steps,
+            weight_per_channel=None if weights is None else bool(weights["per_channel"]),
+            weight_levels=() if weights is None else tuple(weights["levels"]),
         )
         out[d.a_name] = dataclasses.replace(d, quant=verdict, ok=ok, reasons=reasons)
     return tuple(out.get(d.a_name, d) for d in layers)

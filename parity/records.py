@@ -373,7 +373,10 @@ class LayerDiff:
 
     @property
     def own_ok(self) -> bool | None:
-        """Whether the layer's own error is within tolerance (None when not computed)."""
+        """Whether the layer's own error is within tolerance (None when not computed); for a
+        quantized layer judged in steps, whether it is within the limit alone."""
+        if self.quant is not None and self.quant.local is not None:
+            return bool(self.quant.local <= self.quant.limit)
         if self.own_err is None:
             return None
         return bool(self.own_err <= self.allowed_rel)
@@ -505,6 +508,10 @@ class QuantVerdict:
     exclude: tuple[str, ...]
     #: the cumulative steps of B's input of this layer, where that input is a quantized pair too
     input_steps: float | None = None
+    #: how B's layer's weights are quantized, where it has int weights: one scale per output
+    #: channel or per tensor, and the largest |q − zero point| each output channel reaches
+    weight_per_channel: bool | None = None
+    weight_levels: tuple[int, ...] = ()
 
     @property
     def born_here(self) -> bool:

@@ -206,7 +206,8 @@ def _qdq(float_path: Path, out: Path, **options):
         def get_next(self):
             return next(self.batches, None)
 
-    quantize_static(str(float_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+    options = {"per_channel": True, **options}
+    quantize_static(str(float_path), str(out), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, **options)
     return onnx.load(str(out))
 
@@ -233,6 +234,9 @@ def test_onnx_capture_reads_the_qdq_nodes(onnx_reports):
     assert q.exclude == ("/2/Conv",)  # the node of the float model that computes it
     before_q = healthy.layer("/2/Conv_output_0")  # B's Conv output, rounded by the QuantizeLinear next
     assert before_q.quant.via == "QuantizeLinear" and before_q.quant.scale == q.scale
+    # the Conv's int8 kernel: a scale per output channel, each channel using the whole range
+    assert before_q.quant.weight_per_channel is True and before_q.quant.weight_levels == (127,) * 16
+    assert dq.quant.weight_levels == (127,) * 16  # the same layer, read at its DequantizeLinear
 
 
 def test_healthy_onnx_qdq_layers_sit_at_the_rounding_floor(onnx_reports):
@@ -256,8 +260,11 @@ def test_a_clipped_onnx_range_is_flagged_named_and_listed(onnx_reports, float_on
     assert relu.quant.local > 100 and relu.quant.clipped == pytest.approx(0.427, abs=0.03)
     logits = report.layer("logits").quant
     assert logits.input_steps > 10 and not logits.born_here
+    # named once, at the first of the layer's two pairs: B's Conv output before its QuantizeLinear
+    # (judged as the quantizer keeps it: the folded ReLU at 0, the range's top clipping)
     (diag,) = [g for g in report.diagnoses if g.code == "quant_range_clipped"]
-    assert diag.layer == "/3/Relu_output_0"
+    assert diag.layer == "/2/Conv_output_0" == report.first_divergence.a_name
+    assert "sit at the highest level of [0, 0.05]" in diag.message
     assert diag.evidence["range_max"] == pytest.approx(0.05, abs=1e-3) and diag.evidence["a_max"] > 0.5
     # the Conv that computes it, and the Conv that reads it: ONNX Runtime quantizes a tensor
     # any quantized node reads
@@ -369,3 +376,55 @@ def test_compare_reports_judges_quantized_layers_in_steps(tflite_reports, tmp_pa
     assert main(["compare-reports", str(tmp_path / "old.json"), str(tmp_path / "new.json")]) == 1
     out = capsys.readouterr().out
     assert re.search(rf"conv3:activation\s+.*{conv3.old_steps:.2f} → {conv3.new_steps:.2f}\s+now fails", out), out
+
+
+@pytest.fixture(scope="session")
+def starved_onnx(tmp_path_factory):
+    """The float CNN with a dead output channel of huge weights in its second conv (40× the
+    others', a bias of −1000: always off after the ReLU), so one weight scale per tensor leaves
+    the other 15 channels ±3 levels."""
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime.quantization")
+    torch.manual_seed(0)
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(16, 10)).eval()
+    with torch.no_grad():
+        net[2].weight[0] *= 40.0
+        net[2].bias[0] = -1000.0
+    buf = io.BytesIO()
+    torch.onnx.export(net, (torch.from_numpy(X_NCHW[:1]),), buf, opset_version=17, dynamo=False,
+                      input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}})
+    path = tmp_path_factory.mktemp("starved") / "float.onnx"
+    path.write_bytes(buf.getvalue())
+    model = onnx.load_from_string(buf.getvalue())
+    per_tensor = parity.diff(model, _qdq(path, path.with_name("per_tensor.onnx"), per_channel=False), X_NCHW)
+    per_channel = parity.diff(model, _qdq(path, path.with_name("per_channel.onnx")), X_NCHW)
+    return per_tensor, per_channel
+
+
+def test_per_tensor_weights_that_starve_channels_are_named_quant_granularity(starved_onnx):
+    per_tensor, per_channel = starved_onnx
+    assert [d.a_name for d in per_tensor.layers if not d.ok] == ["/2/Conv_output_0", "/3/Relu_output_0"]
+    q = per_tensor.layer("/3/Relu_output_0").quant
+    assert q.weight_per_channel is False and q.weight_levels == (127,) + (3,) * 15
+    assert q.local == pytest.approx(6.15, abs=0.3) and q.clipped == 0.0  # measured 6.15 steps alone
+    (diag,) = per_tensor.diagnoses
+    assert (diag.code, diag.layer) == ("quant_granularity", "/2/Conv_output_0")
+    assert diag.evidence["starved_channels"] == 15 and diag.evidence["min_levels"] == 3
+    assert ("with one scale for all 16 output channels (per tensor), and their ranges differ 42×: 15 channel(s) "
+            "(1, 2, 3, 4, 5, 6, 7, 8, …) reach only ±3 of the ±127 levels") in diag.message
+    assert "quantize_static(..., per_channel=True)" in diag.message
+    assert per_tensor.quant.exclude == ("/2/Conv",)
+    # quantized per channel, as the diagnosis says, the same layer is at the floor
+    fixed = per_channel.layer("/3/Relu_output_0").quant
+    assert fixed.ok and fixed.weight_per_channel is True and fixed.local < 0.35
+    assert per_channel.ok and per_channel.quant.exclude == ()
+
+
+def test_no_granularity_or_clipping_is_named_on_healthy_models(onnx_reports, tflite_reports):
+    for report in (onnx_reports[0], tflite_reports[0]):
+        assert not [g for g in report.diagnoses if g.code.startswith("quant_")]

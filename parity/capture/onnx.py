@@ -471,6 +471,7 @@ class OnnxBackend(Backend):
         # a MatMul whose bias add is a model output: only that output is the layer's
         before_output = {inner for add, (_, inner) in biased.items() if add in outputs}
         qdq = _qdq_params(self.model.graph)
+        weight_quant = _weight_quant(self.model.graph)
         graph_inputs = {vi.name: f"<input {k}>" for k, vi in enumerate(self._graph_inputs())}
         for value_name, node in recorded:
             value = results.get(value_name)
@@ -497,6 +498,8 @@ class OnnxBackend(Backend):
                 attrs["fed_by"] = fed_by
             if value_name in qdq and value.dtype.kind == "f":
                 attrs["quantized"] = qdq[value_name]
+            if value_name in weight_quant:
+                attrs["weight_quant"] = weight_quant[value_name]
             append_tap(taps, value_name, node.op_type, value.copy(), layout, attrs=attrs)
         _mark_module_outputs(taps)
         graph_outputs = list(self.model.graph.output)
@@ -688,6 +691,35 @@ def _qdq_params(graph: Any) -> dict[str, dict[str, Any]]:
         value = node.output[0] if node.op_type == "DequantizeLinear" else node.input[0]
         if value and (value not in out or node.op_type == "DequantizeLinear"):
             out[value] = params
+    return out
+
+
+def _weight_quant(graph: Any) -> dict[str, dict[str, Any]]:
+    """How the weights of each Conv/Gemm/MatMul of a QDQ graph are quantized, by the node's
+    output: ``per_channel`` (a scale per output channel) and ``levels``, the largest
+    ``|q − zero_point|`` each output channel's weights reach (127 uses the whole int8 range; a
+    channel at 3 is rounded to 7 values)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    dq = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear" and n.output}
+    out: dict[str, dict[str, Any]] = {}
+    for node in graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.input) < 2 or not node.output:
+            continue
+        deq = dq.get(node.input[1])
+        if deq is None or deq.input[0] not in inits or len(deq.input) < 2 or deq.input[1] not in inits:
+            continue
+        q = numpy_helper.to_array(inits[deq.input[0]]).astype(np.int64)
+        scale = numpy_helper.to_array(inits[deq.input[1]])
+        zp = numpy_helper.to_array(inits[deq.input[2]]).astype(np.int64) if len(deq.input) > 2 and deq.input[2] in inits else np.zeros(1, np.int64)
+        if q.ndim < 2:
+            continue
+        trans_b = next((int(a.i) for a in node.attribute if a.name == "transB"), 0)
+        axis = 0 if node.op_type in ("Conv", "Gemm") and (node.op_type == "Conv" or trans_b) else (1 if node.op_type == "ConvTranspose" else q.ndim - 1)
+        zp_b = zp.reshape([-1 if i == axis else 1 for i in range(q.ndim)]) if zp.size > 1 else zp.reshape(())
+        levels = np.abs(q - zp_b).max(axis=tuple(i for i in range(q.ndim) if i != axis))
+        out[node.output[0]] = {"per_channel": bool(np.asarray(scale).size > 1), "levels": tuple(int(v) for v in levels)}
     return out
 
 

@@ -534,6 +534,9 @@ class TFLiteBackend(Backend):
             layouts[idx] = layout
             shapes[idx] = tuple(value.shape)
             attrs.update(tensor_index=idx, op_index=op_index)
+            weights = _weight_quant(interp, op_name, op_inputs.get(op_index, ()), details)
+            if weights is not None:
+                attrs["weight_quant"] = weights
             fed_by = tuple(tap_of[i] for i in op_inputs.get(op_index, ()) if i in tap_of)
             if fed_by:
                 attrs["fed_by"] = fed_by
@@ -631,6 +634,34 @@ class TFLiteBackend(Backend):
             return _dequantize(np.asarray(raw), q), "float32", attrs
         value = np.array(raw, copy=True)
         return value, numpy_dtype_name(value.dtype), attrs
+
+
+#: the axis of the output channels of each weighted op's kernel (TFLite's layouts)
+_KERNEL_AXIS = {"CONV_2D": 0, "FULLY_CONNECTED": 0, "DEPTHWISE_CONV_2D": 3, "TRANSPOSE_CONV": 0, "CONV_3D": 4}
+
+
+def _weight_quant(interp: Any, op_name: str, inputs: Any, details: dict) -> dict[str, Any] | None:
+    """How a conv or dense op's int8 kernel is quantized: ``per_channel`` (a scale per output
+    channel) and ``levels``, the largest ``|q − zero_point|`` each output channel reaches."""
+    axis = _KERNEL_AXIS.get(op_name)
+    index = 1  # the kernel (TRANSPOSE_CONV's first operand is the output shape, then the kernel too)
+    inputs = list(inputs)
+    if axis is None or len(inputs) <= index:
+        return None
+    d = details.get(inputs[index])
+    if d is None or np.dtype(d["dtype"]).kind not in "iu":
+        return None
+    q = _quant(d)
+    try:
+        kernel = np.asarray(interp.get_tensor(inputs[index]), np.int64)
+    except ValueError:
+        return None
+    if q is None or kernel.ndim <= axis:
+        return None
+    scales, zps, _ = q
+    zp = zps.reshape([-1 if i == axis else 1 for i in range(kernel.ndim)]) if zps.size > 1 else zps.reshape(())
+    levels = np.abs(kernel - zp).max(axis=tuple(i for i in range(kernel.ndim) if i != axis))
+    return {"per_channel": bool(scales.size > 1), "levels": tuple(int(v) for v in levels)}
 
 
 def _dequantized_from(ops: Any, index: int, taps: list[Tap], tap_of: dict[int, str]) -> Tap | None:

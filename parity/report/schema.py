@@ -149,6 +149,8 @@ DESCRIPTIONS: dict[str, str] = {
     "QuantVerdict.clipped": "Share of elements where B sits at its integer range's limit while A is past it by more than a step.",
     "QuantVerdict.exclude": "The names to give the converter's selective quantization to keep this layer float (a TFLite tensor; ONNX nodes).",
     "QuantVerdict.input_steps": "The cumulative steps of B's input of this layer, where that input is a quantized pair too.",
+    "QuantVerdict.weight_per_channel": "Whether B's layer quantizes its weights with a scale per output channel (false: one per tensor); null without int weights.",
+    "QuantVerdict.weight_levels": "The largest |q − zero point| each output channel's weights reach (127 of int8: the whole range).",
     "QuantSummary": "A quantized B's layers judged in steps, and the deny-list for its converter.",
     "QuantSummary.converter": "'tflite' or 'onnxruntime'.",
     "QuantSummary.layers": "How many layers were judged in steps.",
