@@ -40,11 +40,14 @@ __all__ = ["CLIPPED_SHARE", "ROUNDING_FLOOR", "STEP_LIMIT", "quant_steps", "quan
 
 #: RMS of rounding to a grid of step 1: the error of a healthy quantized layer, in steps
 ROUNDING_FLOOR = 1.0 / math.sqrt(12.0)
-#: a layer more than this many steps off is flagged.  Measured (tests/test_quant_steps.py): the
-#: healthy layers of int8 TFLite and ONNX QDQ CNNs sit at 0.29–0.4 steps local (the dense head
-#: up to 0.85, where a test input leaves the calibrated range by a little) and 0.3–0.9
-#: cumulative; a range clipped to a quarter measures 20+ steps.  TFLite's debugger guide takes
-#: 0.7 as "suspect"; 1.5 (≈5× the rounding floor) passes every healthy layer seen with margin.
+#: a layer more than this many steps off alone is flagged.  Measured (tests/test_quant_steps.py,
+#: 8 test inputs): healthy layers of an int8 TFLite CNN 0.25–0.32 alone per conv (0.0 for a
+#: max-pool, 0.29 a mean, 0.85 the dense head, where a test input leaves its calibrated range a
+#: little), 0.32–0.90 cumulative; of an ONNX QDQ CNN 0.14–0.28 alone, 0.20–0.42 cumulative; the
+#: faults 6.2 (per-tensor weights leaving 15 channels ±3 levels), 87 (a range cut to a quarter)
+#: and 468 (a range pinned to a twelfth).  1.5 — about 5× the rounding floor — passes the worst
+#: healthy layer with 1.8× margin and flags the mildest fault by 4×; TFLite's debugger guide takes
+#: 0.7 as "suspect", which would flag that healthy dense head.
 STEP_LIMIT = 1.5
 #: a range is clipped when at least this share of B's elements sit at a limit A goes past
 #: (healthy layers measured 0–0.04%, and 1.25% at a dense head with 80 elements; the ranges
@@ -95,6 +98,10 @@ class _Graph:
         self.a, self.b = a, b
         self.taps = {t.name: t for t in b.trace.taps if t.role != "output"}
         self.match_of_b = {id(m.b): m for m in alignment.matches}
+        self.read_by: dict[str, list[Tap]] = {}
+        for t in self.taps.values():
+            for name in t.attrs.get("fed_by") or ():
+                self.read_by.setdefault(name, []).append(t)
 
     def producer(self, tap: Tap) -> Tap | str | None:
         """The tap ``tap`` reads first, ``"<input k>"`` for model input k, or None."""
@@ -110,12 +117,11 @@ class _Graph:
         frontier = [tap.name]
         while frontier:
             name = frontier.pop(0)
-            for t in self.taps.values():
-                if name in (t.attrs.get("fed_by") or ()):
-                    if t.op in _PLUMBING:
-                        frontier.append(t.name)
-                    else:
-                        out.append(str(t.attrs.get("node") or t.name))
+            for t in self.read_by.get(name, ()):
+                if t.op in _PLUMBING:
+                    frontier.append(t.name)
+                else:
+                    out.append(str(t.attrs.get("node") or t.name))
         return out
 
     def layer_input(self, tap: Tap) -> tuple[Tap | str, Tap] | None:
@@ -251,6 +257,45 @@ def _exclude_names(graph: _Graph, tap: Tap, clipped: bool) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def _judge(graph: _Graph, d: LayerDiff, m: Match, recorded: dict[str, np.ndarray], earlier: dict[str, LayerDiff],
+           layer_of: dict[str, QuantVerdict]) -> QuantVerdict:
+    """The verdict in steps of pair ``m`` (``earlier``: the pairs judged before, by A's name; a
+    model output takes the figures alone of the layer whose tensor it is from ``layer_of``)."""
+    q = m.b.attrs["quantized"]
+    value_a = np.asarray(m.a.value, np.float64)
+    scale = np.asarray(m.transform.apply(_scales(q, tuple(m.b.shape))), np.float64)
+    if scale.shape != value_a.shape:
+        scale = np.broadcast_to(np.float64(np.mean(q["scale"])), value_a.shape)
+    keep_a, keep_b = _kept(q, scale)
+    value_a, value_b = keep_a(value_a), keep_b(np.asarray(m.transform.apply(m.b.value), np.float64))
+    cumulative = steps_of(value_a, value_b, scale)
+    clipped = _clipped(value_a, value_b, scale, q)
+    names = _exclude_names(graph, m.b, clipped >= CLIPPED_SHARE)
+    weights = None
+    if d.role == "output":
+        inner = layer_of.get(names[0])
+        local = inner.local if inner is not None else None
+        note = inner.local_note if inner is not None else "not measurable: a model output whose layer was not compared"
+        input_steps = inner.input_steps if inner is not None else None
+    else:
+        local, note = _local(graph, m, value_b, scale, recorded, keep_a)
+        _, p, _ = _input_pair(graph, m)
+        before = earlier.get(p.a.name) if p is not None else None
+        input_steps = before.quant.cumulative if before is not None and before.quant is not None else None
+        found = graph.layer_input(m.b)
+        weights = found[1].attrs.get("weight_quant") if found is not None else None
+    steps = local if local is not None else cumulative
+    zp = np.asarray(q["zero_point"]).reshape(-1)
+    return QuantVerdict(
+        scale=float(np.mean(q["scale"])), zero_point=int(zp[0]) if zp.size else 0, dtype=str(q["dtype"]),
+        axis=q.get("axis"), via=str(q.get("via", "tensor")), cumulative=cumulative, local=local, local_note=note,
+        steps=steps, limit=STEP_LIMIT, ok=bool(steps <= STEP_LIMIT) and not d.metrics.nonfinite_mismatch,
+        clipped=clipped, exclude=names, input_steps=input_steps,
+        weight_per_channel=None if weights is None else bool(weights["per_channel"]),
+        weight_levels=() if weights is None else tuple(weights["levels"]),
+    )
+
+
 def quant_steps(a: Any, b: Any, alignment: Alignment, layers: tuple[LayerDiff, ...]) -> tuple[LayerDiff, ...]:
     """``layers`` with every pair whose B tensor is quantized judged in steps of its scale
     (:class:`~parity.records.QuantVerdict` on ``quant``; ``ok`` and ``reasons`` from it).
@@ -273,53 +318,15 @@ def quant_steps(a: Any, b: Any, alignment: Alignment, layers: tuple[LayerDiff, .
                 by_layer = {}
             recorded = {t: by_layer[n] for t, n in wanted.items() if n is not None and n in by_layer}
     out: dict[str, LayerDiff] = {}
-    local_of: dict[str, tuple[float | None, str]] = {}  # by exclude name: a model output is its layer
-    inputs_of: dict[str, float | None] = {}
-    for d in sorted(judged, key=lambda d: d.role == "output"):
-        m = matches[d.a_name]
-        q = m.b.attrs["quantized"]
-        scale_b = _scales(q, tuple(m.b.shape))
-        scale = np.asarray(m.transform.apply(scale_b), np.float64)
-        value_a = np.asarray(m.a.value, np.float64)
-        value_b = np.asarray(m.transform.apply(m.b.value), np.float64)
-        if scale.shape != value_a.shape:
-            scale = np.broadcast_to(np.float64(np.mean(q["scale"])), value_a.shape)
-        keep_a, keep_b = _kept(q, scale)
-        value_a, value_b = keep_a(value_a), keep_b(value_b)
-        cumulative = steps_of(value_a, value_b, scale)
-        clipped = _clipped(value_a, value_b, scale, q)
-        names = _exclude_names(graph, m.b, clipped >= CLIPPED_SHARE)
-        name = names[0]
-        if d.role == "output":
-            local, note = local_of.get(name, (None, "not measurable: a model output whose layer was not compared"))
-        else:
-            local, note = _local(graph, m, value_b, scale, recorded, keep_a)
-            local_of.setdefault(name, (local, note))
-        _, p, _ = _input_pair(graph, m) if d.role != "output" else (None, None, None)
-        before = out.get(p.a.name) if p is not None else None
-        input_steps = before.quant.cumulative if before is not None and before.quant is not None else None
-        if d.role == "output":
-            input_steps = inputs_of.get(name)
-        else:
-            inputs_of.setdefault(name, input_steps)
-        judged_steps = local if local is not None else cumulative
-        ok = bool(judged_steps <= STEP_LIMIT) and not d.metrics.nonfinite_mismatch
-        which = "alone" if local is not None else "cumulative"
-        reasons = () if ok else (
-            f"{judged_steps:.2f} steps of its output scale {float(np.mean(q['scale'])):.3g} ({which}), over the "
-            f"limit of {STEP_LIMIT:g} (rounding alone gives {ROUNDING_FLOOR:.2f})",)
-        found = graph.layer_input(m.b) if d.role != "output" else None
-        weights = found[1].attrs.get("weight_quant") if found is not None else None
-        zp = np.asarray(q["zero_point"]).reshape(-1)
-        verdict = QuantVerdict(
-            scale=float(np.mean(q["scale"])), zero_point=int(zp[0]) if zp.size else 0, dtype=str(q["dtype"]),
-            axis=q.get("axis"), via=str(q.get("via", "tensor")), cumulative=cumulative, local=local,
-            local_note=note, steps=judged_steps, limit=STEP_LIMIT, ok=ok,
-            clipped=clipped, exclude=names, input_steps=input_steps,
-            weight_per_channel=None if weights is None else bool(weights["per_channel"]),
-            weight_levels=() if weights is None else tuple(weights["levels"]),
-        )
-        out[d.a_name] = dataclasses.replace(d, quant=verdict, ok=ok, reasons=reasons)
+    layer_of: dict[str, QuantVerdict] = {}  # by B's layer (its first name to exclude): an output is its layer's
+    for d in sorted(judged, key=lambda d: d.role == "output"):  # outputs last
+        verdict = _judge(graph, d, matches[d.a_name], recorded, out, layer_of)
+        layer_of.setdefault(verdict.exclude[0], verdict)
+        reasons = () if verdict.ok else (
+            f"{verdict.steps:.2f} steps of its output scale {verdict.scale:.3g} "
+            f"({'alone' if verdict.local is not None else 'cumulative'}), over the limit of {STEP_LIMIT:g} "
+            f"(rounding alone gives {ROUNDING_FLOOR:.2f})",)
+        out[d.a_name] = dataclasses.replace(d, quant=verdict, ok=verdict.ok, reasons=reasons)
     return tuple(out.get(d.a_name, d) for d in layers)
 
 
