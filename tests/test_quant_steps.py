@@ -428,3 +428,50 @@ def test_per_tensor_weights_that_starve_channels_are_named_quant_granularity(sta
 def test_no_granularity_or_clipping_is_named_on_healthy_models(onnx_reports, tflite_reports):
     for report in (onnx_reports[0], tflite_reports[0]):
         assert not [g for g in report.diagnoses if g.code.startswith("quant_")]
+
+
+# --- hand-made traces: the arithmetic alone ---------------------------------------------
+
+
+def _fake_quant(x: np.ndarray, scale: np.ndarray, zero_point: int) -> np.ndarray:
+    return ((np.clip(np.round(x / scale) + zero_point, -128, 127) - zero_point) * scale).astype("float32")
+
+
+def _traces(scale, axis, a_value, b_value, qmax=127):
+    from parity.records import ModelInfo, Tap, Trace
+
+    q = {"dtype": "int8", "scale": scale, "zero_point": 0, "axis": axis, "qmin": -128, "qmax": qmax, "via": "tensor",
+         "tensor": "conv;relu"}
+    tap_a = Tap("conv", "Conv2d", 0, a_value.shape, "float32", "NHWC", a_value)
+    tap_b = Tap("conv;relu", "CONV_2D", 0, b_value.shape, "float32", "NHWC", b_value, attrs={"quantized": q})
+    return (Trace((tap_a,), ModelInfo("keras", "3", "float", "keras functional")),
+            Trace((tap_b,), ModelInfo("tflite", "2", "int8.tflite", "TFLite flatbuffer")))
+
+
+def test_per_channel_scales_are_applied_along_their_axis():
+    a = np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 3)).astype("float32") * np.array([1.0, 10.0, 100.0], "float32")
+    scale = np.array([1.0, 10.0, 100.0]) / 127
+    b = _fake_quant(a, scale, 0)
+    report = parity.diff_traces(*_traces(scale.tolist(), 3, a, b), mapping={"conv": "conv;relu"})
+    q = report.layer("conv").quant
+    # uniform values rounded to a grid: 1/√12 steps in every channel's own scale
+    assert q.cumulative == pytest.approx(ROUNDING_FLOOR, abs=0.01) and q.axis == 3 and q.ok
+    # no live model: nothing runs alone, the cumulative figure is judged
+    assert q.local is None and q.steps == q.cumulative
+    assert q.local_note == "not measurable: B's trace does not say which tensor this op reads"
+    # read with one scale (their mean) the same tensor is off the floor: √(Σ s_c²/36) / mean(s) = 0.45
+    per_tensor = parity.diff_traces(*_traces(float(scale.mean()), None, a, b), mapping={"conv": "conv;relu"})
+    assert per_tensor.layer("conv").quant.cumulative == pytest.approx(
+        np.sqrt(np.sum(scale**2) / 36) / scale.mean(), abs=0.03)
+
+
+def test_a_range_clipped_by_hand_is_flagged_on_its_cumulative_figure():
+    a = np.random.default_rng(0).uniform(0, 1, (4, 8, 8, 3)).astype("float32")
+    scale = 0.5 / 127  # the grid ends at 0.5: half of A's values are past it
+    report = parity.diff_traces(*_traces(scale, None, a, _fake_quant(a, np.float64(scale), 0)), mapping={"conv": "conv;relu"})
+    d = report.layer("conv")
+    assert not d.ok and d.quant.clipped == np.mean(a > 127 * scale + scale)  # past the top level by a step
+    assert d.quant.cumulative == pytest.approx(np.sqrt(np.mean(np.maximum(a - 127 * scale, 0) ** 2 / scale**2)), rel=0.02)
+    assert report.quant.exclude == ("conv;relu",)
+    assert d.reasons == (f"{d.quant.cumulative:.2f} steps of its output scale {scale:.3g} (cumulative), over the limit "
+                         "of 1.5 (rounding alone gives 0.29)",)
