@@ -320,6 +320,8 @@ def test_the_terminal_shows_steps_and_the_deny_list(tflite_reports):
     (header,) = [line for line in text.splitlines() if line.startswith("# A layer")]
     assert re.search(r"own err +steps +max abs", header)  # the column
     assert f"{q.local:.2f}/{q.cumulative:.2f}" in text
+    assert "(a quantized layer: judged in steps of its scale, not by the float tolerance)" in text
+    assert f"  quantized: {q.local:.2f} steps of its scale alone ({q.cumulative:.2f} cumulative); A's layer fed B's" in text
     assert "steps: a quantized layer's error in steps of its output scale (RMSE/scale), alone/cumulative" in text
     assert (f"quantized conv3:activation (CONV_2D {tensor}): {q.local:.2f} steps of its scale alone "
             f"({q.cumulative:.2f} cumulative), 24.9% clipped at its range") in text

@@ -274,6 +274,9 @@ def divergence_detail(d: LayerDiff) -> list[RenderableType]:
         Text(
             f"  relative error ‖b−a‖/‖a‖ {fmt_float(m.rel_err)} (allowed {fmt_float(d.rtol)}, atol {fmt_float(d.atol)}; "
             f"{tolerance_ratio(m, d.rtol, d.atol):.3g}× the allowed error) · cosine {m.cosine:.6f}"
+            if d.quant is None else  # a quantized layer: judged in steps of its scale, below
+            f"  relative error ‖b−a‖/‖a‖ {fmt_float(m.rel_err)} · cosine {m.cosine:.6f} (a quantized layer: judged in "
+            "steps of its scale, not by the float tolerance)"
         ),
     ]
     if d.own_err is not None:
