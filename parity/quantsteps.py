@@ -180,6 +180,30 @@ def _kept(q: dict, scale: np.ndarray):
     return (lambda x: np.maximum(x, lo) if relu else x), (lambda x: np.clip(x, lo, hi))
 
 
+def _same(x: np.ndarray | None, y: np.ndarray) -> bool:
+    return x is not None and x.shape == y.shape and relative_error(y, x) <= _SAME_TENSOR
+
+
+def _a_chain(graph: _Graph, m: Match, p: Match | None, own_a: np.ndarray,
+             recorded: dict[str, np.ndarray]) -> list[str] | None:
+    """A's layers that compute pair ``m``'s tensor from ``own_a`` (the tensor B's op reads, in A):
+    the layer alone where it reads ``own_a``; else the layers of A recorded between the two — the
+    ones a converter fused into B's op (TFLite's CONV_2D of a Conv, a BatchNorm and a ReLU) —
+    when each reads the one before it; None otherwise."""
+    if _same(recorded.get(m.a.name), own_a):
+        return [m.a.name]
+    start = p.a.index if p is not None else -1
+    between = [t for t in graph.a.trace.taps if start < t.index < m.a.index and t.role == "layer"]
+    chain = [*between, m.a]
+    backend = graph.a.backend
+    if len(chain) < 2 or any(backend.tap_layer(t.name) is None for t in chain):
+        return None
+    feeds = [own_a, *(np.asarray(t.value) for t in between if t.value is not None)]
+    if len(feeds) != len(chain) or not all(_same(recorded.get(t.name), x) for t, x in zip(chain, feeds)):
+        return None
+    return [t.name for t in chain]
+
+
 def _local(graph: _Graph, m: Match, value_b: np.ndarray, scale: np.ndarray,
            recorded: dict[str, np.ndarray], keep_a: Any = None) -> tuple[float | None, str]:
     """The layer's own error in steps (A's float layer fed B's dequantized input of it), or
@@ -214,12 +238,15 @@ def _local(graph: _Graph, m: Match, value_b: np.ndarray, scale: np.ndarray,
     backend = a.backend
     try:
         if backend is not None and backend.tap_layer(m.a.name) is not None:
-            rec = recorded.get(m.a.name)
-            if rec is None or rec.shape != own_a.shape or relative_error(own_a, rec) > _SAME_TENSOR:
-                return None, ("not measurable: A's layer does not read the tensor B's op reads "
-                              "(B computes more than one layer of A in one op)")
-            out = backend.call_tap(m.a.name, x_a)
-            how = "A's layer fed B's dequantized input"
+            chain = _a_chain(graph, m, p, own_a, recorded)
+            if chain is None:
+                return None, ("not measurable: A's layers between the two tensors do not read one another's "
+                              "outputs (a branch), or cannot be called alone")
+            out = x_a
+            for name in chain:
+                out = np.asarray(backend.call_tap(name, out)).astype(own_a.dtype, copy=False)
+            how = ("A's layer fed B's dequantized input" if len(chain) == 1 else
+                   f"A's {len(chain)} layers B's op computes ({', '.join(chain)}), fed B's dequantized input")
         elif backend is not None and backend.runs_pieces and source_a:
             again = np.asarray(backend.call_from(m.a.name, source_a, own_a))
             if again.shape != tuple(m.a.shape) or relative_error(np.asarray(m.a.value), again) > 1e-5:
@@ -309,7 +336,9 @@ def quant_steps(a: Any, b: Any, alignment: Alignment, layers: tuple[LayerDiff, .
     recorded: dict[str, np.ndarray] = {}
     backend = a.backend
     if backend is not None and a.inputs is not None:
-        wanted = {d.a_name: backend.tap_layer(d.a_name) for d in judged}
+        # the judged layers, and the layers of A a converter may have fused into one op of B
+        fused = [u.tap.name for u in alignment.unmatched_a if u.reason == "fused"]
+        wanted = {name: backend.tap_layer(name) for name in [*(d.a_name for d in judged), *fused]}
         layer_names = sorted({n for n in wanted.values() if n is not None})
         if layer_names:
             try:

@@ -172,6 +172,41 @@ def test_the_tflite_deny_list_names_tensors_the_debugger_keeps_float(keras_cnn, 
     assert "quantized" in conv2.attrs
 
 
+@pytest.fixture(scope="session")
+def fused_report():
+    """Conv, BatchNorm and ReLU as three Keras layers, one CONV_2D in the int8 TFLite model."""
+    pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
+    from parity.capture.tflite import TFLiteModel
+
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    inp = keras.Input((16, 16, 3), name="image")
+    x = inp
+    for i, width in ((1, 8), (2, 16)):
+        x = layers.Conv2D(width, 3, padding="same", name=f"conv{i}")(x)
+        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.ReLU(name=f"relu{i}")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inp, layers.Dense(10, name="fc")(x), name="bnnet")
+    rng = np.random.default_rng(5)
+    for name in ("bn1", "bn2"):
+        bn = model.get_layer(name)
+        bn.moving_mean.assign((0.1 * rng.normal(size=bn.moving_mean.shape[0])).astype("float32"))
+        bn.moving_variance.assign(rng.uniform(0.5, 2, size=bn.moving_variance.shape[0]).astype("float32"))
+    return parity.diff(model, TFLiteModel(_int8_converter(model).convert(), "bnnet_int8.tflite"), X_NHWC)
+
+
+def test_a_layer_b_fuses_from_three_of_a_is_measured_alone_through_all_three(fused_report):
+    report = fused_report
+    assert report.ok
+    for i in (1, 2):
+        q = report.layer(f"relu{i}").quant
+        assert q.local_note == f"A's 3 layers B's op computes (conv{i}, bn{i}, relu{i}), fed B's dequantized input"
+        assert 0.2 <= q.local <= 0.35  # measured 0.24, 0.24
+    assert {u.name for u in report.unmatched_a if u.reason == "fused"} == {"conv1", "bn1", "conv2", "bn2"}
+
+
 # --- ONNX QDQ ---------------------------------------------------------------------------
 
 
