@@ -10,8 +10,9 @@ scale, as TFLite's quantization debugger does — and never by a float rtol (an 
   rounding included);
 - **local**: the layer alone — A's float layer fed B's dequantized input of it, against B's
   output (the layer's own rounding and weight quantization), where model A can compute the
-  layer alone (a live torch/Keras layer; an ONNX graph cut between the two tensors); else "not
-  measurable", with why.
+  layer alone (a live torch/Keras layer, or the chain of A's layers a converter fused into B's
+  op; an ONNX graph cut between the two tensors); else "not measurable", with why.  A's layer
+  inputs are recorded by one more run of model A.
 
 A layer is flagged when its local figure (its cumulative one where local is not measurable) is
 over :data:`STEP_LIMIT` steps; the flagged layers, worst first, are the deny-list for the

@@ -339,6 +339,8 @@ def test_a_version_1_report_still_loads(tflite_reports, tmp_path):
         del layer["quant"]
     path = tmp_path / "v1.json"
     path.write_text(json.dumps(data), encoding="utf-8")
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(data, json.loads(SCHEMA.read_text(encoding="utf-8")))  # the schema reads version 1 too
     old = load_report(path)
     assert old.schema_version == 1 and old.quant is None and all(d.quant is None for d in old.layers)
 
