@@ -226,7 +226,7 @@ def float_onnx(tmp_path_factory):
                       dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}})
     path = tmp_path_factory.mktemp("qdq") / "float.onnx"
     path.write_bytes(buf.getvalue())
-    return path, onnx.load_from_string(buf.getvalue())
+    return path, onnx.load_from_string(buf.getvalue()), net
 
 
 def _qdq(float_path: Path, out: Path, **options):
@@ -254,7 +254,7 @@ CLIP = {"extra_options": {"TensorQuantOverrides": {"/3/Relu_output_0": [{"rmin":
 
 @pytest.fixture(scope="session")
 def onnx_reports(float_onnx):
-    path, model = float_onnx
+    path, model, _ = float_onnx
     healthy = parity.diff(model, _qdq(path, path.with_name("qdq.onnx")), X_NCHW)
     clipped = parity.diff(model, _qdq(path, path.with_name("clipped.onnx"), **CLIP), X_NCHW)
     return healthy, clipped
@@ -306,7 +306,7 @@ def test_a_clipped_onnx_range_is_flagged_named_and_listed(onnx_reports, float_on
     assert report.quant.exclude == ("/2/Conv", "/4/Conv")
     assert report.quant.option == "quantize_static(..., nodes_to_exclude=['/2/Conv', '/4/Conv'])"
     # re-quantized with that list (the pinned range still asked for), the model is healthy again
-    path, model = float_onnx
+    path, model, _ = float_onnx
     fixed = parity.diff(model, _qdq(path, path.with_name("fixed.onnx"), nodes_to_exclude=list(report.quant.exclude),
                                     **CLIP), X_NCHW)
     assert fixed.quant.exclude == ()
@@ -514,3 +514,16 @@ def test_a_range_clipped_by_hand_is_flagged_on_its_cumulative_figure():
     assert report.quant.exclude == ("conv;relu",)
     assert d.reasons == (f"{d.quant.cumulative:.2f} steps of its output scale {scale:.3g} (cumulative), over the limit "
                          "of 1.5 (rounding alone gives 0.29)",)
+
+
+def test_a_torch_model_against_its_clipped_qdq_export_gives_the_same_deny_list(float_onnx):
+    path, _, net = float_onnx
+    report = parity.diff(net, _qdq(path.parent / "float.onnx", path.with_name("clipped_t.onnx"), **CLIP), X_NCHW)
+    # torch's modules: Conv "2" alone (B's Conv before its QuantizeLinear), Conv "2" + ReLU "3" (B's Conv, its
+    # ReLU folded into the range) — both measured by running the modules alone on B's dequantized input
+    conv, relu = report.layer("2").quant, report.layer("3").quant
+    assert conv.local_note == "A's layer fed B's dequantized input"
+    assert relu.local_note == "A's 2 layers B's op computes (2, 3), fed B's dequantized input"
+    assert relu.local > 100 and not relu.ok
+    assert [(g.code, g.layer) for g in report.diagnoses] == [("quant_range_clipped", "2")]
+    assert report.quant.exclude == ("/2/Conv", "/4/Conv")
