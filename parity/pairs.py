@@ -31,7 +31,7 @@ from .loading import MODEL_TABLE_KEYS
 __all__ = ["PairSpec", "PairConfigError", "find_pair_config", "load_pairs"]
 
 _KEYS = {"a", "b", "inputs", "mapping", "rtol", "atol", "tolerances", "seed", "min_argmax_agreement", "input_map",
-         "trust"}
+         "trust", "reference"}
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,11 @@ class PairSpec:
     input_map: Mapping[str, str] | None = None
     #: let both model files run code (TorchScript, pickles, Keras custom objects; see parity.trust)
     trust: bool = False
+    #: what judges each layer: "dtype" (the tolerance table) or "float64" (see parity.reference)
+    reference: str | None = None
 
     def run(self, *, rtol: float | None = None, atol: float | None = None, seed: int | None = None,
-            max_memory: int | str | None = None):
+            max_memory: int | str | None = None, reference: str | None = None):
         """Load both models and the inputs, and compare them (options given here win)."""
         from .api import diff_with
         from .loading import load_inputs, load_mapping, load_model, require_files
@@ -70,6 +72,7 @@ class PairSpec:
             where=f"pair {self.name!r}", mapping=mapping, rtol=use_rtol, atol=use_atol,
             tolerances=self.tolerances or None, min_argmax_agreement=self.min_argmax_agreement,
             seed=self.seed if seed is None else seed, max_memory=max_memory, input_map=self.input_map,
+            reference=reference or self.reference,
         )
         a, b = load_model(self.a, base, trust=self.trust), load_model(self.b, base, trust=self.trust)
         return diff_with(a, b, inputs, options)
@@ -142,6 +145,11 @@ def load_pairs(path: str | Path) -> list[PairSpec]:
         for key in ("rtol", "atol", "min_argmax_agreement"):
             if key in table and not isinstance(table[key], (int, float)):
                 raise PairConfigError(f"{where} key {key!r} must be a number, got {table[key]!r}.")
+        if "reference" in table and table["reference"] not in ("dtype", "float64"):
+            raise PairConfigError(
+                f"{where} key 'reference' must be \"dtype\" (the tolerance table) or \"float64\" (a float64 twin "
+                f"judges each layer), got {table['reference']!r}."
+            )
         inputs = table.get("inputs")
         if inputs is not None and not isinstance(inputs, (str, dict)):
             raise PairConfigError(
@@ -179,6 +187,7 @@ def load_pairs(path: str | Path) -> list[PairSpec]:
                 min_argmax_agreement=table.get("min_argmax_agreement"),
                 input_map=input_map,
                 trust=bool(table.get("trust", False)),
+                reference=table.get("reference"),
             )
         )
     return pairs

@@ -43,6 +43,9 @@ __all__ = [
     "set_report_renderer",
     "tolerance_ratio",
     "REPORT_RECORDS",
+    "Reference",
+    "Suggestion",
+    "min_rtol",
 ]
 
 
@@ -350,6 +353,11 @@ class LayerDiff:
     drift: float | None = None
     #: how sure the pairing of the two tensors is, 0–1 (see :mod:`parity.align`)
     confidence: float | None = None
+    #: with a float64 reference (:mod:`parity.reference`): how far the reference side's float32
+    #: tensor is from its float64 twin's (the noise floor), and how far the judged side is from
+    #: the float64 tensor; the verdict is then ``ref_err ≤ rtol`` (rtol = k·noise + floor, atol 0)
+    noise: float | None = None
+    ref_err: float | None = None
     #: a quantized layer of B judged in steps of its output scale (:mod:`parity.quantsteps`):
     #: its verdict replaces the float tolerance's in ``ok``
     quant: QuantVerdict | None = None
@@ -360,8 +368,23 @@ class LayerDiff:
 
     @property
     def tolerance_ratio(self) -> float:
-        """``‖b−a‖₂`` over the allowed ``atol·√n + rtol·‖a‖₂``: at most 1 passes."""
+        """``‖b−a‖₂`` over the allowed ``atol·√n + rtol·‖a‖₂`` (with a float64 reference, the
+        reference error over the error allowed it): at most 1 passes."""
+        if self.ref_err is not None:
+            if self.ref_err == 0:
+                return 0.0
+            return float(self.ref_err / self.rtol) if self.rtol > 0 else math.inf
         return tolerance_ratio(self.metrics, self.rtol, self.atol)
+
+    @property
+    def noise_ratio(self) -> float | None:
+        """The reference error in units of the noise floor ("× noise"); None without a float64
+        reading, inf over a zero noise floor."""
+        if self.ref_err is None or self.noise is None:
+            return None
+        if self.noise == 0:
+            return 0.0 if self.ref_err == 0 else math.inf
+        return float(self.ref_err / self.noise)
 
     @property
     def allowed_rel(self) -> float:
@@ -380,6 +403,21 @@ class LayerDiff:
         if self.own_err is None:
             return None
         return bool(self.own_err <= self.allowed_rel)
+
+
+def min_rtol(m: Metrics, atol: float) -> float:
+    """The smallest rtol at which ``m`` passes ``rms(b−a) ≤ atol + rtol·rms(a)`` with this atol
+    (0 when atol alone passes it; inf when ‖a‖ is 0 and atol does not)."""
+    if math.isnan(m.rel_err):
+        return math.inf
+    spare = m.err_norm - atol * math.sqrt(max(m.numel, 1))
+    if spare <= 0 or m.rel_err == 0:
+        return 0.0
+    if m.norm_a == 0:
+        return math.inf
+    if m.norm_a > 1.0:  # the scaled sums' rel_err: nothing overflows where the norms are past range
+        return max(0.0, float(m.rel_err - atol * math.sqrt(max(m.numel, 1)) / m.norm_a))
+    return float(spare / m.norm_a)
 
 
 def tolerance_ratio(m: Metrics, rtol: float, atol: float) -> float:
@@ -574,6 +612,35 @@ def _rendering() -> ReportRenderer:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """What judged the layers beyond the per-dtype table: a float64 twin's run (:mod:`parity.reference`)."""
+
+    kind: str  # "float64"
+    side: str  # "a" or "b": whose float64 twin ran
+    factor: float  # k: a layer may be k × its noise floor …
+    floor: float  # … plus this relative error
+    judged: int  # layers judged by it (the others by the dtype table)
+    #: why some layers (or all) were judged by the dtype table instead
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """The tightest tolerance the pair passes at (Polygraphy's "minimum required tolerance"):
+    a global ``rtol`` (with ``atol``) for the layers the dtype table judges, rounded up to two
+    significant digits, and the noise factor for those a float64 reference judges."""
+
+    rtol: float | None
+    atol: float | None
+    #: the layer that sets ``rtol``
+    rtol_layer: str | None
+    factor: float | None
+    factor_layer: str | None
+    #: flagged layers no tolerance makes pass (an argmax or NaN/Inf pattern that differs)
+    unfixable: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Report:
     """The answer to "do these two models compute the same thing?".
 
@@ -596,6 +663,10 @@ class Report:
     environment: Mapping[str, str] = field(default_factory=dict)
     #: parameters of aligned layers compared before any activation (weight parity)
     params: tuple[ParamDiff, ...] = ()
+    #: a float64 reference, when one judged (None: the per-dtype tolerance table judged every layer)
+    reference: Reference | None = None
+    #: the tightest tolerance this pair passes at
+    suggestion: Suggestion | None = None
     #: a quantized B judged by its quantization step: the deny-list for its converter
     quant: QuantSummary | None = None
     schema_version: int = SCHEMA_VERSION
@@ -697,5 +768,5 @@ class Report:
 #: the records a saved report is made of, the report first (JSON decoding and the JSON Schema)
 REPORT_RECORDS: tuple[type, ...] = (
     Report, ModelInfo, InputSpec, InputsSummary, LayerDiff, Metrics, LayerDetail, ErrorMap, Histogram, Diagnosis,
-    UnmatchedLayer, ParamDiff, QuantVerdict, QuantSummary,
+    UnmatchedLayer, ParamDiff, Reference, Suggestion, QuantVerdict, QuantSummary,
 )

@@ -66,7 +66,7 @@ CASES = [
     ("unknown field", ("layers", 0, "evil"), 1,
      "at $.layers[0].evil: LayerDiff has no such field (its fields: index, a_name, b_name, op, b_op, shape, "
      "b_shape, dtype, transform, ambiguous, how, metrics, rtol, atol, ok, reasons, role, diagnoses, detail, "
-     "own_err, own_method, baseline_err, drift, confidence, quant)."),
+     "own_err, own_method, baseline_err, drift, confidence, noise, ref_err, quant)."),
     ("infinite tolerance", ("layers", 0, "rtol"), "inf", "at $.layers[0].rtol expected a finite number, got a string 'inf'."),
     ("negative tolerance", ("layers", 0, "atol"), -1e-5, "at $.layers[0].atol expected a number ≥ 0, got -1e-05."),
     ("confidence over 1", ("layers", 1, "confidence"), 7, "at $.layers[1].confidence expected a number from 0 to 1, got 7."),

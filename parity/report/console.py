@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..records import LayerDiff, ModelInfo, Report, tolerance_ratio
+from .verdicts import noise_times, reference_line, suggestion_lines
 from .columns import Column, fit_columns, fitted_table, left_out_line
 from .folding import FOLD_ABOVE, TERMINAL, runs
 from .quant import divergence_words, passing_words, quant_lines, steps_cell, steps_phrase
@@ -79,8 +80,13 @@ def verdict_line(report: Report) -> str:
             counts += f", and {_outputs_phrase(outputs, over=True)}"
         else:
             counts += f"; {_outputs_phrase(outputs, over=False)} within it"
-    figure = divergence_words(d) or f"rel err {fmt_float(d.metrics.rel_err)} > rtol {fmt_float(d.rtol)}"
-    return f"✗ DIVERGES at {d.a_name} ({d.op} ↔ {d.b_op} {d.b_name}): {figure} — {counts}"
+    if d.quant is not None:
+        error = divergence_words(d) or ""
+    elif d.ref_err is not None:
+        error = f"{fmt_float(d.ref_err)} from float64, {noise_times(d)} its noise floor"
+    else:
+        error = f"rel err {fmt_float(d.metrics.rel_err)} > rtol {fmt_float(d.rtol)}"
+    return f"✗ DIVERGES at {d.a_name} ({d.op} ↔ {d.b_op} {d.b_name}): {error} — {counts}"
 
 
 def coverage_line(report: Report) -> str:
@@ -154,6 +160,7 @@ def _layer_columns(report: Report, stacked: bool) -> list[Column]:
         "shape": Column("shape", drop=2),
         "transform": Column("transform", drop=4),
         "rel err": Column("rel err", justify="right"),
+        "× noise": Column("× noise", justify="right"),
         "own err": Column("own err", justify="right"),
         "steps": Column("steps", justify="right"),  # quantized layers: alone/cumulative, in steps of their scale
         "drift": Column("drift", justify="right"),
@@ -163,6 +170,8 @@ def _layer_columns(report: Report, stacked: bool) -> list[Column]:
     }
     if stacked:
         del cols["B"]
+    if not any(d.noise_ratio is not None for d in report.layers):
+        del cols["× noise"]
     if not own:
         del cols["own err"]
     if report.quant is None:
@@ -197,6 +206,7 @@ def _layer_columns(report: Report, stacked: bool) -> list[Column]:
             "shape": "×".join(str(s) for s in d.shape),
             "transform": Text(d.transform + (" ?" if d.ambiguous else "")),
             "rel err": Text(fmt_float(m.rel_err), style=_err_style(d)),
+            "× noise": Text(noise_times(d), style=_err_style(d)),
             "max abs": fmt_float(m.max_abs),
             "cosine": f"{m.cosine:.4f}",
             "": mark,
@@ -274,11 +284,17 @@ def divergence_detail(d: LayerDiff) -> list[RenderableType]:
         Text(
             f"  relative error ‖b−a‖/‖a‖ {fmt_float(m.rel_err)} (allowed {fmt_float(d.rtol)}, atol {fmt_float(d.atol)}; "
             f"{tolerance_ratio(m, d.rtol, d.atol):.3g}× the allowed error) · cosine {m.cosine:.6f}"
-            if d.quant is None else  # a quantized layer: judged in steps of its scale, below
+            if d.ref_err is None and d.quant is None else
             f"  relative error ‖b−a‖/‖a‖ {fmt_float(m.rel_err)} · cosine {m.cosine:.6f} (a quantized layer: judged in "
             "steps of its scale, not by the float tolerance)"
+            if d.quant is not None else f"  relative error ‖b−a‖/‖a‖ {fmt_float(m.rel_err)} · cosine {m.cosine:.6f}"
         ),
     ]
+    if d.ref_err is not None:
+        lines.append(Text(
+            f"  against the float64 reference {fmt_float(d.ref_err)}: {noise_times(d)} the float32 noise floor "
+            f"{fmt_float(d.noise)} (allowed {fmt_float(d.rtol)})"
+        ))
     if d.own_err is not None:
         how = (
             "B's layer fed A's recorded input of this layer"
@@ -371,6 +387,9 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
         f"inputs: {report.inputs.source}; converted for B: {conv} · {coverage_line(report)}",
         style="dim",
     )
+    judged_by = reference_line(report)
+    if judged_by is not None:
+        yield Text(judged_by, style="dim" if report.reference and report.reference.kind == "float64" else "yellow")
     bindings = getattr(report.inputs, "bindings", ())
     if bindings and not all(b.endswith("(same name)") for b in bindings):
         yield Text("inputs bound: " + "; ".join(bindings), style="dim")
@@ -391,6 +410,8 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
         legend = own_err_legend(report)
         if legend:
             yield Text(legend, style="dim")
+        for line in suggestion_lines(report):
+            yield Text(line, style="dim")
         for line, style in quant_lines(report):  # quantized layers judged in steps, the deny-list
             yield Text(line, style=style)
     d = report.first_divergence

@@ -94,7 +94,9 @@ _FINITE = frozenset({"LayerDiff.rtol", "LayerDiff.atol", "Report.rtol", "Report.
 #: fields between 0 and 1
 _SHARES = frozenset({"LayerDiff.confidence", "Metrics.argmax_agreement"})
 #: fields that are tolerances (≥ 0)
-_TOLERANCES = frozenset({"LayerDiff.rtol", "LayerDiff.atol", "Report.rtol", "Report.atol"})
+_TOLERANCES = frozenset({"LayerDiff.rtol", "LayerDiff.atol", "Report.rtol", "Report.atol", "LayerDiff.noise",
+                         "LayerDiff.ref_err", "Reference.factor", "Reference.floor", "Suggestion.rtol",
+                         "Suggestion.atol", "Suggestion.factor"})
 
 
 class _Invalid(Exception):
