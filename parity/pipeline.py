@@ -48,6 +48,7 @@ from .errors import OptionError
 from .metrics import relative_error
 from .records import Alignment, InputsSummary, Reference, Report, Trace, UnmatchedLayer
 from .replay import InputRecorder, own_errors, to_b_layout
+from .quantsteps import quant_steps, quant_summary
 from .reruns import collecting, rerun_failed
 from .spill import release_trace
 from .tolerance import Tolerances, suggest
@@ -182,6 +183,7 @@ def _run(a: Side, b: Side, options: DiffOptions, inputs: InputsSummary | None, b
     if note is not None:
         notes.append(note)
     alignment, compared = unsure_pairs(alignment, compared, same_params(a.backend, b.backend))
+    compared = quant_steps(a, b, alignment, compared)  # B's quantized layers: judged in steps of their scale
     # A's layer inputs, recorded once for replay and the detectors
     recorder = InputRecorder(a.backend, a.inputs) if a.backend is not None and a.inputs is not None else None
     compared = own_errors(a.backend, b.backend, a.inputs, alignment, compared, recorder, b.inputs)
@@ -206,7 +208,9 @@ def _run(a: Side, b: Side, options: DiffOptions, inputs: InputsSummary | None, b
 
         report = apply_baseline(report, baseline, options.drift_factor or DRIFT_FACTOR)
     report = explain_first(report, alignment)
-    report = dataclasses.replace(report, suggestion=suggest(report.layers, tol))
+    # layers judged in steps of their quantization scale (quant) take no float tolerance to suggest
+    report = dataclasses.replace(report, suggestion=suggest(tuple(d for d in report.layers if d.quant is None), tol))
+    report = quant_summary(report)  # the deny-list of B's quantized layers judged in steps
     if both and recorder is not None:
         keep_repro_sources(report, alignment, a.backend, b.backend, recorder)
     return report

@@ -36,6 +36,8 @@ __all__ = [
     "ParamDiff",
     "InputsSummary",
     "UnmatchedLayer",
+    "QuantVerdict",
+    "QuantSummary",
     "Report",
     "ReportRenderer",
     "set_report_renderer",
@@ -357,6 +359,9 @@ class LayerDiff:
     #: the float64 tensor; the verdict is then ``ref_err ≤ rtol`` (rtol = k·noise + floor, atol 0)
     noise: float | None = None
     ref_err: float | None = None
+    #: a quantized layer of B judged in steps of its output scale (:mod:`parity.quantsteps`):
+    #: its verdict replaces the float tolerance's in ``ok``
+    quant: QuantVerdict | None = None
 
     @property
     def rel_err(self) -> float:
@@ -392,7 +397,10 @@ class LayerDiff:
 
     @property
     def own_ok(self) -> bool | None:
-        """Whether the layer's own error is within tolerance (None when not computed)."""
+        """Whether the layer's own error is within tolerance (None when not computed); for a
+        quantized layer judged in steps, whether it is within the limit alone."""
+        if self.quant is not None and self.quant.local is not None:
+            return bool(self.quant.local <= self.quant.limit)
         if self.own_err is None:
             return None
         return bool(self.own_err <= self.allowed_rel)
@@ -527,7 +535,65 @@ class ShapeConflict:
     message: str
 
 
-SCHEMA_VERSION = 1
+@dataclass(frozen=True)
+class QuantVerdict:
+    """A quantized tensor of B against A's float one, in steps of its quantization scale
+    (RMSE / scale; rounding alone gives 1/√12 ≈ 0.29), see :mod:`parity.quantsteps`."""
+
+    #: the output scale (per tensor; for a per-channel scale, their mean) and zero point
+    scale: float
+    zero_point: int
+    #: "int8", "uint8", ...
+    dtype: str
+    #: the axis of a per-channel scale in B's layout, None for one scale per tensor
+    axis: int | None
+    #: where the parameters were read: "tensor" (TFLite), "DequantizeLinear", "QuantizeLinear", "DEQUANTIZE"
+    via: str
+    #: B's dequantized output against A's, in steps
+    cumulative: float
+    #: the layer alone, in steps (None when not measurable: ``local_note`` says why)
+    local: float | None
+    #: how ``local`` was measured, or why it could not be
+    local_note: str
+    #: the figure judged (``local`` where measured, else ``cumulative``) and the limit it is held to
+    steps: float
+    limit: float
+    ok: bool
+    #: share of elements where B sits at its integer range's limit while A is past it by a step
+    clipped: float
+    #: what to name in the converter's selective-quantization option to keep this layer float
+    #: (a TFLite tensor name; ONNX node names: the layer's, and for a clipped range its readers')
+    exclude: tuple[str, ...]
+    #: the cumulative steps of B's input of this layer, where that input is a quantized pair too
+    input_steps: float | None = None
+    #: how B's layer's weights are quantized, where it has int weights: one scale per output
+    #: channel or per tensor, and the largest |q − zero point| each output channel reaches
+    weight_per_channel: bool | None = None
+    weight_levels: tuple[int, ...] = ()
+
+    @property
+    def born_here(self) -> bool:
+        """Whether the layer's error is its own: flagged on an input within the limit (a layer
+        fed an input already off was calibrated for other values: it inherits)."""
+        return not self.ok and (self.input_steps is None or self.input_steps <= self.limit)
+
+
+@dataclass(frozen=True)
+class QuantSummary:
+    """A quantized B's layers judged in steps, and the deny-list for its converter."""
+
+    #: "tflite" or "onnxruntime"
+    converter: str
+    #: the layers of B judged in steps, and the limit in steps each is held to
+    layers: int
+    limit: float
+    #: the names to keep in float, worst first (TFLite tensor names / ONNX node names)
+    exclude: tuple[str, ...] = ()
+    #: the converter's option, ready to paste
+    option: str = ""
+
+
+SCHEMA_VERSION = 2
 
 
 class ReportRenderer(Protocol):
@@ -623,6 +689,8 @@ class Report:
     suggestion: Suggestion | None = None
     #: layers (and model outputs) whose shapes differ between the two models
     conflicts: tuple[ShapeConflict, ...] = ()
+    #: a quantized B judged by its quantization step: the deny-list for its converter
+    quant: QuantSummary | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -723,5 +791,5 @@ class Report:
 #: the records a saved report is made of, the report first (JSON decoding and the JSON Schema)
 REPORT_RECORDS: tuple[type, ...] = (
     Report, ModelInfo, InputSpec, InputsSummary, LayerDiff, Metrics, LayerDetail, ErrorMap, Histogram, Diagnosis,
-    UnmatchedLayer, ParamDiff, Reference, Suggestion, ShapeConflict,
+    UnmatchedLayer, ParamDiff, Reference, Suggestion, ShapeConflict, QuantVerdict, QuantSummary,
 )

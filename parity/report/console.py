@@ -24,6 +24,7 @@ from ..records import LayerDiff, ModelInfo, Report, tolerance_ratio
 from .verdicts import noise_times, reference_line, suggestion_lines
 from .columns import Column, fit_columns, fitted_table, left_out_line
 from .folding import FOLD_ABOVE, TERMINAL, runs
+from .quant import divergence_words, passing_words, quant_lines, steps_cell, steps_phrase
 from .text import displayed
 
 __all__ = [
@@ -79,7 +80,8 @@ def verdict_line(report: Report) -> str:
             what = f"{len(inner)} layers and {_outputs_phrase(outputs, over=False)} match"
         else:
             what = f"{len(inner)} layers match"
-        return f"✓ PARITY: {what} within tolerance (max rel err {fmt_float(worst.metrics.rel_err)} at {worst.a_name})"
+        return (f"✓ PARITY: {what} within tolerance (max rel err {fmt_float(worst.metrics.rel_err)} at {worst.a_name})"
+                + passing_words(report))
     over = sum(1 for x in inner if not x.ok)
     counts = f"{over} of {len(inner)} layers over tolerance"
     if outputs:
@@ -87,7 +89,9 @@ def verdict_line(report: Report) -> str:
             counts += f", and {_outputs_phrase(outputs, over=True)}"
         else:
             counts += f"; {_outputs_phrase(outputs, over=False)} within it"
-    if d.ref_err is not None:
+    if d.quant is not None:
+        error = divergence_words(d) or ""
+    elif d.ref_err is not None:
         error = f"{fmt_float(d.ref_err)} from float64, {noise_times(d)} its noise floor"
     else:
         error = f"rel err {fmt_float(d.metrics.rel_err)} > rtol {fmt_float(d.rtol)}"
@@ -174,6 +178,7 @@ def _layer_columns(report: Report, stacked: bool) -> list[Column]:
         "rel err": Column("rel err", justify="right"),
         "× noise": Column("× noise", justify="right"),
         "own err": Column("own err", justify="right"),
+        "steps": Column("steps", justify="right"),  # quantized layers: alone/cumulative, in steps of their scale
         "drift": Column("drift", justify="right"),
         "max abs": Column("max abs", justify="right", drop=3),
         "cosine": Column("cosine", justify="right"),
@@ -185,6 +190,8 @@ def _layer_columns(report: Report, stacked: bool) -> list[Column]:
         del cols["× noise"]
     if not own:
         del cols["own err"]
+    if report.quant is None:
+        del cols["steps"]
     if not drift:
         del cols["drift"]
     loose = set()
@@ -226,6 +233,8 @@ def _layer_columns(report: Report, stacked: bool) -> list[Column]:
             else:
                 suffix = "" if d.own_method == "replay" else "~"  # ~: estimated from the error growth
                 cells["own err"] = Text(fmt_float(d.own_err) + suffix, style="bold red" if d.own_ok is False else "green")
+        if report.quant is not None:
+            cells["steps"] = Text(steps_cell(d), style="" if d.quant is None else "green" if d.quant.ok else "bold red")
         if drift:
             grown = d.drift is not None and d.drift > 10 and not d.ok
             cells["drift"] = Text(
@@ -291,7 +300,10 @@ def divergence_detail(d: LayerDiff) -> list[RenderableType]:
         Text(
             f"  relative error ‖b−a‖/‖a‖ {fmt_float(m.rel_err)} (allowed {fmt_float(d.rtol)}, atol {fmt_float(d.atol)}; "
             f"{tolerance_ratio(m, d.rtol, d.atol):.3g}× the allowed error) · cosine {m.cosine:.6f}"
-            if d.ref_err is None else f"  relative error ‖b−a‖/‖a‖ {fmt_float(m.rel_err)} · cosine {m.cosine:.6f}"
+            if d.ref_err is None and d.quant is None else
+            f"  relative error ‖b−a‖/‖a‖ {fmt_float(m.rel_err)} · cosine {m.cosine:.6f} (a quantized layer: judged in "
+            "steps of its scale, not by the float tolerance)"
+            if d.quant is not None else f"  relative error ‖b−a‖/‖a‖ {fmt_float(m.rel_err)} · cosine {m.cosine:.6f}"
         ),
     ]
     if d.ref_err is not None:
@@ -319,6 +331,8 @@ def divergence_detail(d: LayerDiff) -> list[RenderableType]:
         lines.append(
             Text(f"  NaN A/B: {m.nan_a}/{m.nan_b} · Inf A/B: {m.inf_a}/{m.inf_b}", style="red")
         )
+    if d.quant is not None:
+        lines.append(Text(f"  quantized: {steps_phrase(d)}; {d.quant.local_note}"))
     for reason in d.reasons:
         lines.append(Text(f"  • {reason}"))
     return lines
@@ -414,6 +428,8 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
             yield Text(legend, style="dim")
         for line in suggestion_lines(report):
             yield Text(line, style="dim")
+        for line, style in quant_lines(report):  # quantized layers judged in steps, the deny-list
+            yield Text(line, style=style)
     d = report.first_divergence
     if d is not None:
         yield Text("")

@@ -27,6 +27,7 @@ from .console import (
     coverage_line, fmt_evidence, fmt_float, largest_jump, own_err_legend, verdict_line, weak_matches,
 )
 from .folding import PAGE
+from .quant import quant_lines, steps_cell
 from .text import displayed, shown
 
 __all__ = ["render_html", "render_compact_html", "fold_set"]
@@ -140,6 +141,9 @@ def _context(report: Report, *, compact: bool) -> dict:
         "first": report.first_divergence,
         "own": any(d.own_err is not None for d in report.layers),
         "drift": any(d.drift is not None for d in report.layers),
+        # quantized layers judged in steps of their scale (parity.report.quant)
+        "steps": steps_cell if report.quant is not None else None,
+        "quant_lines": quant_lines(report),
     }
 
 
