@@ -37,7 +37,8 @@ import numpy as np
 from .metrics import relative_error
 from .records import Alignment, LayerDiff, Match, QuantSummary, QuantVerdict, Report, Tap
 
-__all__ = ["CLIPPED_SHARE", "ROUNDING_FLOOR", "STEP_LIMIT", "quant_steps", "quant_summary", "steps_of"]
+__all__ = ["CLIPPED_SHARE", "ROUNDING_FLOOR", "STEP_LIMIT", "broadcast_scales", "kept_masks", "quant_steps", "quant_summary",
+           "steps_of"]
 
 #: RMS of rounding to a grid of step 1: the error of a healthy quantized layer, in steps
 ROUNDING_FLOOR = 1.0 / math.sqrt(12.0)
@@ -60,7 +61,7 @@ _PLUMBING = frozenset({"QuantizeLinear", "DequantizeLinear", "QUANTIZE", "DEQUAN
 _SAME_TENSOR = 1e-6
 
 
-def _scales(q: dict, shape: tuple[int, ...]) -> np.ndarray:
+def broadcast_scales(q: dict, shape: tuple[int, ...]) -> np.ndarray:
     """The scale and zero point of every element of a tensor of ``shape`` (B's layout)."""
     scale = np.asarray(q["scale"], np.float64).reshape(-1)
     axis = q.get("axis")
@@ -168,7 +169,7 @@ def _input_pair(graph: _Graph, m: Match) -> tuple[Tap | str | None, Match | None
     return found[0], p, k
 
 
-def _kept(q: dict, scale: np.ndarray):
+def kept_masks(q: dict, scale: np.ndarray):
     """What a ``QuantizeLinear`` keeps of the float values it is fed, for each side: B's clamped
     to the grid's range; A's clamped at a lower end of 0 (a ReLU the quantizer folded into the
     range: ``zero_point`` at the type's minimum) — past the upper end A is left as it is, so a
@@ -291,10 +292,10 @@ def _judge(graph: _Graph, d: LayerDiff, m: Match, recorded: dict[str, np.ndarray
     model output takes the figures alone of the layer whose tensor it is from ``layer_of``)."""
     q = m.b.attrs["quantized"]
     value_a = np.asarray(m.a.value, np.float64)
-    scale = np.asarray(m.transform.apply(_scales(q, tuple(m.b.shape))), np.float64)
+    scale = np.asarray(m.transform.apply(broadcast_scales(q, tuple(m.b.shape))), np.float64)
     if scale.shape != value_a.shape:
         scale = np.broadcast_to(np.float64(np.mean(q["scale"])), value_a.shape)
-    keep_a, keep_b = _kept(q, scale)
+    keep_a, keep_b = kept_masks(q, scale)
     value_a, value_b = keep_a(value_a), keep_b(np.asarray(m.transform.apply(m.b.value), np.float64))
     cumulative = steps_of(value_a, value_b, scale)
     clipped = _clipped(value_a, value_b, scale, q)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..quantsteps import CLIPPED_SHARE, ROUNDING_FLOOR, _kept, _scales, steps_of
+from ..quantsteps import CLIPPED_SHARE, ROUNDING_FLOOR, kept_masks, broadcast_scales, steps_of
 from ..records import Diagnosis
 from .base import Context, detector
 
@@ -38,12 +38,12 @@ def quant_range_clipped(ctx: Context) -> Diagnosis | None:
     q = ctx.match.b.attrs.get("quantized")
     if v is None or q is None or v.ok or v.clipped < CLIPPED_SHARE:
         return None
-    scale = np.asarray(ctx.match.transform.apply(_scales(q, tuple(ctx.match.b.shape))), np.float64)
+    scale = np.asarray(ctx.match.transform.apply(broadcast_scales(q, tuple(ctx.match.b.shape))), np.float64)
     if scale.shape != ctx.a.shape:
         return None
     if _named_before(ctx, "quant_range_clipped"):
         return None
-    keep_a, keep_b = _kept(q, scale)
+    keep_a, keep_b = kept_masks(q, scale)
     a, b = keep_a(np.asarray(ctx.a, np.float64)), keep_b(np.asarray(ctx.b, np.float64))
     zp = float(np.mean(q["zero_point"]))
     lo, hi = (q["qmin"] - zp) * scale, (q["qmax"] - zp) * scale
