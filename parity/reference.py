@@ -149,17 +149,39 @@ def _reading(m: Any, by_name: Mapping[str, Any], side: str) -> tuple[float, floa
 
 
 def _measured(m: Any, t64: Any, own: Any, other: Any, side: str) -> tuple[float, float] | None:
-    v64 = np.asarray(t64.value, dtype=np.float64)
-    if not v64.size or not np.any(v64) or not np.all(np.isfinite(v64)):
-        return None
-    noise = relative_error(v64, np.asarray(own.value, dtype=np.float64))
+    # relative_error works block by block in float64 where one side is float64: no whole-tensor copies
+    v64 = np.asarray(t64.value)
+    if not v64.size or v64.dtype != np.float64 or not np.any(v64):
+        return None  # all zero: no relative precision to speak of; not float64: the twin did not compute in it
+    noise = _relative(v64, np.asarray(own.value))
+    if not math.isfinite(noise):
+        return None  # NaN/Inf where the float32 run has none (or the other way round): not a noise floor
     if side == "a":
-        theirs = np.asarray(m.transform.apply(other.value), dtype=np.float64)
-        ref_err = relative_error(v64, theirs)
+        ref_err = _relative(v64, np.asarray(m.transform.apply(other.value)))
     else:  # B is the reference: A's tensor is held against B's float64 one brought to A's layout
-        ref64 = np.asarray(m.transform.apply(v64), dtype=np.float64)
-        ref_err = relative_error(ref64, np.asarray(other.value, dtype=np.float64))
+        ref_err = _relative(np.asarray(m.transform.apply(v64)), np.asarray(other.value))
     return float(noise), float(ref_err)
+
+
+#: past this magnitude a float64 sum of squares could overflow: the scaled sums of relative_error
+_PLAIN_LIMIT = 1e150
+
+
+def _relative(ref: np.ndarray, x: np.ndarray) -> float:
+    """``‖x − ref‖ / ‖ref‖`` in float64, one sample (first axis) at a time with BLAS dot products —
+    the float64 reference reads every tensor of a model twice — falling back to
+    :func:`~parity.metrics.relative_error`'s scaled sums where a value is non-finite or huge."""
+    if ref.shape != x.shape or ref.ndim == 0:
+        return relative_error(ref, x)
+    num = den = 0.0
+    for i in range(ref.shape[0]):
+        r = np.ascontiguousarray(ref[i], dtype=np.float64).reshape(-1)
+        d = np.ascontiguousarray(x[i], dtype=np.float64).reshape(-1) - r
+        num += float(np.dot(d, d))
+        den += float(np.dot(r, r))
+    if not (math.isfinite(num) and math.isfinite(den)) or den == 0 or den > _PLAIN_LIMIT or num > _PLAIN_LIMIT:
+        return relative_error(ref, x)
+    return math.sqrt(num / den)
 
 
 def min_factor(d: LayerDiff) -> float:
