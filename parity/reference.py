@@ -43,13 +43,16 @@ __all__ = ["NOISE_FACTOR", "NOISE_FLOOR", "REFERENCES", "check_reference", "floa
 REFERENCES = ("dtype", "float64")
 
 #: a layer's error against the float64 reference may reach this multiple of its noise floor.
-#: Measured on the corpus (see README, "Noise floor"): faithful pairs reach at most ~11× (another
-#: framework's float32 kernels round differently: Winograd convolutions, fused BatchNorm,
-#: one-pass variances), the median layer 1.3×; the bugs it must find measure 10³× and more.
+#: Measured on the faithful corpus (README, "Noise or bug"): a layer's error against float64 is
+#: its own noise floor's size (median 0.95×, p99 1.7×); past the floor below, the largest per pair
+#: is 5× (timm EfficientNet through dynamo ONNX) and 14× (transformers' OpenAI GPT, TF's GELU);
+#: the bugs it must find measure 10³× and more.
 NOISE_FACTOR = 32.0
 #: ... plus this relative error, for layers float32 computes (nearly) exactly (noise floor ≈ 0):
-#: ~40 float32 ulps, an order under the smallest bug it must find (an exact vs tanh GELU, 1e-4)
-NOISE_FLOOR = 5e-6
+#: ~80 float32 ulps — another framework's float32 kernels (TF's erf-based GELU: 8e-6 where
+#: torch's float32 is 2e-7 from float64) differ by this much — and an order under the smallest
+#: bug it must find (an exact vs tanh GELU, 1.5e-4)
+NOISE_FLOOR = 1e-5
 
 
 def check_reference(value: Any) -> str:

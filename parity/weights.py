@@ -232,6 +232,26 @@ def _compare_layer(ctx: LayerPair, rtol: float | None) -> list[ParamDiff]:
     return [results[r] for r in roles]
 
 
+def _rounded_to(a: np.ndarray, b: np.ndarray) -> str | None:
+    """``"float16"`` or ``"bfloat16"`` when ``b`` is exactly ``a`` rounded to that half precision
+    (and ``a`` is not already representable in it), else None."""
+    if a.shape != b.shape or not a.size or not np.all(np.isfinite(a)):
+        return None
+    kinds: list[tuple[str, Any]] = [("float16", np.float16)]
+    try:
+        import ml_dtypes
+
+        kinds.append(("bfloat16", ml_dtypes.bfloat16))
+    except ImportError:  # pragma: no cover - ml_dtypes comes with TensorFlow and JAX
+        pass
+    for name, dtype in kinds:
+        with np.errstate(over="ignore"):
+            half = a.astype(dtype).astype(np.float64)
+        if not np.array_equal(half, a) and np.array_equal(half, b):
+            return name
+    return None
+
+
 def _explain(ctx: LayerPair, role: str, a: np.ndarray, b: np.ndarray, b_raw: np.ndarray, rel: float, tol: float, note: str) -> ParamDiff:
     pa, pb = ctx.a.params[role].name, ctx.b.params[role].name
     for alt in alternatives(ctx, role, a, b_raw):
@@ -251,6 +271,12 @@ def _explain(ctx: LayerPair, role: str, a: np.ndarray, b: np.ndarray, b_raw: np.
         return _pd(ctx, role, alt.status, rel, message, {
             "code": alt.code, "rel_err_as_copied": rel, "rel_err_alternative": alt_rel,
         })
+    rounded = _rounded_to(a, b)
+    if rounded is not None:
+        return _pd(ctx, role, "differs", rel, (
+            f"{pb} of {_who(ctx, 'b')} is {pa} of {_who(ctx, 'a')} rounded to {rounded}: every value equals A's in "
+            f"{rounded} (rel err {_fmt(rel)}), so the converter, or the checkpoint it read, kept the weights in "
+            "half precision."), {"code": "weight_precision", "rel_err_as_copied": rel})
     how = _how_it_differs(a, b, role, tol)
     what = f"{pb} of {_who(ctx, 'b')} differs from {pa} of {_who(ctx, 'a')}: rel err {_fmt(rel)}"
     if how:

@@ -213,3 +213,26 @@ def test_dense_rows_not_reordered_after_a_flatten_are_flatten_order():
     # the matches alone hide B's Flatten: either order is accepted, with a note
     (fc,) = compare(a, b, alignment.matches)
     assert fc.status == "ok" and "pass the whole Alignment" in fc.message
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_weights_rounded_to_half_precision_are_named(half):
+    """keras-hub's Mistral conversion keeps every weight rounded to float16: 2e-4 from A's."""
+    import ml_dtypes
+
+    w = rand(6, 5)
+    rounded = w.astype(np.float16 if half == "float16" else ml_dtypes.bfloat16).astype(np.float32)
+    (d,) = compare({"fc": torch_layer("dense", "Linear", kernel=w)}, {"fc": keras_layer("dense", "Dense", kernel=rounded)},
+                   [match("fc", "Linear", "Dense")])
+    assert d.status == "differs" and f"kernel of B's 'fc' (keras) is weight of A's 'fc' (torch) rounded to {half}: every value equals A's in {half}" in d.message
+    (g,) = weight_diagnoses([d])
+    assert g.code == "weight_precision" and g.layer == "fc" and "Load the weights in float32" in g.message
+    from parity.diagnose.params import weight_code
+    from parity.records import ParamDiff
+
+    read_back = ParamDiff(**{f: getattr(d, f) for f in ("a_layer", "b_layer", "a_param", "b_param", "status",
+                                                          "rel_err", "message")})
+    assert weight_code(read_back) == "weight_precision"  # from a saved report's words
+    (same,) = compare({"fc": torch_layer("dense", "Linear", kernel=rounded)},
+                      {"fc": keras_layer("dense", "Dense", kernel=rounded.copy())}, [match("fc", "Linear", "Dense")])
+    assert same.status == "ok"

@@ -21,6 +21,8 @@ ADVICE = {
     "flatten_order": "Reorder the dense layer's input rows to the flatten order B's input has, or "
     "Permute B's tensor to A's layout before its Flatten.",
     "bn_statistics": "Copy running_mean into moving_mean and running_var into moving_variance.",
+    "weight_precision": "Load the weights in float32 (the float32 checkpoint, or the converter's dtype set to "
+    "float32); if half precision is meant, judge the pair as such — the error is rounding, not a wrong weight.",
     "weight_mismatch": "Re-copy these parameters from model A (check the conversion script's mapping of names).",
     "rnn_gate_order": "Reorder the gate blocks when copying: torch LSTM i,f,g,o is Keras i,f,c,o (the same); torch "
     "GRU r,z,n is Keras z,r,h (swap the first two blocks of weight_ih/weight_hh and of both biases, and use "
@@ -46,7 +48,8 @@ def weight_diagnoses(params: Iterable[ParamDiff]) -> list[Diagnosis]:
     """One :class:`Diagnosis` per layer and cause among the parameters that are not ``ok``:
     ``weight_transpose`` (a kernel transposed or permuted the other way), ``flatten_order``
     (a dense layer's rows in the other flatten order), ``bn_statistics`` (running mean and
-    variance swapped) and ``weight_mismatch`` (anything else), on A's layer name."""
+    variance swapped), ``weight_precision`` (B's are A's rounded to float16/bfloat16) and
+    ``weight_mismatch`` (anything else), on A's layer name."""
     grouped: dict[tuple[str, str], list[ParamDiff]] = {}
     for p in params:
         if p.status == "ok":
@@ -83,4 +86,6 @@ def weight_code(p: ParamDiff) -> str:
     if p.status == "swapped":
         stats = ("mean", "var")
         return "bn_statistics" if any(k in (p.a_param or p.b_param).lower() for k in stats) else "weight_mismatch"
+    if p.status == "differs" and (" rounded to float16:" in p.message or " rounded to bfloat16:" in p.message):
+        return "weight_precision"
     return "weight_mismatch"
