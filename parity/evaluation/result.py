@@ -106,6 +106,8 @@ class Evaluation:
     #: off the record: the live models (or their specs) and diff's options, for worst[i].diff()
     models: tuple[Any, Any] = field(default=(None, None), repr=False)
     diff_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: how the run went (engine, workers, seconds, Ray retries): never in the JSON
+    run_info: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -282,6 +284,14 @@ def _save_sample(folder: Path, index: int, inputs: Any) -> Path:
     return path
 
 
+def _npz_inputs(path: Path) -> Any:
+    """A saved sample of several inputs: by name, or by position when saved as input0, input1, …"""
+    with np.load(path) as z:
+        named = {k: z[k] for k in z.files}
+    positional = [f"input{i}" for i in range(len(named))]
+    return [named[k] for k in positional] if sorted(named) == sorted(positional) else named
+
+
 def _fmt(x: Any) -> str:
     return x if isinstance(x, str) else f"{x:.3g}"
 
@@ -314,7 +324,7 @@ def load_evaluation(path: str | Path) -> Evaluation:
             for suffix in (".npy", ".npz"):
                 f = folder / f"sample-{d['index']:06d}{suffix}"
                 if f.is_file():
-                    inputs = [np.load(f)] if suffix == ".npy" else dict(np.load(f))
+                    inputs = [np.load(f)] if suffix == ".npy" else _npz_inputs(f)
         return WorstSample(d["index"], float(d["error"]), d["top1_a"], d["top1_b"], d["label"], inputs, evaluation)
 
     object.__setattr__(evaluation, "worst", tuple(kept(d) for d in data["worst"]))

@@ -134,6 +134,8 @@ def evaluate(
     bar = _Bar(source.length, total.samples, progress)
     partial = False
     notes: list[str] = []
+    run_info: dict[str, Any] = {"engine": engine, "workers": workers if engine == "ray" else 1}
+    t0 = _now()
     try:
         if engine == "local":
             runner = Runner(backend_a, backend_b, plan)
@@ -146,16 +148,22 @@ def evaluate(
             from .ray_engine import run_on_ray
 
             specs = (_absolute(a, base_dir), _absolute(b, base_dir))
+
+            def merged(stats: Stats, next_batch: int) -> None:
+                bar.advance(stats.samples)
+                if saver is not None:
+                    saver.maybe(stats, next_batch)
+
             total = run_on_ray(specs, plan, source, batches, total, start=start, total_batches=total_batches,
                                workers=workers, shard_batches=shard_batches, trust=trust, base_dir=base_dir,
-                               on_merged=lambda stats, next_batch: (bar.advance(stats.samples),
-                                                                    saver.maybe(stats, next_batch) if saver else None))
+                               on_merged=merged, log=run_info)
     except KeyboardInterrupt:
         partial = True
         notes.append(f"interrupted after {total.batches} batches ({total.samples} samples): these statistics are "
                      "partial" + (f"; resume with --resume {checkpoint}" if checkpoint else ""))
     finally:
         bar.close()
+    run_info["seconds"] = _now() - t0
     if saver is not None:
         saver.write(total, total.batches)  # batches are merged in order from 0: the next one to count
     if source.length is not None and not partial and max_batches is None and total.samples != source.length:
@@ -163,13 +171,15 @@ def evaluate(
     if plan.unmatched:
         notes.append(f"{len(plan.unmatched)} layer(s) of A not compared: {', '.join(plan.unmatched[:8])}"
                      + (", …" if len(plan.unmatched) > 8 else ""))
-    return Evaluation.build(
+    result = Evaluation.build(
         total, model_a=_info(backend_a), model_b=_info(backend_b), data=source.describe(),
         batch_size=batch_size if source.random_access else None, layers_mode=kind if kind != "globs" else str(layers),
         tolerance=tol.describe(), partial=partial, notes=tuple(notes), min_agreement=min_agreement,
         max_accuracy_drop=max_accuracy_drop, models=(model_a, model_b),
         diff_options={"mapping": mapping, "tolerances": tol, "input_map": input_map},
     )
+    object.__setattr__(result, "run_info", run_info)  # how it ran: off the record (not in the JSON)
+    return result
 
 
 def shippable(spec: Any, side: str) -> None:
