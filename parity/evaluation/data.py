@@ -90,10 +90,11 @@ def check_labels(y: Any, where: str, n: int | None = None) -> np.ndarray:
     return arr
 
 
-def _is_labels(obj: Any, n: int) -> bool:
+def _is_labels(obj: Any) -> bool:
+    """A 1-D integer array: the y of (x, y) (a second input that is one needs a dict by name)."""
     shape = getattr(obj, "shape", None)
     dtype = getattr(obj, "dtype", None)
-    if shape is None or len(shape) != 1 or int(shape[0]) != n:
+    if shape is None or len(shape) != 1:
         return False
     name = str(dtype)
     return "int" in name or name.endswith("bool")
@@ -114,9 +115,7 @@ def split_batch(element: Any, where: str) -> tuple[Any, np.ndarray | None]:
                             "arrays, a dict by input name, or (x, y).")
         if len(element) == 2:
             x, y = element
-            first = next(iter(x.values())) if isinstance(x, Mapping) else (x[0] if isinstance(x, (tuple, list)) else x)
-            n = int(getattr(first, "shape", (0,))[0]) if getattr(first, "shape", None) else -1
-            if _is_labels(y, n) or isinstance(x, (tuple, list, Mapping)):
+            if _is_labels(y) or isinstance(x, (tuple, list, Mapping)):
                 inputs, _ = split_batch(x, where) if isinstance(x, (tuple, list, Mapping)) else (
                     [_to_numpy(x, f"{where}, input 0")], None)
                 return inputs, check_labels(y, f"{where}, labels")
