@@ -193,7 +193,7 @@ class _Column:
             n = int(a.shape[0])
             lo, hi = max(start - offset, 0), min(stop - offset, n)
             if lo < hi:
-                parts.append(np.asarray(a[lo:hi]))
+                parts.append(np.array(a[lo:hi]))  # a copy of the batch: the file stays read-only
             offset += n
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
