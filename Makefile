@@ -100,10 +100,12 @@ demo-chain: $(STAMP)
 	$(VENV)/bin/parity demo --chain
 
 # What parity costs on a Keras ResNet-50 and its PyTorch port, beside TorchLens and Polygraphy
-# (installed into the venv for this target only).  Several minutes on 2 cores.
+# (installed into the venv for this target only), then parity.evaluate over a dataset (throughput
+# against plain forwards, peak RSS at 1x and 8x the samples, Ray beside local).  Several minutes on 2 cores.
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.evaluate
 
 # Real architectures through real converters, each pair in its own subprocess: reports/corpus.{md,html,json}.
 # Conversions are cached (~/.cache/parity/test-artifacts); the first run takes hours on 2 cores.

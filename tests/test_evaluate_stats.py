@@ -235,3 +235,13 @@ def test_a_live_model_cannot_go_to_ray_workers_and_the_message_says_what_to_pass
         parity.evaluate(object(), "b.onnx", np.zeros((2, 3), np.float32), engine="ray")
     with pytest.raises(OptionError, match=r"engine must be one of local, ray, got 'spark'"):
         parity.evaluate(object(), object(), np.zeros((2, 3), np.float32), engine="spark")
+
+
+def test_importing_parity_evaluate_imports_no_framework_and_no_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys, parity, parity.evaluation.ray_engine, parity.evaluation.cli; parity.evaluate; "
+            "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
