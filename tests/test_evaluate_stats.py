@@ -245,3 +245,10 @@ def test_importing_parity_evaluate_imports_no_framework_and_no_ray():
             "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_single_samples_are_refused_with_how_to_batch_them():
+    samples = [(np.zeros((1, 28, 28), np.float32), np.int64(3))]
+    with pytest.raises(DataError, match=r"batch 0 of a list of 1 batches is \(x, y\) with a single label.*"
+                                        r"dataset\.batch\(32\)"):
+        list(as_source(samples).batches())

@@ -53,6 +53,12 @@ class Batch:
 
 
 def _to_numpy(obj: Any, where: str) -> np.ndarray:
+    arr = _as_numpy(obj, where)
+    # read-only batches (tf.data's, a memory map's) are copied: torch refuses to wrap them quietly
+    return arr if arr.flags.writeable else arr.copy()
+
+
+def _as_numpy(obj: Any, where: str) -> np.ndarray:
     if isinstance(obj, np.ndarray):
         return obj
     if hasattr(obj, "detach") and hasattr(obj, "cpu"):  # a torch tensor
@@ -115,6 +121,11 @@ def split_batch(element: Any, where: str) -> tuple[Any, np.ndarray | None]:
                             "arrays, a dict by input name, or (x, y).")
         if len(element) == 2:
             x, y = element
+            if getattr(y, "ndim", None) == 0 or isinstance(y, (int, np.integer)):
+                raise DataError(
+                    f"{where} is (x, y) with a single label ({y!r}): the data holds single samples, not batches. "
+                    "Batch them, e.g. dataset.batch(32) for tf.data or DataLoader(dataset, batch_size=32)."
+                )
             if _is_labels(y) or isinstance(x, (tuple, list, Mapping)):
                 inputs, _ = split_batch(x, where) if isinstance(x, (tuple, list, Mapping)) else (
                     [_to_numpy(x, f"{where}, input 0")], None)
@@ -128,7 +139,8 @@ def _batch_length(inputs: Any, labels: np.ndarray | None, where: str) -> int:
     sizes = {}
     for k, a in arrays:
         if a.ndim == 0:
-            raise DataError(f"{where}, input {k!r} is a scalar; expected a batch of samples (samples on axis 0).")
+            raise DataError(f"{where}, input {k!r} is a scalar; expected a batch of samples (samples on axis 0). "
+                            "If the data holds single samples, batch them (dataset.batch(32), DataLoader(batch_size=32)).")
         sizes[k] = int(a.shape[0])
     if len(set(sizes.values())) > 1:
         raise DataError(
