@@ -252,3 +252,22 @@ def test_single_samples_are_refused_with_how_to_batch_them():
     with pytest.raises(DataError, match=r"batch 0 of a list of 1 batches is \(x, y\) with a single label.*"
                                         r"dataset\.batch\(32\)"):
         list(as_source(samples).batches())
+
+
+def test_pair_tables_take_a_dataset_and_refuse_its_keys_without_one(tmp_path):
+    from parity.errors import PairConfigError
+    from parity.pairs import load_pairs
+
+    cfg = tmp_path / "parity.toml"
+    cfg.write_text('[pairs.v]\na = "m:a"\nb = "m:b"\ndata = "val.npz"\nlabels = "y.npy"\nmin_agreement = 0.99\n'
+                   'max_accuracy_drop = 0.01\nlayers = "outputs"\nbatch_size = 64\n')
+    (pair,) = load_pairs(cfg)
+    assert pair.data == "val.npz"
+    assert dict(pair.evaluate_options) == {"labels": "y.npy", "min_agreement": 0.99, "max_accuracy_drop": 0.01,
+                                           "layers": "outputs", "batch_size": 64}
+    cfg.write_text('[pairs.v]\na = "m:a"\nb = "m:b"\nmin_agreement = 0.99\n')
+    with pytest.raises(PairConfigError, match=r"\[pairs\.v\] gives min_agreement without 'data'"):
+        load_pairs(cfg)
+    cfg.write_text('[pairs.v]\na = "m:a"\nb = "m:b"\ndata = "val.npz"\nmax_accuracy_drop = 5\n')
+    with pytest.raises(PairConfigError, match=r"key 'max_accuracy_drop' must be a fraction in \[0, 1\], got 5"):
+        load_pairs(cfg)

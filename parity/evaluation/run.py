@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from itertools import chain
+from itertools import chain, takewhile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -128,7 +128,8 @@ def evaluate(
     if start and not source.random_access:
         batches = (x for x in batches if x.index >= start)
     if max_batches is not None:
-        batches = (x for x in batches if x.index < max_batches)
+        limit = max_batches
+        batches = takewhile(lambda x: x.index < limit, batches)
     nb = source.num_batches if source.random_access else None
     total_batches = min(nb, max_batches) if nb is not None and max_batches is not None else nb
     bar = _Bar(source.length, total.samples, progress)
