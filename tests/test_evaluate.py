@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 pytest.importorskip("torch")
 pytest.importorskip("keras")
@@ -248,3 +250,22 @@ max_accuracy_drop = 0.0
     result = pytester.runpytest_inprocess("--parity", "-p", "parity.plugin", "parity.toml")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*✗ DIVERGES at output (over the data): 160 samples*", "*✓ digits_same*"])
+
+
+def test_the_dataset_demo_flags_batchnorm_and_passes_the_fixed_pair(tmp_path):
+    from parity.evaluation.demo import run_dataset_demo
+
+    buf = io.StringIO()
+    code = run_dataset_demo(out=tmp_path / "ds.json", console=Console(file=buf, width=150, color_system=None))
+    text = buf.getvalue()
+    assert code == 0
+    bug, fixed = text.split("keras with epsilon 1e-5")
+    assert "✗ DIVERGES at layer1.1 (over the data): 449 samples" in bug
+    assert "exact McNemar p =" in bug and "worst samples (largest output error)" in bug
+    assert "bn_epsilon at layer1.1" in bug
+    assert "✓ PARITY: 449 samples, top-1 agreement 100.00%" in fixed
+    assert "McNemar p = 1 (not significant); every layer within tolerance" in fixed
+    saved = json.loads((tmp_path / "ds.json").read_text())
+    assert saved["first_divergence"] == "layer1.1" and not saved["ok"]
+    assert json.loads((tmp_path / "ds-fixed.json").read_text())["ok"]
+    assert (tmp_path / "ds.html").is_file()

@@ -451,7 +451,8 @@ def _source(data: Any, batch_size: int) -> Source:
         else:
             raise DataError(f"data file {str(path)!r} is neither .npy nor .npz; save the samples with np.save "
                             "or np.savez (uncompressed), or pass an iterable of batches.")
-        columns, labels = _file_columns(files, what)
+        # opened by absolute path: a Ray worker reading its shard runs in another directory
+        columns, labels = _file_columns([f.resolve() for f in files], what)
         return ArraySource(columns, labels, batch_size, what)
     if isinstance(data, np.ndarray):
         return ArraySource({0: _Column([data])}, None, batch_size, f"an array of shape {tuple(data.shape)}")
