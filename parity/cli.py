@@ -412,6 +412,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             if not Path(args.report).exists():
                 raise InputError(f"report {args.report!r} does not exist.")
+            from .evaluation.result import is_evaluation, load_evaluation
+
+            if is_evaluation(args.report):  # a dataset run (parity evaluate --json)
+                result = load_evaluation(args.report)
+                console.print(result)
+                if args.html_out:
+                    result.to_html(args.html_out)
+                    console.print(_written_line("HTML evaluation", args.html_out))
+                return 0 if result.ok else 1
             report = load_report(args.report)
             console.print(report)
             _write_outputs(report, args, console)

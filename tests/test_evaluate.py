@@ -269,3 +269,12 @@ def test_the_dataset_demo_flags_batchnorm_and_passes_the_fixed_pair(tmp_path):
     assert saved["first_divergence"] == "layer1.1" and not saved["ok"]
     assert json.loads((tmp_path / "ds-fixed.json").read_text())["ok"]
     assert (tmp_path / "ds.html").is_file()
+
+
+def test_parity_show_renders_a_saved_evaluation(buggy_result, tmp_path, capsys):
+    from parity.cli import main
+
+    path = buggy_result.to_json(tmp_path / "ev.json")
+    assert main(["show", str(path), "--html", str(tmp_path / "again.html")]) == 1
+    assert "✗ DIVERGES at layer1.1 (over the data)" in capsys.readouterr().out
+    assert 'class="bad first"' in (tmp_path / "again.html").read_text()

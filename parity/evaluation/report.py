@@ -9,6 +9,7 @@ report) adds the per-layer error distribution drawn by matplotlib, inlined as SV
 
 from __future__ import annotations
 
+import io
 import math
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -109,10 +110,31 @@ def render_console(ev: "Evaluation") -> Iterator[Any]:
         yield Text(shown(f"note: {note}"), style="yellow")
 
 
+def _pyplot():
+    """matplotlib's pyplot, set up as the diff report's charts are: Agg, a fixed SVG hash salt and
+    text as text, so the same evaluation gives the same bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    matplotlib.rcParams.update({"svg.hashsalt": "parity", "svg.fonttype": "none", "font.size": 9,
+                                "axes.spines.top": False, "axes.spines.right": False})
+    return plt
+
+
+def _svg(fig: Any) -> str:
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": "parity"})
+    _pyplot().close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]  # inlined in HTML: no XML prolog
+
+
 def distribution_chart(ev: "Evaluation") -> str:
     """Per-layer distribution of the per-sample relative error (SVG): p50 to p99 as a bar, the
     maximum as a dot, each layer's tolerance as a tick; layers in A's order."""
-    from ..report.charts import BAD_COLOR, FLOOR, OK_COLOR, _pyplot, _svg
+    from ..report.charts import BAD_COLOR, FLOOR, OK_COLOR
 
     plt = _pyplot()
     n = len(ev.layers)
@@ -139,7 +161,7 @@ def distribution_chart(ev: "Evaluation") -> str:
 
 def histogram_chart(ev: "Evaluation", name: str) -> str:
     """The log-binned histogram of one layer's per-sample relative error (SVG)."""
-    from ..report.charts import BAD_COLOR, _pyplot, _svg
+    from ..report.charts import BAD_COLOR
     from .stats import HIST_EDGES
 
     x = ev.layer(name)

@@ -22,7 +22,7 @@ import numpy as np
 from ..files import write_text
 from .stats import HIST_EDGES, Sample, Stats
 
-__all__ = ["Evaluation", "WorstSample", "SCHEMA", "SCHEMA_VERSION", "load_evaluation"]
+__all__ = ["Evaluation", "WorstSample", "SCHEMA", "SCHEMA_VERSION", "load_evaluation", "is_evaluation"]
 
 SCHEMA = "parity.evaluation"
 SCHEMA_VERSION = 1
@@ -71,9 +71,9 @@ class WorstSample:
         return diff(a, b, self.inputs, **options)
 
     def as_dict(self) -> dict[str, Any]:
-        from .stats import _num
+        from .stats import json_number
 
-        return {"index": self.index, "error": _num(self.error), "top1_a": self.top1_a, "top1_b": self.top1_b,
+        return {"index": self.index, "error": json_number(self.error), "top1_a": self.top1_a, "top1_b": self.top1_b,
                 "label": self.label}
 
 
@@ -294,6 +294,16 @@ def _npz_inputs(path: Path) -> Any:
 
 def _fmt(x: Any) -> str:
     return x if isinstance(x, str) else f"{x:.3g}"
+
+
+def is_evaluation(path: str | Path) -> bool:
+    """Whether ``path`` holds a saved evaluation (its schema says so), not a diff report."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            head = f.read(200)
+    except OSError:
+        return False
+    return f'"schema": "{SCHEMA}"' in head
 
 
 def load_evaluation(path: str | Path) -> Evaluation:

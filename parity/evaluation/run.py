@@ -304,11 +304,11 @@ class _Bar:
     """samples/s and the time left, on an interactive terminal only (see :mod:`parity.progress`)."""
 
     def __init__(self, length: int | None, done: int, wanted: bool | None) -> None:
-        from ..progress import _wanted
+        from ..progress import shows_progress
 
         self.progress: Any = None
         self.task: Any = None
-        if not (_wanted() if wanted is None else wanted):
+        if not (shows_progress() if wanted is None else wanted):
             return
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,

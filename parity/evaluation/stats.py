@@ -23,7 +23,7 @@ from .exact import ExactSum
 
 __all__ = [
     "HIST_EDGES", "LayerStats", "OutputStats", "Sample", "WorstKeeper", "Stats",
-    "mcnemar_exact", "paired_difference_interval", "histogram_percentile", "per_sample_errors",
+    "mcnemar_exact", "paired_difference_interval", "histogram_percentile", "per_sample_errors", "json_number",
 ]
 
 #: per-sample relative error histogram: bin 0 is [0, 1e-12), bin i (1 ≤ i ≤ 280) is
@@ -205,13 +205,13 @@ class LayerStats:
             "transform": self.transform, "rtol": self.rtol, "atol": self.atol,
             "samples": self.count,
             "ok": self.ok,
-            "rel_err": _num(self.rel_err),
-            "mean_rel_err": _num(self.sum_rel.value / finite) if finite else None,
-            "mean_cosine": _num(self.sum_cos.value / finite) if finite else None,
-            "p50_rel_err": _num(histogram_percentile(self.hist, 0.5, self.max_rel)),
-            "p99_rel_err": _num(histogram_percentile(self.hist, 0.99, self.max_rel)),
-            "max_rel_err": _num(self.max_rel), "max_rel_err_sample": self.max_rel_sample,
-            "max_abs": _num(self.max_abs), "max_abs_sample": self.max_abs_sample,
+            "rel_err": json_number(self.rel_err),
+            "mean_rel_err": json_number(self.sum_rel.value / finite) if finite else None,
+            "mean_cosine": json_number(self.sum_cos.value / finite) if finite else None,
+            "p50_rel_err": json_number(histogram_percentile(self.hist, 0.5, self.max_rel)),
+            "p99_rel_err": json_number(histogram_percentile(self.hist, 0.99, self.max_rel)),
+            "max_rel_err": json_number(self.max_rel), "max_rel_err_sample": self.max_rel_sample,
+            "max_abs": json_number(self.max_abs), "max_abs_sample": self.max_abs_sample,
             "over_tolerance": self.over,
             "over_tolerance_share": self.over / self.count if self.count else 0.0,
             "nonfinite_samples": self.nonfinite,
@@ -236,7 +236,7 @@ class LayerStats:
         return out
 
 
-def _num(x: float) -> float | str:
+def json_number(x: float) -> float | str:
     """A float for JSON; Inf and NaN as strings (JSON has no such numbers)."""
     if math.isnan(x):
         return "nan"
