@@ -271,3 +271,12 @@ def test_pair_tables_take_a_dataset_and_refuse_its_keys_without_one(tmp_path):
     cfg.write_text('[pairs.v]\na = "m:a"\nb = "m:b"\ndata = "val.npz"\nmax_accuracy_drop = 5\n')
     with pytest.raises(PairConfigError, match=r"key 'max_accuracy_drop' must be a fraction in \[0, 1\], got 5"):
         load_pairs(cfg)
+
+
+def test_a_sample_whose_sums_overflow_is_counted_as_non_finite_not_summed():
+    layer = LayerStats("l", "l", "op", "op", "layer", "identity", 1e-3, 1e-5)
+    a = np.array([[1.0, 2.0], [1e200, 1e200]])
+    layer.add(a, a * 1.5, 0)
+    s = layer.summary()
+    assert s["nonfinite_samples"] == 1 and s["samples"] == 2 and not s["ok"]
+    assert s["mean_rel_err"] == pytest.approx(0.5)  # the finite sample alone

@@ -10,6 +10,8 @@ the float64 nearest the exact sum.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["ExactSum"]
@@ -33,6 +35,8 @@ class ExactSum:
         v = np.asarray(values, dtype=np.float64).reshape(-1)
         if not v.size:
             return
+        if not np.isfinite(v).all():
+            raise ValueError("ExactSum adds finite values only; count NaN and Inf apart")
         mant, exp = np.frexp(v)  # v = mant · 2**exp, 0.5 ≤ |mant| < 1
         m = np.ldexp(mant, 53).astype(np.int64)  # exact: 53-bit integers
         e = exp.astype(np.int64) - 53 + _OFFSET  # ≥ 0 for every finite float64
@@ -49,7 +53,10 @@ class ExactSum:
     @property
     def value(self) -> float:
         """The float64 nearest the exact sum (Python's int division rounds correctly)."""
-        return self.units / (1 << _OFFSET)
+        try:
+            return self.units / (1 << _OFFSET)
+        except OverflowError:  # finite terms whose exact sum passes float64's range
+            return math.inf if self.units > 0 else -math.inf
 
     def state(self) -> str:
         """The exact sum as text, for a checkpoint (a JSON number would round it)."""

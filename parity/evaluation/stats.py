@@ -139,6 +139,8 @@ class LayerStats:
     max_rel_sample: int = -1
     over: int = 0
     nonfinite: int = 0
+    #: samples whose relative error is finite (those sum_rel holds; A all zeros and B not: inf)
+    rel_count: int = 0
     hist: np.ndarray = field(default_factory=lambda: np.zeros(_NBINS, dtype=np.int64))
 
     def add(self, a: np.ndarray, b: np.ndarray, start: int) -> np.ndarray:
@@ -147,13 +149,15 @@ class LayerStats:
         e = per_sample_errors(a, b)
         n = a.shape[0]
         per = int(np.prod(a.shape[1:], dtype=np.int64))
-        fin = e["finite"]
+        # a sample whose sums overflow float64 is counted as non-finite, like one holding NaN or Inf
+        fin = e["finite"] & np.isfinite(e["err_ssq"]) & np.isfinite(e["a_ssq"]) & np.isfinite(e["b_ssq"])
         rel = np.where(fin, _relative(e["err_ssq"], e["a_ssq"]), np.inf)
         cos = _cosine(e["dot"], e["a_ssq"], e["b_ssq"])
         ok_rel = np.isfinite(rel)
         self.count += n
         self.numel += n * per
         self.sum_rel.add(rel[ok_rel])
+        self.rel_count += int(np.count_nonzero(ok_rel))
         self.sum_cos.add(cos[fin])
         self.err_ssq.add(e["err_ssq"][fin])
         self.a_ssq.add(e["a_ssq"][fin])
@@ -177,6 +181,7 @@ class LayerStats:
                                                        (other.max_rel, other.max_rel_sample))
         self.over += other.over
         self.nonfinite += other.nonfinite
+        self.rel_count += other.rel_count
         self.hist = self.hist + other.hist
 
     def empty_copy(self) -> "LayerStats":
@@ -206,7 +211,7 @@ class LayerStats:
             "samples": self.count,
             "ok": self.ok,
             "rel_err": json_number(self.rel_err),
-            "mean_rel_err": json_number(self.sum_rel.value / finite) if finite else None,
+            "mean_rel_err": json_number(self.sum_rel.value / self.rel_count) if self.rel_count else None,
             "mean_cosine": json_number(self.sum_cos.value / finite) if finite else None,
             "p50_rel_err": json_number(histogram_percentile(self.hist, 0.5, self.max_rel)),
             "p99_rel_err": json_number(histogram_percentile(self.hist, 0.99, self.max_rel)),
@@ -221,7 +226,7 @@ class LayerStats:
     def state(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ("a_name", "b_name", "op", "b_op", "role", "transform", "rtol", "atol",
                                               "count", "numel", "max_abs", "max_abs_sample", "max_rel",
-                                              "max_rel_sample", "over", "nonfinite")}
+                                              "max_rel_sample", "over", "nonfinite", "rel_count")}
         out.update({k: getattr(self, k).state() for k in ("sum_rel", "sum_cos", "err_ssq", "a_ssq")})
         out["hist"] = [int(c) for c in self.hist]
         return out
