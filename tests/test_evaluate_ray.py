@@ -73,3 +73,15 @@ def test_shipped_batches_give_the_local_engines_bytes(cluster, data, one_thread)
     local = parity.evaluate(A, B, batches, layers="outputs")
     assert on_ray.to_json_text() == local.to_json_text()
     assert on_ray.output["top1_agreement"] == local.output["top1_agreement"] < 1.0
+
+
+def test_cli_engine_ray_writes_the_local_engines_json(cluster, data, one_thread, tmp_path, capsys):
+    from parity.cli import main
+
+    _, _, path = data
+    for engine in ("ray", "local"):
+        code = main(["evaluate", A, B, "--data", str(path), "--engine", engine, "--workers", "2", "--layers", "outputs",
+                     "--batch-size", "48", "--json", str(tmp_path / engine / "ev.json")])
+        assert code == 1
+    assert "✗ DIVERGES at output (over the data): 192 samples" in capsys.readouterr().out
+    assert (tmp_path / "ray" / "ev.json").read_bytes() == (tmp_path / "local" / "ev.json").read_bytes()
