@@ -15,6 +15,11 @@ e. ``engine="ray"`` with 2 workers beside the local engine, both on the same ``.
    (workers load both models from ``package.module:factory`` specs; the wall time includes
    starting the actors), and the per-shard seconds the workers report           [reported]
 
+f. with ``--resnet50``: the Keras ResNet-50 against its PyTorch port (``parity._zoo.resnet50_pair``)
+   in one thread, as a Ray worker of one CPU runs it: seconds per sample of plain forwards,
+   ``layers="outputs"`` and ``layers="all"`` after the first batch (the plan), to cost a big run
+                                                                                [reported]
+
 The pair is built in code (seeded weights, trained-like BatchNorm statistics), the inputs are
 seeded uniform images; results go to ``reports/bench-evaluate.json``.
 """
@@ -78,6 +83,41 @@ def _rss_child(path: str, batch: int, layers: str) -> int:
     return int(out.stdout.strip().splitlines()[-1])  # KiB on Linux
 
 
+def _resnet50(n: int = 64, batch: int = 8) -> dict:
+    """Seconds per sample of the ResNet-50 pair in one thread: plain, outputs, all (after the plan)."""
+    import torch
+
+    import parity
+    from parity._zoo import resnet50_pair
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        keras_model, torch_model = resnet50_pair(224)
+        x = np.random.default_rng(0).uniform(0, 1, (n, 224, 224, 3)).astype(np.float32)  # Keras is A: NHWC
+        t = time.perf_counter()
+        for i in range(0, n, batch):
+            with torch.no_grad():
+                torch_model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch].transpose(0, 3, 1, 2))))
+            keras_model(x[i:i + batch], training=False)
+        out = {"plain_s_per_sample": (time.perf_counter() - t) / n}
+        for layers in ("outputs", "all"):
+            t = time.perf_counter()
+            parity.evaluate(keras_model, torch_model, x[:batch], batch_size=batch, layers=layers, progress=False)
+            first = time.perf_counter() - t
+            t = time.perf_counter()
+            parity.evaluate(keras_model, torch_model, x, batch_size=batch, layers=layers, progress=False)
+            whole = time.perf_counter() - t
+            out[f"{layers}_plan_s"] = first
+            out[f"{layers}_s_per_sample"] = (whole - first) / (n - batch)
+    finally:
+        torch.set_num_threads(before)
+    print(f"  f. ResNet-50 pair, one thread, batch {batch}: plain {out['plain_s_per_sample']:.3f} s/sample, "
+          f"layers='outputs' {out['outputs_s_per_sample']:.3f} s/sample (+{out['outputs_plan_s']:.0f} s plan), "
+          f"layers='all' {out['all_s_per_sample']:.3f} s/sample (+{out['all_plan_s']:.0f} s plan)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=4096)
@@ -86,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-samples", type=int, default=8192, help="samples of the 1× memory run (8× is 8 times)")
     parser.add_argument("--rss-layers", default="outputs", help="layers= of the memory runs (default outputs)")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray measure")
+    parser.add_argument("--resnet50", action="store_true", help="also cost ResNet-50 per sample in one thread (slow)")
     parser.add_argument("--out", default=str(ROOT / "reports" / "bench-evaluate.json"))
     args = parser.parse_args(argv)
 
@@ -163,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  e. layers='all' on {n} samples from a .npy: local {t_local:.1f} s, Ray 2 workers {t_ray:.1f} s "
                   f"(actor start-up included); {len(shard)} shards of 8 batches, median "
                   f"{statistics.median(shard):.2f} s each = {1e3 * per_sample:.2f} ms per sample per worker")
+    if args.resnet50:
+        results["resnet50"] = _resnet50()
     results["machine"]["load_end"] = os.getloadavg()[0]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
