@@ -33,7 +33,7 @@ SLOW_FILES = {
     "test_capture_torchgraph.py", "test_chain.py", "test_cli.py", "test_demo.py", "test_diagnose_runs.py",
     "test_diagnose_stats.py", "test_diagnose_values.py", "test_diff_pairs.py", "test_drift.py", "test_evaluate.py",
     "test_formats.py", "test_inputs.py", "test_mobilenet_pb.py", "test_properties_deep.py", "test_replay.py",
-    "test_repro.py", "test_resnet50.py", "test_rnn.py",
+    "test_conflicts.py", "test_reference.py", "test_repro.py", "test_resnet50.py", "test_rnn.py",
     "test_search.py", "test_streaming.py", "test_tf_keras.py", "test_weights.py",
 }
 

@@ -13,6 +13,8 @@ Measures (goal in brackets):
 a. plain torch forward (``torch.no_grad()``, eval)                               [reference]
 b. plain Keras ``model(x, training=False)``                                        [reference]
 c. ``parity.diff(torch, keras, x)`` wall, and ÷ (a + b)                             [≤ 1.5]
+   c64: ``parity.diff(..., reference="float64")`` ÷ (a + b + a64), a64 the plain float64
+   torch forward its twin adds (the float64 reference's cost: one more run of one model) [≤ 1.5]
 d. ``parity.capture(torch_model, x)`` ÷ (a)                                          [≤ 1.15]
 e. ``parity.capture(keras_model, x)`` ÷ (b)                                          [≤ 1.5]
 f. ``parity.compare.compare`` over every aligned pair of a precomputed alignment   [≤ 0.3 s]
@@ -157,7 +159,7 @@ def child(mode: str, workdir: Path, repeats: int) -> None:
 
     x = np.load(workdir / "x.npy")
     out: dict[str, Any] = {}
-    if mode in ("rss-load", "rss-plain", "rss-diff", "rss-diff-spill"):
+    if mode in ("rss-load", "rss-plain", "rss-diff", "rss-diff-spill", "rss-diff-64"):
         tm, km = _load_pair(workdir)
         if mode == "rss-plain":
             import torch
@@ -169,6 +171,11 @@ def child(mode: str, workdir: Path, repeats: int) -> None:
             import parity
 
             report = parity.diff(tm, km, x)
+            out["ok"] = bool(report.ok)
+        elif mode == "rss-diff-64":
+            import parity
+
+            report = parity.diff(tm, km, x, reference="float64")
             out["ok"] = bool(report.ok)
         elif mode == "rss-diff-spill":
             import parity
@@ -329,6 +336,14 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 return torch_model(xt)
 
+        import copy
+
+        torch64, xt64 = copy.deepcopy(torch_model).double(), xt.double()
+
+        def torch_forward64() -> Any:
+            with torch.no_grad():
+                return torch64(xt64)
+
         report = parity.diff(torch_model, keras_model, x)
         results["report"] = {
             "ok": report.ok,
@@ -342,10 +357,13 @@ def main(argv: list[str] | None = None) -> int:
                 "c": lambda: parity.diff(torch_model, keras_model, x),
                 "d": lambda: parity.capture(torch_model, x),
                 "e": lambda: parity.capture(keras_model, x_nhwc),
+                "a64": torch_forward64,
+                "c64": lambda: parity.diff(torch_model, keras_model, x, reference="float64"),
             },
             args.repeats,
         )
         ta, tb, tc, td, te = (t[k] for k in "abcde")
+        ta64, tc64 = t["a64"], t["c64"]
         plain = ta["median"] + tb["median"]
         record("a", "plain torch forward", ta["median"], "s", samples=ta["samples"], min=ta["min"])
         record("b", "plain Keras model(x, training=False)", tb["median"], "s", samples=tb["samples"], min=tb["min"])
@@ -354,6 +372,11 @@ def main(argv: list[str] | None = None) -> int:
         ab = [x + y for x, y in zip(ta["samples"], tb["samples"])]
         record("c", "parity.diff ÷ (a + b)", tc["median"] / plain, "×", 1.5,
                ratio_of_mins=tc["min"] / (ta["min"] + tb["min"]), median_of_round_ratios=per_round(tc["samples"], ab))
+        record("a64", "plain float64 torch forward", ta64["median"], "s", samples=ta64["samples"], min=ta64["min"])
+        record("c64_wall", "parity.diff(reference='float64') wall", tc64["median"], "s", samples=tc64["samples"],
+               min=tc64["min"])
+        record("c64", "parity.diff(reference='float64') ÷ (a + b + a64)", tc64["median"] / (plain + ta64["median"]),
+               "×", 1.5, over_plain_diff=tc64["median"] / tc["median"])
         record("d_wall", "parity.capture(torch) wall", td["median"], "s", samples=td["samples"], min=td["min"])
         record("d", "torch capture ÷ (a)", td["median"] / ta["median"], "×", 1.15, ratio_of_mins=td["min"] / ta["min"],
                median_of_round_ratios=per_round(td["samples"], ta["samples"]))
@@ -397,12 +420,14 @@ def main(argv: list[str] | None = None) -> int:
 
         # (g) peak RSS, one fresh subprocess per measurement
         if "g" not in skip:
-            modes = ("rss-load", "rss-plain", "rss-diff", "rss-diff-spill")
+            modes = ("rss-load", "rss-plain", "rss-diff", "rss-diff-spill", "rss-diff-64")
             rss = {mode: run_child(mode, workdir, 1)["maxrss_mb"] for mode in modes}
             record("g", "peak RSS parity.diff ÷ plain forwards", rss["rss-diff"] / rss["rss-plain"], "×", 1.2,
                    rss_mb=rss)
             record("g_spill", f"peak RSS parity.diff(max_memory={SPILL_BUDGET!r}) ÷ plain forwards",
                    rss["rss-diff-spill"] / rss["rss-plain"], "×", 1.2, rss_mb=rss)
+            record("g64", "peak RSS parity.diff(reference='float64') ÷ plain forwards",
+                   rss["rss-diff-64"] / rss["rss-plain"], "×", 1.2, rss_mb=rss)
             if measures["g"]["ok"] is False:
                 results["profiles"]["g"] = {
                     "rss_models_loaded_mb": round(rss["rss-load"]),

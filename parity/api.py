@@ -69,6 +69,7 @@ def diff(
     max_memory: int | str | None = None,
     input_map: Mapping[str, str] | None = None,
     trust: bool = False,
+    reference: str | None = None,
 ) -> Report:
     """Compare models ``a`` and ``b`` layer by layer on the same inputs.
 
@@ -93,6 +94,10 @@ def diff(
     the names differ and the evidence (dtype, rank, a 0/1 mask vs token ids) cannot.
     A model file that would run code (TorchScript, a pickle, a graph op outside the pure-math
     allow-list, a Keras custom object) is refused unless ``trust=True`` (:mod:`parity.trust`).
+    ``reference="float64"`` judges each float32 layer against a float64 twin of the live model
+    (A's, else B's): it fails when its error against float64 exceeds ``k ×`` how far the float32
+    model itself is from float64 there (its noise floor), see :mod:`parity.reference`; the default,
+    ``"dtype"``, is the per-dtype tolerance table.
 
     Thread-safe, also for one model object shared by several calls at once (model A
     against several Bs, each call in its own thread): each capture records only the
@@ -108,7 +113,7 @@ def diff(
     options = DiffOptions.build(
         mapping=mapping, rtol=rtol, atol=atol, tolerances=tolerances, min_argmax_agreement=min_argmax_agreement,
         containers=containers, granularity=granularity, baseline=baseline, drift_factor=drift_factor, seed=seed,
-        max_memory=max_memory, input_map=input_map,
+        max_memory=max_memory, input_map=input_map, reference=reference,
     )
     return diff_with(a, b, inputs, options, trust=trust)
 

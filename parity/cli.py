@@ -26,6 +26,7 @@ from .errors import InputError, InputShapeUnknown, ParityError
 from .loading import StateDictWithoutFactory, load_mapping, load_model
 from .options import (
     add_input_options,
+    add_reference_option,
     add_tolerance_options,
     add_verbose_option,
     exit_on_parity_error,
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write per-layer error as Model Explorer node data (overlaid on model B's graph) here",
     )
     add_tolerance_options(d.add_argument)
+    add_reference_option(d.add_argument)
 
     show = sub.add_parser("show", help="render a saved JSON report")
     show.add_argument("report", help="a report written by parity (JSON)")
@@ -390,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             options = DiffOptions.build(
                 where="parity diff", rtol=args.rtol, atol=args.atol, seed=args.seed,
                 granularity="ops" if args.ops else "modules", max_memory=args.max_memory,
-                input_map=parse_input_map(args.input_map),
+                input_map=parse_input_map(args.input_map), reference=args.reference,
             )
             require_arg_files(args, args.a, args.b)
             options = dataclasses.replace(options, mapping=load_mapping(args.mapping))

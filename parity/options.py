@@ -18,6 +18,7 @@ from .errors import InputError, ParityError
 
 __all__ = [
     "add_tolerance_options",
+    "add_reference_option",
     "add_verbose_option",
     "add_input_options",
     "inputs_from_args",
@@ -56,6 +57,17 @@ def add_tolerance_options(add: Callable[..., Any], prefix: str = "") -> None:
         metavar="SIZE",
         help="activations held in memory before a finished model's are spilled to memory-mapped files "
         "(e.g. 2GB, 512MiB; default: a quarter of RAM); the report is the same",
+    )
+
+
+def add_reference_option(add: Callable[..., Any], prefix: str = "") -> None:
+    add(
+        f"--{prefix}reference",
+        choices=("dtype", "float64"),
+        default=None,
+        help="what judges each layer: 'dtype', the per-dtype tolerance table (default), or 'float64': a "
+        "float64 twin of the live model runs too, and a float32 layer fails when its error against float64 is "
+        "over k × the float32 model's own distance from float64 there (its noise floor)",
     )
 
 

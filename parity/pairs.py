@@ -34,7 +34,7 @@ from .loading import MODEL_TABLE_KEYS
 __all__ = ["PairSpec", "PairConfigError", "find_pair_config", "load_pairs"]
 
 _KEYS = {"a", "b", "inputs", "mapping", "rtol", "atol", "tolerances", "seed", "min_argmax_agreement", "input_map",
-         "trust", *("data", "labels", "min_agreement", "max_accuracy_drop", "layers", "batch_size")}
+         "trust", "reference", *("data", "labels", "min_agreement", "max_accuracy_drop", "layers", "batch_size")}
 
 
 @dataclass(frozen=True)
@@ -54,12 +54,14 @@ class PairSpec:
     input_map: Mapping[str, str] | None = None
     #: let both model files run code (TorchScript, pickles, Keras custom objects; see parity.trust)
     trust: bool = False
+    #: what judges each layer: "dtype" (the tolerance table) or "float64" (see parity.reference)
+    reference: str | None = None
     #: a dataset (path) to run with parity.evaluate instead of one batch, and its options
     data: Any = None
     evaluate_options: Mapping[str, Any] = field(default_factory=dict)
 
     def run(self, *, rtol: float | None = None, atol: float | None = None, seed: int | None = None,
-            max_memory: int | str | None = None):
+            max_memory: int | str | None = None, reference: str | None = None):
         """Load both models and the inputs, and compare them (options given here win)."""
         from .api import diff_with
         from .loading import load_inputs, load_mapping, load_model, require_files
@@ -76,6 +78,7 @@ class PairSpec:
             where=f"pair {self.name!r}", mapping=mapping, rtol=use_rtol, atol=use_atol,
             tolerances=self.tolerances or None, min_argmax_agreement=self.min_argmax_agreement,
             seed=self.seed if seed is None else seed, max_memory=max_memory, input_map=self.input_map,
+            reference=reference or self.reference,
         )
         if self.data is not None:
             from .evaluation import evaluate
@@ -156,6 +159,11 @@ def load_pairs(path: str | Path) -> list[PairSpec]:
         for key in ("rtol", "atol", "min_argmax_agreement"):
             if key in table and not isinstance(table[key], (int, float)):
                 raise PairConfigError(f"{where} key {key!r} must be a number, got {table[key]!r}.")
+        if "reference" in table and table["reference"] not in ("dtype", "float64"):
+            raise PairConfigError(
+                f"{where} key 'reference' must be \"dtype\" (the tolerance table) or \"float64\" (a float64 twin "
+                f"judges each layer), got {table['reference']!r}."
+            )
         inputs = table.get("inputs")
         if inputs is not None and not isinstance(inputs, (str, dict)):
             raise PairConfigError(
@@ -188,6 +196,9 @@ def load_pairs(path: str | Path) -> list[PairSpec]:
         if extra and "data" not in table:
             raise PairConfigError(f"{where} gives {', '.join(extra)} without 'data'; they apply to a dataset run "
                                   "(data = \"val.npz\").")
+        if "data" in table and "reference" in table:
+            raise PairConfigError(f"{where} gives 'reference' with 'data'; a dataset run judges each layer by the "
+                                  "tolerance table (drop 'reference', or compare one batch with 'inputs').")
         if "data" in table and "inputs" in table:
             raise PairConfigError(f"{where} gives both 'inputs' (one batch) and 'data' (a dataset); give one.")
         tolerances = table.get("tolerances", {})
@@ -208,6 +219,7 @@ def load_pairs(path: str | Path) -> list[PairSpec]:
                 min_argmax_agreement=table.get("min_argmax_agreement"),
                 input_map=input_map,
                 trust=bool(table.get("trust", False)),
+                reference=table.get("reference"),
                 data=table.get("data"),
                 evaluate_options={k: table[k] for k in extra},
             )

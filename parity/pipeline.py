@@ -40,16 +40,18 @@ from typing import Any, Mapping
 import numpy as np
 
 from .align import align, unsure_pairs
+from .conflicts import shape_conflicts
 from .unsure import folded_scales
 from .compare import compare
 from .diagnose import diagnose
 from .errors import OptionError
 from .metrics import relative_error
-from .records import Alignment, InputsSummary, Report, Trace, UnmatchedLayer
+from .records import Alignment, InputsSummary, Reference, Report, Trace, UnmatchedLayer
 from .replay import InputRecorder, own_errors, to_b_layout
+from .quantsteps import quant_steps, quant_summary
 from .reruns import collecting, rerun_failed
 from .spill import release_trace
-from .tolerance import Tolerances
+from .tolerance import Tolerances, suggest
 
 __all__ = ["DiffOptions", "Side", "run", "NOISE_FLOOR_FACTOR", "environment", "inside_a_layer", "inside_b_layer"]
 
@@ -79,10 +81,13 @@ class DiffOptions:
     baseline: Any = None
     drift_factor: float | None = None
     input_map: Mapping[str, str] | None = None
+    #: what judges a layer: "dtype" (the per-dtype tolerance table) or "float64" (a float64
+    #: twin's run: :mod:`parity.reference`)
+    reference: str = "dtype"
 
     #: the keyword arguments :meth:`build` takes (and :func:`parity.diff` with it)
     KEYWORDS = ("mapping", "rtol", "atol", "tolerances", "min_argmax_agreement", "containers", "granularity",
-                "baseline", "drift_factor", "seed", "max_memory", "input_map")
+                "baseline", "drift_factor", "seed", "max_memory", "input_map", "reference")
 
     @classmethod
     def build(cls, *, where: str = "parity.diff", **options: Any) -> "DiffOptions":
@@ -110,6 +115,7 @@ class DiffOptions:
         granularity = options.get("granularity", "modules")
         if granularity not in _GRANULARITIES:
             raise OptionError(f"granularity must be one of {', '.join(_GRANULARITIES)}, got {granularity!r}.")
+        from .reference import check_reference
         from .spill import parse_max_memory
 
         return cls(
@@ -122,6 +128,7 @@ class DiffOptions:
             baseline=options.get("baseline"),
             drift_factor=options.get("drift_factor"),
             input_map=options.get("input_map"),
+            reference=check_reference(options.get("reference")),
         )
 
     @property
@@ -162,7 +169,12 @@ def _run(a: Side, b: Side, options: DiffOptions, inputs: InputsSummary | None, b
     release_trace(b.trace)
     compared = compare(alignment, tol)
     notes: list[str] = []
-    if not options.user_tolerance and not all(d.ok for d in compared):
+    reference = None
+    if options.reference == "float64":
+        compared, reference = float64_reference(a, b, alignment, compared, tol, options.max_memory)
+        if reference.note is not None:
+            notes.append(reference.note)
+    elif not options.user_tolerance and not all(d.ok for d in compared):
         raised, note = noise_floor_tolerances(a, compared, tol)
         if raised is not None:
             compared = compare(alignment, raised)
@@ -171,6 +183,7 @@ def _run(a: Side, b: Side, options: DiffOptions, inputs: InputsSummary | None, b
     if note is not None:
         notes.append(note)
     alignment, compared = unsure_pairs(alignment, compared, same_params(a.backend, b.backend))
+    compared = quant_steps(a, b, alignment, compared)  # B's quantized layers: judged in steps of their scale
     # A's layer inputs, recorded once for replay and the detectors
     recorder = InputRecorder(a.backend, a.inputs) if a.backend is not None and a.inputs is not None else None
     compared = own_errors(a.backend, b.backend, a.inputs, alignment, compared, recorder, b.inputs)
@@ -184,6 +197,7 @@ def _run(a: Side, b: Side, options: DiffOptions, inputs: InputsSummary | None, b
         if _explained_where_born(tried):
             layers, diagnoses = tried, found
     report = _assemble(a.trace, b.trace, alignment, layers, diagnoses, inputs, tol, notes)
+    report = dataclasses.replace(report, reference=reference)
     if both:
         if a.backend.reads_params and b.backend.reads_params:
             report = _weight_parity(report, a.backend, b.backend, alignment)
@@ -194,6 +208,9 @@ def _run(a: Side, b: Side, options: DiffOptions, inputs: InputsSummary | None, b
 
         report = apply_baseline(report, baseline, options.drift_factor or DRIFT_FACTOR)
     report = explain_first(report, alignment)
+    # layers judged in steps of their quantization scale (quant) take no float tolerance to suggest
+    report = dataclasses.replace(report, suggestion=suggest(tuple(d for d in report.layers if d.quant is None), tol))
+    report = quant_summary(report)  # the deny-list of B's quantized layers judged in steps
     if both and recorder is not None:
         keep_repro_sources(report, alignment, a.backend, b.backend, recorder)
     return report
@@ -232,6 +249,33 @@ def keep_repro_sources(report: Report, alignment: Alignment, backend_a: Any, bac
 
 
 # --- the stages -------------------------------------------------------------------------
+
+
+def float64_reference(a: Side, b: Side, alignment: Alignment, layers: tuple, tol: Tolerances,
+                      max_memory: int | None) -> tuple[tuple, Reference]:
+    """``layers`` judged against a float64 twin's run (:mod:`parity.reference`): model A's twin
+    when A has one, else model B's; where neither has one, the dtype table's verdicts with the
+    reason in :attr:`Reference.note`.  The twin's values (twice the float32 model's bytes) are
+    held within what ``max_memory`` leaves beside the two traces, the rest spilled to disk."""
+    from .reference import NOISE_FACTOR, NOISE_FLOOR, float64_trace, judge
+    from .spill import Spill, trace_nbytes
+
+    reasons = []
+    budget = None if max_memory is None else max(max_memory - trace_nbytes(a.trace) - trace_nbytes(b.trace), 0)
+    for side, who, here in (("a", "model A", a), ("b", "model B", b)):
+        with Spill() as spill:
+            if budget is None:
+                trace64, why = float64_trace(here.backend, here.inputs, who)
+            else:
+                with spill.capturing(budget):
+                    trace64, why = float64_trace(here.backend, here.inputs, who)
+            if trace64 is not None:
+                return judge(alignment, layers, trace64, side, tol.min_argmax_agreement)
+        reasons.append(why)
+    note = ("reference='float64' was asked for, but no float64 twin ran (" + "; ".join(r for r in reasons if r)
+            + "): every layer is judged by the per-dtype tolerance table")
+    return layers, Reference(kind="dtype", side="", factor=NOISE_FACTOR, floor=NOISE_FLOOR, judged=0, note=note)
+
 
 
 def noise_floor_tolerances(a: Side, layers: tuple, tol: Tolerances) -> tuple[Tolerances | None, str | None]:
@@ -373,10 +417,12 @@ def _assemble(trace_a: Trace, trace_b: Trace, alignment: Alignment, layers: tupl
     inside = inside_a_layer(alignment, trace_a)
     inside_b = inside_b_layer(alignment, trace_b)
     inside_any = {**inside, **inside_b}
+    conflicts = shape_conflicts(alignment)
+    differ = {("a", c.a_name) for c in conflicts} | {("b", c.b_name) for c in conflicts}
     unmatched = tuple(
         UnmatchedLayer(
             side=u.side, name=u.tap.name, op=u.tap.op, shape=tuple(u.tap.shape),
-            reason="inside" if id(u.tap) in inside_any else u.reason,
+            reason="inside" if id(u.tap) in inside_any else "shape" if (u.side, u.tap.name) in differ else u.reason,
         )
         for u in alignment.unmatched
     )
@@ -410,7 +456,7 @@ def _assemble(trace_a: Trace, trace_b: Trace, alignment: Alignment, layers: tupl
     return Report(
         a=trace_a.model, b=trace_b.model, layers=layers, unmatched=unmatched, inputs=inputs,
         rtol=tol.rtol, atol=tol.atol, notes=tuple(notes), diagnoses=diagnoses,
-        environment=environment(trace_a.model, trace_b.model),
+        environment=environment(trace_a.model, trace_b.model), conflicts=conflicts,
     )
 
 

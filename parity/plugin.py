@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from .errors import PairDiverged
-from .options import add_tolerance_options, add_verbose_option
+from .options import add_reference_option, add_tolerance_options, add_verbose_option
 
 _SKIP_REASON = "parity check: run with `pytest --parity`"
 
@@ -45,6 +45,7 @@ class ParitySession:
         self.atol = config.getoption("parity_atol")
         self.seed = config.getoption("parity_seed")
         self.max_memory = config.getoption("parity_max_memory")
+        self.reference = config.getoption("parity_reference")
         report_dir = Path(config.getoption("parity_report_dir"))
         self.report_dir = report_dir if report_dir.is_absolute() else Path(config.rootpath) / report_dir
         self.outcomes: list[_Outcome] = []
@@ -54,7 +55,7 @@ class ParitySession:
             from .errors import ToleranceError
 
             raise ToleranceError("give both --parity-rtol and --parity-atol, or neither.")
-        return {"rtol": self.rtol, "atol": self.atol, "max_memory": self.max_memory}
+        return {"rtol": self.rtol, "atol": self.atol, "max_memory": self.max_memory, "reference": self.reference}
 
     def save(self, name: str, report: Any) -> list[str]:
         """Write the report for ``name`` into the report directory; return the paths."""
@@ -93,6 +94,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "@pytest.mark.parity",
     )
     add_tolerance_options(group.addoption, prefix="parity-")
+    add_reference_option(group.addoption, prefix="parity-")
     add_verbose_option(group.addoption, prefix="parity-")
     group.addoption(
         "--parity-report-dir",

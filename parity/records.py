@@ -36,11 +36,17 @@ __all__ = [
     "ParamDiff",
     "InputsSummary",
     "UnmatchedLayer",
+    "QuantVerdict",
+    "QuantSummary",
     "Report",
     "ReportRenderer",
     "set_report_renderer",
     "tolerance_ratio",
     "REPORT_RECORDS",
+    "Reference",
+    "Suggestion",
+    "ShapeConflict",
+    "min_rtol",
 ]
 
 
@@ -348,6 +354,14 @@ class LayerDiff:
     drift: float | None = None
     #: how sure the pairing of the two tensors is, 0–1 (see :mod:`parity.align`)
     confidence: float | None = None
+    #: with a float64 reference (:mod:`parity.reference`): how far the reference side's float32
+    #: tensor is from its float64 twin's (the noise floor), and how far the judged side is from
+    #: the float64 tensor; the verdict is then ``ref_err ≤ rtol`` (rtol = k·noise + floor, atol 0)
+    noise: float | None = None
+    ref_err: float | None = None
+    #: a quantized layer of B judged in steps of its output scale (:mod:`parity.quantsteps`):
+    #: its verdict replaces the float tolerance's in ``ok``
+    quant: QuantVerdict | None = None
 
     @property
     def rel_err(self) -> float:
@@ -355,8 +369,23 @@ class LayerDiff:
 
     @property
     def tolerance_ratio(self) -> float:
-        """``‖b−a‖₂`` over the allowed ``atol·√n + rtol·‖a‖₂``: at most 1 passes."""
+        """``‖b−a‖₂`` over the allowed ``atol·√n + rtol·‖a‖₂`` (with a float64 reference, the
+        reference error over the error allowed it): at most 1 passes."""
+        if self.ref_err is not None:
+            if self.ref_err == 0:
+                return 0.0
+            return float(self.ref_err / self.rtol) if self.rtol > 0 else math.inf
         return tolerance_ratio(self.metrics, self.rtol, self.atol)
+
+    @property
+    def noise_ratio(self) -> float | None:
+        """The reference error in units of the noise floor ("× noise"); None without a float64
+        reading, inf over a zero noise floor."""
+        if self.ref_err is None or self.noise is None:
+            return None
+        if self.noise == 0:
+            return 0.0 if self.ref_err == 0 else math.inf
+        return float(self.ref_err / self.noise)
 
     @property
     def allowed_rel(self) -> float:
@@ -368,10 +397,28 @@ class LayerDiff:
 
     @property
     def own_ok(self) -> bool | None:
-        """Whether the layer's own error is within tolerance (None when not computed)."""
+        """Whether the layer's own error is within tolerance (None when not computed); for a
+        quantized layer judged in steps, whether it is within the limit alone."""
+        if self.quant is not None and self.quant.local is not None:
+            return bool(self.quant.local <= self.quant.limit)
         if self.own_err is None:
             return None
         return bool(self.own_err <= self.allowed_rel)
+
+
+def min_rtol(m: Metrics, atol: float) -> float:
+    """The smallest rtol at which ``m`` passes ``rms(b−a) ≤ atol + rtol·rms(a)`` with this atol
+    (0 when atol alone passes it; inf when ‖a‖ is 0 and atol does not)."""
+    if math.isnan(m.rel_err):
+        return math.inf
+    spare = m.err_norm - atol * math.sqrt(max(m.numel, 1))
+    if spare <= 0 or m.rel_err == 0:
+        return 0.0
+    if m.norm_a == 0:
+        return math.inf
+    if m.norm_a > 1.0:  # the scaled sums' rel_err: nothing overflows where the norms are past range
+        return max(0.0, float(m.rel_err - atol * math.sqrt(max(m.numel, 1)) / m.norm_a))
+    return float(spare / m.norm_a)
 
 
 def tolerance_ratio(m: Metrics, rtol: float, atol: float) -> float:
@@ -469,7 +516,84 @@ class UnmatchedLayer:
     reason: str
 
 
-SCHEMA_VERSION = 1
+@dataclass(frozen=True)
+class ShapeConflict:
+    """A layer of A and one of B that carry the same name (or are the models' outputs in the same
+    place) with shapes no layout transform reconciles: the models compute different tensors there."""
+
+    a_name: str
+    b_name: str
+    a_op: str
+    b_op: str
+    a_shape: tuple[int, ...]
+    #: B's shape, its axes in A's layout where both layouts are known
+    b_shape: tuple[int, ...]
+    b_layout: str | None
+    #: a model output: the report fails
+    output: bool
+    code: str  # "pool_ceil_mode" | "shape_mismatch"
+    message: str
+
+
+@dataclass(frozen=True)
+class QuantVerdict:
+    """A quantized tensor of B against A's float one, in steps of its quantization scale
+    (RMSE / scale; rounding alone gives 1/√12 ≈ 0.29), see :mod:`parity.quantsteps`."""
+
+    #: the output scale (per tensor; for a per-channel scale, their mean) and zero point
+    scale: float
+    zero_point: int
+    #: "int8", "uint8", ...
+    dtype: str
+    #: the axis of a per-channel scale in B's layout, None for one scale per tensor
+    axis: int | None
+    #: where the parameters were read: "tensor" (TFLite), "DequantizeLinear", "QuantizeLinear", "DEQUANTIZE"
+    via: str
+    #: B's dequantized output against A's, in steps
+    cumulative: float
+    #: the layer alone, in steps (None when not measurable: ``local_note`` says why)
+    local: float | None
+    #: how ``local`` was measured, or why it could not be
+    local_note: str
+    #: the figure judged (``local`` where measured, else ``cumulative``) and the limit it is held to
+    steps: float
+    limit: float
+    ok: bool
+    #: share of elements where B sits at its integer range's limit while A is past it by a step
+    clipped: float
+    #: what to name in the converter's selective-quantization option to keep this layer float
+    #: (a TFLite tensor name; ONNX node names: the layer's, and for a clipped range its readers')
+    exclude: tuple[str, ...]
+    #: the cumulative steps of B's input of this layer, where that input is a quantized pair too
+    input_steps: float | None = None
+    #: how B's layer's weights are quantized, where it has int weights: one scale per output
+    #: channel or per tensor, and the largest |q − zero point| each output channel reaches
+    weight_per_channel: bool | None = None
+    weight_levels: tuple[int, ...] = ()
+
+    @property
+    def born_here(self) -> bool:
+        """Whether the layer's error is its own: flagged on an input within the limit (a layer
+        fed an input already off was calibrated for other values: it inherits)."""
+        return not self.ok and (self.input_steps is None or self.input_steps <= self.limit)
+
+
+@dataclass(frozen=True)
+class QuantSummary:
+    """A quantized B's layers judged in steps, and the deny-list for its converter."""
+
+    #: "tflite" or "onnxruntime"
+    converter: str
+    #: the layers of B judged in steps, and the limit in steps each is held to
+    layers: int
+    limit: float
+    #: the names to keep in float, worst first (TFLite tensor names / ONNX node names)
+    exclude: tuple[str, ...] = ()
+    #: the converter's option, ready to paste
+    option: str = ""
+
+
+SCHEMA_VERSION = 2
 
 
 class ReportRenderer(Protocol):
@@ -508,6 +632,35 @@ def _rendering() -> ReportRenderer:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """What judged the layers beyond the per-dtype table: a float64 twin's run (:mod:`parity.reference`)."""
+
+    kind: str  # "float64"
+    side: str  # "a" or "b": whose float64 twin ran
+    factor: float  # k: a layer may be k × its noise floor …
+    floor: float  # … plus this relative error
+    judged: int  # layers judged by it (the others by the dtype table)
+    #: why some layers (or all) were judged by the dtype table instead
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """The tightest tolerance the pair passes at (Polygraphy's "minimum required tolerance"):
+    a global ``rtol`` (with ``atol``) for the layers the dtype table judges, rounded up to two
+    significant digits, and the noise factor for those a float64 reference judges."""
+
+    rtol: float | None
+    atol: float | None
+    #: the layer that sets ``rtol``
+    rtol_layer: str | None
+    factor: float | None
+    factor_layer: str | None
+    #: flagged layers no tolerance makes pass (an argmax or NaN/Inf pattern that differs)
+    unfixable: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Report:
     """The answer to "do these two models compute the same thing?".
 
@@ -530,11 +683,20 @@ class Report:
     environment: Mapping[str, str] = field(default_factory=dict)
     #: parameters of aligned layers compared before any activation (weight parity)
     params: tuple[ParamDiff, ...] = ()
+    #: a float64 reference, when one judged (None: the per-dtype tolerance table judged every layer)
+    reference: Reference | None = None
+    #: the tightest tolerance this pair passes at
+    suggestion: Suggestion | None = None
+    #: layers (and model outputs) whose shapes differ between the two models
+    conflicts: tuple[ShapeConflict, ...] = ()
+    #: a quantized B judged by its quantization step: the deny-list for its converter
+    quant: QuantSummary | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
     def ok(self) -> bool:
-        return bool(self.layers) and all(d.ok for d in self.layers)
+        """Every compared layer within tolerance, and no model output of another shape."""
+        return bool(self.layers) and all(d.ok for d in self.layers) and not any(c.output for c in self.conflicts)
 
     @property
     def first_divergence(self) -> LayerDiff | None:
@@ -629,5 +791,5 @@ class Report:
 #: the records a saved report is made of, the report first (JSON decoding and the JSON Schema)
 REPORT_RECORDS: tuple[type, ...] = (
     Report, ModelInfo, InputSpec, InputsSummary, LayerDiff, Metrics, LayerDetail, ErrorMap, Histogram, Diagnosis,
-    UnmatchedLayer, ParamDiff,
+    UnmatchedLayer, ParamDiff, Reference, Suggestion, ShapeConflict, QuantVerdict, QuantSummary,
 )

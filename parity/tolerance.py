@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 from .errors import ToleranceError
 
-__all__ = ["DEFAULT_TOLERANCES", "Tolerances"]
+__all__ = ["DEFAULT_TOLERANCES", "Tolerances", "round_up", "suggest"]
 
 #: (rtol, atol) per dtype; integers and booleans must match exactly
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
@@ -121,16 +121,23 @@ class Tolerances:
     def for_layer(self, a_name: str, dtype_a: str, dtype_b: str) -> tuple[float, float]:
         """Exact-name override, then the first matching glob, then the global pair, then the
         default of the less precise dtype."""
+        pair = self.override_for(a_name)
+        if pair is not None:
+            return pair
+        if self.rtol is not None and self.atol is not None:
+            return self.rtol, self.atol
+        kind = min((_kind(dtype_a), _kind(dtype_b)), key=_PRECISION.index)
+        return DEFAULT_TOLERANCES[kind]
+
+    def override_for(self, a_name: str) -> tuple[float, float] | None:
+        """The per-layer override that applies to ``a_name`` (exact name, then glob), or None."""
         for pattern, pair in self.overrides:
             if pattern == a_name:
                 return pair
         for pattern, pair in self.overrides:
             if fnmatchcase(a_name, pattern):
                 return pair
-        if self.rtol is not None and self.atol is not None:
-            return self.rtol, self.atol
-        kind = min((_kind(dtype_a), _kind(dtype_b)), key=_PRECISION.index)
-        return DEFAULT_TOLERANCES[kind]
+        return None
 
     def describe(self) -> str:
         base = (
@@ -141,3 +148,56 @@ class Tolerances:
         if self.overrides:
             base += "; overrides: " + ", ".join(f"{p} → ({r:g}, {a:g})" for p, (r, a) in self.overrides)
         return base
+
+
+def round_up(x: float, digits: int = 2) -> float:
+    """``x`` rounded up to ``digits`` significant digits (``2.31e-4`` → ``2.4e-4``): the value
+    passes what ``x`` passes, and one unit less in the last digit does not."""
+    if not x > 0 or not math.isfinite(x):
+        return x
+    exp = math.floor(math.log10(x)) - (digits - 1)
+    units = math.ceil(x / 10.0**exp)
+    while units > 1 and float(f"{units - 1}e{exp}") >= x:  # the division rounded up one unit
+        units -= 1
+    while float(f"{units}e{exp}") < x:  # ... or down
+        units += 1
+    return float(f"{units}e{exp}")
+
+
+def one_tighter(x: float, digits: int = 2) -> float:
+    """The next value under ``x`` at ``digits`` significant digits (``2.4e-4`` → ``2.3e-4``)."""
+    if not x > 0 or not math.isfinite(x):
+        return x
+    exp = math.floor(math.log10(x)) - (digits - 1)
+    units = round(x / 10.0**exp)
+    return float(f"{units - 1}e{exp}") if units > 10 ** (digits - 1) else float(f"{10**digits - 1}e{exp - 1}")
+
+
+def suggest(layers: Any, tolerances: Tolerances) -> Any:
+    """The tightest tolerance the pair's layers pass at (:class:`~parity.records.Suggestion`):
+    a global rtol with the atol in force for the layers the dtype table judges (layers under a
+    per-layer override keep it), the noise factor for those a float64 reference judges, and the
+    flagged layers no tolerance makes pass.  None for a report without layers."""
+    from .metrics import verdict
+    from .records import Suggestion, min_rtol
+    from .reference import min_factor
+
+    layers = [d for d in layers]
+    if not layers:
+        return None
+    table = [d for d in layers if d.ref_err is None and tolerances.override_for(d.a_name) is None]
+    referenced = [d for d in layers if d.ref_err is not None]
+    atol = tolerances.atol if tolerances.atol is not None else max((d.atol for d in table), default=None)
+    rtol = rtol_layer = factor = factor_layer = None
+    if table and atol is not None:
+        worst = max(table, key=lambda d: min_rtol(d.metrics, atol))
+        rtol, rtol_layer = round_up(min_rtol(worst.metrics, atol)), worst.a_name
+    if referenced:
+        worst = max(referenced, key=min_factor)
+        factor, factor_layer = round_up(min_factor(worst)), worst.a_name
+    unfixable = tuple(
+        d.a_name for d in layers
+        if not verdict(d.metrics, math.inf, 0.0, min_argmax_agreement=tolerances.min_argmax_agreement)[0]
+    )
+    return Suggestion(rtol=rtol, atol=atol, rtol_layer=rtol_layer, factor=factor, factor_layer=factor_layer,
+                      unfixable=unfixable)

@@ -80,6 +80,17 @@ def test_diff_of_a_correct_pair_exits_0(pair_module):
     assert code == 0
 
 
+def test_diff_against_float64_writes_the_reference_and_the_noise(pair_module, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code = main(["diff", "cli_pair_module:torch_model", "cli_pair_module:keras_good", "--inputs",
+                 str(pair_module / "batch.npy"), "--reference", "float64", "--json", str(out)])
+    assert code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "judged against a float64 twin of model A" in text and "× noise" in text
+    saved = json.loads(out.read_text())
+    assert saved["reference"]["kind"] == "float64" and all(d["ref_err"] is not None for d in saved["layers"])
+
+
 def test_bad_model_spec_exits_2_with_a_message(pair_module, capsys):
     assert main(["diff", "cli_pair_module:nope", "cli_pair_module:keras_good"]) == 2
     err = capsys.readouterr().err

@@ -146,6 +146,7 @@ def test_a_repository_without_parity_config_is_unaffected(pytester):
         ('a = "m:f"\nb = "m:g"\nrtoll = 1\n', "unknown key 'rtoll'"),
         ('a = "m:f"\nb = "m:g"\nrtol = 1e-3\n', "gives key 'rtol' without 'atol'"),
         ('a = "m:f"\nb = "m:g"\ninputs = 3\n', "key 'inputs' must be"),
+        ('a = "m:f"\nb = "m:g"\nreference = "fp16"\n', "key 'reference' must be \"dtype\" *or \"float64\""),
     ],
 )
 def test_a_malformed_pair_table_fails_collection_naming_the_key_and_file(pytester, table, fragment):
@@ -180,6 +181,26 @@ def test_tolerance_options_are_shared_with_the_cli(pytester):
     result = pytester.runpytest_subprocess("--help")
     result.stdout.fnmatch_lines(["*--parity-rtol=RTOL*", "*--parity-atol=ATOL*", "*--parity-seed=SEED*", "*--parity-verbose*",
                                  "*--parity-report-dir=DIR*"])
+    result.stdout.fnmatch_lines(["*--parity-reference={dtype,float64}*"])
+
+
+@pytest.mark.slow
+@needs_frameworks
+def test_a_pair_judged_against_float64_by_its_key_or_the_option(project):
+    project.makefile(".toml", pyproject=PYPROJECT.replace(
+        '[tool.parity.pairs.buggy]', '[tool.parity.pairs.good64]\na = "mypairs:torch_model"\nb = "mypairs:keras_good"\n'
+        'inputs = { shape = [4, 1, 28, 28], seed = 0 }\nreference = "float64"\n\n[tool.parity.pairs.buggy]'))
+    result = project.runpytest_subprocess("--parity", "-p", "no:cacheprovider", "pyproject.toml::good64",
+                                          "pyproject.toml::good")
+    result.assert_outcomes(passed=2)
+    saved = json.loads((project.path / "reports" / "good64.json").read_text())
+    assert saved["reference"]["kind"] == "float64" and saved["reference"]["side"] == "a"
+    assert all(d["noise"] is not None for d in saved["layers"])
+    assert json.loads((project.path / "reports" / "good.json").read_text())["reference"] is None
+    result = project.runpytest_subprocess("--parity", "-p", "no:cacheprovider", "--parity-reference", "float64",
+                                          "pyproject.toml::good")
+    result.assert_outcomes(passed=1)
+    assert json.loads((project.path / "reports" / "good.json").read_text())["reference"]["kind"] == "float64"
 
 
 TORCH_PAIR = textwrap.dedent(

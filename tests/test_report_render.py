@@ -98,7 +98,7 @@ def test_json_round_trip_and_stable_bytes(small, tmp_path):
     text = small.to_json(tmp_path / "sub" / "r.json")
     assert text == small.to_json()  # identical reports, identical bytes
     data = json.loads(text)
-    assert (data["schema"], data["version"]) == ("parity.report", 1)
+    assert (data["schema"], data["version"]) == ("parity.report", 2)
     back = parity.load_report(tmp_path / "sub" / "r.json")
     assert back == small
     assert back.first_divergence.a_name == "bn"
@@ -119,7 +119,7 @@ def test_non_finite_floats_survive_as_strict_json():
 
 def test_unknown_schema_or_newer_version_is_refused(small):
     data = small.to_dict()
-    with pytest.raises(parity.ReportFormatError, match="reads versions up to 1"):
+    with pytest.raises(parity.ReportFormatError, match="reads versions up to 2"):
         report_from_dict({**data, "version": 99})
     with pytest.raises(parity.ReportFormatError, match="not a parity report"):
         report_from_dict({"schema": "other"})

@@ -66,7 +66,7 @@ CASES = [
     ("unknown field", ("layers", 0, "evil"), 1,
      "at $.layers[0].evil: LayerDiff has no such field (its fields: index, a_name, b_name, op, b_op, shape, "
      "b_shape, dtype, transform, ambiguous, how, metrics, rtol, atol, ok, reasons, role, diagnoses, detail, "
-     "own_err, own_method, baseline_err, drift, confidence)."),
+     "own_err, own_method, baseline_err, drift, confidence, noise, ref_err, quant)."),
     ("infinite tolerance", ("layers", 0, "rtol"), "inf", "at $.layers[0].rtol expected a finite number, got a string 'inf'."),
     ("negative tolerance", ("layers", 0, "atol"), -1e-5, "at $.layers[0].atol expected a number ≥ 0, got -1e-05."),
     ("confidence over 1", ("layers", 1, "confidence"), 7, "at $.layers[1].confidence expected a number from 0 to 1, got 7."),
@@ -145,8 +145,8 @@ def test_brackets_inside_strings_do_not_count_as_nesting(tmp_path):
         (b"\xff\xfe{}", "is not UTF-8 text (byte 0): not a parity report."),
         ("[1, 2]", "is not a parity report: $.schema is 'an array of 2', expected 'parity.report'. "
                    "Give a file written by report.to_json() or `parity diff --json`."),
-        ('{"schema": "parity.report", "version": 2}',
-         "has schema version 2; this parity reads versions up to 1. Upgrade parity to read it."),
+        ('{"schema": "parity.report", "version": 3}',
+         "has schema version 3; this parity reads versions up to 2. Upgrade parity to read it."),
         ('{"schema": "parity.report", "version": "1"}',
          "is not readable: at $.version expected an integer ≥ 1, got a string '1'."),
         ('{"schema": "parity.report", "version": 1, "rtol": NaN}',

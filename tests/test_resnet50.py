@@ -96,3 +96,35 @@ def test_one_bn_with_keras_default_epsilon_is_diagnosed(pair, x_nchw):
     assert diagnosis.evidence["eps_a_fitted"] == pytest.approx(1e-3, rel=0.05)
     # everything before the bug agrees
     assert all(d.ok for d in report.layers[: first.index])
+
+
+@pytest.mark.parametrize("a_side", ["torch", "keras"])
+def test_correct_port_passes_against_float64_with_margin(pair, x_nchw, a_side):
+    """ResNet-50 depth (53 BatchNorms, 16 residual adds): every layer of the faithful port within a
+    few noise floors of the float64 twin of A, torch's or Keras'."""
+    from parity.reference import NOISE_FACTOR
+
+    keras_model, torch_model = pair
+    if a_side == "torch":
+        report = parity.diff(torch_model, keras_model, x_nchw, reference="float64")
+    else:
+        report = parity.diff(keras_model, torch_model, np.transpose(x_nchw, (0, 2, 3, 1)), reference="float64")
+    assert report.ok, report.summary()
+    assert report.reference.kind == "float64" and report.reference.side == "a"
+    assert report.reference.judged == len(report.layers) == 177
+    worst = max(report.layers, key=lambda d: d.noise_ratio)
+    print(f"\nResNet-50 against float64 ({a_side} A): worst {worst.noise_ratio:.2f}× noise at {worst.a_name}")
+    assert worst.noise_ratio < NOISE_FACTOR / 4  # measured 1.24× (torch A), 1.00× (Keras A): k has 4× margin at least
+
+
+def test_one_bn_with_keras_default_epsilon_is_flagged_against_float64(pair, x_nchw):
+    keras_model, torch_model = pair
+    bn = getattr(torch_model, BUGGY_BN)
+    bn.eps = 1e-3
+    try:
+        report = parity.diff(torch_model, keras_model, x_nchw, reference="float64")
+    finally:
+        bn.eps = KERAS_BN_EPS
+    first = report.first_divergence
+    assert first.a_name == BUGGY_BN and "bn_epsilon" in {g.code for g in first.diagnoses}
+    assert first.noise_ratio > 1000

@@ -102,6 +102,17 @@ class Backend(ABC):
         inference mode; for a layer with a fused activation, the output its tap records."""
         raise NotImplementedError(f"{type(self).__name__} cannot call one layer alone")
 
+    def tap_layer(self, name: str) -> str | None:
+        """The layer whose call computes tap ``name`` from that layer's input — ``name`` itself
+        where :meth:`can_call`, else None; a backend whose layers record their fused activation
+        apart (Keras' ``conv:activation``) names the layer that computes it with its activation
+        (:meth:`call_tap`)."""
+        return name if self.can_call(name) else None
+
+    def call_tap(self, name: str, x: np.ndarray) -> np.ndarray:
+        """Tap ``name`` computed alone from ``x``, the input of the layer :meth:`tap_layer` names."""
+        return self.call_layer(name, x)
+
     #: whether :meth:`call_from` can run a piece of this graph (graph formats that can be cut)
     runs_pieces: bool = False
 

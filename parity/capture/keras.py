@@ -696,6 +696,25 @@ class KerasBackend(Backend):
                 out = layer(x)
         return np.asarray(out)
 
+    def tap_layer(self, name: str) -> str | None:
+        if name.endswith(":activation"):
+            base = name[: -len(":activation")]
+            layer = self._layer(base)
+            return base if layer is not None and _fused_activation(layer) is not None else None
+        return super().tap_layer(name)
+
+    def call_tap(self, name: str, x: np.ndarray) -> np.ndarray:
+        if not name.endswith(":activation"):
+            return self.call_layer(name, x)
+        layer = self._layer(name[: -len(":activation")])
+        if layer is None:
+            raise CaptureError(f"{name!r} is not the activation of one layer of {self.model.name!r}.")
+        try:  # the whole layer, its fused activation included: what ``name:activation`` records
+            out = layer(x, training=False)
+        except TypeError:
+            out = layer(x)
+        return np.asarray(out)
+
     def export_piece(self, name: str, out: Any, side: str, source: str | None) -> dict:
         """Write layer ``name`` alone for a repro (:mod:`parity.repro`): its serialized config
         (``{side}_layer.json``; a fused activation set to linear, as its tap records the result

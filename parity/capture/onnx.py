@@ -470,6 +470,9 @@ class OnnxBackend(Backend):
         biased = _bias_adds(self.model.graph, live)
         # a MatMul whose bias add is a model output: only that output is the layer's
         before_output = {inner for add, (_, inner) in biased.items() if add in outputs}
+        qdq = _qdq_params(self.model.graph)
+        weight_quant = _weight_quant(self.model.graph)
+        graph_inputs = {vi.name: f"<input {k}>" for k, vi in enumerate(self._graph_inputs())}
         for value_name, node in recorded:
             value = results.get(value_name)
             if not isinstance(value, np.ndarray):
@@ -490,6 +493,13 @@ class OnnxBackend(Backend):
                 attrs["constant_operand"] = True
                 if value_name in biased:
                     attrs["bias_of"] = biased[value_name][0]
+            fed_by = tuple(graph_inputs.get(i, i) for i in node.input if i and i in live)
+            if fed_by:
+                attrs["fed_by"] = fed_by
+            if value_name in qdq and value.dtype.kind == "f":
+                attrs["quantized"] = qdq[value_name]
+            if value_name in weight_quant:
+                attrs["weight_quant"] = weight_quant[value_name]
             append_tap(taps, value_name, node.op_type, value.copy(), layout, attrs=attrs)
         _mark_module_outputs(taps)
         graph_outputs = list(self.model.graph.output)
@@ -502,6 +512,8 @@ class OnnxBackend(Backend):
             if layout is None and value.ndim == 4 and value.dtype.kind == "f":
                 layout = "NCHW"
             attrs = {"onnx_name": out.name}
+            if out.name in qdq and value.dtype.kind == "f":
+                attrs.update(quantized=qdq[out.name], fed_by=(out.name,))
             if out.name in flat_from:
                 attrs["flat_from"] = flat_from[out.name]
             append_tap(taps, tap_name, "output", value.copy(), layout, role="output", attrs=attrs)
@@ -637,6 +649,78 @@ class OnnxBackend(Backend):
                 return in_layout  # a Linear on channels-last pixels (EdgeNeXt's MLP): features stay last
             return "NCHW"
         return None
+
+
+def _qdq_params(graph: Any) -> dict[str, dict[str, Any]]:
+    """The quantization of each float value of a QDQ graph, by value name: the output of a
+    ``DequantizeLinear`` (on its grid: ``via`` DequantizeLinear) and the input of a
+    ``QuantizeLinear`` (rounded to its grid next: ``via`` QuantizeLinear) — scale, zero point,
+    axis (None per tensor), the integer type's limits and the node.  Weights (initializers
+    dequantized) are left out: only values computed from the graph's inputs are taps."""
+    from onnx import numpy_helper
+
+    consts = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for a in node.attribute:
+                if a.name == "value":
+                    consts[node.output[0]] = a.t
+    out: dict[str, dict[str, Any]] = {}
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 2:
+            continue
+        scale_t = consts.get(node.input[1])
+        zp_t = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if scale_t is None:
+            continue
+        scale = numpy_helper.to_array(scale_t).astype(np.float64)
+        zp = numpy_helper.to_array(zp_t) if zp_t is not None else np.zeros(scale.shape, np.uint8)
+        info = np.iinfo(zp.dtype) if zp.dtype.kind in "iu" else None
+        if info is None or not np.all(scale > 0):
+            continue  # float8 and friends: not an integer grid
+        axis = None
+        if scale.size > 1:
+            axis = next((int(a.i) for a in node.attribute if a.name == "axis"), 1)
+        params = {
+            "dtype": zp.dtype.name,
+            "scale": float(scale.reshape(-1)[0]) if scale.size == 1 else scale.reshape(-1).tolist(),
+            "zero_point": int(zp.reshape(-1)[0]) if zp.size == 1 else zp.reshape(-1).astype(int).tolist(),
+            "axis": axis, "qmin": int(info.min), "qmax": int(info.max),
+            "via": node.op_type, "node": node.name,
+        }
+        value = node.output[0] if node.op_type == "DequantizeLinear" else node.input[0]
+        if value and (value not in out or node.op_type == "DequantizeLinear"):
+            out[value] = params
+    return out
+
+
+def _weight_quant(graph: Any) -> dict[str, dict[str, Any]]:
+    """How the weights of each Conv/Gemm/MatMul of a QDQ graph are quantized, by the node's
+    output: ``per_channel`` (a scale per output channel) and ``levels``, the largest
+    ``|q − zero_point|`` each output channel's weights reach (127 uses the whole int8 range; a
+    channel at 3 is rounded to 7 values)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    dq = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear" and n.output}
+    out: dict[str, dict[str, Any]] = {}
+    for node in graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.input) < 2 or not node.output:
+            continue
+        deq = dq.get(node.input[1])
+        if deq is None or deq.input[0] not in inits or len(deq.input) < 2 or deq.input[1] not in inits:
+            continue
+        q = numpy_helper.to_array(inits[deq.input[0]]).astype(np.int64)
+        scale = numpy_helper.to_array(inits[deq.input[1]])
+        zp = numpy_helper.to_array(inits[deq.input[2]]).astype(np.int64) if len(deq.input) > 2 and deq.input[2] in inits else np.zeros(1, np.int64)
+        if q.ndim < 2:
+            continue
+        trans_b = next((int(a.i) for a in node.attribute if a.name == "transB"), 0)
+        axis = 0 if node.op_type in ("Conv", "Gemm") and (node.op_type == "Conv" or trans_b) else (1 if node.op_type == "ConvTranspose" else q.ndim - 1)
+        zp_b = zp.reshape([-1 if i == axis else 1 for i in range(q.ndim)]) if zp.size > 1 else zp.reshape(())
+        levels = np.abs(q - zp_b).max(axis=tuple(i for i in range(q.ndim) if i != axis))
+        out[node.output[0]] = {"per_channel": bool(np.asarray(scale).size > 1), "levels": tuple(int(v) for v in levels)}
+    return out
 
 
 #: element-wise ops that merge two tensors, or apply a constant (a bias, a scale) to one

@@ -504,6 +504,8 @@ class TFLiteBackend(Backend):
         quantized: list[str] = []
         nonfinite: list[str] = []
         done: set[int] = set()
+        # which tap (or model input) each op reads: quantized layers are measured from their input
+        tap_of: dict[int, str] = {int(d["index"]): f"<input {k}>" for k, d in enumerate(interp.get_input_details())}
         for idx, op_name, op_index in order:
             if idx in done:
                 continue
@@ -532,6 +534,13 @@ class TFLiteBackend(Backend):
             layouts[idx] = layout
             shapes[idx] = tuple(value.shape)
             attrs.update(tensor_index=idx, op_index=op_index)
+            weights = _weight_quant(interp, op_name, op_inputs.get(op_index, ()), details)
+            if weights is not None:
+                attrs["weight_quant"] = weights
+            fed_by = tuple(tap_of[i] for i in op_inputs.get(op_index, ()) if i in tap_of)
+            if fed_by:
+                attrs["fed_by"] = fed_by
+            tap_of[idx] = name
             if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
                 if op_name in _PAD_OPS and _finite_input(interp, first_in):
                     # max-pool's -inf padding (litert-torch writes PADV2 with -inf before
@@ -554,6 +563,11 @@ class TFLiteBackend(Backend):
             value, dtype, attrs = self._value(interp.get_tensor(d["index"]), d)
             attrs["tensor_index"] = int(d["index"])
             attrs["tensor_name"] = str(d["name"])
+            source = _dequantized_from(ops or (), int(d["index"]), taps, tap_of)
+            if source is not None and "quantized" not in attrs:
+                # a float output DEQUANTIZE made of a quantized tensor: it sits on that tensor's grid
+                attrs["quantized"] = {**source.attrs["quantized"], "via": "DEQUANTIZE", "tensor": source.name}
+                attrs["fed_by"] = (source.name,)
             append_tap(
                 taps,
                 "output" if len(outs) == 1 else f"output[{i}]",
@@ -567,8 +581,8 @@ class TFLiteBackend(Backend):
         if quantized:
             notes.append(
                 f"{len(quantized)} quantized tensor(s) of TFLite model {self.model.name!r} were dequantized "
-                "to float32 with their scale and zero point; expect quantization error, and give a "
-                "tolerance that allows it."
+                "to float32 with their scale and zero point; parity judges them in steps of that scale, not "
+                "by the float tolerance."
             )
         if nonfinite:
             notes.append(
@@ -607,14 +621,58 @@ class TFLiteBackend(Backend):
         attrs: dict[str, Any] = {}
         q = _quant(d) if np.asarray(raw).dtype.kind in "iu" else None
         if q is not None:
+            info = np.iinfo(np.asarray(raw).dtype)
             attrs["quantized"] = {
                 "dtype": np.asarray(raw).dtype.name,
                 "scale": float(q[0].reshape(-1)[0]) if q[0].size == 1 else q[0].tolist(),
                 "zero_point": int(q[1].reshape(-1)[0]) if q[1].size == 1 else q[1].tolist(),
+                # the axis of a per-channel scale (in this tensor's NHWC layout), None per tensor
+                "axis": int(q[2]) if q[0].size > 1 else None,
+                "qmin": int(info.min), "qmax": int(info.max),
+                "via": "tensor", "tensor": str(d["name"]),
             }
             return _dequantize(np.asarray(raw), q), "float32", attrs
         value = np.array(raw, copy=True)
         return value, numpy_dtype_name(value.dtype), attrs
+
+
+#: the axis of the output channels of each weighted op's kernel (TFLite's layouts)
+_KERNEL_AXIS = {"CONV_2D": 0, "FULLY_CONNECTED": 0, "DEPTHWISE_CONV_2D": 3, "TRANSPOSE_CONV": 0, "CONV_3D": 4}
+
+
+def _weight_quant(interp: Any, op_name: str, inputs: Any, details: dict) -> dict[str, Any] | None:
+    """How a conv or dense op's int8 kernel is quantized: ``per_channel`` (a scale per output
+    channel) and ``levels``, the largest ``|q − zero_point|`` each output channel reaches."""
+    axis = _KERNEL_AXIS.get(op_name)
+    index = 1  # the kernel (TRANSPOSE_CONV's first operand is the output shape, then the kernel too)
+    inputs = list(inputs)
+    if axis is None or len(inputs) <= index:
+        return None
+    d = details.get(inputs[index])
+    if d is None or np.dtype(d["dtype"]).kind not in "iu":
+        return None
+    q = _quant(d)
+    try:
+        kernel = np.asarray(interp.get_tensor(inputs[index]), np.int64)
+    except ValueError:
+        return None
+    if q is None or kernel.ndim <= axis:
+        return None
+    scales, zps, _ = q
+    zp = zps.reshape([-1 if i == axis else 1 for i in range(kernel.ndim)]) if zps.size > 1 else zps.reshape(())
+    levels = np.abs(kernel - zp).max(axis=tuple(i for i in range(kernel.ndim) if i != axis))
+    return {"per_channel": bool(scales.size > 1), "levels": tuple(int(v) for v in levels)}
+
+
+def _dequantized_from(ops: Any, index: int, taps: list[Tap], tap_of: dict[int, str]) -> Tap | None:
+    """The quantized tap a ``DEQUANTIZE`` op turned into tensor ``index``, or None."""
+    for op in ops:
+        if op["op_name"] == "DEQUANTIZE" and index in [int(i) for i in op["outputs"]]:
+            names = [tap_of.get(int(i)) for i in op["inputs"] if int(i) >= 0]
+            tap = next((t for t in taps if names and t.name == names[0]), None)
+            if tap is not None and "quantized" in tap.attrs:
+                return tap
+    return None
 
 
 #: ops that pad a tensor with a constant

@@ -812,6 +812,8 @@ def _module_attrs(module: Any) -> dict[str, Any]:
         "max_val",
         "approximate",
         "inplace",
+        "ceil_mode",
+        "count_include_pad",
     ):
         if hasattr(module, key):
             val = getattr(module, key)

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..records import ErrorMap, Histogram, Report
 
+from .verdicts import judged_error, noise_times
+
 __all__ = ["error_chart", "heatmap_png", "histogram_svg"]
 
 #: the lowest y position drawn for layers that match exactly (log scale has no 0)
@@ -75,18 +77,24 @@ def error_chart(report: "Report", width: float = 12.0, height: float = 3.6) -> s
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(width, height))
     xs = list(range(len(layers)))
-    nonzero = [d.rel_err for d in layers if 0 < d.rel_err < math.inf]
+    errs = [judged_error(d) for d in layers]
+    nonzero = [e for e in errs if 0 < e < math.inf]
+    noise = [d.noise for d in layers if d.noise is not None and d.noise > 0]
     # exact matches sit a decade under the smallest real error, drawn as hollow points
-    floor = max(min(nonzero) / 10, FLOOR) if nonzero else 1e-9
-    ys = [max(d.rel_err, floor) if math.isfinite(d.rel_err) else 1e3 for d in layers]
+    floor = max(min(nonzero + noise) / 10, FLOOR) if nonzero or noise else 1e-9
+    ys = [max(e, floor) if math.isfinite(e) else 1e3 for e in errs]
+    if noise:  # the float64 reference: the float32 noise floor as a band under the error line
+        band = [max(d.noise, floor) if d.noise is not None else math.nan for d in layers]
+        ax.fill_between(xs, floor, band, step="mid", color="#90caf9", alpha=0.5, linewidth=0,
+                        label="float32 noise floor", zorder=0)
     ax.plot(xs, ys, color="#9e9e9e", linewidth=0.8, zorder=1)
     allowed = [min(_allowed_rel(d), 1e3) for d in layers]
     ax.step(xs, allowed, where="mid", color="#616161", linestyle="--", linewidth=1, label="tolerance", zorder=1)
-    for i, (d, y) in enumerate(zip(layers, ys)):
+    for i, (d, y, e) in enumerate(zip(layers, ys, errs)):
         colour = OK_COLOR if d.ok else BAD_COLOR
         ax.plot(
             [i], [y], marker="o", markersize=4.5, linestyle="none", color=colour,
-            markerfacecolor="white" if d.rel_err == 0 else colour, gid=f"pt-{i}", zorder=3,
+            markerfacecolor="white" if e == 0 else colour, gid=f"pt-{i}", zorder=3,
         )
     first = report.first_divergence
     if first is not None:
@@ -109,13 +117,14 @@ def error_chart(report: "Report", width: float = 12.0, height: float = 3.6) -> s
         "layer of model A, in execution order"
         + (f" (one in {step} named; hover a point for any layer)" if step > 1 else "")
     )
-    ax.set_ylabel("relative error ‖b−a‖/‖a‖")
+    ax.set_ylabel("relative error ‖b−a‖/‖a‖" + (" (against float64)" if noise else ""))
     ax.grid(True, which="major", axis="y", alpha=0.3)
     ax.legend(loc="lower right", frameon=False)
     svg = _svg(fig)
     titles = {
-        i: f"#{i} {d.a_name} ({d.op}) ↔ {d.b_name}: rel err {d.rel_err:.2e}, allowed {_allowed_rel(d):.1e}"
-        + (" (exact)" if d.rel_err == 0 else "")
+        i: f"#{i} {d.a_name} ({d.op}) ↔ {d.b_name}: rel err {d.rel_err:.2e}"
+        + (f", against float64 {d.ref_err:.2e} ({noise_times(d)} noise)" if d.ref_err is not None else "")
+        + f", allowed {_allowed_rel(d):.1e}" + (" (exact)" if judged_error(d) == 0 else "")
         + ("" if d.ok else " — over tolerance")
         for i, d in enumerate(layers)
     }

@@ -21,8 +21,10 @@ from rich.table import Table
 from rich.text import Text
 
 from ..records import LayerDiff, ModelInfo, Report, tolerance_ratio
+from .verdicts import noise_times, reference_line, suggestion_lines
 from .columns import Column, fit_columns, fitted_table, left_out_line
 from .folding import FOLD_ABOVE, TERMINAL, runs
+from .quant import divergence_words, passing_words, quant_lines, steps_cell, steps_phrase
 from .text import displayed
 
 __all__ = [
@@ -61,6 +63,15 @@ def verdict_line(report: Report) -> str:
     inner = [d for d in layers if d.role != "output"]
     outputs = [d for d in layers if d.role == "output"]
     d = report.first_divergence
+    conflict = next((c for c in report.conflicts), None)
+    if conflict is not None and (d is None or not report.ok and _before(report, conflict, d)):
+        shape = lambda s: "×".join(str(x) for x in s)  # noqa: E731
+        matched = sum(1 for x in inner if x.ok)
+        return (f"✗ SHAPES DIFFER at {conflict.a_name} ({conflict.a_op} ↔ {conflict.b_op} {conflict.b_name}): A "
+                f"{shape(conflict.a_shape)}, B {shape(conflict.b_shape)}"
+                + (f" ({conflict.code})" if conflict.code != "shape_mismatch" else "")
+                + (" — the model outputs differ in shape" if any(c.output for c in report.conflicts) else "")
+                + f"; {matched} of {len(inner)} compared layers match")
     if d is None:
         worst = max(layers, key=lambda x: x.metrics.rel_err)
         if not inner:
@@ -69,7 +80,8 @@ def verdict_line(report: Report) -> str:
             what = f"{len(inner)} layers and {_outputs_phrase(outputs, over=False)} match"
         else:
             what = f"{len(inner)} layers match"
-        return f"✓ PARITY: {what} within tolerance (max rel err {fmt_float(worst.metrics.rel_err)} at {worst.a_name})"
+        return (f"✓ PARITY: {what} within tolerance (max rel err {fmt_float(worst.metrics.rel_err)} at {worst.a_name})"
+                + passing_words(report))
     over = sum(1 for x in inner if not x.ok)
     counts = f"{over} of {len(inner)} layers over tolerance"
     if outputs:
@@ -77,10 +89,20 @@ def verdict_line(report: Report) -> str:
             counts += f", and {_outputs_phrase(outputs, over=True)}"
         else:
             counts += f"; {_outputs_phrase(outputs, over=False)} within it"
-    return (
-        f"✗ DIVERGES at {d.a_name} ({d.op} ↔ {d.b_op} {d.b_name}): rel err "
-        f"{fmt_float(d.metrics.rel_err)} > rtol {fmt_float(d.rtol)} — {counts}"
-    )
+    if d.quant is not None:
+        error = divergence_words(d) or ""
+    elif d.ref_err is not None:
+        error = f"{fmt_float(d.ref_err)} from float64, {noise_times(d)} its noise floor"
+    else:
+        error = f"rel err {fmt_float(d.metrics.rel_err)} > rtol {fmt_float(d.rtol)}"
+    return f"✗ DIVERGES at {d.a_name} ({d.op} ↔ {d.b_op} {d.b_name}): {error} — {counts}"
+
+
+def _before(report: Report, conflict, d: LayerDiff) -> bool:
+    """Whether a shape conflict comes before the first divergence in A's order (by position among
+    the unmatched and compared layers: a conflict past the last compared layer is after it)."""
+    last = max((x.index for x in report.layers if x.role != "output"), default=-1)
+    return d.role == "output" or d.index >= last
 
 
 def coverage_line(report: Report) -> str:
@@ -154,7 +176,9 @@ def _layer_columns(report: Report, stacked: bool) -> list[Column]:
         "shape": Column("shape", drop=2),
         "transform": Column("transform", drop=4),
         "rel err": Column("rel err", justify="right"),
+        "× noise": Column("× noise", justify="right"),
         "own err": Column("own err", justify="right"),
+        "steps": Column("steps", justify="right"),  # quantized layers: alone/cumulative, in steps of their scale
         "drift": Column("drift", justify="right"),
         "max abs": Column("max abs", justify="right", drop=3),
         "cosine": Column("cosine", justify="right"),
@@ -162,8 +186,12 @@ def _layer_columns(report: Report, stacked: bool) -> list[Column]:
     }
     if stacked:
         del cols["B"]
+    if not any(d.noise_ratio is not None for d in report.layers):
+        del cols["× noise"]
     if not own:
         del cols["own err"]
+    if report.quant is None:
+        del cols["steps"]
     if not drift:
         del cols["drift"]
     loose = set()
@@ -194,6 +222,7 @@ def _layer_columns(report: Report, stacked: bool) -> list[Column]:
             "shape": "×".join(str(s) for s in d.shape),
             "transform": Text(d.transform + (" ?" if d.ambiguous else "")),
             "rel err": Text(fmt_float(m.rel_err), style=_err_style(d)),
+            "× noise": Text(noise_times(d), style=_err_style(d)),
             "max abs": fmt_float(m.max_abs),
             "cosine": f"{m.cosine:.4f}",
             "": mark,
@@ -204,6 +233,8 @@ def _layer_columns(report: Report, stacked: bool) -> list[Column]:
             else:
                 suffix = "" if d.own_method == "replay" else "~"  # ~: estimated from the error growth
                 cells["own err"] = Text(fmt_float(d.own_err) + suffix, style="bold red" if d.own_ok is False else "green")
+        if report.quant is not None:
+            cells["steps"] = Text(steps_cell(d), style="" if d.quant is None else "green" if d.quant.ok else "bold red")
         if drift:
             grown = d.drift is not None and d.drift > 10 and not d.ok
             cells["drift"] = Text(
@@ -269,8 +300,17 @@ def divergence_detail(d: LayerDiff) -> list[RenderableType]:
         Text(
             f"  relative error ‖b−a‖/‖a‖ {fmt_float(m.rel_err)} (allowed {fmt_float(d.rtol)}, atol {fmt_float(d.atol)}; "
             f"{tolerance_ratio(m, d.rtol, d.atol):.3g}× the allowed error) · cosine {m.cosine:.6f}"
+            if d.ref_err is None and d.quant is None else
+            f"  relative error ‖b−a‖/‖a‖ {fmt_float(m.rel_err)} · cosine {m.cosine:.6f} (a quantized layer: judged in "
+            "steps of its scale, not by the float tolerance)"
+            if d.quant is not None else f"  relative error ‖b−a‖/‖a‖ {fmt_float(m.rel_err)} · cosine {m.cosine:.6f}"
         ),
     ]
+    if d.ref_err is not None:
+        lines.append(Text(
+            f"  against the float64 reference {fmt_float(d.ref_err)}: {noise_times(d)} the float32 noise floor "
+            f"{fmt_float(d.noise)} (allowed {fmt_float(d.rtol)})"
+        ))
     if d.own_err is not None:
         how = (
             "B's layer fed A's recorded input of this layer"
@@ -291,6 +331,8 @@ def divergence_detail(d: LayerDiff) -> list[RenderableType]:
         lines.append(
             Text(f"  NaN A/B: {m.nan_a}/{m.nan_b} · Inf A/B: {m.inf_a}/{m.inf_b}", style="red")
         )
+    if d.quant is not None:
+        lines.append(Text(f"  quantized: {steps_phrase(d)}; {d.quant.local_note}"))
     for reason in d.reasons:
         lines.append(Text(f"  • {reason}"))
     return lines
@@ -361,6 +403,9 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
         f"inputs: {report.inputs.source}; converted for B: {conv} · {coverage_line(report)}",
         style="dim",
     )
+    judged_by = reference_line(report)
+    if judged_by is not None:
+        yield Text(judged_by, style="dim" if report.reference and report.reference.kind == "float64" else "yellow")
     bindings = getattr(report.inputs, "bindings", ())
     if bindings and not all(b.endswith("(same name)") for b in bindings):
         yield Text("inputs bound: " + "; ".join(bindings), style="dim")
@@ -381,6 +426,10 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
         legend = own_err_legend(report)
         if legend:
             yield Text(legend, style="dim")
+        for line in suggestion_lines(report):
+            yield Text(line, style="dim")
+        for line, style in quant_lines(report):  # quantized layers judged in steps, the deny-list
+            yield Text(line, style=style)
     d = report.first_divergence
     if d is not None:
         yield Text("")
@@ -394,6 +443,14 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
             f"{fmt_float(layer.metrics.rel_err)}" + (" — within tolerance, but more than round-off" if layer.ok else ""),
             style="yellow",
         )
+    if report.conflicts:
+        c = report.conflicts[0]
+        yield Text.assemble((f"{c.code}", "bold magenta"), (f" at {c.a_name}: ", "bold"), c.message)
+        later = report.conflicts[1:]
+        if later:
+            yield Text("shapes differ after it too, most likely inherited: "
+                       + ", ".join(f"{x.a_name} ({x.a_op}{', a model output' if x.output else ''})" for x in later[:8])
+                       + (", …" if len(later) > 8 else ""), style="red" if any(x.output for x in later) else "")
     if report.diagnoses:
         body = Group(
             *(
@@ -428,6 +485,7 @@ def render_report(report: Report, console: Console, options: ConsoleOptions) -> 
                 ("placeholder", "an identity at inference (Identity, eval-mode Dropout, DropPath): nothing to compare", "dim"),
                 ("no-match", "NOT COMPARED: no counterpart found", "yellow"),
                 ("unsure", "NOT COMPARED: the pairing found could not be justified by the values", "yellow"),
+                ("shape", "NOT COMPARED: its shape differs from the other model's layer of that name (above)", "red"),
             ):
                 names = [u for u in unmatched if u.side == side and (u.reason == reason or u.reason.startswith(reason + ":"))]
                 if names:

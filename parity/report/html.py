@@ -22,10 +22,12 @@ from pathlib import Path
 
 from ..files import write_text
 from ..records import LayerDiff, ModelInfo, Report
+from .verdicts import noise_times, reference_line, suggestion_lines
 from .console import (
     coverage_line, fmt_evidence, fmt_float, largest_jump, own_err_legend, verdict_line, weak_matches,
 )
 from .folding import PAGE
+from .quant import quant_lines, steps_cell
 from .text import displayed, shown
 
 __all__ = ["render_html", "render_compact_html", "fold_set"]
@@ -105,6 +107,9 @@ def _shapes(shapes) -> str:
 
 
 def _tolerance(report: Report) -> str:
+    judged_by = reference_line(report)
+    if judged_by is not None and report.reference is not None and report.reference.kind == "float64":
+        return judged_by
     if report.rtol is not None:
         return f"rtol {fmt_float(report.rtol)}, atol {fmt_float(report.atol)} (given)"
     pairs = sorted({(d.rtol, d.atol, d.dtype) for d in report.layers})
@@ -123,6 +128,10 @@ def _context(report: Report, *, compact: bool) -> dict:
         "tolerance": _tolerance(report),
         "coverage": coverage_line(report),
         "own_legend": own_err_legend(report),
+        "suggestions": suggestion_lines(report),
+        "judged_by": reference_line(report),
+        "noise": any(d.noise_ratio is not None for d in report.layers),
+        "noise_times": noise_times,
         "weak": weak_matches(report),
         "fmt": fmt_float,
         "num": _num,
@@ -132,6 +141,9 @@ def _context(report: Report, *, compact: bool) -> dict:
         "first": report.first_divergence,
         "own": any(d.own_err is not None for d in report.layers),
         "drift": any(d.drift is not None for d in report.layers),
+        # quantized layers judged in steps of their scale (parity.report.quant)
+        "steps": steps_cell if report.quant is not None else None,
+        "quant_lines": quant_lines(report),
     }
 
 

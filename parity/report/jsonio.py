@@ -86,7 +86,7 @@ _COUNTS = frozenset({
     "Metrics.nonfinite_mismatch", "Metrics.max_abs_index", "ModelInfo.param_count", "ErrorMap.rows", "ErrorMap.cols",
     "Histogram.counts_a", "Histogram.counts_b", "Histogram.outside_a", "Histogram.outside_b", "LayerDiff.index",
     "LayerDiff.shape", "LayerDiff.b_shape", "UnmatchedLayer.shape", "InputSpec.shape", "InputsSummary.shapes_a",
-    "InputsSummary.shapes_b",
+    "InputsSummary.shapes_b", "ShapeConflict.a_shape", "ShapeConflict.b_shape",
 })
 #: fields that must be finite numbers (the others may be "inf"/"nan": an error can be infinite)
 _FINITE = frozenset({"LayerDiff.rtol", "LayerDiff.atol", "Report.rtol", "Report.atol", "LayerDiff.confidence",
@@ -94,7 +94,9 @@ _FINITE = frozenset({"LayerDiff.rtol", "LayerDiff.atol", "Report.rtol", "Report.
 #: fields between 0 and 1
 _SHARES = frozenset({"LayerDiff.confidence", "Metrics.argmax_agreement"})
 #: fields that are tolerances (≥ 0)
-_TOLERANCES = frozenset({"LayerDiff.rtol", "LayerDiff.atol", "Report.rtol", "Report.atol"})
+_TOLERANCES = frozenset({"LayerDiff.rtol", "LayerDiff.atol", "Report.rtol", "Report.atol", "LayerDiff.noise",
+                         "LayerDiff.ref_err", "Reference.factor", "Reference.floor", "Suggestion.rtol",
+                         "Suggestion.atol", "Suggestion.factor"})
 
 
 class _Invalid(Exception):

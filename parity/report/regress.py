@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from ..quantsteps import STEP_LIMIT
 from ..records import Report
 
 __all__ = ["LayerChange", "ReportComparison", "compare_reports"]
@@ -25,8 +26,14 @@ class LayerChange:
     status: str
     old_err: float | None = None
     new_err: float | None = None
-    old_ratio: float | None = None  # error over the error the tolerance allows
+    old_ratio: float | None = None  # error over the error the tolerance allows (a quantized layer: steps / limit)
     new_ratio: float | None = None
+    #: the error in units of the float32 noise floor, where a float64 reference judged the layer
+    old_noise: float | None = None
+    new_noise: float | None = None
+    #: a quantized layer's steps of its scale (alone, else cumulative), before and now
+    old_steps: float | None = None
+    new_steps: float | None = None
 
     @property
     def growth(self) -> float | None:
@@ -89,16 +96,27 @@ class ReportComparison:
             Column("rel err\nbefore", justify="right"),
             Column("rel err\nnow", justify="right"),
             Column("× allowed\nbefore → now", justify="right"),
+            Column("× noise\nbefore → now", justify="right"),
             Column("change"),
         ]
+        with_noise = any(c.old_noise is not None or c.new_noise is not None for c in rows)
+        if not with_noise:
+            del columns[-2]
+        quantized = any(c.old_steps is not None or c.new_steps is not None for c in rows)
+        if quantized:  # quantized layers judged in steps of their scale, before the change column
+            columns.insert(len(columns) - 1, Column("steps\nbefore → now", justify="right"))
         for c in rows:
             ratio = f"{c.old_ratio:.3g} → {c.new_ratio:.3g}" if c.old_ratio is not None and c.new_ratio is not None else "–"
             growth = c.growth
             label = c.status + (f" ({growth:.3g}×)" if growth not in (None, 1.0) and c.status in ("worse", "better") else "")
             cells: tuple[RenderableType, ...] = (
                 Text(shown(c.a_name)), Text(shown(c.op)), fmt_float(c.old_err), fmt_float(c.new_err), ratio,
+                *((f"{_times(c.old_noise)} → {_times(c.new_noise)}",) if with_noise else ()),
                 Text(label, style=style[c.status]),
             )
+            if quantized:
+                steps = " → ".join("–" if v is None else f"{v:.2f}" for v in (c.old_steps, c.new_steps))
+                cells = (*cells[:-1], steps, cells[-1])
             for col, cell in zip(columns, cells):
                 col.cells.append(cell)
         table, dropped = fitted_table(columns, options.max_width, gap=2)
@@ -106,6 +124,22 @@ class ReportComparison:
         left_out = left_out_line(dropped, options.max_width)
         if left_out is not None:
             yield left_out
+
+
+def _ratio(d) -> float:
+    """The layer's error over what its verdict allows: steps over the limit for a quantized layer
+    judged in steps of its scale, else the error over the tolerance's."""
+    return d.quant.steps / d.quant.limit if d.quant is not None else d.tolerance_ratio
+
+
+def _steps(d) -> float | None:
+    return d.quant.steps if d.quant is not None else None
+
+
+def _times(r: float | None) -> str:
+    if r is None:
+        return "–"
+    return "∞" if r == float("inf") else f"{r:,.0f}×" if r >= 10 else f"{r:.2g}×"
 
 
 def compare_reports(old: Report, new: Report, *, factor: float = 2.0, floor: float = 0.1) -> ReportComparison:
@@ -120,9 +154,10 @@ def compare_reports(old: Report, new: Report, *, factor: float = 2.0, floor: flo
     for d in new.layers:
         prev = before.get(d.a_name)
         if prev is None:
-            changes.append(LayerChange(d.a_name, d.op, "new", new_err=d.rel_err, new_ratio=d.tolerance_ratio))
+            changes.append(LayerChange(d.a_name, d.op, "new", new_err=d.rel_err, new_ratio=_ratio(d),
+                                       new_noise=d.noise_ratio, new_steps=_steps(d)))
             continue
-        r0, r1 = prev.tolerance_ratio, d.tolerance_ratio
+        r0, r1 = _ratio(prev), _ratio(d)
         if prev.ok and not d.ok:
             status = "now fails"
         elif not prev.ok and d.ok:
@@ -133,21 +168,32 @@ def compare_reports(old: Report, new: Report, *, factor: float = 2.0, floor: flo
             status = "better"
         else:
             status = "same"
-        changes.append(LayerChange(d.a_name, d.op, status, prev.rel_err, d.rel_err, r0, r1))
+        changes.append(LayerChange(d.a_name, d.op, status, prev.rel_err, d.rel_err, r0, r1, prev.noise_ratio,
+                                   d.noise_ratio, _steps(prev), _steps(d)))
     for d in old.layers:
         if d.a_name not in after:
-            changes.append(LayerChange(d.a_name, d.op, "gone", old_err=d.rel_err, old_ratio=d.tolerance_ratio))
+            changes.append(LayerChange(d.a_name, d.op, "gone", old_err=d.rel_err, old_ratio=_ratio(d),
+                                       old_noise=d.noise_ratio, old_steps=_steps(d)))
     notes = []
     if old.inputs.digest and new.inputs.digest and old.inputs.digest != new.inputs.digest:
         notes.append(
             f"the runs used different inputs (digest {old.inputs.digest} vs {new.inputs.digest}); "
             "errors may differ for that reason alone"
         )
+    judged = [r.reference.kind if r.reference is not None else "dtype" for r in (old, new)]
+    if judged[0] != judged[1]:
+        words = {"dtype": "the per-dtype tolerance table", "float64": "a float64 reference"}
+        notes.append(f"the verdicts were reached differently: by {words[judged[0]]} before, by {words[judged[1]]} now "
+                     "(an error allowed under one may not be under the other)")
     if (old.rtol, old.atol) != (new.rtol, new.atol):
         notes.append(f"tolerances differ: rtol/atol {old.rtol}/{old.atol} before, {new.rtol}/{new.atol} now")
     for side, o, n in (("A", old.a, new.a), ("B", old.b, new.b)):
         if (o.framework, o.framework_version) != (n.framework, n.framework_version):
             notes.append(f"model {side}: {o.framework} {o.framework_version} before, {n.framework} {n.framework_version} now")
+    deny_old, deny_new = (r.quant.exclude if r.quant is not None else () for r in (old, new))
+    if deny_old != deny_new:  # quantized layers: the converter's deny-list moved
+        notes.append(f"layers to keep in float (quantized, over {STEP_LIMIT:g} steps): "
+                     f"{', '.join(deny_old) or 'none'} before, {', '.join(deny_new) or 'none'} now")
     gone = [c for c in changes if c.status == "gone"]
     if gone:
         notes.append(f"{len(gone)} layer(s) compared before are not compared now: " + ", ".join(c.a_name for c in gone[:8]))

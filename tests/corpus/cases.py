@@ -10,6 +10,8 @@ other than ``unexplained`` where one applies.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -105,6 +107,20 @@ def _why_not_built(exc: BaseException) -> str:
     return detail[:300]
 
 
+def _keep_readings(case: Case, bug: Bug | None, report: Any) -> None:
+    """With ``PARITY_CORPUS_READINGS=FILE``, one JSON line per pair: every compared layer's error,
+    noise floor and error against the float64 reference — what :data:`parity.reference.NOISE_FACTOR`
+    was chosen from (``python -m tests.corpus.noise FILE`` prints the distribution)."""
+    path = os.environ.get("PARITY_CORPUS_READINGS")
+    if not path:
+        return
+    layers = [(d.a_name, d.op, d.rel_err, d.noise, d.ref_err, d.ok) for d in report.layers]
+    line = {"case": case.id, "bug": bug and bug.name, "expected": bug.layer if bug else None,
+            "first": report.first_divergence.a_name if report.first_divergence else None, "layers": layers}
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line, allow_nan=True) + "\n")
+
+
 def judge(case: Case, bug: Bug | None = None) -> Row:
     """Build the pair, diff it, and say whether parity got it right."""
     if case.judge_elsewhere is not None:
@@ -124,12 +140,17 @@ def judge(case: Case, bug: Bug | None = None) -> Row:
         return Row(case.id, case.source, case.model, case.route, bug and bug.name, 0, 0, 0, 0,
                    float("nan"), f"excluded: {detail}", expected, False, time.perf_counter() - start,
                    excluded=detail)
+    options = dict(pair.options)
+    reference = os.environ.get("PARITY_CORPUS_REFERENCE")  # the corpus judged with reference="float64"
+    if reference:
+        options.setdefault("reference", reference)
     try:
-        report = parity.diff(pair.a, pair.b, pair.inputs, **pair.options)
+        report = parity.diff(pair.a, pair.b, pair.inputs, **options)
     except Exception as exc:  # a crash is an outcome of its own: recorded, never hidden
         detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
         return Row(case.id, case.source, case.model, case.route, bug and bug.name, 0, 0, 0, 0,
                    float("nan"), f"crash: {detail[:300]}", expected, False, time.perf_counter() - start)
+    _keep_readings(case, bug, report)
     compared = sum(1 for d in report.layers if d.role != "output")
     accounted = sum(1 for u in report.unmatched_a if u.reason in ACCOUNTED)
     missing = [u.name for u in report.unmatched_a if u.reason not in ACCOUNTED]

@@ -37,3 +37,24 @@ def _sample():
 def test_sample_pair(case, bug):
     row = judge(case, bug)
     assert row.passed, row
+
+
+@pytest.mark.parametrize(("case", "bug"), _sample())
+def test_sample_pair_against_float64(case, bug):
+    """The sample judged with ``reference="float64"``: no faithful layer flagged, with margin under
+    the noise factor; the bug found at its layer, far over it."""
+    import parity
+    from parity.reference import NOISE_FACTOR
+
+    pair = case.build(bug)
+    report = parity.diff(pair.a, pair.b, pair.inputs, **pair.options, reference="float64")
+    assert report.reference is not None and report.reference.kind == "float64", report.notes
+    ratios = [d.noise_ratio for d in report.layers if d.noise_ratio is not None]
+    assert len(ratios) >= 0.9 * len(report.layers)
+    if bug is None:
+        assert report.ok, report.summary()
+        assert max(ratios) < NOISE_FACTOR / 4, max(ratios)  # measured ≤ 5.3× on the whole timm corpus
+    else:
+        first = report.first_divergence
+        assert first is not None and first.a_name in (bug.layer, *bug.also), report.summary()
+        assert first.noise_ratio > 10 * NOISE_FACTOR

@@ -1,0 +1,101 @@
+"""Layers whose shapes differ: the two models do not compute the same tensor there.
+
+The aligner pairs only tensors whose shapes a layout transform reconciles; a layer of A
+and a layer of B that carry the same name (or the two models' outputs, in order) but
+whose shapes no transform reconciles are left unpaired.  They are not "not compared"
+for lack of evidence: the shapes themselves are the evidence that the models differ.
+A model output whose shape differs fails the report, whatever its layers say.
+
+The cause is named where the numbers show it: a pooling layer whose output is one larger
+on one side in exactly the axes where the last window is partial rounds its size up there
+(PyTorch's ``ceil_mode=True``), the other side down (Keras/TF ``padding="valid"``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .records import Alignment, ShapeConflict
+
+__all__ = ["shape_conflicts"]
+
+
+def shape_conflicts(alignment: Alignment) -> tuple[ShapeConflict, ...]:
+    """Every pair of unpaired taps of A and B with the same name, or the unpaired model outputs
+    in order, whose shapes no layout transform reconciles, in A's execution order."""
+    stray_a = [u.tap for u in alignment.unmatched_a if u.reason == "no-match"]
+    stray_b = [u.tap for u in alignment.unmatched_b if u.reason == "no-match"]
+    by_name = {t.name: t for t in stray_b}
+    outputs_b = [t for t in stray_b if t.role == "output"]
+    outputs_a = [t for t in stray_a if t.role == "output"]
+    out: list[ShapeConflict] = []
+    for a in sorted(stray_a, key=lambda t: t.index):
+        b = by_name.get(a.name)
+        if b is None and a.role == "output" and len(outputs_a) == len(outputs_b):
+            b = outputs_b[outputs_a.index(a)]
+        if b is None or b.role != a.role:
+            continue
+        if sorted(a.shape) == sorted(b.shape):
+            continue  # the same sizes in another order: a layout question, not a shape conflict
+        shape_b = in_a_layout(tuple(b.shape), a.layout, b.layout)
+        code, message = _cause(a, b, shape_b) if not out else _after(a, b, shape_b, out[0])
+        out.append(ShapeConflict(
+            a_name=a.name, b_name=b.name, a_op=a.op, b_op=b.op, a_shape=tuple(a.shape), b_shape=shape_b,
+            b_layout=b.layout if shape_b == tuple(b.shape) else a.layout, output=a.role == "output",
+            code=code, message=message,
+        ))
+    return tuple(out)
+
+
+def in_a_layout(shape: tuple[int, ...], layout_a: str | None, layout_b: str | None) -> tuple[int, ...]:
+    """B's ``shape`` with its axes in A's layout order, where both layouts are known and name
+    the same axes (``NHWC`` → ``NCHW``); else as it is."""
+    if not layout_a or not layout_b or sorted(layout_a) != sorted(layout_b) or len(layout_b) != len(shape):
+        return shape
+    return tuple(shape[layout_b.index(axis)] for axis in layout_a)
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "×".join(str(x) for x in shape)
+
+
+def _after(a: Any, b: Any, shape_b: tuple[int, ...], first: ShapeConflict) -> tuple[str, str]:
+    return "shape_mismatch", (f"A's {a.op} {a.name} gives {_dims(a.shape)}, B's {b.op} {b.name} {_dims(shape_b)}: "
+                              f"after the shapes already differ at {first.a_name}, most likely inherited from there")
+
+
+def _cause(a: Any, b: Any, shape_b: tuple[int, ...]) -> tuple[str, str]:
+    dims = _dims
+    where = f"A's {a.op} {a.name} gives {dims(a.shape)}, B's {b.op} {b.name} {dims(shape_b)}"
+    if a.layout != b.layout and shape_b != tuple(b.shape):
+        where += f" (B's {dims(b.shape)} in A's layout {a.layout})"
+    ceil = _ceil_rounding(a, b, shape_b)
+    if ceil is not None:
+        return "pool_ceil_mode", f"{where}: {ceil}"
+    if "pool" in a.op.lower() or "pool" in b.op.lower() or "conv" in a.op.lower():
+        return "shape_mismatch", (f"{where}: the two layers' kernel, stride or padding differ (a different output size "
+                                  "is a different computation); compare the layer's arguments on both sides")
+    return "shape_mismatch", f"{where}: the two models compute differently shaped tensors here"
+
+
+def _ceil_rounding(a: Any, b: Any, shape_b: tuple[int, ...]) -> str | None:
+    """The ceil-vs-floor explanation of a pooling size conflict, or None: the side that declares
+    ``ceil_mode=True`` is one larger in exactly the spatial axes whose last window is partial."""
+    if len(a.shape) != len(shape_b) or "pool" not in (a.op + b.op).lower():
+        return None
+    ceil_side = "A" if a.attrs.get("ceil_mode") else "B" if b.attrs.get("ceil_mode") else None
+    if ceil_side is None:
+        return None
+    big, small = (a.shape, shape_b) if ceil_side == "A" else (shape_b, a.shape)
+    diff = [x - y for x, y in zip(big, small)]
+    spatial = [i for i, d in enumerate(diff) if d != 0]
+    if not spatial or any(diff[i] != 1 for i in spatial) or len(spatial) > 2:
+        return None
+    other = "B" if ceil_side == "A" else "A"
+    return (f"{ceil_side}'s pooling rounds its output size up (ceil_mode=True: the last, partial window is kept), "
+            f"{other}'s rounds it down (the last window is dropped), one more row and column on {ceil_side}'s side. "
+            f"Give {other} the same rounding: in Keras/TF pad the pooling's input by one on the bottom and right "
+            "first (with -inf before a max pool, e.g. tf.pad(x, ..., constant_values=-inf); zeros do after a ReLU), "
+            "or padding='same' where it gives the same size; or set ceil_mode=False on the torch side.")
+
+

@@ -1,0 +1,173 @@
+"""A float64 reference: each layer judged against the precision float32 can give it.
+
+A single rtol per dtype is both too loose and too tight.  A BERT LayerNorm built with
+Keras' default epsilon 1e-3 instead of 1e-12 moves its layer by ~5e-4, and an exact GELU
+replaced by its tanh approximation by ~1e-4: both pass rtol 1e-3.  Yet a deep float32 net
+accumulates honest rounding that a tighter rtol would flag.
+
+``reference="float64"`` answers with a third opinion, the way PyTorch's accuracy
+minifier does: a float64 twin of a live model (the backend's ``twin("float64")``: the same
+weights, computing in float64) runs on the same inputs, and for every compared layer
+
+* the **noise floor** is how far the float32 model is from its float64 twin there,
+  ``‖x₃₂ − x₆₄‖ / ‖x₆₄‖`` — the rounding float32 gives that layer in this model, grown
+  through every layer before it;
+* the **reference error** is how far the other model is from the float64 twin.
+
+A layer passes while its reference error is at most :data:`NOISE_FACTOR` × its noise
+floor plus :data:`NOISE_FLOOR` (a layer computed exactly in float32 has a noise floor of
+0, and another float32 kernel may still round it).  Where neither model has a float64
+twin (graph formats on both sides), or a layer has no float64 reading, the dtype table
+judges, and the report says so.
+
+The twin is model A's when A is live, else model B's (a TF → PyTorch port whose A is a
+frozen graph): the side that is float64 is the reference, the other side is judged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from .metrics import relative_error, verdict
+from .records import Alignment, LayerDiff, Reference, Trace
+from .reruns import rerun_failed
+from .spill import release
+
+__all__ = ["NOISE_FACTOR", "NOISE_FLOOR", "REFERENCES", "check_reference", "float64_trace", "judge", "min_factor"]
+
+#: what a ``reference`` may be: the per-dtype tolerance table, or a float64 twin's run
+REFERENCES = ("dtype", "float64")
+
+#: a layer's error against the float64 reference may reach this multiple of its noise floor.
+#: Measured on the corpus (see README, "Noise floor"): faithful pairs reach at most ~11× (another
+#: framework's float32 kernels round differently: Winograd convolutions, fused BatchNorm,
+#: one-pass variances), the median layer 1.3×; the bugs it must find measure 10³× and more.
+NOISE_FACTOR = 32.0
+#: ... plus this relative error, for layers float32 computes (nearly) exactly (noise floor ≈ 0):
+#: ~40 float32 ulps, an order under the smallest bug it must find (an exact vs tanh GELU, 1e-4)
+NOISE_FLOOR = 5e-6
+
+
+def check_reference(value: Any) -> str:
+    """``value`` as one of :data:`REFERENCES`; :class:`~parity.errors.OptionError` otherwise."""
+    from .errors import OptionError
+
+    if value is None:
+        return "dtype"
+    text = str(value).strip().lower()
+    if text in ("fp64", "double"):
+        text = "float64"
+    if text not in REFERENCES:
+        raise OptionError(
+            f"reference must be one of {', '.join(REFERENCES)}, got {value!r}: 'float64' judges each layer "
+            "against a float64 twin of the live model, 'dtype' by the per-dtype tolerance table."
+        )
+    return text
+
+
+def float64_trace(backend: Any, inputs: Any, who: str) -> tuple[Trace | None, str | None]:
+    """The trace of ``backend``'s float64 twin on ``inputs`` (its own layout), or ``(None, why)``
+    when it has none or it does not run."""
+    if backend is None or inputs is None:
+        return None, f"{who} is not a live model here (a saved trace)"
+    try:
+        twin = backend.twin("float64")
+    except Exception as exc:  # noqa: BLE001 - a model that refuses the copy: the reason is the report's
+        return None, f"{who}'s float64 twin could not be built ({type(exc).__name__}: {exc})"
+    if twin is None:
+        return None, f"{who} ({backend.info().kind}) has no float64 twin"
+    try:
+        return twin.capture(_as_float64(inputs)), None
+    except Exception as exc:  # noqa: BLE001 - a model that does not run in float64: judged by the table
+        rerun_failed(who, "in float64 (the float64 reference)", exc,
+                     "its layers are judged by the per-dtype tolerance table instead")
+        return None, f"{who}'s float64 twin did not run ({type(exc).__name__})"
+
+
+def _as_float64(inputs: Any) -> Any:
+    def cast(x: Any) -> Any:
+        arr = np.asarray(x)
+        return arr.astype(np.float64) if arr.dtype.kind == "f" else arr
+
+    if isinstance(inputs, Mapping):
+        return {k: cast(v) for k, v in inputs.items()}
+    return [cast(x) for x in inputs]
+
+
+def judge(alignment: Alignment, layers: tuple[LayerDiff, ...], trace64: Trace, side: str,
+          min_argmax_agreement: float | None) -> tuple[tuple[LayerDiff, ...], Reference]:
+    """``layers`` judged against ``trace64`` (the float64 run of side ``side``, "a" or "b"):
+    each layer with a float64 reading gets its noise floor, its reference error and the verdict
+    ``ref_err ≤ NOISE_FACTOR·noise + NOISE_FLOOR``; the others keep the dtype table's."""
+    by_name = {t.name: t for t in trace64.taps}
+    ordered = sorted(alignment.matches, key=lambda m: m.a.index)
+    out, judged, missing = [], 0, []
+    for d, m in zip(layers, ordered):
+        reading = _reading(m, by_name, side)
+        if reading is None or d.dtype != "float32":
+            out.append(d)
+            missing.append(d.a_name)
+            continue
+        noise, ref_err = reading
+        allowed = NOISE_FACTOR * noise + NOISE_FLOOR
+        ok, reasons = verdict(d.metrics, math.inf, 0.0, min_argmax_agreement=min_argmax_agreement)
+        if not ref_err <= allowed:  # NaN fails too
+            ratio = ref_err / noise if noise > 0 else math.inf
+            times = f"{ratio:,.0f}× its" if math.isfinite(ratio) else "over a zero"
+            reasons = (f"error against the float64 reference {ref_err:.1e} is {times} float32 noise floor "
+                       f"{noise:.1e} (at most {NOISE_FACTOR:g}× + {NOISE_FLOOR:.0e} allowed)", *reasons)
+            ok = False
+        out.append(dataclasses.replace(d, noise=noise, ref_err=ref_err, rtol=allowed, atol=0.0, ok=ok, reasons=reasons))
+        judged += 1
+    why = None
+    if missing:
+        why = (f"{len(missing)} layer(s) have no float64 float32-vs-float64 reading (not in the twin's trace, another "
+               f"shape, not float32, or all zero) and are judged by the dtype table: " + ", ".join(missing[:5])
+               + (", …" if len(missing) > 5 else ""))
+    ref = Reference(kind="float64", side=side, factor=NOISE_FACTOR, floor=NOISE_FLOOR, judged=judged, note=why)
+    return tuple(out), ref
+
+
+def _reading(m: Any, by_name: Mapping[str, Any], side: str) -> tuple[float, float] | None:
+    """``(noise floor, reference error)`` of one pair, or None when the float64 run has no such
+    tensor (or it is all zero: no relative precision to speak of)."""
+    own, other = (m.a, m.b) if side == "a" else (m.b, m.a)
+    t64 = by_name.get(own.name)
+    if t64 is None or t64.value is None or own.value is None or other.value is None:
+        return None
+    if tuple(t64.shape) != tuple(own.shape):
+        return None
+    try:
+        return _measured(m, t64, own, other, side)
+    finally:  # a spilled pair's pages leave the process once measured
+        for value in (t64.value, own.value, other.value):
+            release(value)
+
+
+def _measured(m: Any, t64: Any, own: Any, other: Any, side: str) -> tuple[float, float] | None:
+    v64 = np.asarray(t64.value, dtype=np.float64)
+    if not v64.size or not np.any(v64) or not np.all(np.isfinite(v64)):
+        return None
+    noise = relative_error(v64, np.asarray(own.value, dtype=np.float64))
+    if side == "a":
+        theirs = np.asarray(m.transform.apply(other.value), dtype=np.float64)
+        ref_err = relative_error(v64, theirs)
+    else:  # B is the reference: A's tensor is held against B's float64 one brought to A's layout
+        ref64 = np.asarray(m.transform.apply(v64), dtype=np.float64)
+        ref_err = relative_error(ref64, np.asarray(other.value, dtype=np.float64))
+    return float(noise), float(ref_err)
+
+
+def min_factor(d: LayerDiff) -> float:
+    """The smallest noise factor k at which a layer judged by the float64 reference passes
+    (0 when the floor alone passes it; inf over a zero noise floor)."""
+    if d.ref_err is None or d.noise is None:
+        raise ValueError(f"{d.a_name} was not judged by a float64 reference")
+    spare = d.ref_err - NOISE_FLOOR
+    if spare <= 0:
+        return 0.0
+    return float(spare / d.noise) if d.noise > 0 else math.inf

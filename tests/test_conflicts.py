@@ -1,0 +1,57 @@
+"""Layers whose shapes differ between the two models: reported, named, and never a pass.
+
+A PyTorch max pool with ``ceil_mode=True`` converted to Keras' ``padding="valid"`` pool keeps
+one more row and column (8×8 against 7×7 on a 16×16 input): nothing after it can be compared,
+and a report that compared only the layers before it used to say ✓ PARITY."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import parity
+
+torch = pytest.importorskip("torch")
+keras = pytest.importorskip("keras")
+
+
+def _pair(ceil_mode: bool, size: int):
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                            torch.nn.MaxPool2d(3, 2, ceil_mode=ceil_mode), torch.nn.Conv2d(8, 8, 3, padding=1)).eval()
+    inp = keras.Input((size, size, 3))
+    c1, c2 = keras.layers.Conv2D(8, 3, padding="same", name="0"), keras.layers.Conv2D(8, 3, padding="same", name="3")
+    k = keras.Model(inp, c2(keras.layers.MaxPooling2D(3, 2, padding="valid", name="2")(keras.layers.ReLU(name="1")(c1(inp)))))
+    c1.set_weights([m[0].weight.detach().numpy().transpose(2, 3, 1, 0), m[0].bias.detach().numpy()])
+    c2.set_weights([m[3].weight.detach().numpy().transpose(2, 3, 1, 0), m[3].bias.detach().numpy()])
+    x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype("float32")
+    return m, k, x
+
+
+def test_a_ceil_mode_pool_against_a_valid_one_is_named_and_fails(tmp_path):
+    m, k, x = _pair(ceil_mode=True, size=16)
+    report = parity.diff(m, k, x)
+    assert not report.ok and report.first_divergence is None
+    first = report.conflicts[0]
+    assert (first.a_name, first.code, first.a_shape, first.b_shape) == ("2", "pool_ceil_mode", (2, 8, 8, 8), (2, 8, 7, 7))
+    assert "A's pooling rounds its output size up (ceil_mode=True" in first.message
+    assert [c.a_name for c in report.conflicts] == ["2", "3", "output"] and report.conflicts[-1].output
+    assert report.summary() == ("✗ SHAPES DIFFER at 2 (MaxPool2d ↔ MaxPooling2D 2): A 2×8×8×8, B 2×8×7×7 "
+                                "(pool_ceil_mode) — the model outputs differ in shape; 2 of 2 compared layers match")
+    assert {u.name for u in report.unmatched if u.reason == "shape"} == {"2", "3", "output"}
+    path = tmp_path / "r.json"
+    report.to_json(path)
+    from parity.report.jsonio import load_report
+
+    back = load_report(path)
+    assert back.conflicts == report.conflicts and not back.ok
+    assert json.loads(path.read_text())["conflicts"][0]["code"] == "pool_ceil_mode"
+    assert "Shapes differ" in report.to_html(tmp_path / "r.html")
+
+
+def test_where_the_last_window_is_whole_ceil_mode_changes_nothing_and_the_pair_passes():
+    m, k, x = _pair(ceil_mode=True, size=17)  # (17 − 3) / 2 is whole: both give 8×8
+    report = parity.diff(m, k, x)
+    assert report.ok and report.conflicts == ()
