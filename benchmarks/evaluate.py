@@ -69,18 +69,22 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 1, (n, 1, 28, 28)).astype(np.float32)
 
 
-def _rss_child(path: str, batch: int, layers: str) -> int:
+def _rss_child(path: str, batch: int, layers: str) -> tuple[int, int]:
+    """(peak RSS, RSS at the end) of a fresh process running evaluate on ``path``, in KiB."""
     code = (
         "import resource, sys, parity\n"
         "from benchmarks.evaluate import torch_model, keras_model\n"
         f"r = parity.evaluate(torch_model(), keras_model(), {path!r}, batch_size={batch}, layers={layers!r}, "
         "progress=False)\n"
         "assert r.samples > 0\n"
+        "rss = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS:')]\n"
+        "print(rss[0] if rss else 0)\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
-    return int(out.stdout.strip().splitlines()[-1])  # KiB on Linux
+    end, peak = (int(v) for v in out.stdout.strip().splitlines()[-2:])  # KiB on Linux
+    return peak, end
 
 
 def _resnet50(n: int = 64, batch: int = 8) -> dict:
@@ -177,13 +181,14 @@ def main(argv: list[str] | None = None) -> int:
         small, big = Path(tmp) / "x1.npy", Path(tmp) / "x8.npy"
         np.save(small, _images(args.rss_samples, seed=1))
         np.save(big, _images(8 * args.rss_samples, seed=1))
-        rss1 = _rss_child(str(small), args.batch, args.rss_layers)
-        rss8 = _rss_child(str(big), args.batch, args.rss_layers)
-        results["rss_kib"] = {"1x": rss1, "8x": rss8, "ratio": rss8 / rss1,
+        (rss1, end1), (rss8, end8) = (_rss_child(str(small), args.batch, args.rss_layers),
+                                      _rss_child(str(big), args.batch, args.rss_layers))
+        results["rss_kib"] = {"1x": rss1, "8x": rss8, "ratio": rss8 / rss1, "end_1x": end1, "end_8x": end8,
                               "samples_1x": args.rss_samples, "data_mib_8x": big.stat().st_size / 2 ** 20}
         print(f"  d. peak RSS, evaluate(layers={args.rss_layers!r}) on a memory-mapped .npy: {args.rss_samples} samples "
               f"{rss1 / 1024:.0f} MiB, {8 * args.rss_samples} samples ({big.stat().st_size / 2 ** 20:.0f} MiB of data) "
-              f"{rss8 / 1024:.0f} MiB = {rss8 / rss1:.3f}×  [goal ≤ 1.10]")
+              f"{rss8 / 1024:.0f} MiB = {rss8 / rss1:.3f}×  [goal ≤ 1.10]; RSS at the end {end1 / 1024:.0f} vs "
+              f"{end8 / 1024:.0f} MiB")
 
         if not args.no_ray:
             path = Path(tmp) / "x.npy"

@@ -280,3 +280,27 @@ def test_a_sample_whose_sums_overflow_is_counted_as_non_finite_not_summed():
     s = layer.summary()
     assert s["nonfinite_samples"] == 1 and s["samples"] == 2 and not s["ok"]
     assert s["mean_rel_err"] == pytest.approx(0.5)  # the finite sample alone
+
+
+def _rss_file_kib() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("RssFile:")), None)
+    except OSError:
+        return None
+
+
+def test_reading_a_memory_mapped_file_does_not_keep_it_resident(tmp_path):
+    if _rss_file_kib() is None:
+        pytest.skip("needs /proc/self/status (Linux)")
+    x = np.random.default_rng(0).random((4096, 2048), dtype=np.float32)  # 32 MiB
+    np.save(tmp_path / "x.npy", x)
+    del x
+    src = as_source(tmp_path / "x.npy", batch_size=128)
+    before = _rss_file_kib()
+    total = 0.0
+    for b in src.batches():
+        total += float(b.inputs[0][:, 0].sum())
+    grown = _rss_file_kib() - before
+    assert grown < 8 * 1024, f"{grown} KiB of the 32 MiB file stayed resident"
+    assert total > 0

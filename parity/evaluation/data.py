@@ -19,6 +19,7 @@ expected and what to do.
 
 from __future__ import annotations
 
+import mmap
 import os
 import zipfile
 from dataclasses import dataclass
@@ -206,8 +207,26 @@ class _Column:
             lo, hi = max(start - offset, 0), min(stop - offset, n)
             if lo < hi:
                 parts.append(np.array(a[lo:hi]))  # a copy of the batch: the file stays read-only
+                _release(a, lo, hi)
             offset += n
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _release(a: np.ndarray, lo: int, hi: int) -> None:
+    """Drop rows ``lo:hi`` of a memory map from this process once copied out: the pages stay in
+    the page cache, but the process's resident memory no longer grows with the file it has read
+    (a mapped page, once touched, counts in RSS until the kernel or we let it go)."""
+    mm = getattr(a, "_mmap", None)
+    if mm is None or not a.flags.c_contiguous or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    row = int(a.strides[0]) if a.ndim else a.itemsize
+    start = int(getattr(a, "offset", 0)) % mmap.ALLOCATIONGRANULARITY + lo * row
+    first = start - start % mmap.PAGESIZE
+    length = start + (hi - lo) * row - first
+    try:
+        mm.madvise(mmap.MADV_DONTNEED, first, min(length, len(mm) - first))
+    except (OSError, ValueError):  # not supported here: the kernel reclaims the pages itself
+        pass
 
 
 class ArraySource(Source):
