@@ -8,7 +8,7 @@ a. plain: both models run on the same batches in this process (torch ``no_grad``
    Keras ``model(x, training=False)`` on the NHWC copy)                         [reference]
 b. ``evaluate(layers="outputs")`` throughput ÷ (a)'s                            [≥ 0.85]
 c. ``evaluate(layers="all")`` throughput ÷ (a)'s                                [reported]
-d. peak RSS (``ru_maxrss`` of a fresh subprocess running ``evaluate`` on a memory-mapped
+d. peak RSS (``VmHWM`` of a fresh subprocess running ``evaluate`` on a memory-mapped
    ``.npy``) at 1× and 8× the samples (8192 and 65536: 205 MiB of data at 8×, a fifth of
    the process — loaded whole, it would show)                                   [8× within 10% of 1×]
 e. ``engine="ray"`` with 2 workers beside the local engine, both on the same ``.npy``
@@ -69,22 +69,39 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 1, (n, 1, 28, 28)).astype(np.float32)
 
 
-def _rss_child(path: str, batch: int, layers: str) -> tuple[int, int]:
-    """(peak RSS, RSS at the end) of a fresh process running evaluate on ``path``, in KiB."""
+def _rss_child(path: str, batch: int, layers: str) -> tuple[int, int, int]:
+    """(peak RSS ``VmHWM``, RSS at the end, ``ru_maxrss``) of a fresh process running evaluate on
+    ``path``, in KiB.  ``ru_maxrss`` is kept across exec on Linux, so a child of this big process
+    reports at least this process's RSS there: ``VmHWM`` (of the child's own memory) is the figure."""
     code = (
         "import resource, sys, parity\n"
         "from benchmarks.evaluate import torch_model, keras_model\n"
         f"r = parity.evaluate(torch_model(), keras_model(), {path!r}, batch_size={batch}, layers={layers!r}, "
         "progress=False)\n"
         "assert r.samples > 0\n"
-        "rss = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS:')]\n"
-        "print(rss[0] if rss else 0)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "status = {l.split(':')[0]: int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('Vm')}\n"
+        "print(status.get('VmHWM', 0), status.get('VmRSS', 0), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
-    end, peak = (int(v) for v in out.stdout.strip().splitlines()[-2:])  # KiB on Linux
-    return peak, end
+    peak, end, maxrss = (int(v) for v in out.stdout.strip().splitlines()[-1].split())
+    return peak, end, maxrss
+
+
+def _memory(args: argparse.Namespace, results: dict, tmp: Path) -> None:
+    """(d): peak RSS of fresh processes evaluating 1× and 8× the samples from a memory-mapped .npy."""
+    small, big = tmp / "x1.npy", tmp / "x8.npy"
+    np.save(small, _images(args.rss_samples, seed=1))
+    np.save(big, _images(8 * args.rss_samples, seed=1))
+    (rss1, end1, max1), (rss8, end8, max8) = (_rss_child(str(small), args.batch, args.rss_layers),
+                                              _rss_child(str(big), args.batch, args.rss_layers))
+    results["rss_kib"] = {"1x": rss1, "8x": rss8, "ratio": rss8 / rss1, "end_1x": end1, "end_8x": end8,
+                          "ru_maxrss_1x": max1, "ru_maxrss_8x": max8,
+                          "samples_1x": args.rss_samples, "data_mib_8x": big.stat().st_size / 2 ** 20}
+    print(f"  d. peak RSS, evaluate(layers={args.rss_layers!r}) on a memory-mapped .npy: {args.rss_samples} samples "
+          f"{rss1 / 1024:.0f} MiB, {8 * args.rss_samples} samples ({big.stat().st_size / 2 ** 20:.0f} MiB of data) "
+          f"{rss8 / 1024:.0f} MiB = {rss8 / rss1:.3f}×  [goal ≤ 1.10] (VmHWM); RSS at the end {end1 / 1024:.0f} vs "
+          f"{end8 / 1024:.0f} MiB; ru_maxrss {max1 / 1024:.0f} vs {max8 / 1024:.0f} MiB (holds the parent's RSS)")
 
 
 def _resnet50(n: int = 64, batch: int = 8) -> dict:
@@ -130,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-samples", type=int, default=8192, help="samples of the 1× memory run (8× is 8 times)")
     parser.add_argument("--rss-layers", default="outputs", help="layers= of the memory runs (default outputs)")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray measure")
+    parser.add_argument("--only-rss", action="store_true", help="only the memory measure (d)")
     parser.add_argument("--resnet50", action="store_true", help="also cost ResNet-50 per sample in one thread (slow)")
     parser.add_argument("--out", default=str(ROOT / "reports" / "bench-evaluate.json"))
     args = parser.parse_args(argv)
@@ -141,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                  "torch_threads": torch.get_num_threads(), "load_start": os.getloadavg()[0]},
                      "samples": args.samples, "batch": args.batch}
+    if args.only_rss:
+        with tempfile.TemporaryDirectory() as tmp:
+            _memory(args, results, Path(tmp))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+        return 0
     ta, kb = torch_model(), keras_model()
     x = _images(args.samples)
     batches = [x[i:i + args.batch] for i in range(0, len(x), args.batch)]
@@ -178,17 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  c. evaluate(layers='all')         {n / t_all:8.0f} samples/s  ({t_all:.2f} s)  = {t_plain / t_all:.2f}× plain")
 
     with tempfile.TemporaryDirectory() as tmp:
-        small, big = Path(tmp) / "x1.npy", Path(tmp) / "x8.npy"
-        np.save(small, _images(args.rss_samples, seed=1))
-        np.save(big, _images(8 * args.rss_samples, seed=1))
-        (rss1, end1), (rss8, end8) = (_rss_child(str(small), args.batch, args.rss_layers),
-                                      _rss_child(str(big), args.batch, args.rss_layers))
-        results["rss_kib"] = {"1x": rss1, "8x": rss8, "ratio": rss8 / rss1, "end_1x": end1, "end_8x": end8,
-                              "samples_1x": args.rss_samples, "data_mib_8x": big.stat().st_size / 2 ** 20}
-        print(f"  d. peak RSS, evaluate(layers={args.rss_layers!r}) on a memory-mapped .npy: {args.rss_samples} samples "
-              f"{rss1 / 1024:.0f} MiB, {8 * args.rss_samples} samples ({big.stat().st_size / 2 ** 20:.0f} MiB of data) "
-              f"{rss8 / 1024:.0f} MiB = {rss8 / rss1:.3f}×  [goal ≤ 1.10]; RSS at the end {end1 / 1024:.0f} vs "
-              f"{end8 / 1024:.0f} MiB")
+        _memory(args, results, Path(tmp))
 
         if not args.no_ray:
             path = Path(tmp) / "x.npy"
