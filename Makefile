@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[all,dev,converters]"
+	$(PY) -m pip install --quiet -e ".[all,dev,converters,ray]"
 	$(PY) -m pip install --quiet --no-deps $(NO_DEPS_CONVERTERS)
 	touch $(STAMP)
 
@@ -83,7 +83,7 @@ test: $(STAMP) $(KERAS2_STAMP) browser
 
 # The inner loop: lint, types, and the tests that need neither TensorFlow, a converter nor a
 # browser (markers in pyproject.toml).  `make test` is the whole suite, and what CI runs.
-FAST := not slow and not converters and not browser
+FAST := not slow and not converters and not browser and not ray
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check parity tests benchmarks conftest.py
@@ -100,10 +100,12 @@ demo-chain: $(STAMP)
 	$(VENV)/bin/parity demo --chain
 
 # What parity costs on a Keras ResNet-50 and its PyTorch port, beside TorchLens and Polygraphy
-# (installed into the venv for this target only).  Several minutes on 2 cores.
+# (installed into the venv for this target only), then parity.evaluate over a dataset (throughput
+# against plain forwards, peak RSS at 1x and 8x the samples, Ray beside local).  Several minutes on 2 cores.
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.evaluate
 
 # Real architectures through real converters, each pair in its own subprocess: reports/corpus.{md,html,json}.
 # Conversions are cached (~/.cache/parity/test-artifacts); the first run takes hours on 2 cores.

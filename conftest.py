@@ -7,7 +7,7 @@ own suite work from a plain checkout as well.
 
 The suite's tiers (markers in pyproject.toml) are assigned here by file, so a test
 added to one of these files joins its tier: ``make check`` runs what is neither
-``slow`` nor ``converters`` nor ``browser``; ``make test`` runs everything.
+``slow`` nor ``converters`` nor ``browser`` nor ``ray``; ``make test`` runs everything.
 Single slow tests elsewhere carry ``@pytest.mark.slow`` themselves.
 """
 
@@ -31,7 +31,7 @@ TESTS = Path(__file__).resolve().parent / "tests"
 SLOW_FILES = {
     "test_api.py", "test_capture_keras.py", "test_capture_tfgraph.py", "test_capture_tflite.py",
     "test_capture_torchgraph.py", "test_chain.py", "test_cli.py", "test_demo.py", "test_diagnose_runs.py",
-    "test_diagnose_stats.py", "test_diagnose_values.py", "test_diff_pairs.py", "test_drift.py",
+    "test_diagnose_stats.py", "test_diagnose_values.py", "test_diff_pairs.py", "test_drift.py", "test_evaluate.py",
     "test_formats.py", "test_inputs.py", "test_mobilenet_pb.py", "test_properties_deep.py", "test_replay.py",
     "test_conflicts.py", "test_reference.py", "test_repro.py", "test_resnet50.py", "test_rnn.py",
     "test_search.py", "test_streaming.py", "test_tf_keras.py", "test_weights.py",
@@ -45,12 +45,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(getattr(pytest.mark, marker))
 
 
+# Files that start a local Ray cluster (once per session; slow to start on two cores).
+RAY_FILES = {"test_evaluate_ray.py"}
+
+
 def _file_marker(path: Path) -> str | None:
     for tier in ("integration", "corpus"):  # real converters, real architectures
         if TESTS / tier in path.parents or path == TESTS / tier:
             return "converters"
     if path.parent == TESTS and path.name == "test_browser.py":
         return "browser"
+    if path.parent == TESTS and path.name in RAY_FILES:
+        return "ray"
     if path.parent == TESTS and path.name in SLOW_FILES:
         return "slow"
     return None

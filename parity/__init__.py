@@ -24,6 +24,9 @@ from .drift_run import DriftResult, drift
 from .errors import (
     AlignmentError,
     CaptureError,
+    DataError,
+    LabelsError,
+    ModelNotShippable,
     InputError,
     MappingError,
     ModelError,
@@ -34,6 +37,7 @@ from .errors import (
     UntrustedModel,
 )
 from .search import SearchResult, search
+from .evaluation import Evaluation, WorstSample, evaluate, load_evaluation
 from .records import (
     Diagnosis,
     InputSpec,
@@ -62,6 +66,10 @@ __all__ = [
     "drift",
     "DriftResult",
     "search",
+    "evaluate",
+    "Evaluation",
+    "WorstSample",
+    "load_evaluation",
     "chain",
     "ChainReport",
     "Stage",
@@ -79,6 +87,9 @@ __all__ = [
     "ParityError",
     "ParityMismatch",
     "InputError",
+    "DataError",
+    "LabelsError",
+    "ModelNotShippable",
     "ModelError",
     "MappingError",
     "ToleranceError",

@@ -7,6 +7,7 @@
 ``parity taps MODEL``           every tensor parity can record in a model, to write a mapping
 ``parity align A B --write map.toml``  the mapping parity proposes, to edit and reuse
 ``parity chain A B C ...``      a conversion chain: which stage broke which layer
+``parity evaluate A B --data D``  both models over a whole dataset: agreement, accuracies, worst samples
 
 Exit status: 0 the models agree (no regression), 1 they diverge (a layer got
 worse), 2 bad usage or input.
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--chain", action="store_true",
                       help="instead: a small CNN through torch → ONNX → onnx2tf SavedModel → fp32/fp16 TFLite with one "
                            "injected converter bug, and the chain's layer × stage matrix (needs onnx2tf)")
+    demo.add_argument("--dataset", action="store_true",
+                      help="instead: the trained ConvNet and its Keras twin over the held-out digits with parity evaluate "
+                           "(both accuracies, agreement, McNemar, worst samples), then the same with the epsilon fixed")
     demo.add_argument("--width", type=int, default=None, help="terminal width for the report")
 
     d = sub.add_parser("diff", help="compare model A with model B")
@@ -107,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--factory-b", metavar="PKG.MOD:CLASS", help="builds model B when B is a state_dict file")
 
     add_chain_command(sub)
+    from .evaluation.cli import add_evaluate_command
+
+    add_evaluate_command(sub)
 
     cmp = sub.add_parser("compare-reports", help="which layers got worse between two saved reports of a pair")
     cmp.add_argument("old", help="the earlier report (JSON)")
@@ -371,6 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             shown = console if args.width is None else Console(width=args.width)
             if args.chain:
                 return run_chain_demo(out=args.out or "reports/chain-demo.json", console=shown)
+            if args.dataset:
+                from .evaluation.demo import run_dataset_demo
+
+                return run_dataset_demo(epochs=args.epochs, out=args.out or "reports/dataset-demo.json", console=shown)
             return run_demo(epochs=args.epochs, out=args.out or "reports/demo.json", console=shown)
         if args.command == "diff":
             from .api import diff_with
@@ -403,6 +414,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             if not Path(args.report).exists():
                 raise InputError(f"report {args.report!r} does not exist.")
+            from .evaluation.result import is_evaluation, load_evaluation
+
+            if is_evaluation(args.report):  # a dataset run (parity evaluate --json)
+                result = load_evaluation(args.report)
+                console.print(result)
+                if args.html_out:
+                    result.to_html(args.html_out)
+                    console.print(_written_line("HTML evaluation", args.html_out))
+                return 0 if result.ok else 1
             report = load_report(args.report)
             console.print(report)
             _write_outputs(report, args, console)
@@ -421,6 +441,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _print_taps(trace, args.filter, console)
         if args.command == "chain":
             return run_chain_command(args, console)
+        if args.command == "evaluate":
+            from .evaluation.cli import run_evaluate_command
+
+            return run_evaluate_command(args, console)
         if args.command == "compare-reports":
             from .report.jsonio import load_report
             from .report.regress import compare_reports

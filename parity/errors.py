@@ -14,6 +14,8 @@ __all__ = [
     "ParityError",
     "InputError",
     "InputShapeUnknown",
+    "DataError",
+    "LabelsError",
     "ModelError",
     "MappingError",
     "ToleranceError",
@@ -31,6 +33,7 @@ __all__ = [
     "ConverterNotInstalled",
     "StateDictWithoutFactory",
     "UntrustedModel",
+    "ModelNotShippable",
     "closest",
 ]
 
@@ -60,6 +63,16 @@ class InputShapeUnknown(InputError):
         self.declared = dict(declared or {})
 
 
+class DataError(InputError):
+    """A dataset handed to :func:`parity.evaluate` cannot be read as batches of samples (a missing
+    file, an unknown kind of data, inputs of different lengths, a batch that fails A's inputs)."""
+
+
+class LabelsError(DataError):
+    """The labels of a dataset do not fit it: not integer class ids, not one per sample, or
+    given twice (in the batches and as ``labels=``)."""
+
+
 class ModelError(ParityError, TypeError):
     """An object handed in as a model is not one parity can run."""
 
@@ -72,6 +85,11 @@ class UntrustedModel(ModelError):
     def __init__(self, message: str, *, path: Any = None, found: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.path, self.found = path, list(found)
+
+
+class ModelNotShippable(ModelError):
+    """A live model was given to an engine whose workers load the models themselves (Ray): they
+    need a path or a ``"package.module:factory"`` spec instead."""
 
 
 class MappingError(ParityError, LookupError):

@@ -5,6 +5,9 @@
 a = "models/convnet.pt2"                   # a path, or "package.module:factory"
 b = "models/convnet.keras"
 inputs = { shape = [8, 1, 28, 28], seed = 0 }   # or "data/batch.npy", or "package.module:function"
+data = "data/val.npz"                      # optional: a whole dataset instead (parity.evaluate); with
+labels = "data/val_labels.npy"             #   labels (unless in the .npz), min_agreement = 0.999,
+max_accuracy_drop = 0.005                  #   layers = "outputs", batch_size = 64
 mapping = "models/mapping.toml"            # optional: a file or an inline table
 rtol = 1e-4                                # optional, with atol
 atol = 1e-6
@@ -31,7 +34,7 @@ from .loading import MODEL_TABLE_KEYS
 __all__ = ["PairSpec", "PairConfigError", "find_pair_config", "load_pairs"]
 
 _KEYS = {"a", "b", "inputs", "mapping", "rtol", "atol", "tolerances", "seed", "min_argmax_agreement", "input_map",
-         "trust", "reference"}
+         "trust", "reference", *("data", "labels", "min_agreement", "max_accuracy_drop", "layers", "batch_size")}
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class PairSpec:
     trust: bool = False
     #: what judges each layer: "dtype" (the tolerance table) or "float64" (see parity.reference)
     reference: str | None = None
+    #: a dataset (path) to run with parity.evaluate instead of one batch, and its options
+    data: Any = None
+    evaluate_options: Mapping[str, Any] = field(default_factory=dict)
 
     def run(self, *, rtol: float | None = None, atol: float | None = None, seed: int | None = None,
             max_memory: int | str | None = None, reference: str | None = None):
@@ -74,6 +80,14 @@ class PairSpec:
             seed=self.seed if seed is None else seed, max_memory=max_memory, input_map=self.input_map,
             reference=reference or self.reference,
         )
+        if self.data is not None:
+            from .evaluation import evaluate
+
+            opts = dict(self.evaluate_options)
+            if "labels" in opts:
+                opts["labels"] = str(base / opts["labels"])
+            return evaluate(self.a, self.b, str(base / self.data), mapping=mapping, tolerances=options.tolerances,
+                            input_map=self.input_map, trust=self.trust, base_dir=base, **opts)
         a, b = load_model(self.a, base, trust=self.trust), load_model(self.b, base, trust=self.trust)
         return diff_with(a, b, inputs, options)
 
@@ -169,6 +183,24 @@ def load_pairs(path: str | Path) -> list[PairSpec]:
                 f"{where} key 'input_map' must be an inline table of A input name = B input name, e.g. "
                 f'{{ input_ids = "token_ids" }}, got {input_map!r}.'
             )
+        for key in ("data", "labels", "layers"):
+            if key in table and not isinstance(table[key], str):
+                raise PairConfigError(f"{where} key {key!r} must be a string (a path; layers: all, outputs or globs), "
+                                      f"got {table[key]!r}.")
+        for key in ("min_agreement", "max_accuracy_drop"):
+            if key in table and not (isinstance(table[key], (int, float)) and 0 <= table[key] <= 1):
+                raise PairConfigError(f"{where} key {key!r} must be a fraction in [0, 1], got {table[key]!r}.")
+        if "batch_size" in table and not (isinstance(table["batch_size"], int) and table["batch_size"] > 0):
+            raise PairConfigError(f"{where} key 'batch_size' must be a positive integer, got {table['batch_size']!r}.")
+        extra = sorted(k for k in ("labels", "min_agreement", "max_accuracy_drop", "layers", "batch_size") if k in table)
+        if extra and "data" not in table:
+            raise PairConfigError(f"{where} gives {', '.join(extra)} without 'data'; they apply to a dataset run "
+                                  "(data = \"val.npz\").")
+        if "data" in table and "reference" in table:
+            raise PairConfigError(f"{where} gives 'reference' with 'data'; a dataset run judges each layer by the "
+                                  "tolerance table (drop 'reference', or compare one batch with 'inputs').")
+        if "data" in table and "inputs" in table:
+            raise PairConfigError(f"{where} gives both 'inputs' (one batch) and 'data' (a dataset); give one.")
         tolerances = table.get("tolerances", {})
         if not isinstance(tolerances, dict):
             raise PairConfigError(f"{where} key 'tolerances' must be a table of layer name/glob = [rtol, atol].")
@@ -188,6 +220,8 @@ def load_pairs(path: str | Path) -> list[PairSpec]:
                 input_map=input_map,
                 trust=bool(table.get("trust", False)),
                 reference=table.get("reference"),
+                data=table.get("data"),
+                evaluate_options={k: table[k] for k in extra},
             )
         )
     return pairs

@@ -163,7 +163,9 @@ class ParityItem(pytest.Item):
             from .report.console import render_failure_text
 
             width = self.config.get_terminal_writer().fullwidth
-            text = render_failure_text(excinfo.value.report, width=width)
+            report = excinfo.value.report
+            own = getattr(report, "failure_text", None)  # a dataset run (parity.evaluate) renders itself
+            text = own(width) if own is not None else render_failure_text(report, width=width)
             paths = excinfo.value.paths
             return text + ("\nreports: " + ", ".join(paths) if paths else "")
         if isinstance(excinfo.value, ParityError):

@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["steps"]
+__all__ = ["steps", "shows_progress"]
 
 _DELAY = 1.0
 
@@ -60,6 +60,11 @@ def _wanted() -> bool:
         return False
     stream = sys.stderr
     return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def shows_progress() -> bool:
+    """Whether a progress bar shows here: an interactive terminal, not CI, a pipe or pytest."""
+    return _wanted()
 
 
 @contextmanager
