@@ -299,11 +299,11 @@ def _fmt(x: Any) -> str:
 def is_evaluation(path: str | Path) -> bool:
     """Whether ``path`` holds a saved evaluation (its schema says so), not a diff report."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             head = f.read(200)
     except OSError:
         return False
-    return f'"schema": "{SCHEMA}"' in head
+    return f'"schema": "{SCHEMA}"'.encode() in head  # bytes: a file that is no text is no evaluation either
 
 
 def load_evaluation(path: str | Path) -> Evaluation:
