@@ -152,39 +152,54 @@ def _reading(m: Any, by_name: Mapping[str, Any], side: str) -> tuple[float, floa
 
 
 def _measured(m: Any, t64: Any, own: Any, other: Any, side: str) -> tuple[float, float] | None:
-    # relative_error works block by block in float64 where one side is float64: no whole-tensor copies
     v64 = np.asarray(t64.value)
-    if not v64.size or v64.dtype != np.float64 or not np.any(v64):
-        return None  # all zero: no relative precision to speak of; not float64: the twin did not compute in it
-    noise = _relative(v64, np.asarray(own.value))
-    if not math.isfinite(noise):
-        return None  # NaN/Inf where the float32 run has none (or the other way round): not a noise floor
-    if side == "a":
-        ref_err = _relative(v64, np.asarray(m.transform.apply(other.value)))
+    if not v64.size or v64.dtype != np.float64:
+        return None  # not float64: the twin did not compute this tensor in it
+    if side == "a":  # both measured against A's float64 tensor, in one pass over it
+        noise, ref_err = _relative(v64, np.asarray(own.value), np.asarray(m.transform.apply(other.value)))
     else:  # B is the reference: A's tensor is held against B's float64 one brought to A's layout
-        ref_err = _relative(np.asarray(m.transform.apply(v64)), np.asarray(other.value))
-    return float(noise), float(ref_err)
+        (noise,) = _relative(v64, np.asarray(own.value))
+        (ref_err,) = _relative(np.asarray(m.transform.apply(v64)), np.asarray(other.value))
+    if noise is None or not math.isfinite(noise):
+        return None  # all zero (no relative precision to speak of), or NaN/Inf on one run only
+    return float(noise), float(math.inf if ref_err is None else ref_err)
 
 
 #: past this magnitude a float64 sum of squares could overflow: the scaled sums of relative_error
 _PLAIN_LIMIT = 1e150
 
 
-def _relative(ref: np.ndarray, x: np.ndarray) -> float:
-    """``‖x − ref‖ / ‖ref‖`` in float64, one sample (first axis) at a time with BLAS dot products —
-    the float64 reference reads every tensor of a model twice — falling back to
-    :func:`~parity.metrics.relative_error`'s scaled sums where a value is non-finite or huge."""
-    if ref.shape != x.shape or ref.ndim == 0:
-        return relative_error(ref, x)
-    num = den = 0.0
+def _relative(ref: np.ndarray, *others: np.ndarray) -> tuple[float | None, ...]:
+    """``‖x − ref‖ / ‖ref‖`` in float64 for each ``x`` of ``others`` (None where ``ref`` is all zero).
+
+    The float64 reference reads every tensor of a model twice, so this is measured one sample
+    (first axis) at a time, in one pass over ``ref``: each difference cast to float64 as it is
+    taken, into one buffer, then BLAS dot products.  Where a value is non-finite or huge,
+    :func:`~parity.metrics.relative_error`'s scaled sums measure instead."""
+    if ref.ndim == 0 or any(x.shape != ref.shape for x in others):
+        return tuple(_scaled(ref, x) for x in others)
+    buf = np.empty(ref.shape[1:], dtype=np.float64)
+    flat = buf.reshape(-1)
+    nums = [0.0] * len(others)
+    den = 0.0
     for i in range(ref.shape[0]):
-        r = np.ascontiguousarray(ref[i], dtype=np.float64).reshape(-1)
-        d = np.ascontiguousarray(x[i], dtype=np.float64).reshape(-1) - r
-        num += float(np.dot(d, d))
+        r = ref[i]
+        for k, x in enumerate(others):
+            np.subtract(x[i], r, out=buf, dtype=np.float64)
+            nums[k] += float(np.dot(flat, flat))
+        r = r.reshape(-1) if r.flags.c_contiguous and r.dtype == np.float64 else np.ascontiguousarray(r, np.float64).reshape(-1)
         den += float(np.dot(r, r))
-    if not (math.isfinite(num) and math.isfinite(den)) or den == 0 or den > _PLAIN_LIMIT or num > _PLAIN_LIMIT:
-        return relative_error(ref, x)
-    return math.sqrt(num / den)
+    if not math.isfinite(den) or den > _PLAIN_LIMIT or not all(math.isfinite(n) and n <= _PLAIN_LIMIT for n in nums):
+        return tuple(_scaled(ref, x) for x in others)
+    if den == 0:
+        return tuple(None for _ in others)
+    return tuple(math.sqrt(n / den) for n in nums)
+
+
+def _scaled(ref: np.ndarray, x: np.ndarray) -> float | None:
+    if not np.any(ref):
+        return None
+    return relative_error(ref, x)
 
 
 def min_factor(d: LayerDiff) -> float:
