@@ -41,6 +41,7 @@ import numpy as np
 
 from .align import align, unsure_pairs
 from .conflicts import shape_conflicts
+from .reference import TABLE_NOISE_FACTOR
 from .unsure import folded_scales
 from .compare import compare
 from .diagnose import diagnose
@@ -56,7 +57,7 @@ from .tolerance import Tolerances, suggest
 __all__ = ["DiffOptions", "Side", "run", "NOISE_FLOOR_FACTOR", "environment", "inside_a_layer", "inside_b_layer"]
 
 #: a layer's error vs B may reach this multiple of A's own float32 rounding error (B rounds too)
-NOISE_FLOOR_FACTOR = 4.0
+NOISE_FLOOR_FACTOR = TABLE_NOISE_FACTOR
 _GRANULARITIES = ("modules", "ops")
 
 
