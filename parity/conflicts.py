@@ -8,7 +8,9 @@ A model output whose shape differs fails the report, whatever its layers say.
 
 The cause is named where the numbers show it: a pooling layer whose output is one larger
 on one side in exactly the axes where the last window is partial rounds its size up there
-(PyTorch's ``ceil_mode=True``), the other side down (Keras/TF ``padding="valid"``).
+(PyTorch's ``ceil_mode=True``), the other side down (Keras/TF ``padding="valid"``); a
+concatenation k× larger on one axis in A and k× on another in B joined along an axis that
+was not remapped with the layout (``axis_remap``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ def shape_conflicts(alignment: Alignment) -> tuple[ShapeConflict, ...]:
     """Every pair of unpaired taps of A and B with the same name, or the unpaired model outputs
     in order, whose shapes no layout transform reconciles, in A's execution order."""
     stray_a = [u.tap for u in alignment.unmatched_a if u.reason == "no-match"]
-    stray_b = [u.tap for u in alignment.unmatched_b if u.reason == "no-match"]
+    # B's step of the same name may be set aside as one-sided (nothing of A had its shape)
+    stray_b = [u.tap for u in alignment.unmatched_b if u.reason in ("no-match", "one-sided")]
     by_name = {t.name: t for t in stray_b}
     outputs_b = [t for t in stray_b if t.role == "output"]
     outputs_a = [t for t in stray_a if t.role == "output"]
@@ -72,10 +75,34 @@ def _cause(a: Any, b: Any, shape_b: tuple[int, ...]) -> tuple[str, str]:
     ceil = _ceil_rounding(a, b, shape_b)
     if ceil is not None:
         return "pool_ceil_mode", f"{where}: {ceil}"
+    axes = _concat_axes(a, b, shape_b)
+    if axes is not None:
+        i, j, k = axes
+        return "axis_remap", (
+            f"{where}: A joins along axis {i} (size {a.shape[i]} = {k} × {shape_b[i]}), B along axis {j} (size "
+            f"{shape_b[j]} = {k} × {a.shape[j]}) of A's layout — B's concatenation axis was not remapped with the "
+            f"layout (axis 1, the channels of NCHW, is the last axis of NHWC: Concatenate(axis=-1) there)")
     if "pool" in a.op.lower() or "pool" in b.op.lower() or "conv" in a.op.lower():
         return "shape_mismatch", (f"{where}: the two layers' kernel, stride or padding differ (a different output size "
                                   "is a different computation); compare the layer's arguments on both sides")
     return "shape_mismatch", f"{where}: the two models compute differently shaped tensors here"
+
+
+def _concat_axes(a: Any, b: Any, shape_b: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """``(A's axis, B's axis, parts)`` when both layers concatenate and the shapes differ as joining
+    ``parts`` equal tensors along another axis would make them: A k× larger on one axis, B k× on
+    another, the rest equal."""
+    ops = (a.op + " " + b.op).lower()
+    if not ("cat" in ops or "concat" in ops) or len(a.shape) != len(shape_b):
+        return None
+    differ = [x for x in range(len(a.shape)) if a.shape[x] != shape_b[x]]
+    if len(differ) != 2:
+        return None
+    i, j = differ if a.shape[differ[0]] > shape_b[differ[0]] else differ[::-1]
+    if shape_b[i] == 0 or a.shape[j] == 0 or a.shape[i] % shape_b[i] or shape_b[j] % a.shape[j]:
+        return None
+    k = a.shape[i] // shape_b[i]
+    return (i, j, k) if k >= 2 and shape_b[j] // a.shape[j] == k else None
 
 
 def _ceil_rounding(a: Any, b: Any, shape_b: tuple[int, ...]) -> str | None:

@@ -55,3 +55,35 @@ def test_where_the_last_window_is_whole_ceil_mode_changes_nothing_and_the_pair_p
     m, k, x = _pair(ceil_mode=True, size=17)  # (17 − 3) / 2 is whole: both give 8×8
     report = parity.diff(m, k, x)
     assert report.ok and report.conflicts == ()
+
+
+def test_a_concatenation_along_an_axis_not_remapped_is_named():
+    """torch.cat(dim=1) (channels of NCHW) converted to Keras Concatenate(axis=1) on NHWC: B joins over
+    the height, 8 channels × 32 rows against 16 channels × 16 rows."""
+
+    class Cat(torch.nn.Module):
+        def forward(self, x, y):
+            return torch.cat([x, y], dim=1)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.left, self.right, self.cat = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(3, 8, 3, padding=1), Cat()
+
+        def forward(self, x):
+            return self.cat(self.left(x), self.right(x))
+
+    torch.manual_seed(0)
+    m = Net().eval()
+    inp = keras.Input((16, 16, 3))
+    left, right = keras.layers.Conv2D(8, 3, padding="same", name="left"), keras.layers.Conv2D(8, 3, padding="same", name="right")
+    k = keras.Model(inp, keras.layers.Concatenate(axis=1, name="cat")([left(inp), right(inp)]))
+    for layer, conv in ((left, m.left), (right, m.right)):
+        layer.set_weights([conv.weight.detach().numpy().transpose(2, 3, 1, 0), conv.bias.detach().numpy()])
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype("float32")
+    report = parity.diff(m, k, x)
+    assert not report.ok
+    first = report.conflicts[0]
+    assert (first.a_name, first.code, first.a_shape, first.b_shape) == ("cat", "axis_remap", (2, 16, 16, 16), (2, 8, 32, 16))
+    assert "A joins along axis 1 (size 16 = 2 × 8), B along axis 2 (size 32 = 2 × 16)" in first.message
+    assert [c.a_name for c in report.conflicts] == ["cat", "output"] and report.conflicts[1].output
