@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_tolerance_options(d.add_argument)
     add_reference_option(d.add_argument)
 
+    rp = sub.add_parser("repro", help="rerun a saved report's comparison and write a repro bundle of one layer")
+    rp.add_argument("report", help="a report written by parity diff (JSON)")
+    rp.add_argument("--layer", metavar="NAME", help="model A's layer (default: the report's first divergence)")
+    rp.add_argument("--out", required=True, metavar="DIR", help="where the bundle goes: the layer's input, both outputs, "
+                    "each layer alone and a repro.py")
+    rp.add_argument("--trust", action="store_true",
+                    help="let the model files the report names run code (a report does not carry --trust)")
+
     show = sub.add_parser("show", help="render a saved JSON report")
     show.add_argument("report", help="a report written by parity (JSON)")
     show.add_argument("--html", dest="html_out", metavar="PATH", help="also write it as an HTML page here")
@@ -353,6 +361,104 @@ def _write_outputs(report, args, console) -> None:
                            f"(run: python {shown(str(repro))}/repro.py)"))
 
 
+def _diff_options(args: Any, where: str) -> Any:
+    """The :class:`~parity.pipeline.DiffOptions` of ``parity diff``'s parsed ``args`` (the mapping
+    file is read by :func:`_run_diff`)."""
+    from .inputs import parse_input_map
+    from .pipeline import DiffOptions
+
+    return DiffOptions.build(
+        where=where, rtol=args.rtol, atol=args.atol, seed=args.seed,
+        granularity="ops" if args.ops else "modules", max_memory=args.max_memory,
+        input_map=parse_input_map(args.input_map), reference=args.reference,
+    )
+
+
+def _run_diff(args: Any, options: Any) -> Any:
+    """``parity diff``'s comparison of ``args`` (parsed) under ``options``; the report records the
+    arguments that rerun it (:attr:`~parity.records.Report.command`)."""
+    from .api import diff_with
+
+    require_arg_files(args, args.a, args.b)
+    options = dataclasses.replace(options, mapping=load_mapping(args.mapping))
+    inputs = inputs_from_args(args)
+    try:
+        report = diff_with(
+            _model(args.a, args.factory_a, "--factory-a", trust=args.trust),
+            _model(args.b, args.factory_b, "--factory-b", trust=args.trust),
+            inputs,
+            options,
+        )
+    except InputShapeUnknown as exc:
+        raise _no_shape(exc, [args.a, args.b]) from None
+    kept = report.__dict__.get("_repro_sources")
+    report = dataclasses.replace(report, command=rerun_arguments(args))
+    if kept is not None:  # what save_repro needs is off the record: carried by hand
+        object.__setattr__(report, "_repro_sources", kept)
+    return report
+
+
+def rerun_arguments(args: Any) -> tuple[str, ...]:
+    """The ``parity diff`` arguments that rerun ``args``' comparison: files as absolute paths
+    (specs as given), the options that change the comparison, never ``--trust`` (a report is a
+    file anyone may hand you: what runs code is the reader's decision, ``parity repro --trust``)."""
+
+    def where(value: str) -> str:
+        return str(Path(value).resolve()) if Path(value).exists() else value
+
+    out = [where(args.a), where(args.b)]
+    for flag, value in (("--factory-a", args.factory_a), ("--factory-b", args.factory_b),
+                        ("--inputs", args.inputs and where(args.inputs)), ("--shape", args.shape),
+                        ("--map", args.mapping and where(args.mapping)), ("--input-map", args.input_map),
+                        ("--reference", args.reference), ("--max-memory", args.max_memory)):
+        if value:
+            out += [flag, str(value)]
+    if args.rtol is not None:
+        out += ["--rtol", repr(args.rtol), "--atol", repr(args.atol)]
+    if args.seed:
+        out += ["--seed", str(args.seed)]
+    if args.ops:
+        out.append("--ops")
+    return tuple(out)
+
+
+def _repro(args: Any, parser: Any, console: Any) -> int:
+    """``parity repro REPORT``: rerun the comparison a saved report records and write the repro
+    bundle of its first divergence (or ``--layer``)."""
+    from rich.text import Text
+
+    from .errors import MappingError, ReportFormatError
+    from .report.jsonio import load_report
+    from .report.text import shown
+
+    if not Path(args.report).exists():
+        raise InputError(f"report {args.report!r} does not exist.")
+    saved = load_report(args.report)
+    if not saved.command:
+        raise ReportFormatError(
+            f"report {args.report!r} records no command to rerun: it was made from live models in Python (or by a "
+            "parity older than this one). Rerun parity.diff(a, b, x) there and call report.save_repro(DIR, layer=...).")
+    layer = args.layer or (saved.first_divergence.a_name if saved.first_divergence else None)
+    if layer is None:
+        raise MappingError(f"report {args.report!r} has no divergence to reproduce; name a layer with --layer.")
+    saved.layer(layer)  # an unknown layer is refused here, with the closest names, before any model loads
+    try:
+        again = parser.parse_args(["diff", *saved.command, *(["--trust"] if args.trust else [])])
+    except SystemExit:
+        raise ReportFormatError(f"report {args.report!r} records a command this parity cannot parse: "
+                                f"{' '.join(saved.command)!r}.") from None
+    options = dataclasses.replace(_diff_options(again, "parity repro"), repro_layers=(layer,))
+    report = _run_diff(again, options)
+    if saved.inputs.digest and report.inputs.digest != saved.inputs.digest:
+        raise InputError(
+            f"the inputs of this rerun differ from the report's (digest {report.inputs.digest} now, "
+            f"{saved.inputs.digest} in {args.report!r}): the inputs file changed since; restore it, or rerun parity diff.")
+    report.save_repro(args.out, layer)
+    console.print(Text(f"repro of {shown(layer)} written to {shown(str(args.out))} "
+                       f"(run: python {shown(str(args.out))}/repro.py)"))
+    return 0
+
+
 def _written_line(what: str, path: str):
     from rich.text import Text
 
@@ -384,31 +490,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return run_dataset_demo(epochs=args.epochs, out=args.out or "reports/dataset-demo.json", console=shown)
             return run_demo(epochs=args.epochs, out=args.out or "reports/demo.json", console=shown)
         if args.command == "diff":
-            from .api import diff_with
-            from .inputs import parse_input_map
-            from .pipeline import DiffOptions
-
             # a malformed size, --input-map or tolerance is refused before any model loads
-            options = DiffOptions.build(
-                where="parity diff", rtol=args.rtol, atol=args.atol, seed=args.seed,
-                granularity="ops" if args.ops else "modules", max_memory=args.max_memory,
-                input_map=parse_input_map(args.input_map), reference=args.reference,
-            )
-            require_arg_files(args, args.a, args.b)
-            options = dataclasses.replace(options, mapping=load_mapping(args.mapping))
-            inputs = inputs_from_args(args)
-            try:
-                report = diff_with(
-                    _model(args.a, args.factory_a, "--factory-a", trust=args.trust),
-                    _model(args.b, args.factory_b, "--factory-b", trust=args.trust),
-                    inputs,
-                    options,
-                )
-            except InputShapeUnknown as exc:
-                raise _no_shape(exc, [args.a, args.b]) from None
+            options = _diff_options(args, "parity diff")
+            report = _run_diff(args, options)
             console.print(report)
             _write_outputs(report, args, console)
             return 0 if report.ok else 1
+        if args.command == "repro":
+            return _repro(args, parser, console)
         if args.command == "show":
             from .report.jsonio import load_report
 

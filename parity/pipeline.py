@@ -85,6 +85,9 @@ class DiffOptions:
     #: what judges a layer: "dtype" (the per-dtype tolerance table) or "float64" (a float64
     #: twin's run: :mod:`parity.reference`)
     reference: str = "dtype"
+    #: layers of A whose repro sources are kept besides those where an error is born
+    #: (``parity repro --layer``)
+    repro_layers: tuple[str, ...] = ()
 
     #: the keyword arguments :meth:`build` takes (and :func:`parity.diff` with it)
     KEYWORDS = ("mapping", "rtol", "atol", "tolerances", "min_argmax_agreement", "containers", "granularity",
@@ -213,17 +216,19 @@ def _run(a: Side, b: Side, options: DiffOptions, inputs: InputsSummary | None, b
     report = dataclasses.replace(report, suggestion=suggest(tuple(d for d in report.layers if d.quant is None), tol))
     report = quant_summary(report)  # the deny-list of B's quantized layers judged in steps
     if both and recorder is not None:
-        keep_repro_sources(report, alignment, a.backend, b.backend, recorder)
+        keep_repro_sources(report, alignment, a.backend, b.backend, recorder, options.repro_layers)
     return report
 
 
 def keep_repro_sources(report: Report, alignment: Alignment, backend_a: Any, backend_b: Any,
-                       recorder: InputRecorder) -> None:
+                       recorder: InputRecorder, also: tuple[str, ...] = ()) -> None:
     """Keep on ``report`` what :meth:`Report.save_repro` needs for each layer where an error is
-    born (its recorded input, both outputs, the live backends): a few tensors, not the traces."""
+    born, and each layer ``also`` names (its recorded input, both outputs, the live backends): a
+    few tensors, not the traces."""
     from .repro import ReproSource
 
-    born = report.born_here
+    named = {d.a_name for d in report.born_here}
+    born = (*report.born_here, *(d for d in report.layers if d.a_name in also and d.a_name not in named))
     if not born:
         return
     ordered = sorted(alignment.matches, key=lambda m: m.a.index)

@@ -691,6 +691,9 @@ class Report:
     conflicts: tuple[ShapeConflict, ...] = ()
     #: a quantized B judged by its quantization step: the deny-list for its converter
     quant: QuantSummary | None = None
+    #: the ``parity diff`` arguments that rerun this comparison (files as absolute paths; never
+    #: ``--trust``): what ``parity repro REPORT`` runs; empty when the models were live objects
+    command: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -75,6 +75,42 @@ def test_diff_flags_the_batchnorm_and_exits_1(pair_module, capsys):
     assert "layer1.1" in capsys.readouterr().out
 
 
+def test_repro_reruns_a_saved_report_and_writes_the_layers_bundle(pair_module, tmp_path, capsys):
+    batch = tmp_path / "batch.npy"
+    batch.write_bytes((pair_module / "batch.npy").read_bytes())
+    saved = tmp_path / "r.json"
+    assert main(["diff", "cli_pair_module:torch_model", "cli_pair_module:keras_buggy", "--inputs", str(batch),
+                 "--json", str(saved)]) == 1
+    data = json.loads(saved.read_text())
+    command, first_layer = data["command"], data["layers"][0]["a_name"]
+    assert command == ["cli_pair_module:torch_model", "cli_pair_module:keras_buggy", "--inputs", str(batch.resolve())]
+    capsys.readouterr()
+    assert main(["repro", str(saved), "--out", str(tmp_path / "bundle")]) == 0
+    assert "repro of layer1.1 written to" in capsys.readouterr().out
+    assert (tmp_path / "bundle" / "repro.py").is_file()
+    assert main(["repro", str(saved), "--layer", first_layer, "--out", str(tmp_path / "first")]) == 0  # a passing layer
+    assert (tmp_path / "first" / "repro.py").is_file()
+    # an unknown layer: refused before any model loads, with the names near it
+    assert main(["repro", str(saved), "--layer", "layer1.7", "--out", str(tmp_path / "x")]) == 2
+    assert "layer1.1" in capsys.readouterr().err
+    # the inputs file changed since the report: refused, not a repro of other numbers
+    np.save(batch, np.zeros((4, 1, 28, 28), "float32"))
+    assert main(["repro", str(saved), "--out", str(tmp_path / "y")]) == 2
+    assert "the inputs of this rerun differ from the report's" in capsys.readouterr().err
+
+
+def test_repro_of_a_report_from_live_models_says_what_to_do(pair_module, tmp_path, capsys):
+    import parity
+    import cli_pair_module as pm
+
+    report = parity.diff(pm.torch_model(), pm.keras_buggy(), np.load(pair_module / "batch.npy"))
+    report.to_json(tmp_path / "live.json")
+    assert main(["repro", str(tmp_path / "live.json"), "--out", str(tmp_path / "b")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "records no command to rerun: it was made from live models in Python" in err
+    assert "report.save_repro(DIR, layer=...)" in err
+
+
 def test_diff_of_a_correct_pair_exits_0(pair_module):
     code = main(["diff", "cli_pair_module:torch_model", "cli_pair_module:keras_good", "--inputs", str(pair_module / "batch.npy")])
     assert code == 0

@@ -41,6 +41,7 @@ DESCRIPTIONS: dict[str, str] = {
     "Report.params": "Parameters of aligned layers compared under the pair's layout transforms (weight parity).",
     "Report.reference": "The float64 reference that judged the layers (reference='float64'); null when the per-dtype tolerance table judged every layer.",
     "Report.suggestion": "The tightest tolerance the pair passes at: a global rtol (with atol) and, under a float64 reference, the noise factor.",
+    "Report.command": "The parity diff arguments that rerun this comparison (files as absolute paths, never --trust): what parity repro runs; empty when the models were live objects.",
     "Report.conflicts": "Layers of A and B with the same name (or the models' outputs in order) whose shapes no layout transform reconciles; one on a model output fails the report.",
     "ShapeConflict": "A layer where the two models compute differently shaped tensors.",
     "ShapeConflict.a_name": "Model A's layer.",
