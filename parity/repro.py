@@ -119,7 +119,8 @@ def _readme(meta: dict) -> str:
     for side in ("a", "b"):
         p = meta["pieces"][side]
         what = {"torch": "a torch.nn layer: class, arguments and weights", "keras": "a Keras layer: config and weights",
-                "onnx": "the piece of the ONNX graph computing it"}.get(p["kind"], f"not included: {p.get('why', '')}")
+                "onnx": "the piece of the ONNX graph computing it",
+                "tfgraph": "the piece of the TensorFlow graph computing it (a frozen GraphDef)"}.get(p["kind"], f"not included: {p.get('why', '')}")
         lines.append(f"model {side.upper()}: {what}")
     lines.append("run: python repro.py   (numpy and the frameworks of the pieces only)")
     return "\n".join(lines) + "\n"
@@ -166,6 +167,16 @@ def run(piece, x):
 
         session = ort.InferenceSession(str(HERE / piece["model"]), providers=["CPUExecutionProvider"])
         return session.run(None, {session.get_inputs()[0].name: x})[0]
+    if kind == "tfgraph":
+        import tensorflow as tf
+
+        graph_def = tf.compat.v1.GraphDef()
+        graph_def.ParseFromString((HERE / piece["model"]).read_bytes())
+        graph = tf.Graph()
+        with graph.as_default():
+            tf.compat.v1.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=graph) as session:
+            return session.run(piece["target"], {piece["source"]: x})
     raise RuntimeError(piece.get("why", "no piece"))
 
 

@@ -104,3 +104,36 @@ def test_a_first_layer_repro_starts_the_onnx_piece_at_the_graph_input(onnx_pair,
     code, text = _run(bundle)
     assert code == 0, text
     assert _alone(text) == pytest.approx(first.own_err, rel=1e-3)
+
+
+def test_a_frozen_graph_repro_holds_the_piece_of_the_graph(tmp_path):
+    """B a frozen GraphDef (.pb): the bundle holds the nodes between the tensor that is the layer's
+    input and the layer's tensor, its start a placeholder, and repro.py reruns it in a TF1 session."""
+    keras = pytest.importorskip("keras")
+    tf = pytest.importorskip("tensorflow")
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
+                            torch.nn.ReLU()).eval()
+    k = keras.Sequential([keras.Input((10, 10, 3)), keras.layers.Conv2D(8, 3, padding="same"), keras.layers.ReLU(),
+                          keras.layers.Conv2D(8, 3, padding="same"), keras.layers.ReLU()])
+    k.layers[0].set_weights([a[0].weight.detach().numpy().transpose(2, 3, 1, 0), a[0].bias.detach().numpy()])
+    k.layers[2].set_weights([a[2].weight.detach().numpy().transpose(2, 3, 1, 0) * 1.5, a[2].bias.detach().numpy()])
+    fn = tf.function(lambda t: k(t, training=False)).get_concrete_function(tf.TensorSpec((2, 10, 10, 3), tf.float32))
+    tf.io.write_graph(convert_variables_to_constants_v2(fn).graph.as_graph_def(), str(tmp_path), "b.pb", as_text=False)
+    x = np.random.default_rng(0).standard_normal((2, 3, 10, 10)).astype("float32")
+    report = parity.diff(a, str(tmp_path / "b.pb"), x)
+    first = report.first_divergence
+    assert first.a_name == "2" and first.own_method == "replay"
+    bundle = report.save_repro(tmp_path / "graph")
+    piece = json.loads((bundle / "meta.json").read_text())["pieces"]["b"]
+    assert piece["kind"] == "tfgraph" and piece["target"] == first.b_name and piece["source"].endswith("Relu:0")
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString((bundle / "b_piece.pb").read_bytes())
+    ops = [n.op for n in graph_def.node]
+    assert ops.count("Placeholder") == 1 and ops.count("Conv2D") == 1 and "Relu" not in ops  # the piece, not the graph
+    code, text = _run(bundle)
+    assert code == 0, text
+    assert _alone(text) == pytest.approx(first.own_err, rel=1e-3)
+    assert "the piece of the TensorFlow graph computing it" in (bundle / "README.txt").read_text()

@@ -292,6 +292,17 @@ class TFGraphBackend(Backend):
             raise NotImplementedError(f"{name!r} cannot be computed from {source!r} alone: {exc}") from exc
         return np.array(value.numpy(), copy=True)
 
+    def export_piece(self, name: str, out: Any, side: str, source: str | None) -> dict:
+        """Write the nodes that compute tensor ``name`` from tensor ``source`` as a frozen GraphDef
+        ``{side}_piece.pb`` whose placeholder ``source`` stands where ``source`` was computed."""
+        from pathlib import Path
+
+        if source is None:
+            raise NotImplementedError(f"no recorded tensor of this graph is {name!r}'s input: its piece has no start")
+        graph_def = piece_graph_def(self.model.graph_def, name, source)
+        Path(out, f"{side}_piece.pb").write_bytes(graph_def.SerializeToString())
+        return {"kind": "tfgraph", "model": f"{side}_piece.pb", "source": source, "target": name}
+
     def capture(self, inputs: Inputs, *, containers: bool = False) -> Trace:
         arrays = self._arrays(inputs)
         recorded = self.recorded_tensors()
@@ -359,3 +370,48 @@ class TFGraphBackend(Backend):
                 "inputs (constants, weights and Identity copies left out); choose others with select=[...]."
             )
         return self._trace(taps, arrays, notes)
+
+
+def piece_graph_def(graph_def: Any, target: str, source: str) -> Any:
+    """The GraphDef of the nodes that compute tensor ``target`` (``"node:0"``) from tensor
+    ``source`` and constants alone, ``source``'s node replaced by a placeholder of its dtype;
+    :class:`NotImplementedError` where the piece needs another input, or ``source`` is not a
+    node's first output."""
+    tf = import_tf()
+    node_of = lambda tensor: tensor.split(":")[0].lstrip("^")  # noqa: E731
+    if not source.endswith(":0"):
+        raise NotImplementedError(f"{source!r} is not its node's first output: the piece cannot start there")
+    nodes = {n.name: n for n in graph_def.node}
+    start, end = node_of(source), node_of(target)
+    if start not in nodes or end not in nodes:
+        raise NotImplementedError(f"{source!r} or {target!r} is not a tensor of this graph")
+    keep, todo = [], [end]
+    seen = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        keep.append(name)
+        if name == start:
+            continue
+        node = nodes[name]
+        if node.op in ("Placeholder", "PlaceholderV2"):
+            raise NotImplementedError(f"{target!r} needs the graph input {name!r} besides {source!r}")
+        todo.extend(node_of(i) for i in node.input)
+    piece = tf.compat.v1.GraphDef()
+    piece.versions.CopyFrom(graph_def.versions)
+    for node in graph_def.node:  # in the graph's order
+        if node.name not in seen:
+            continue
+        if node.name == start:
+            placeholder = piece.node.add()
+            placeholder.name, placeholder.op = start, "Placeholder"
+            dtype = node.attr["T"] if "T" in node.attr else node.attr.get("dtype")
+            if dtype is not None and dtype.type:
+                placeholder.attr["dtype"].type = dtype.type
+            else:
+                placeholder.attr["dtype"].type = tf.float32.as_datatype_enum
+        else:
+            piece.node.add().CopyFrom(node)
+    return piece
