@@ -19,7 +19,7 @@ from typing import Any
 
 from .records import Alignment, ShapeConflict
 
-__all__ = ["shape_conflicts"]
+__all__ = ["dims", "shape_conflicts"]
 
 
 def shape_conflicts(alignment: Alignment) -> tuple[ShapeConflict, ...]:
@@ -58,17 +58,16 @@ def in_a_layout(shape: tuple[int, ...], layout_a: str | None, layout_b: str | No
     return tuple(shape[layout_b.index(axis)] for axis in layout_a)
 
 
-def _dims(shape: tuple[int, ...]) -> str:
+def dims(shape: tuple[int, ...]) -> str:
     return "×".join(str(x) for x in shape)
 
 
 def _after(a: Any, b: Any, shape_b: tuple[int, ...], first: ShapeConflict) -> tuple[str, str]:
-    return "shape_mismatch", (f"A's {a.op} {a.name} gives {_dims(a.shape)}, B's {b.op} {b.name} {_dims(shape_b)}: "
+    return "shape_mismatch", (f"A's {a.op} {a.name} gives {dims(a.shape)}, B's {b.op} {b.name} {dims(shape_b)}: "
                               f"after the shapes already differ at {first.a_name}, most likely inherited from there")
 
 
 def _cause(a: Any, b: Any, shape_b: tuple[int, ...]) -> tuple[str, str]:
-    dims = _dims
     where = f"A's {a.op} {a.name} gives {dims(a.shape)}, B's {b.op} {b.name} {dims(shape_b)}"
     if a.layout != b.layout and shape_b != tuple(b.shape):
         where += f" (B's {dims(b.shape)} in A's layout {a.layout})"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import InputError, ParityError
+from .reference import REFERENCES
 
 __all__ = [
     "add_tolerance_options",
@@ -63,7 +64,7 @@ def add_tolerance_options(add: Callable[..., Any], prefix: str = "") -> None:
 def add_reference_option(add: Callable[..., Any], prefix: str = "") -> None:
     add(
         f"--{prefix}reference",
-        choices=("dtype", "float64"),
+        choices=REFERENCES,
         default=None,
         help="what judges each layer: 'dtype', the per-dtype tolerance table (default), or 'float64': a "
         "float64 twin of the live model runs too, and a float32 layer fails when its error against float64 is "

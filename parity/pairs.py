@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 from .errors import PairConfigError
 from .loading import MODEL_TABLE_KEYS
+from .reference import REFERENCES
 
 __all__ = ["PairSpec", "PairConfigError", "find_pair_config", "load_pairs"]
 
@@ -159,7 +160,7 @@ def load_pairs(path: str | Path) -> list[PairSpec]:
         for key in ("rtol", "atol", "min_argmax_agreement"):
             if key in table and not isinstance(table[key], (int, float)):
                 raise PairConfigError(f"{where} key {key!r} must be a number, got {table[key]!r}.")
-        if "reference" in table and table["reference"] not in ("dtype", "float64"):
+        if "reference" in table and table["reference"] not in REFERENCES:
             raise PairConfigError(
                 f"{where} key 'reference' must be \"dtype\" (the tolerance table) or \"float64\" (a float64 twin "
                 f"judges each layer), got {table['reference']!r}."

@@ -182,7 +182,7 @@ def suggest(layers: Any, tolerances: Tolerances) -> Any:
     from .records import Suggestion, min_rtol
     from .reference import min_factor
 
-    layers = [d for d in layers]
+    layers = list(layers)
     if not layers:
         return None
     table = [d for d in layers if d.ref_err is None and tolerances.override_for(d.a_name) is None]

@@ -64,8 +64,8 @@ def verdict_line(report: Report) -> str:
     outputs = [d for d in layers if d.role == "output"]
     d = report.first_divergence
     conflict = next((c for c in report.conflicts), None)
-    if conflict is not None and (d is None or not report.ok and _before(report, conflict, d)):
-        shape = lambda s: "×".join(str(x) for x in s)  # noqa: E731
+    if conflict is not None and (d is None or _at_the_end(report, d)):
+        from ..conflicts import dims as shape
         matched = sum(1 for x in inner if x.ok)
         return (f"✗ SHAPES DIFFER at {conflict.a_name} ({conflict.a_op} ↔ {conflict.b_op} {conflict.b_name}): A "
                 f"{shape(conflict.a_shape)}, B {shape(conflict.b_shape)}"
@@ -98,9 +98,9 @@ def verdict_line(report: Report) -> str:
     return f"✗ DIVERGES at {d.a_name} ({d.op} ↔ {d.b_op} {d.b_name}): {error} — {counts}"
 
 
-def _before(report: Report, conflict, d: LayerDiff) -> bool:
-    """Whether a shape conflict comes before the first divergence in A's order (by position among
-    the unmatched and compared layers: a conflict past the last compared layer is after it)."""
+def _at_the_end(report: Report, d: LayerDiff) -> bool:
+    """Whether the first divergence ``d`` is the model output or the last compared layer: a shape
+    conflict then leads the verdict (what differs first is where the shapes part)."""
     last = max((x.index for x in report.layers if x.role != "output"), default=-1)
     return d.role == "output" or d.index >= last
 
