@@ -10,7 +10,8 @@ The cause is named where the numbers show it: a pooling layer whose output is on
 on one side in exactly the axes where the last window is partial rounds its size up there
 (PyTorch's ``ceil_mode=True``), the other side down (Keras/TF ``padding="valid"``); a
 concatenation k× larger on one axis in A and k× on another in B joined along an axis that
-was not remapped with the layout (``axis_remap``).
+was not remapped with the layout (``axis_remap``), and likewise a gather or slice that picks k
+entries along one axis in A and along another in B.
 """
 
 from __future__ import annotations
@@ -81,6 +82,13 @@ def _cause(a: Any, b: Any, shape_b: tuple[int, ...]) -> tuple[str, str]:
             f"{where}: A joins along axis {i} (size {a.shape[i]} = {k} × {shape_b[i]}), B along axis {j} (size "
             f"{shape_b[j]} = {k} × {a.shape[j]}) of A's layout — B's concatenation axis was not remapped with the "
             f"layout (axis 1, the channels of NCHW, is the last axis of NHWC: Concatenate(axis=-1) there)")
+    picks = _gather_axes(a, b, shape_b)
+    if picks is not None:
+        i, j, k = picks
+        return "axis_remap", (
+            f"{where}: A picks {k} along axis {i} (B keeps all {shape_b[i]} there), B picks {k} along axis {j} (A "
+            f"keeps all {a.shape[j]} there) of A's layout — B's gather/slice axis was not remapped with the layout "
+            "(index_select(1, …) on NCHW picks channels: tf.gather(..., axis=-1) on NHWC)")
     if "pool" in a.op.lower() or "pool" in b.op.lower() or "conv" in a.op.lower():
         return "shape_mismatch", (f"{where}: the two layers' kernel, stride or padding differ (a different output size "
                                   "is a different computation); compare the layer's arguments on both sides")
@@ -102,6 +110,25 @@ def _concat_axes(a: Any, b: Any, shape_b: tuple[int, ...]) -> tuple[int, int, in
         return None
     k = a.shape[i] // shape_b[i]
     return (i, j, k) if k >= 2 and shape_b[j] // a.shape[j] == k else None
+
+
+_PICKS = ("gather", "index_select", "index", "take", "slice", "narrow")
+
+
+def _gather_axes(a: Any, b: Any, shape_b: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """``(A's axis, B's axis, picked)`` when either layer gathers or slices and the shapes differ as
+    picking ``picked`` entries along another axis would make them: exactly two axes differ, A has
+    ``picked`` on one and B's size there, B ``picked`` on the other and A's size there."""
+    ops = (a.op + " " + b.op).lower()
+    if not any(p in ops for p in _PICKS) or len(a.shape) != len(shape_b):
+        return None
+    differ = [x for x in range(len(a.shape)) if a.shape[x] != shape_b[x]]
+    if len(differ) != 2 or 0 in differ:
+        return None
+    for i, j in (differ, differ[::-1]):
+        if a.shape[i] == shape_b[j] and a.shape[i] < shape_b[i] and shape_b[j] < a.shape[j]:
+            return i, j, a.shape[i]
+    return None
 
 
 def _ceil_rounding(a: Any, b: Any, shape_b: tuple[int, ...]) -> str | None:

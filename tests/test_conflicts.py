@@ -87,3 +87,29 @@ def test_a_concatenation_along_an_axis_not_remapped_is_named():
     assert (first.a_name, first.code, first.a_shape, first.b_shape) == ("cat", "axis_remap", (2, 16, 16, 16), (2, 8, 32, 16))
     assert "A joins along axis 1 (size 16 = 2 × 8), B along axis 2 (size 32 = 2 × 16)" in first.message
     assert [c.a_name for c in report.conflicts] == ["cat", "output"] and report.conflicts[1].output
+
+
+def test_a_gather_along_an_axis_not_remapped_is_named():
+    """``x.index_select(1, idx)`` (4 of the 8 channels of NCHW) converted to ``take(x, idx, axis=1)`` on
+    NHWC: B picks 4 of the 6 rows and keeps all 8 channels — 2×4×6×6 against 2×8×4×6 in A's layout."""
+
+    class Pick(torch.nn.Module):
+        def forward(self, x):
+            return x.index_select(1, torch.tensor([5, 0, 3, 2]))
+
+    class Gather(keras.layers.Layer):
+        def call(self, x):
+            return keras.ops.take(x, keras.ops.convert_to_tensor([5, 0, 3, 2]), axis=1)
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), Pick()).eval()
+    inp = keras.Input((6, 6, 3))
+    conv = keras.layers.Conv2D(8, 3, padding="same", name="0")
+    k = keras.Model(inp, Gather(name="1")(conv(inp)))
+    conv.set_weights([m[0].weight.detach().numpy().transpose(2, 3, 1, 0), m[0].bias.detach().numpy()])
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype("float32")
+    report = parity.diff(m, k, x)
+    assert not report.ok
+    first = report.conflicts[0]
+    assert (first.a_name, first.code, first.a_shape, first.b_shape) == ("1", "axis_remap", (2, 4, 6, 6), (2, 8, 4, 6))
+    assert "A picks 4 along axis 1 (B keeps all 8 there), B picks 4 along axis 2 (A keeps all 6 there)" in first.message

@@ -253,3 +253,43 @@ def test_a_global_mean_over_other_axes_of_equal_size_is_axis_remap():
     ev = diag.evidence
     assert (ev["axis_a_0"], ev["axis_a_1"], ev["axis_b_0"], ev["axis_b_1"]) == (2, 3, 1, 3)
     assert ev["rel_err_b_vs_other_axes"] < 1e-5
+
+
+class _Pick(torch.nn.Module):
+    """A channel reorder: ``index_select`` along the channels (an ONNX ``Gather``)."""
+
+    def __init__(self, idx):
+        super().__init__()
+        self.register_buffer("idx", torch.tensor(idx))
+
+    def forward(self, x):
+        return x.index_select(1, self.idx)
+
+
+@pytest.fixture(scope="module")
+def pick_pair():
+    """Conv → a channel permutation → Conv, C = H = W = 8: the gather's axis cannot be told by the shape."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), _Pick([3, 1, 7, 0, 5, 2, 6, 4]),
+                                torch.nn.Conv2d(8, 4, 1)).eval()
+    x = np.random.default_rng(7).standard_normal((2, 3, 8, 8)).astype("float32")
+    return model, x, _export(model, x)
+
+
+def test_a_gather_along_another_axis_of_equal_size_is_axis_remap(pick_pair):
+    model, x, data = pick_pair
+    report = parity.diff(model, _edited(data, "Gather", axis=2), x)  # picks rows, where A picks channels
+    assert report.first_divergence.a_name == "1"
+    diag = _diag(report, "1", "axis_remap")
+    ev = diag.evidence
+    assert (ev["axis_a"], ev["axis_b_in_a_layout"], ev["n_indices"], ev["equal_sizes"]) == (1, 2, 8, 1)
+    assert ev["rel_err_a_vs_recomputed"] < 1e-6 and ev["rel_err_b_vs_other_axis"] < 1e-6 < 0.1 < ev["rel_err_as_compared"]
+    assert "indexed [3, 1, 7, 0, 5, 2, 6, 4] along axis 1 (C)" in diag.message
+    assert "along axis 2 (H) (in A's layout) reproduce B" in diag.message
+    assert _codes(report, "1") == ["axis_remap"]
+
+
+def test_the_faithful_gather_export_gives_no_diagnosis(pick_pair):
+    model, x, data = pick_pair
+    report = parity.diff(model, onnx.load_from_string(data), x)
+    assert report.ok and not report.diagnoses

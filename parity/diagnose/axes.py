@@ -1,11 +1,12 @@
 """Detectors of an op applied along another axis, or in another element order, than A's.
 
-``axis_remap``: a softmax (or log-softmax) taken along another axis of the tensor — the axis
-was not remapped when the layout changed (torch ``Softmax(dim=1)`` on NCHW is Keras
-``Softmax(axis=-1)`` on NHWC; a converter that keeps ``axis=1`` normalises over the rows).  A's
-function is recomputed from A's own input along every axis: the axis that reproduces A is A's,
-the one that reproduces B is B's.  Two dimensions of equal size do not confuse it: the values
-tell the axes apart, the shapes do not need to.
+``axis_remap``: a softmax (or log-softmax), a reduction or a gather taken along another axis of
+the tensor — the axis was not remapped when the layout changed (torch ``Softmax(dim=1)`` on NCHW
+is Keras ``Softmax(axis=-1)`` on NHWC; a converter that keeps ``axis=1`` normalises over the
+rows).  A's function is recomputed from A's own input along every axis (a gather's indices read
+off A's output): the axis that reproduces A is A's, the one that reproduces B is B's.  Two
+dimensions of equal size do not confuse it: the values tell the axes apart, the shapes do not
+need to.
 
 ``depth_to_space_mode``: a PixelShuffle / DepthToSpace that reads the channels in the other
 order — torch's ``PixelShuffle`` and ONNX ``DepthToSpace`` mode ``CRD`` take channel
@@ -186,5 +187,68 @@ def reduction_axes(ctx: Context) -> Diagnosis | None:
         f"({fit_b:.1e}, against {as_compared:.2g} as compared). The axes were not remapped with the layout "
         "(NCHW's spatial axes 2, 3 are NHWC's 1, 2; a global pooling with the wrong data_format reduces the "
         "channels); give B's reduction A's axes after the transpose."
+    )
+    return Diagnosis(code="axis_remap", layer=ctx.match.a.name, message=msg, evidence=evidence)
+
+
+def _slice_indices(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
+    """For every slice of ``y`` along ``axis``, the index of the nearest slice of ``x`` (squared
+    distance, one matrix product): the indices a gather along ``axis`` would have used."""
+    xs = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
+    ys = np.moveaxis(y, axis, 0).reshape(y.shape[axis], -1)
+    d = np.sum(ys * ys, axis=1)[:, None] + np.sum(xs * xs, axis=1)[None, :] - 2.0 * (ys @ xs.T)
+    return np.argmin(d, axis=1)
+
+
+@detector("axis_remap")
+def gather_axes(ctx: Context) -> Diagnosis | None:
+    """A gather / index_select (a channel pick or reorder, an embedding row pick) taken along another
+    axis in B: the indices A used are read off A's output (each of its slices is one slice of A's
+    input), then the same indices taken along every other axis of A's input — the axis that
+    reproduces B is B's.  Works where the dimensions are equal too: the values decide."""
+    x = ctx.own_input()
+    a, b = ctx.a, ctx.b
+    if x is None or x.ndim != a.ndim or a.shape != b.shape or a.ndim < 2:
+        return None
+    x64 = np.asarray(x, dtype=np.float64)
+    if x64.size > 5_000_000 or x64.size == 0 or not np.all(np.isfinite(x64)):
+        return None
+    as_compared = _rel(a, b)
+    best = None
+    for i in range(1, a.ndim):
+        if any(x64.shape[k] != a.shape[k] for k in range(a.ndim) if k != i):
+            continue
+        idx = _slice_indices(x64, np.asarray(a, dtype=np.float64), i)
+        if a.shape == x64.shape and np.array_equal(idx, np.arange(len(idx))):
+            continue  # A's layer leaves this axis as it is: not a gather along it
+        fit_a = _rel(a, np.take(x64, idx, axis=i))
+        if fit_a > _FIT_OK:
+            continue
+        for j in range(1, a.ndim):
+            if j == i or idx.max() >= x64.shape[j]:
+                continue
+            y = np.take(x64, idx, axis=j)
+            if y.shape != b.shape:
+                continue
+            fit_b = _rel(b, y)
+            if best is None or fit_b < best[3]:
+                best = (i, j, idx, fit_b, fit_a)
+    if best is None:
+        return None
+    i, j, idx, fit_b, fit_a = best
+    if not (fit_b <= _REPRODUCED and as_compared > 10 * max(fit_b, 1e-12)):
+        return None
+    layout = ctx.match.a.layout
+    shown = ", ".join(str(int(k)) for k in idx[:8]) + (", …" if len(idx) > 8 else "")
+    evidence = {"axis_a": float(i), "axis_b_in_a_layout": float(j), "n_indices": float(len(idx)),
+                "rel_err_as_compared": float(as_compared), "rel_err_a_vs_recomputed": float(fit_a),
+                "rel_err_b_vs_other_axis": float(fit_b),
+                "equal_sizes": 1.0 if x64.shape[i] == x64.shape[j] else 0.0}
+    msg = (
+        f"B gathers along another axis: A's output is A's input indexed [{shown}] along "
+        f"{_axis_words(i, layout, a.ndim)} ({fit_a:.1e}); the same indices along "
+        f"{_axis_words(j, layout, a.ndim)} (in A's layout) reproduce B ({fit_b:.1e}, against {as_compared:.2g} "
+        "as compared). The gather's axis was not remapped with the layout (index_select(1, …) on NCHW picks "
+        "channels: tf.gather(..., axis=-1) on NHWC); give B's gather A's axis after the transpose."
     )
     return Diagnosis(code="axis_remap", layer=ctx.match.a.name, message=msg, evidence=evidence)
