@@ -205,9 +205,34 @@ def test_int8_model_is_dequantized(keras_model):
     trace = backend.capture([X])
     out = trace.outputs[0]
     assert out.dtype == "float32" and out.attrs["quantized"]["dtype"] == "int8"
-    assert any("quantized" in n for n in trace.notes)
+    (note,) = [n for n in trace.notes if n.startswith("input ")]
+    assert "parity quantized the float32 input with its declared scale" in note
     ref = keras_model(X).numpy()
     assert np.abs(out.value - ref).max() < 0.1 * np.abs(ref).max() + 0.1
+    # inputs beyond the range the model was calibrated for are clipped by quantizing: B sees another
+    # input than A there, and the note counts them
+    interp = tf.lite.Interpreter(model_content=content)
+    scale, zp = interp.get_input_details()[0]["quantization"]
+    big = X * 40
+    outside = int(np.count_nonzero((big < (-128 - zp) * scale - scale / 2) | (big > (127 - zp) * scale + scale / 2)))
+    assert outside > 0
+    (note,) = [n for n in backend.capture([big]).notes if n.startswith("input ")]
+    assert f"{outside} of {big.size} input values lie outside that range and were clipped" in note
+
+
+def test_a_float_input_a_cast_would_change_is_refused_for_a_raw_integer_input():
+    """A uint8 input with no scale (the model rescales pixel bytes itself): whole numbers in 0..255 are
+    cast and fed; fractions would be truncated to 0 — another input than A's — and are refused."""
+    inp = keras.Input((6, 6, 3), dtype="uint8")
+    model = keras.Model(inp, keras.layers.Conv2D(4, 3)(keras.layers.Rescaling(1 / 255.0)(inp)))
+    backend = TFLiteBackend(_convert(model))
+    assert backend.input_spec()[0].dtype == "uint8"
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 6, 6, 3)).astype("float32")
+    trace = backend.capture([pixels])
+    assert np.allclose(trace.outputs[0].value, model(pixels.astype("uint8")).numpy(), atol=1e-5)
+    with pytest.raises(InputError, match=r"is uint8 with no scale or zero point .* holds \d+ of 108 values a cast to "
+                                         r"uint8 would change .* whole numbers in 0\.\.255"):
+        backend.capture([pixels / 255])
 
 
 def test_diff_against_keras_is_ok(keras_model, content):

@@ -202,6 +202,41 @@ def _quantize(value: np.ndarray, q: tuple[np.ndarray, np.ndarray, int], dtype: n
     return np.clip(out, info.min, info.max).astype(dtype)
 
 
+def _quantized_input_note(arr: np.ndarray, q: tuple[np.ndarray, np.ndarray, int], dtype: np.dtype, what: str) -> str:
+    """What parity did to feed a float input to a quantized one — with the declared scale and zero
+    point — and how much of it fell outside the range those can represent (clipped: B is fed
+    another input than A there)."""
+    scale, zp = float(q[0].reshape(-1)[0]), int(q[1].reshape(-1)[0])
+    info = np.iinfo(dtype)
+    lo, hi = (info.min - zp) * scale, (info.max - zp) * scale
+    outside = int(np.count_nonzero((arr < lo - scale / 2) | (arr > hi + scale / 2)))
+    note = (f"{what} is quantized {dtype.name}: parity quantized the {arr.dtype} input with its declared scale "
+            f"{scale:g} and zero point {zp} (range [{lo:.4g}, {hi:.4g}]).")
+    if outside:
+        note += (f" {outside} of {arr.size} input values lie outside that range and were clipped: B was fed another "
+                 "input than A there — give inputs in the range the model was calibrated for.")
+    return note
+
+
+def _check_lossless_cast(arr: np.ndarray, dtype: np.dtype, what: str) -> None:
+    """Refuse a float input cast to an integer input that holds no quantization parameters when the
+    cast would change it (fractions, values out of the type's range): B would be fed another input."""
+    if arr.dtype.kind != "f" or dtype.kind not in "iu" or arr.size == 0:
+        return
+    info = np.iinfo(dtype)
+    finite = np.isfinite(arr)
+    changed = ~finite | (arr != np.round(arr)) | (arr < info.min) | (arr > info.max)
+    if np.any(changed):
+        bad = arr[changed].ravel()[:3]
+        raise InputError(
+            f"{what} is {dtype.name} with no scale or zero point (it takes raw integers, e.g. pixel bytes "
+            f"{info.min}..{info.max}); the {arr.dtype} input holds {int(np.count_nonzero(changed))} of {arr.size} "
+            f"values a cast to {dtype.name} would change (e.g. {', '.join(f'{v:g}' for v in bad)}), so B would be "
+            f"fed another input than A. Give inputs that hold whole numbers in {info.min}..{info.max} — the values "
+            "the model takes — or convert the model with a float input."
+        )
+
+
 def _fmt(shape: tuple) -> str:
     return "(" + ", ".join("N" if i == 0 and s is None else ("?" if s is None else str(s)) for i, s in enumerate(shape)) + ")"
 
@@ -421,12 +456,9 @@ class TFLiteBackend(Backend):
                 fed.append(np.ascontiguousarray(arr))
             elif q is not None and want.kind in "iu" and arr.dtype.kind == "f":
                 fed.append(_quantize(arr, q, want))
-                notes.append(
-                    f"input {n!r} of TFLite model {self.model.name!r} is quantized {want.name}: parity "
-                    f"quantized the {arr.dtype} input with scale {float(q[0].reshape(-1)[0]):g}, zero point "
-                    f"{int(q[1].reshape(-1)[0])}."
-                )
+                notes.append(_quantized_input_note(arr, q, want, f"input {n!r} of TFLite model {self.model.name!r}"))
             else:
+                _check_lossless_cast(arr, want, f"input {n!r} of TFLite model {self.model.name!r}")
                 fed.append(np.ascontiguousarray(arr.astype(want)))
                 notes.append(
                     f"input {n!r} of TFLite model {self.model.name!r} is {want.name}; the {arr.dtype} "
