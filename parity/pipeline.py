@@ -216,15 +216,16 @@ def _run(a: Side, b: Side, options: DiffOptions, inputs: InputsSummary | None, b
     report = dataclasses.replace(report, suggestion=suggest(tuple(d for d in report.layers if d.quant is None), tol))
     report = quant_summary(report)  # the deny-list of B's quantized layers judged in steps
     if both and recorder is not None:
-        keep_repro_sources(report, alignment, a.backend, b.backend, recorder, options.repro_layers)
+        keep_repro_sources(report, alignment, a.backend, b.backend, recorder, options.repro_layers, b.inputs)
     return report
 
 
 def keep_repro_sources(report: Report, alignment: Alignment, backend_a: Any, backend_b: Any,
-                       recorder: InputRecorder, also: tuple[str, ...] = ()) -> None:
+                       recorder: InputRecorder, also: tuple[str, ...] = (), inputs_b: Any = None) -> None:
     """Keep on ``report`` what :meth:`Report.save_repro` needs for each layer where an error is
     born, and each layer ``also`` names (its recorded input, both outputs, the live backends): a
-    few tensors, not the traces."""
+    few tensors, not the traces; ``inputs_b``, B's model inputs, for a B whose runtime reruns
+    whole models only."""
     from .repro import ReproSource
 
     named = {d.a_name for d in report.born_here}
@@ -250,6 +251,7 @@ def keep_repro_sources(report: Report, alignment: Alignment, backend_a: Any, bac
             output_a=np.asarray(m.a.value), output_b=np.asarray(m.b.value),
             transform=(t.kind if t.kind in ("identity", "permute") else "identity", t.perm if t.kind == "permute" else None),
             rel_err=float(d.metrics.rel_err), own_err=d.own_err, backend_a=backend_a, backend_b=backend_b, b_source=source,
+            model_inputs_b=inputs_b, b_attrs=dict(m.b.attrs),
         )
     object.__setattr__(report, "_repro_sources", sources)
 

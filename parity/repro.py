@@ -14,8 +14,11 @@
   their relative error beside the one parity measured, and exits 0 (1 when a piece cannot be
   rebuilt, saying why).
 
-What cannot be cut out (a custom torch module, a TFLite tensor) is said in ``README.txt`` and
-in ``repro.py``, which then compares the recorded outputs.
+A TFLite model cannot be cut (its interpreter runs whole models only): the bundle holds the whole
+``.tflite`` and the inputs it was fed, and ``repro.py`` reruns it and reads the layer's tensor
+against A's recorded output — the error as compared, not the layer's own.  What cannot be cut out
+(a custom torch module) is said in ``README.txt`` and in ``repro.py``, which then compares the
+recorded outputs.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ class ReproSource:
     backend_b: Any = None
     #: for a graph B: the tensor whose A counterpart is the layer's input (where the piece starts)
     b_source: str | None = None
+    #: B's model inputs as B was fed them, and B's tap's attributes: for a format whose runtime runs
+    #: whole models only (TFLite), the bundle reruns the whole model and reads the layer's tensor
+    model_inputs_b: Any = None
+    b_attrs: dict | None = None
 
 
 def save_repro(sources: dict[str, ReproSource] | None, out: str | Path, layer: str | None = None,
@@ -83,7 +90,7 @@ def save_repro(sources: dict[str, ReproSource] | None, out: str | Path, layer: s
     if src.input_b is not None:
         np.save(out / "input_b.npy", np.asarray(src.input_b), allow_pickle=False)
     pieces = {"a": _piece(src.backend_a, src.a_name, out, "a", None),
-              "b": _piece(src.backend_b, src.b_name, out, "b", src.b_source)}
+              "b": _piece(src.backend_b, src.b_name, out, "b", src.b_source, src.model_inputs_b, src.b_attrs)}
     meta = {
         "a_layer": src.a_name, "b_layer": src.b_name, "a_op": src.a_op, "b_op": src.b_op,
         "transform": list(src.transform[:1]) + [list(src.transform[1]) if src.transform[1] else None],
@@ -96,17 +103,23 @@ def save_repro(sources: dict[str, ReproSource] | None, out: str | Path, layer: s
     return out
 
 
-def _piece(backend: Any, name: str, out: Path, side: str, source: str | None) -> dict:
-    """Write ``side``'s layer alone, as its backend can give it; the record of what was written."""
+def _piece(backend: Any, name: str, out: Path, side: str, source: str | None, model_inputs: Any = None,
+           attrs: dict | None = None) -> dict:
+    """Write ``side``'s layer alone, as its backend can give it — or, for a runtime that runs whole
+    models only, the whole model, the inputs it was fed and the tensor to read; the record of what
+    was written."""
     if backend is None:
         return {"kind": "none", "why": "the model was not at hand (recorded traces)"}
-    writer = getattr(backend, "export_piece", None)
-    if writer is None:
-        return {"kind": "none", "why": f"a {backend.framework} model's layers cannot be cut out"}
     try:
-        return writer(name, out, side, source)
+        writer = getattr(backend, "export_piece", None)
+        if writer is not None:
+            return writer(name, out, side, source)
+        whole = getattr(backend, "export_whole", None)
+        if whole is not None:
+            return whole(name, out, side, model_inputs, attrs or {})
     except NotImplementedError as exc:
         return {"kind": "none", "why": str(exc)}
+    return {"kind": "none", "why": f"a {backend.framework} model's layers cannot be cut out"}
 
 
 def _readme(meta: dict) -> str:
@@ -120,7 +133,9 @@ def _readme(meta: dict) -> str:
         p = meta["pieces"][side]
         what = {"torch": "a torch.nn layer: class, arguments and weights", "keras": "a Keras layer: config and weights",
                 "onnx": "the piece of the ONNX graph computing it",
-                "tfgraph": "the piece of the TensorFlow graph computing it (a frozen GraphDef)"}.get(p["kind"], f"not included: {p.get('why', '')}")
+                "tfgraph": "the piece of the TensorFlow graph computing it (a frozen GraphDef)",
+                "tflite": "the whole TFLite model and the inputs it was fed (the interpreter runs whole models "
+                          "only): repro.py reruns it and reads the layer's tensor"}.get(p["kind"], f"not included: {p.get('why', '')}")
         lines.append(f"model {side.upper()}: {what}")
     lines.append("run: python repro.py   (numpy and the frameworks of the pieces only)")
     return "\n".join(lines) + "\n"
@@ -177,7 +192,35 @@ def run(piece, x):
             tf.compat.v1.import_graph_def(graph_def, name="")
         with tf.compat.v1.Session(graph=graph) as session:
             return session.run(piece["target"], {piece["source"]: x})
+    if kind == "tflite":
+        return run_whole_tflite(piece)
     raise RuntimeError(piece.get("why", "no piece"))
+
+
+def run_whole_tflite(piece):
+    """The whole TFLite model rerun on the inputs it was fed, the layer's tensor read (dequantized)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter, OpResolverType = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
+    interp = Interpreter(model_path=str(HERE / piece["model"]), experimental_preserve_all_tensors=True,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    fed = [np.load(HERE / f) for f in piece["inputs"]]
+    for d, x in zip(interp.get_input_details(), fed):
+        if tuple(d["shape"]) != x.shape:
+            interp.resize_tensor_input(d["index"], list(x.shape), strict=False)
+    interp.allocate_tensors()
+    for d, x in zip(interp.get_input_details(), fed):
+        interp.set_tensor(d["index"], x)
+    interp.invoke()
+    y = interp.get_tensor(piece["tensor_index"])
+    (detail,) = [d for d in interp.get_tensor_details() if d["index"] == piece["tensor_index"]]
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    if y.dtype.kind in "iu" and scale:
+        y = (y.astype(np.float32) - zero_point) * scale
+    return y
 
 
 def to_a_layout(y):
@@ -194,6 +237,15 @@ def main():
     print(f"A: {META['a_layer']} ({META['a_op']})  <->  B: {META['b_layer']} ({META['b_op']})")
     recorded = rel(np.load(HERE / "output_a.npy"), to_a_layout(np.load(HERE / "output_b.npy")))
     print(f"recorded in the whole models: relative error {recorded:.4e} (parity: {META['rel_err']:.4e})")
+    if META["pieces"]["b"].get("whole"):
+        try:
+            y_b = to_a_layout(run(META["pieces"]["b"], None))
+        except Exception as exc:  # noqa: BLE001
+            print(f"model B cannot be run here: {exc}")
+            return 1
+        print(f"B's whole model rerun (its runtime runs whole models only), tensor {META['pieces']['b']['tensor']!r} "
+              f"against A's recorded output: relative error {rel(np.load(HERE / 'output_a.npy'), y_b):.4e}")
+        return 0
     if not META["have_input"]:
         print("no recorded input of this layer: the pieces cannot be run alone")
         return 1

@@ -137,3 +137,33 @@ def test_a_frozen_graph_repro_holds_the_piece_of_the_graph(tmp_path):
     assert code == 0, text
     assert _alone(text) == pytest.approx(first.own_err, rel=1e-3)
     assert "the piece of the TensorFlow graph computing it" in (bundle / "README.txt").read_text()
+
+
+def test_a_tflite_repro_reruns_the_whole_model_and_reads_the_layer(tmp_path):
+    """B a .tflite: its interpreter runs whole models only, so the bundle holds the whole model and the
+    inputs it was fed; repro.py reruns it, reads the layer's tensor and prints the error as compared."""
+    keras = pytest.importorskip("keras")
+    tf = pytest.importorskip("tensorflow")
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
+                            torch.nn.ReLU()).eval()
+    k = keras.Sequential([keras.Input((10, 10, 3)), keras.layers.Conv2D(8, 3, padding="same"), keras.layers.ReLU(),
+                          keras.layers.Conv2D(8, 3, padding="same"), keras.layers.ReLU()])
+    k.layers[0].set_weights([a[0].weight.detach().numpy().transpose(2, 3, 1, 0), a[0].bias.detach().numpy()])
+    k.layers[2].set_weights([a[2].weight.detach().numpy().transpose(2, 3, 1, 0) * 1.5, a[2].bias.detach().numpy()])
+    (tmp_path / "b.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(k).convert())
+    x = np.random.default_rng(0).standard_normal((2, 3, 10, 10)).astype("float32")
+    report = parity.diff(a, str(tmp_path / "b.tflite"), x)
+    first = report.first_divergence
+    assert first.a_name == "2"
+    bundle = report.save_repro(tmp_path / "lite")
+    meta = json.loads((bundle / "meta.json").read_text())
+    piece = meta["pieces"]["b"]
+    assert (piece["kind"], piece["tensor"], piece["inputs"]) == ("tflite", first.b_name, ["b_model_input_0.npy"])
+    assert np.load(bundle / "b_model_input_0.npy").shape == (2, 10, 10, 3)  # B's layout, as it was fed
+    code, text = _run(bundle)
+    assert code == 0, text
+    found = re.search(r"B's whole model rerun .* against A's recorded output: relative error ([0-9.e+-]+)", text)
+    assert found, text
+    assert float(found.group(1)) == pytest.approx(first.metrics.rel_err, rel=1e-3) and first.metrics.rel_err > 0.1
+    assert "the whole TFLite model and the inputs it was fed" in (bundle / "README.txt").read_text()

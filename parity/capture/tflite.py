@@ -438,16 +438,14 @@ class TFLiteBackend(Backend):
             out.append(arr)
         return out
 
-    def capture(self, inputs: Inputs, *, containers: bool = False) -> Trace:
-        delegates = bool(self.options.get("delegates", True))
-        num_threads = self.options.get("num_threads")
+    def _feed(self, inputs: Inputs) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[str]]:
+        """The inputs as given (in the model's order), as fed (quantized with the declared scale for
+        a quantized input, cast where the cast changes nothing), the inputs' names and what was done."""
         probe = self._interpreter_for_inspection()
         details_in = probe.get_input_details()
         names = self._input_names(probe)
         given = self._order_inputs(inputs, details_in, names)
         notes: list[str] = []
-
-        # dtypes: quantize floats for a quantized input, cast anything else
         fed: list[np.ndarray] = []
         for arr, n, d in zip(given, names, details_in):
             want = np.dtype(d["dtype"])
@@ -464,6 +462,32 @@ class TFLiteBackend(Backend):
                     f"input {n!r} of TFLite model {self.model.name!r} is {want.name}; the {arr.dtype} "
                     f"input was cast to {want.name}."
                 )
+        return given, fed, names, notes
+
+    def export_whole(self, name: str, out: Any, side: str, model_inputs: Inputs | None, attrs: dict) -> dict:
+        """For a repro (:mod:`parity.repro`): the TFLite interpreter runs whole models only (a tensor
+        cannot be fed its layer's input alone), so the bundle holds the whole ``.tflite`` and the
+        inputs it was fed (``{side}_model_input_{k}.npy``), and ``repro.py`` reruns it and reads
+        ``name``'s tensor."""
+        index = attrs.get("tensor_index")
+        if model_inputs is None or index is None:
+            raise NotImplementedError("the TFLite interpreter runs whole models only, and the model's inputs or "
+                                      "the tensor's index were not kept")
+        _, fed, _, _ = self._feed(model_inputs)
+        out = Path(out)
+        (out / f"{side}_model.tflite").write_bytes(self.model.content)
+        files = []
+        for k, arr in enumerate(fed):
+            files.append(f"{side}_model_input_{k}.npy")
+            np.save(out / files[-1], arr, allow_pickle=False)
+        return {"kind": "tflite", "model": f"{side}_model.tflite", "inputs": files, "tensor_index": int(index),
+                "tensor": name, "whole": True}
+
+    def capture(self, inputs: Inputs, *, containers: bool = False) -> Trace:
+        delegates = bool(self.options.get("delegates", True))
+        num_threads = self.options.get("num_threads")
+        given, fed, names, notes = self._feed(inputs)
+        details_in = self._interpreter_for_inspection().get_input_details()
 
         interp = _make_interpreter(self.model.content, delegates=delegates, num_threads=num_threads)
         interp, resized = self._allocate(interp, fed, names)
