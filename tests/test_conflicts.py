@@ -57,9 +57,9 @@ def test_where_the_last_window_is_whole_ceil_mode_changes_nothing_and_the_pair_p
     assert report.ok and report.conflicts == ()
 
 
-def test_a_concatenation_along_an_axis_not_remapped_is_named():
-    """torch.cat(dim=1) (channels of NCHW) converted to Keras Concatenate(axis=1) on NHWC: B joins over
-    the height, 8 channels × 32 rows against 16 channels × 16 rows."""
+def _cat_pair(axis: int):
+    """torch.cat(dim=1) (channels of NCHW) of two convs and a Keras twin joining along NHWC's ``axis``
+    (-1: the channels, faithful)."""
 
     class Cat(torch.nn.Module):
         def forward(self, x, y):
@@ -77,10 +77,22 @@ def test_a_concatenation_along_an_axis_not_remapped_is_named():
     m = Net().eval()
     inp = keras.Input((16, 16, 3))
     left, right = keras.layers.Conv2D(8, 3, padding="same", name="left"), keras.layers.Conv2D(8, 3, padding="same", name="right")
-    k = keras.Model(inp, keras.layers.Concatenate(axis=1, name="cat")([left(inp), right(inp)]))
+    k = keras.Model(inp, keras.layers.Concatenate(axis=axis, name="cat")([left(inp), right(inp)]))
     for layer, conv in ((left, m.left), (right, m.right)):
         layer.set_weights([conv.weight.detach().numpy().transpose(2, 3, 1, 0), conv.bias.detach().numpy()])
-    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype("float32")
+    return m, k, np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype("float32")
+
+
+def test_a_concatenation_along_the_remapped_axis_has_no_conflict():
+    m, k, x = _cat_pair(axis=-1)
+    report = parity.diff(m, k, x)
+    assert report.ok and not report.conflicts and not report.diagnoses
+
+
+def test_a_concatenation_along_an_axis_not_remapped_is_named():
+    """Concatenate(axis=1) on NHWC: B joins over the height, 8 channels × 32 rows against 16 channels
+    × 16 rows."""
+    m, k, x = _cat_pair(axis=1)
     report = parity.diff(m, k, x)
     assert not report.ok
     first = report.conflicts[0]
@@ -89,9 +101,9 @@ def test_a_concatenation_along_an_axis_not_remapped_is_named():
     assert [c.a_name for c in report.conflicts] == ["cat", "output"] and report.conflicts[1].output
 
 
-def test_a_gather_along_an_axis_not_remapped_is_named():
-    """``x.index_select(1, idx)`` (4 of the 8 channels of NCHW) converted to ``take(x, idx, axis=1)`` on
-    NHWC: B picks 4 of the 6 rows and keeps all 8 channels — 2×4×6×6 against 2×8×4×6 in A's layout."""
+def _pick_pair(axis: int):
+    """torch ``x.index_select(1, idx)`` (4 of the 8 channels of NCHW) and a Keras twin whose gather
+    takes the same indices along NHWC's ``axis`` (-1: the channels, faithful)."""
 
     class Pick(torch.nn.Module):
         def forward(self, x):
@@ -99,7 +111,7 @@ def test_a_gather_along_an_axis_not_remapped_is_named():
 
     class Gather(keras.layers.Layer):
         def call(self, x):
-            return keras.ops.take(x, keras.ops.convert_to_tensor([5, 0, 3, 2]), axis=1)
+            return keras.ops.take(x, keras.ops.convert_to_tensor([5, 0, 3, 2]), axis=axis)
 
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), Pick()).eval()
@@ -107,7 +119,19 @@ def test_a_gather_along_an_axis_not_remapped_is_named():
     conv = keras.layers.Conv2D(8, 3, padding="same", name="0")
     k = keras.Model(inp, Gather(name="1")(conv(inp)))
     conv.set_weights([m[0].weight.detach().numpy().transpose(2, 3, 1, 0), m[0].bias.detach().numpy()])
-    x = np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype("float32")
+    return m, k, np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype("float32")
+
+
+def test_a_gather_along_the_remapped_axis_has_no_conflict():
+    m, k, x = _pick_pair(axis=-1)
+    report = parity.diff(m, k, x)
+    assert report.ok and not report.conflicts and not report.diagnoses
+
+
+def test_a_gather_along_an_axis_not_remapped_is_named():
+    """``x.index_select(1, idx)`` converted to ``take(x, idx, axis=1)`` on NHWC: B picks 4 of the 6 rows
+    and keeps all 8 channels — 2×4×6×6 against 2×8×4×6 in A's layout."""
+    m, k, x = _pick_pair(axis=1)
     report = parity.diff(m, k, x)
     assert not report.ok
     first = report.conflicts[0]

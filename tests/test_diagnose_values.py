@@ -333,6 +333,32 @@ def test_sigmoid_against_hard_sigmoid_is_activation_approximation(torch, keras):
 # --- correct pairs give none of these ---------------------------------------------------------
 
 
+_TWIN_ACTIVATIONS = {
+    "gelu": (lambda t: t.nn.GELU(), lambda k: k.layers.Activation(lambda v: k.activations.gelu(v, approximate=False))),
+    "gelu_tanh": (lambda t: t.nn.GELU(approximate="tanh"),
+                  lambda k: k.layers.Activation(lambda v: k.activations.gelu(v, approximate=True))),
+    "sigmoid": (lambda t: t.nn.Sigmoid(), lambda k: k.layers.Activation("sigmoid")),
+    "hard_sigmoid": (lambda t: t.nn.Hardsigmoid(), lambda k: k.layers.Activation("hard_sigmoid")),
+    "swish": (lambda t: t.nn.SiLU(), lambda k: k.layers.Activation("swish")),
+    "hard_swish": (lambda t: t.nn.Hardswish(), lambda k: k.layers.Activation("hard_swish")),
+}
+
+
+@pytest.mark.parametrize("act", sorted(_TWIN_ACTIVATIONS))
+def test_the_same_activation_on_both_sides_is_no_approximation_even_when_examined(torch, keras, act):
+    """Each function activation_approximation tells apart, on both sides: the pair passes, and the
+    detector, run on every layer (not only flagged ones), finds nothing."""
+    t_act, k_act = _TWIN_ACTIVATIONS[act]
+    tm, km = _dense_act_pair(torch, keras, t_act(torch), k_act(keras))
+    x = (np.random.default_rng(8).standard_normal((8, 16)) * 3).astype("float32")
+    report = parity.diff(tm, km, x)
+    assert report.ok and not report.diagnoses
+    ctxs = _contexts(parity.capture(tm, x), parity.capture(km, x))
+    assert "1" in ctxs
+    for name, ctx in ctxs.items():
+        assert _run(ctx, "activation_approximation") is None, name
+
+
 @pytest.mark.parametrize("which", ["convnet", "mobilenet"])
 def test_correct_pairs_give_no_value_diagnosis_even_when_every_layer_is_examined(which, convnet, digits, torch, zoo):
     if which == "convnet":
@@ -500,6 +526,29 @@ def test_a_second_independent_bug_is_also_born_here(two_bugs):
     from parity.report.html import render_html
 
     assert 'id="also-born"' in render_html(report)
+
+
+def test_a_padding_bug_after_another_bug_is_named_on_its_replayed_output(torch, keras):
+    """Two independent bugs: conv 0's kernel scaled by 1.5, then the stride-2 conv 2 converted as
+    'same' (bottom/right only) for torch padding=1 — its input is already wrong, and the second bug
+    is named from B's layer fed A's recorded input."""
+    torch.manual_seed(0)
+    tm = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                             torch.nn.Conv2d(8, 8, 3, stride=2, padding=1), torch.nn.ReLU()).eval()
+    L = keras.layers
+    km = _keras_seq(keras, [L.Conv2D(8, 3, padding="same"), L.ReLU(), L.Conv2D(8, 3, strides=2, padding="same"),
+                            L.ReLU()], (16, 16, 3))
+    for k, t, scale in ((km.layers[0], tm[0], 1.5), (km.layers[2], tm[2], 1.0)):
+        k.set_weights([_np(t.weight).transpose(2, 3, 1, 0) * scale, _np(t.bias) * scale])
+    x = np.random.default_rng(5).standard_normal((2, 3, 16, 16)).astype("float32")
+    report = parity.diff(tm, km, x)
+    assert [d.a_name for d in report.born_here] == ["0", "2"]
+    assert "weight_scale" in [g.code for g in report.layer("0").diagnoses]
+    second = report.layer("2")
+    assert second.own_method == "replay" and second.own_err > 0.1
+    ev = _diag(report, "2", "padding_asymmetry").evidence
+    assert (ev["pad_top_a"], ev["pad_left_a"], ev["pad_top_b"], ev["pad_left_b"]) == (1, 1, 0, 0)
+    assert ev["rel_err_b_vs_a_op_with_b_padding"] < 1e-5
 
 
 def test_inherited_errors_are_not_born_here(strided_conv_pair):
