@@ -72,33 +72,20 @@ def _cause(a: Any, b: Any, shape_b: tuple[int, ...]) -> tuple[str, str]:
     where = f"A's {a.op} {a.name} gives {dims(a.shape)}, B's {b.op} {b.name} {dims(shape_b)}"
     if a.layout != b.layout and shape_b != tuple(b.shape):
         where += f" (B's {dims(b.shape)} in A's layout {a.layout})"
-    ceil = _ceil_rounding(a, b, shape_b)
-    if ceil is not None:
-        return "pool_ceil_mode", f"{where}: {ceil}"
-    axes = _concat_axes(a, b, shape_b)
-    if axes is not None:
-        i, j, k = axes
-        return "axis_remap", (
-            f"{where}: A joins along axis {i} (size {a.shape[i]} = {k} × {shape_b[i]}), B along axis {j} (size "
-            f"{shape_b[j]} = {k} × {a.shape[j]}) of A's layout — B's concatenation axis was not remapped with the "
-            f"layout (axis 1, the channels of NCHW, is the last axis of NHWC: Concatenate(axis=-1) there)")
-    picks = _gather_axes(a, b, shape_b)
-    if picks is not None:
-        i, j, k = picks
-        return "axis_remap", (
-            f"{where}: A picks {k} along axis {i} (B keeps all {shape_b[i]} there), B picks {k} along axis {j} (A "
-            f"keeps all {a.shape[j]} there) of A's layout — B's gather/slice axis was not remapped with the layout "
-            "(index_select(1, …) on NCHW picks channels: tf.gather(..., axis=-1) on NHWC)")
+    for code, explain in (("pool_ceil_mode", _ceil_rounding), ("axis_remap", _concat_axes), ("axis_remap", _gather_axes)):
+        why = explain(a, b, shape_b)
+        if why is not None:
+            return code, f"{where}: {why}"
     if "pool" in a.op.lower() or "pool" in b.op.lower() or "conv" in a.op.lower():
         return "shape_mismatch", (f"{where}: the two layers' kernel, stride or padding differ (a different output size "
                                   "is a different computation); compare the layer's arguments on both sides")
     return "shape_mismatch", f"{where}: the two models compute differently shaped tensors here"
 
 
-def _concat_axes(a: Any, b: Any, shape_b: tuple[int, ...]) -> tuple[int, int, int] | None:
-    """``(A's axis, B's axis, parts)`` when both layers concatenate and the shapes differ as joining
-    ``parts`` equal tensors along another axis would make them: A k× larger on one axis, B k× on
-    another, the rest equal."""
+def _concat_axes(a: Any, b: Any, shape_b: tuple[int, ...]) -> str | None:
+    """The not-remapped-axis explanation of a concatenation size conflict, or None: both layers
+    concatenate and the shapes differ as joining k equal tensors along another axis would make
+    them — A k× larger on one axis, B k× on another, the rest equal."""
     ops = (a.op + " " + b.op).lower()
     if not ("cat" in ops or "concat" in ops) or len(a.shape) != len(shape_b):
         return None
@@ -109,16 +96,21 @@ def _concat_axes(a: Any, b: Any, shape_b: tuple[int, ...]) -> tuple[int, int, in
     if shape_b[i] == 0 or a.shape[j] == 0 or a.shape[i] % shape_b[i] or shape_b[j] % a.shape[j]:
         return None
     k = a.shape[i] // shape_b[i]
-    return (i, j, k) if k >= 2 and shape_b[j] // a.shape[j] == k else None
+    if k < 2 or shape_b[j] // a.shape[j] != k:
+        return None
+    return (f"A joins along axis {i} (size {a.shape[i]} = {k} × {shape_b[i]}), B along axis {j} (size "
+            f"{shape_b[j]} = {k} × {a.shape[j]}) of A's layout — B's concatenation axis was not remapped with the "
+            "layout (axis 1, the channels of NCHW, is the last axis of NHWC: Concatenate(axis=-1) there)")
 
 
-_PICKS = ("gather", "index_select", "index", "take", "slice", "narrow")
+#: op names of gathers and slices ("index" covers index_select / IndexSelect)
+_PICKS = ("gather", "index", "take", "slice", "narrow")
 
 
-def _gather_axes(a: Any, b: Any, shape_b: tuple[int, ...]) -> tuple[int, int, int] | None:
-    """``(A's axis, B's axis, picked)`` when either layer gathers or slices and the shapes differ as
-    picking ``picked`` entries along another axis would make them: exactly two axes differ, A has
-    ``picked`` on one and B's size there, B ``picked`` on the other and A's size there."""
+def _gather_axes(a: Any, b: Any, shape_b: tuple[int, ...]) -> str | None:
+    """The not-remapped-axis explanation of a gather/slice size conflict, or None: either layer
+    gathers or slices and exactly two (non-batch) axes differ as picking k entries along another
+    axis would make them — A has k on one and B's size there, B k on the other and A's size there."""
     ops = (a.op + " " + b.op).lower()
     if not any(p in ops for p in _PICKS) or len(a.shape) != len(shape_b):
         return None
@@ -127,7 +119,10 @@ def _gather_axes(a: Any, b: Any, shape_b: tuple[int, ...]) -> tuple[int, int, in
         return None
     for i, j in (differ, differ[::-1]):
         if a.shape[i] == shape_b[j] and a.shape[i] < shape_b[i] and shape_b[j] < a.shape[j]:
-            return i, j, a.shape[i]
+            return (f"A picks {a.shape[i]} along axis {i} (B keeps all {shape_b[i]} there), B picks {a.shape[i]} "
+                    f"along axis {j} (A keeps all {a.shape[j]} there) of A's layout — B's gather/slice axis was not "
+                    "remapped with the layout (index_select(1, …) on NCHW picks channels: tf.gather(..., axis=-1) "
+                    "on NHWC)")
     return None
 
 

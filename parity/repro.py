@@ -235,7 +235,8 @@ def rel(a, b):
 
 def main():
     print(f"A: {META['a_layer']} ({META['a_op']})  <->  B: {META['b_layer']} ({META['b_op']})")
-    recorded = rel(np.load(HERE / "output_a.npy"), to_a_layout(np.load(HERE / "output_b.npy")))
+    output_a = np.load(HERE / "output_a.npy")
+    recorded = rel(output_a, to_a_layout(np.load(HERE / "output_b.npy")))
     print(f"recorded in the whole models: relative error {recorded:.4e} (parity: {META['rel_err']:.4e})")
     if META["pieces"]["b"].get("whole"):
         try:
@@ -244,7 +245,7 @@ def main():
             print(f"model B cannot be run here: {exc}")
             return 1
         print(f"B's whole model rerun (its runtime runs whole models only), tensor {META['pieces']['b']['tensor']!r} "
-              f"against A's recorded output: relative error {rel(np.load(HERE / 'output_a.npy'), y_b):.4e}")
+              f"against A's recorded output: relative error {rel(output_a, y_b):.4e}")
         return 0
     if not META["have_input"]:
         print("no recorded input of this layer: the pieces cannot be run alone")
@@ -254,7 +255,7 @@ def main():
         y_a = run(META["pieces"]["a"], x_a)
     except Exception as exc:  # noqa: BLE001
         print(f"model A's layer cannot be run here: {exc}")
-        y_a = np.load(HERE / "output_a.npy")
+        y_a = output_a
         print("  (using A's recorded output instead)")
     try:
         y_b = to_a_layout(run(META["pieces"]["b"], x_b))

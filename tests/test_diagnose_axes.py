@@ -49,14 +49,19 @@ def _diag(report, layer, code):
     return found[0]
 
 
+def _between_convs(op, seed: int):
+    """Conv(3→8) → ``op`` → Conv(8→4, 1×1) on a 2×3×8×8 input, C = H = W = 8 (an axis cannot be told
+    by the shape): the model, the input and its ONNX export."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), op, torch.nn.Conv2d(8, 4, 1)).eval()
+    x = np.random.default_rng(seed).standard_normal((2, 3, 8, 8)).astype("float32")
+    return model, x, _export(model, x)
+
+
 @pytest.fixture(scope="module")
 def softmax_pair():
-    """Conv → Softmax over the channels, C = H = W = 8 (a transpose cannot be told by the shape)."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Softmax(dim=1),
-                                torch.nn.Conv2d(8, 4, 1)).eval()
-    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype("float32")
-    return model, x, _export(model, x)
+    """Conv → Softmax over the channels → Conv."""
+    return _between_convs(torch.nn.Softmax(dim=1), seed=0)
 
 
 def test_a_softmax_over_another_axis_of_equal_size_is_axis_remap(softmax_pair):
@@ -268,12 +273,8 @@ class _Pick(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def pick_pair():
-    """Conv → a channel permutation → Conv, C = H = W = 8: the gather's axis cannot be told by the shape."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), _Pick([3, 1, 7, 0, 5, 2, 6, 4]),
-                                torch.nn.Conv2d(8, 4, 1)).eval()
-    x = np.random.default_rng(7).standard_normal((2, 3, 8, 8)).astype("float32")
-    return model, x, _export(model, x)
+    """Conv → a channel permutation (an ONNX Gather) → Conv."""
+    return _between_convs(_Pick([3, 1, 7, 0, 5, 2, 6, 4]), seed=7)
 
 
 def test_a_gather_along_another_axis_of_equal_size_is_axis_remap(pick_pair):

@@ -106,13 +106,8 @@ def test_a_first_layer_repro_starts_the_onnx_piece_at_the_graph_input(onnx_pair,
     assert _alone(text) == pytest.approx(first.own_err, rel=1e-3)
 
 
-def test_a_frozen_graph_repro_holds_the_piece_of_the_graph(tmp_path):
-    """B a frozen GraphDef (.pb): the bundle holds the nodes between the tensor that is the layer's
-    input and the layer's tensor, its start a placeholder, and repro.py reruns it in a TF1 session."""
-    keras = pytest.importorskip("keras")
-    tf = pytest.importorskip("tensorflow")
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
+def _torch_chain_and_keras_twin(keras):
+    """A torch Conv-ReLU-Conv-ReLU chain and its Keras twin (10×10 NHWC) with conv 2's kernel ×1.5."""
     torch.manual_seed(0)
     a = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
                             torch.nn.ReLU()).eval()
@@ -120,6 +115,17 @@ def test_a_frozen_graph_repro_holds_the_piece_of_the_graph(tmp_path):
                           keras.layers.Conv2D(8, 3, padding="same"), keras.layers.ReLU()])
     k.layers[0].set_weights([a[0].weight.detach().numpy().transpose(2, 3, 1, 0), a[0].bias.detach().numpy()])
     k.layers[2].set_weights([a[2].weight.detach().numpy().transpose(2, 3, 1, 0) * 1.5, a[2].bias.detach().numpy()])
+    return a, k
+
+
+def test_a_frozen_graph_repro_holds_the_piece_of_the_graph(tmp_path):
+    """B a frozen GraphDef (.pb): the bundle holds the nodes between the tensor that is the layer's
+    input and the layer's tensor, its start a placeholder, and repro.py reruns it in a TF1 session."""
+    keras = pytest.importorskip("keras")
+    tf = pytest.importorskip("tensorflow")
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    a, k = _torch_chain_and_keras_twin(keras)
     fn = tf.function(lambda t: k(t, training=False)).get_concrete_function(tf.TensorSpec((2, 10, 10, 3), tf.float32))
     tf.io.write_graph(convert_variables_to_constants_v2(fn).graph.as_graph_def(), str(tmp_path), "b.pb", as_text=False)
     x = np.random.default_rng(0).standard_normal((2, 3, 10, 10)).astype("float32")
@@ -144,13 +150,7 @@ def test_a_tflite_repro_reruns_the_whole_model_and_reads_the_layer(tmp_path):
     inputs it was fed; repro.py reruns it, reads the layer's tensor and prints the error as compared."""
     keras = pytest.importorskip("keras")
     tf = pytest.importorskip("tensorflow")
-    torch.manual_seed(0)
-    a = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
-                            torch.nn.ReLU()).eval()
-    k = keras.Sequential([keras.Input((10, 10, 3)), keras.layers.Conv2D(8, 3, padding="same"), keras.layers.ReLU(),
-                          keras.layers.Conv2D(8, 3, padding="same"), keras.layers.ReLU()])
-    k.layers[0].set_weights([a[0].weight.detach().numpy().transpose(2, 3, 1, 0), a[0].bias.detach().numpy()])
-    k.layers[2].set_weights([a[2].weight.detach().numpy().transpose(2, 3, 1, 0) * 1.5, a[2].bias.detach().numpy()])
+    a, k = _torch_chain_and_keras_twin(keras)
     (tmp_path / "b.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(k).convert())
     x = np.random.default_rng(0).standard_normal((2, 3, 10, 10)).astype("float32")
     report = parity.diff(a, str(tmp_path / "b.tflite"), x)

@@ -213,12 +213,13 @@ def gather_axes(ctx: Context) -> Diagnosis | None:
     x64 = np.asarray(x, dtype=np.float64)
     if x64.size > 5_000_000 or x64.size == 0 or not np.all(np.isfinite(x64)):
         return None
+    a64 = np.asarray(a, dtype=np.float64)
     as_compared = _rel(a, b)
     best = None
     for i in range(1, a.ndim):
         if any(x64.shape[k] != a.shape[k] for k in range(a.ndim) if k != i):
             continue
-        idx = _slice_indices(x64, np.asarray(a, dtype=np.float64), i)
+        idx = _slice_indices(x64, a64, i)
         if a.shape == x64.shape and np.array_equal(idx, np.arange(len(idx))):
             continue  # A's layer leaves this axis as it is: not a gather along it
         fit_a = _rel(a, np.take(x64, idx, axis=i))
